@@ -1,0 +1,248 @@
+"""The SQL store: schema, engine creation, migrations and transient-error classification.
+
+One SQLAlchemy Core code path serves `sqlite`, `postgresql+psycopg` and `mssql+pyodbc`.
+All timestamps are stored as BIGINT milliseconds since the Unix epoch, UTC (`ts`, `window_end`,
+`*_at`): keys compare exactly on every dialect and no session time zone can shift them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+metadata = sa.MetaData()
+ID = sa.String(64)
+"""A device or sensor id: 1–64 characters of [A-Za-z0-9._:-]."""
+
+
+def _ms() -> sa.BigInteger:
+    return sa.BigInteger()
+
+
+readings = sa.Table(
+    "readings", metadata,
+    sa.Column("device", ID, primary_key=True),
+    sa.Column("sensor", ID, primary_key=True),
+    sa.Column("ts", _ms(), primary_key=True, comment="epoch ms UTC"),
+    sa.Column("value", sa.Float(53), nullable=False),
+    sa.Column("ingested_at", _ms(), nullable=False),
+    sa.Column("late", sa.Boolean(), nullable=False, default=False,
+              comment="its window was already older than the scoring watermark when it arrived"),
+)
+
+windows = sa.Table(
+    "windows", metadata,
+    sa.Column("device", ID, primary_key=True),
+    sa.Column("sensor", ID, primary_key=True),
+    sa.Column("window_end", _ms(), primary_key=True, comment="epoch ms UTC; window is (end-W, end]"),
+    sa.Column("n", sa.Integer(), nullable=False),
+    sa.Column("sum", sa.Float(53), nullable=False),
+    sa.Column("sumsq", sa.Float(53), nullable=False),
+    sa.Column("min", sa.Float(53), nullable=False),
+    sa.Column("max", sa.Float(53), nullable=False),
+    sa.Column("updated_at", _ms(), nullable=False),
+    sa.Index("ix_windows_window_end", "window_end"),
+)
+
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("received_at", _ms(), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("partition", sa.String(64)),
+    sa.Column("sequence_number", sa.BigInteger()),
+    sa.Column("offset", sa.String(64)),
+    sa.Column("enqueued_time", _ms()),
+    sa.Column("payload", sa.UnicodeText(), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Unicode(1000), nullable=False),
+    sa.Index("ix_dead_letters_reason", "reason"),
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True, comment="derived from the schedule slot"),
+    sa.Column("slot", _ms(), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False, default=1),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("trigger", sa.String(40), nullable=False),
+    sa.Column("backend", sa.String(40)),
+    sa.Column("backend_run_id", sa.String(200)),
+    sa.Column("model_version", sa.String(80)),
+    sa.Column("window_from", _ms(), comment="exclusive"),
+    sa.Column("window_until", _ms(), comment="inclusive"),
+    sa.Column("partitions", sa.Integer()),
+    sa.Column("models", sa.Integer()),
+    sa.Column("windows", sa.Integer()),
+    sa.Column("windows_no_model", sa.Integer()),
+    sa.Column("failures", sa.Integer()),
+    sa.Column("failure_detail", sa.UnicodeText()),
+    sa.Column("error", sa.UnicodeText()),
+    sa.Column("claimed_at", _ms(), nullable=False),
+    sa.Column("submitted_at", _ms()),
+    sa.Column("finished_at", _ms()),
+    sa.Column("timings", sa.UnicodeText(), comment="JSON: seconds per stage"),
+    sa.Index("ix_runs_slot", "slot"),
+)
+
+prediction_files = sa.Table(
+    "prediction_files", metadata,
+    sa.Column("name", sa.String(400), primary_key=True, comment="blob name"),
+    sa.Column("etag", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("status", sa.String(20), nullable=False, comment="indexed | error | poison"),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0),
+    sa.Column("rows", sa.Integer()),
+    sa.Column("anomalies", sa.Integer()),
+    sa.Column("failures", sa.Integer()),
+    sa.Column("windows_no_model", sa.Integer()),
+    sa.Column("error", sa.UnicodeText()),
+    sa.Column("indexed_at", _ms(), nullable=False),
+)
+
+anomalies = sa.Table(
+    "anomalies", metadata,
+    sa.Column("device", ID, primary_key=True),
+    sa.Column("sensor", ID, primary_key=True),
+    sa.Column("window_end", _ms(), primary_key=True),
+    sa.Column("score", sa.Float(53), nullable=False),
+    sa.Column("model_version", sa.String(80)),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("file_name", sa.String(400), nullable=False),
+    sa.Index("ix_anomalies_file", "file_name"),
+)
+
+alerts = sa.Table(
+    "alerts", metadata,
+    sa.Column("alert_id", sa.String(80), primary_key=True),
+    sa.Column("device", ID, nullable=False),
+    sa.Column("sensor", ID, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False, comment="open | closed"),
+    sa.Column("first_window_end", _ms(), nullable=False),
+    sa.Column("last_window_end", _ms(), nullable=False),
+    sa.Column("last_seen_window_end", _ms(), nullable=False, comment="newest window scored for the pair"),
+    sa.Column("normal_after", sa.Integer(), nullable=False, default=0),
+    sa.Column("windows", sa.Integer(), nullable=False),
+    sa.Column("max_score", sa.Float(53), nullable=False),
+    sa.Column("severity", sa.String(10), nullable=False),
+    sa.Column("model_version", sa.String(80)),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("raised_at", _ms(), nullable=False),
+    sa.Column("updated_at", _ms(), nullable=False),
+    sa.Column("revision", sa.Integer(), nullable=False, default=1),
+    sa.Column("delivered_revision", sa.Integer(), nullable=False, default=0),
+    sa.Column("delivery_attempts", sa.Integer(), nullable=False, default=0),
+    sa.Column("delivery_error", sa.UnicodeText()),
+    sa.Index("ix_alerts_pair", "device", "sensor"),
+    sa.Index("ix_alerts_status", "status"),
+)
+
+watermarks = sa.Table(
+    "watermarks", metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", _ms(), nullable=False),
+    sa.Column("updated_at", _ms(), nullable=False),
+)
+
+schema_migrations = sa.Table(
+    "schema_migrations", metadata,
+    sa.Column("version", sa.Integer(), primary_key=True),
+    sa.Column("applied_at", _ms(), nullable=False),
+    sa.Column("description", sa.String(200), nullable=False),
+)
+
+SCORING_WATERMARK = "scoring"
+
+
+def now_ms() -> int:
+    """Wall clock, epoch milliseconds UTC."""
+    return time.time_ns() // 1_000_000
+
+
+def _create_v1(conn: Connection) -> None:
+    metadata.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "create the schema", _create_v1),
+]
+"""Ordered schema migrations; append new (version, description, step) entries, never edit old ones."""
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get their folder, WAL and a busy timeout."""
+    parsed = make_url(url)
+    kwargs: dict = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    elif parsed.get_backend_name() == "mssql":
+        kwargs["fast_executemany"] = True
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = sa.create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    return engine
+
+
+def upgrade(engine: Engine) -> list[int]:
+    """Create or migrate the schema; returns the versions applied now (empty when current)."""
+    applied: list[int] = []
+    with engine.begin() as conn:
+        schema_migrations.create(conn, checkfirst=True)
+        done = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
+        for version, description, step in MIGRATIONS:
+            if version in done:
+                continue
+            step(conn)
+            conn.execute(schema_migrations.insert().values(
+                version=version, applied_at=now_ms(), description=description))
+            applied.append(version)
+    return applied
+
+
+def ddl(dialect_name: str) -> str:
+    """The schema's DDL for a dialect (`mssql` prints T-SQL for a DBA)."""
+    from sqlalchemy.dialects import mssql, postgresql, sqlite
+
+    dialect = {"mssql": mssql.dialect(deprecate_large_types=True), "postgresql": postgresql.dialect(),
+               "sqlite": sqlite.dialect()}[dialect_name]
+    terminator = "\nGO\n" if dialect_name == "mssql" else ";\n"
+    parts = []
+    for table in metadata.sorted_tables:
+        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + terminator)
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + terminator)
+    return "\n".join(parts)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for database errors worth a retry: lost connections, deadlocks, locks, races on a key.
+
+    An IntegrityError counts: it only arises when a concurrent writer stored the same key between
+    our read and our insert, and the redelivered batch then sees that row.
+    """
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.IntegrityError, sa_exc.TimeoutError,
+                        sa_exc.DisconnectionError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        text = str(exc.orig).lower() if exc.orig is not None else ""
+        return any(s in text for s in ("deadlock", "database is locked", "could not serialize",
+                                       "connection", "timeout", "1205"))
+    return False

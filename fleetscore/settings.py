@@ -1,0 +1,185 @@
+"""Settings: environment variables, then `local.settings.json` `Values`, then defaults.
+
+Names are the Azure Functions app-setting names (no prefix), so the same values work in the
+Function App's configuration, in `local.settings.json` and in a shell. A wrong value fails at
+start with a `SettingsError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from croniter import croniter
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+LOCAL_SETTINGS_FILE = "local.settings.json"
+BACKENDS = ("local", "aml-pipeline", "aml-batch-endpoint")
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names the setting."""
+
+
+def ncrontab_to_croniter(expr: str) -> str:
+    """Turn a 6-field NCRONTAB (`sec min hour day month dow`) into croniter's order (seconds last)."""
+    fields = expr.split()
+    if len(fields) != 6:
+        raise ValueError(f"NCRONTAB needs 6 fields (second minute hour day month day-of-week), got {expr!r}")
+    return " ".join(fields[1:] + fields[:1])
+
+
+class LocalSettingsSource(PydanticBaseSettingsSource):
+    """`Values` of `local.settings.json` (the Functions Core Tools convention)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.values: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"{path} is not valid JSON: {exc}") from exc
+            values = doc.get("Values", {}) if isinstance(doc, dict) else {}
+            if not isinstance(values, dict):
+                raise SettingsError(f"{path}: 'Values' must be an object")
+            self.values = {k: v for k, v in values.items() if v not in (None, "")}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        name = field.alias or field_name
+        return self.values.get(name), name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            name = field.alias or field_name
+            if name in self.values:
+                out[name] = self.values[name]
+        return out
+
+
+class Settings(BaseSettings):
+    """Every setting fleetscore reads. Field aliases are the setting names."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", case_sensitive=True)
+
+    sql_url: str = Field("sqlite:///.fleetscore/fleet.db", alias="FLEETSCORE_SQL_URL")
+    storage: str = Field(".fleetscore/blobs", alias="FLEETSCORE_STORAGE")
+    window_minutes: int = Field(5, alias="WINDOW_MINUTES", ge=1, le=1440)
+    late_arrival_seconds: int = Field(300, alias="LATE_ARRIVAL_SECONDS", ge=0, le=7 * 86400)
+
+    eventhub_name: str = Field("readings", alias="EVENTHUB_NAME", min_length=1)
+    eventhub_connection: SecretStr | None = Field(None, alias="EVENTHUB_CONNECTION")
+
+    scoring_schedule: str = Field("0 5 * * * *", alias="SCORING_SCHEDULE")
+    scoring_backend: Literal["local", "aml-pipeline", "aml-batch-endpoint"] = Field(
+        "local", alias="SCORING_BACKEND"
+    )
+    partition_models: int = Field(2000, alias="PARTITION_MODELS", ge=1)
+    scoring_workers: int = Field(0, alias="SCORING_WORKERS", ge=0, description="0 = one per core")
+    scoring_dtype: Literal["float64", "float32"] = Field("float64", alias="SCORING_DTYPE")
+    max_lookback_hours: float = Field(
+        48.0, alias="MAX_LOOKBACK_HOURS", gt=0,
+        description="with no watermark yet, a run scores at most this far back from its slot",
+    )
+
+    model_algorithm: str = Field("ocsvm-rbf", alias="MODEL_ALGORITHM")
+    model_features: str = Field("mean,min,max,std", alias="MODEL_FEATURES")
+    model_min_windows: int = Field(48, alias="MODEL_MIN_WINDOWS", ge=2)
+
+    alert_close_after_windows: int = Field(3, alias="ALERT_CLOSE_AFTER_WINDOWS", ge=1)
+    alert_min_windows: int = Field(1, alias="ALERT_MIN_WINDOWS", ge=1)
+    alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
+    poison_blob_threshold: int = Field(5, alias="POISON_BLOB_THRESHOLD", ge=1)
+
+    aml_pipeline_endpoint: str | None = Field(None, alias="AML_PIPELINE_ENDPOINT")
+    aml_batch_endpoint: str | None = Field(None, alias="AML_BATCH_ENDPOINT")
+    aml_batch_deployment: str | None = Field(None, alias="AML_BATCH_DEPLOYMENT")
+    aml_experiment: str = Field("fleetscore", alias="AML_EXPERIMENT")
+    aml_datastore: str = Field("fleetscore", alias="AML_DATASTORE")
+
+    @field_validator("scoring_schedule")
+    @classmethod
+    def _valid_ncrontab(cls, value: str) -> str:
+        expr = ncrontab_to_croniter(value)
+        if not croniter.is_valid(expr):
+            raise ValueError(f"not a valid NCRONTAB expression: {value!r}")
+        return value
+
+    @field_validator("sql_url")
+    @classmethod
+    def _valid_sql_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(value)
+        except Exception as exc:  # sqlalchemy raises ArgumentError; keep the message
+            raise ValueError(f"not a SQLAlchemy URL: {exc}") from None
+        return value
+
+    @field_validator("model_features")
+    @classmethod
+    def _valid_features(cls, value: str) -> str:
+        allowed = {"mean", "min", "max", "std"}
+        names = [f.strip() for f in value.split(",") if f.strip()]
+        bad = [f for f in names if f not in allowed]
+        if not names or bad:
+            raise ValueError(f"features must be a comma list from {sorted(allowed)}, got {value!r}")
+        return ",".join(names)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.model_features.split(","))
+
+    @property
+    def window_ms(self) -> int:
+        return self.window_minutes * 60_000
+
+    @property
+    def workers(self) -> int:
+        return self.scoring_workers or (os.cpu_count() or 1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("FLEETSCORE_LOCAL_SETTINGS", LOCAL_SETTINGS_FILE))
+        return (init_settings, env_settings, LocalSettingsSource(settings_cls, path))
+
+    def secrets(self) -> list[str]:
+        """Every secret value in force (for log-scrubbing tests and filters)."""
+        values = [self.eventhub_connection, self.alert_webhook_url]
+        out = [v.get_secret_value() for v in values if v is not None]
+        from sqlalchemy.engine import make_url
+
+        password = make_url(self.sql_url).password
+        if password:
+            out.append(str(password))
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise `SettingsError` naming every wrong setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid setting(s): " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()
