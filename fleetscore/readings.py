@@ -1,0 +1,207 @@
+"""Reading validation: event bodies and file rows in, valid readings and dead letters out.
+
+The Reading contract (DESIGN.md): `{"device": "d-0001", "sensor": "temp", "ts": "2026-11-23T10:00:05Z",
+"value": 21.4}`; an Event Hubs body is one such object or a JSON array of them. Nothing here raises on
+bad input: each bad item becomes a `DeadLetter` with a reason code and a human detail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+
+import numpy as np
+import pandas as pd
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+EPOCH_MS_THRESHOLD = 100_000_000_000
+"""A numeric `ts` at or above this is epoch milliseconds, below it epoch seconds (1e11 s is year 5138)."""
+MIN_TS_MS = 0
+MAX_TS_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+READING_COLUMNS = ("device", "sensor", "ts", "value")
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One delivered message, decoupled from `azure.functions.EventHubEvent`."""
+
+    body: bytes
+    partition: str | None = None
+    sequence_number: int | None = None
+    offset: str | None = None
+    enqueued_time_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected payload with a short reason code (`bad_json`, `missing_field`, …) and a detail."""
+
+    payload: str
+    reason: str
+    detail: str
+    partition: str | None = None
+    sequence_number: int | None = None
+    offset: str | None = None
+    enqueued_time_ms: int | None = None
+
+
+@dataclass
+class Decoded:
+    """Validated readings as parallel lists plus the dead letters of one batch."""
+
+    device: list[str] = field(default_factory=list)
+    sensor: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    payload: list[str] = field(default_factory=list)
+    event_index: list[int] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        """Valid readings: device, sensor (str), ts (int64 epoch ms UTC), value (float64), plus
+        payload (raw JSON of the reading) and event_index (position of its event in the batch)."""
+        return pd.DataFrame({
+            "device": pd.Series(self.device, dtype=object),
+            "sensor": pd.Series(self.sensor, dtype=object),
+            "ts": np.asarray(self.ts, dtype=np.int64),
+            "value": np.asarray(self.value, dtype=np.float64),
+            "payload": pd.Series(self.payload, dtype=object),
+            "event_index": np.asarray(self.event_index, dtype=np.int64),
+        })
+
+
+class InvalidReading(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_id(value: object, name: str) -> str:
+    """A device/sensor id: a string or integer (turned into a string) matching `ID_PATTERN`."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidReading("bad_id", f"{name} must be a string or integer, got {type(value).__name__}")
+    text = str(value)
+    if not ID_PATTERN.fullmatch(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InvalidReading("bad_id", f"{name} {shown!r} is not 1-64 characters of [A-Za-z0-9._:-]")
+    return text
+
+
+def parse_ts(value: object, *, naive_tz: tzinfo | None = None) -> int:
+    """Epoch ms UTC from ISO-8601 with an offset, or epoch seconds/milliseconds.
+
+    A naive ISO timestamp is refused unless `naive_tz` says which zone it is in (files only).
+    Sub-millisecond parts are rounded to the nearest millisecond.
+    """
+    if isinstance(value, bool):
+        raise InvalidReading("bad_ts", "ts must be ISO-8601 or epoch seconds/ms, got a boolean")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise InvalidReading("bad_ts", f"ts {value!r} is not finite")
+        ms = int(value) if abs(value) >= EPOCH_MS_THRESHOLD else int(round(value * 1000))
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidReading("bad_ts", f"ts {value[:80]!r} is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            if naive_tz is None:
+                raise InvalidReading("naive_ts", f"ts {value[:80]!r} has no UTC offset")
+            parsed = parsed.replace(tzinfo=naive_tz)
+        delta = parsed - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        ms = (delta.days * 86_400_000 + delta.seconds * 1000) + round(delta.microseconds / 1000)
+    else:
+        raise InvalidReading("bad_ts", f"ts must be ISO-8601 or epoch seconds/ms, got {type(value).__name__}")
+    if not MIN_TS_MS <= ms <= MAX_TS_MS:
+        raise InvalidReading("bad_ts", f"ts {value!r} is outside 1970..9999")
+    return ms
+
+
+def parse_value(value: object) -> float:
+    """A finite JSON number (booleans and numeric strings are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidReading("bad_value", f"value must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidReading("bad_value", f"value {value!r} is not finite")
+    return number
+
+
+def parse_reading(item: object, *, naive_tz: tzinfo | None = None) -> tuple[str, str, int, float]:
+    """One reading object → (device, sensor, ts_ms, value), or `InvalidReading`."""
+    if not isinstance(item, dict):
+        raise InvalidReading("not_object", f"a reading must be a JSON object, got {type(item).__name__}")
+    missing = [k for k in READING_COLUMNS if k not in item or item[k] is None]
+    if missing:
+        raise InvalidReading("missing_field", "missing field(s): " + ", ".join(missing))
+    return (parse_id(item["device"], "device"), parse_id(item["sensor"], "sensor"),
+            parse_ts(item["ts"], naive_tz=naive_tz), parse_value(item["value"]))
+
+
+def _payload_text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", errors="backslashreplace")
+
+
+def decode_events(events: Sequence[RawEvent]) -> Decoded:
+    """Decode a delivered batch; never raises on bad input."""
+    out = Decoded()
+    for index, event in enumerate(events):
+        meta = dict(partition=event.partition, sequence_number=event.sequence_number,
+                    offset=event.offset, enqueued_time_ms=event.enqueued_time_ms)
+        body = event.body
+        if not body or not body.strip():
+            out.dead.append(DeadLetter(_payload_text(body or b""), "empty_body", "the event body is empty", **meta))
+            continue
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            out.dead.append(DeadLetter(_payload_text(body), "bad_json", f"not JSON: {exc}"[:1000], **meta))
+            continue
+        items = doc if isinstance(doc, list) else [doc]
+        if not items:
+            out.dead.append(DeadLetter(_payload_text(body), "empty_body", "the event holds an empty array", **meta))
+        single = not isinstance(doc, list)
+        for item in items:
+            payload = _payload_text(body) if single else _dump(item)
+            try:
+                device, sensor, ts, value = parse_reading(item)
+            except InvalidReading as bad:
+                out.dead.append(DeadLetter(payload, bad.reason, bad.detail[:1000], **meta))
+                continue
+            out.device.append(device)
+            out.sensor.append(sensor)
+            out.ts.append(ts)
+            out.value.append(value)
+            out.payload.append(payload)
+            out.event_index.append(index)
+    return out
+
+
+def _dump(item: object) -> str:
+    try:
+        return json.dumps(item, allow_nan=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return repr(item)
+
+
+def decode_records(records: Iterable[dict], *, naive_tz: tzinfo | None = timezone.utc) -> Decoded:
+    """Validate rows read from a file (CSV, JSON lines, Parquet); naive timestamps are read in `naive_tz`."""
+    out = Decoded()
+    for index, item in enumerate(records):
+        try:
+            device, sensor, ts, value = parse_reading(item, naive_tz=naive_tz)
+        except InvalidReading as bad:
+            out.dead.append(DeadLetter(_dump(item), bad.reason, bad.detail[:1000]))
+            continue
+        out.device.append(device)
+        out.sensor.append(sensor)
+        out.ts.append(ts)
+        out.value.append(value)
+        out.payload.append("")
+        out.event_index.append(index)
+    return out
