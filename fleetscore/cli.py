@@ -1,0 +1,185 @@
+"""The `fleetscore` command line: the outermost layer over the core (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fleetscore.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="Scheduled batch scoring of a whole IoT fleet's anomaly models.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+db_app = typer.Typer(help="The SQL schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+
+def fmt_ms(ms: int | None) -> str:
+    """Epoch ms → `2026-11-23T10:05:00Z` (or '-')."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> int | None:
+    """A CLI time (ISO-8601; naive means UTC) → epoch ms."""
+    if text is None:
+        return None
+    from fleetscore.readings import InvalidReading, parse_ts
+
+    try:
+        return parse_ts(text, naive_tz=timezone.utc)
+    except InvalidReading as exc:
+        raise typer.BadParameter(exc.detail) from None
+
+
+def settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def services():
+    from fleetscore.context import Services, set_services
+
+    svc = Services(settings())
+    set_services(svc)
+    return svc
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False, disable=not err.is_terminal and False)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
+    from fleetscore.logs import configure_logging
+
+    configure_logging(logging.INFO if verbose else logging.WARNING)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema of FLEETSCORE_SQL_URL."""
+    from fleetscore import db
+
+    s = settings()
+    engine = db.create_db_engine(s.sql_url)
+    applied = db.upgrade(engine)
+    from sqlalchemy.engine import make_url
+
+    where = make_url(s.sql_url).render_as_string(hide_password=True)
+    console.print(f"schema at {where}: " + (f"applied migration(s) {applied}" if applied else "up to date"))
+
+
+@db_app.command("sql")
+def db_sql(dialect: Annotated[str, typer.Option(help="mssql (T-SQL), postgresql or sqlite")] = "mssql") -> None:
+    """Print the schema's DDL (T-SQL for a DBA with --dialect mssql)."""
+    from fleetscore import db
+
+    if dialect not in ("mssql", "postgresql", "sqlite"):
+        raise typer.BadParameter("dialect must be mssql, postgresql or sqlite")
+    sys.stdout.write(db.ddl(dialect))
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="CSV, JSON lines or Parquet")],
+    timezone_name: Annotated[str, typer.Option("--timezone", help="zone of naive timestamps in files")] = "UTC",
+    chunk_rows: Annotated[int, typer.Option(help="readings per transaction")] = 50_000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Load readings from files through the same validation and windowing as the ingest function."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from fleetscore.files import count_rows, ingest_file
+    from fleetscore.ingest import IngestResult
+
+    try:
+        zone = ZoneInfo(timezone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise typer.BadParameter(f"unknown time zone {timezone_name!r}") from None
+    svc = services()
+    total = IngestResult()
+    with progress_bar() as bar:
+        for path in files:
+            task = bar.add_task(f"ingest {path.name}", total=count_rows(path))
+            total += ingest_file(svc.engine, path, window_ms=svc.settings.window_ms, naive_tz=zone,
+                                 chunk_rows=chunk_rows, progress=lambda n, t=task: bar.advance(t, n))
+    summary = {"read": total.received, "stored": total.stored, "duplicates": total.duplicates,
+               "dead_lettered": total.dead_lettered, "late": total.late, "windows": total.windows}
+    if as_json:
+        console.print_json(json.dumps(summary))
+    else:
+        console.print(" ".join(f"{k}={v:,}" for k, v in summary.items()))
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="readings file: .csv, .jsonl or .parquet")] = Path("fleet.parquet"),
+    devices: int = 100, sensors: int = 5, days: float = 4.0,
+    interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
+    seed: int = 0,
+    fault_rate: Annotated[float, typer.Option(help="faults per device+sensor per day")] = 0.25,
+    clean_days: Annotated[float, typer.Option(help="days at the start without faults")] = 2.0,
+    to: Annotated[str, typer.Option(help="file or eventhub")] = "file",
+) -> None:
+    """Simulate a fleet (baselines, daily cycles, noise, injected faults) with a ground-truth file."""
+    from fleetscore.simulate import send_to_eventhub, simulate_fleet, write_simulation
+
+    sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
+                         seed=seed, fault_rate=fault_rate, clean_days=clean_days)
+    if to == "eventhub":
+        s = settings()
+        if s.eventhub_connection is None:
+            err.print("[red]EVENTHUB_CONNECTION is not set; --to eventhub needs it[/red]")
+            raise typer.Exit(2)
+        with progress_bar() as bar:
+            task = bar.add_task("send to Event Hubs", total=len(sim.readings))
+            sent = send_to_eventhub(sim.readings, s.eventhub_connection.get_secret_value(), s.eventhub_name,
+                                    progress=lambda n: bar.advance(task, n))
+        console.print(f"sent {sent:,} readings to Event Hub {s.eventhub_name}")
+        return
+    if to != "file":
+        raise typer.BadParameter("--to must be file or eventhub")
+    readings_path, faults_path = write_simulation(sim, out)
+    console.print(f"{len(sim.readings):,} readings → {readings_path}\n{len(sim.faults):,} faults → {faults_path}")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Readings, windows, dead letters, late readings, runs, alerts and the model pack in force."""
+    from fleetscore.status import ingest_status
+
+    svc = services()
+    doc = {"ingest": ingest_status(svc.engine)}
+    if as_json:
+        console.print_json(json.dumps(doc, default=str))
+        return
+    ing = doc["ingest"]
+    table = Table(title="ingest", show_header=False)
+    table.add_row("readings", f"{ing['readings']:,}", f"{fmt_ms(ing['first_reading_ms'])} … "
+                  f"{fmt_ms(ing['last_reading_ms'])}")
+    table.add_row("windows", f"{ing['windows']:,}", f"{ing['pairs']:,} device+sensor pairs, newest "
+                  f"{fmt_ms(ing['newest_window_end_ms'])}")
+    table.add_row("late readings", f"{ing['late_readings']:,}", f"watermark {fmt_ms(ing['watermark_ms'])}")
+    reasons = ", ".join(f"{k}={v:,}" for k, v in ing["dead_letters_by_reason"].items()) or "-"
+    table.add_row("dead letters", f"{ing['dead_letters']:,}", reasons)
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

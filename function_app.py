@@ -1,0 +1,8 @@
+"""The Azure Functions entry (Python v2 programming model): the app and its blueprints, nothing else."""
+
+import azure.functions as func
+
+from functions.ingest import bp as ingest_bp
+
+app = func.FunctionApp()
+app.register_functions(ingest_bp)
