@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from fleetscore import db
 from fleetscore.context import set_services
 
+pytest_plugins = ["tests.azurite"]
+
 PG_ADMIN_URL = os.environ.get("FLEETSCORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
