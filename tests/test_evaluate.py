@@ -1,0 +1,153 @@
+"""Detection quality: fault windows, episodes from window flags, alerts matched to faults."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetscore.evaluate import episodes_from_flags, fault_windows, match_alerts
+
+W = 300_000  # 5-minute windows
+T0 = 1_767_571_200_000  # 2026-01-05T00:00Z, a multiple of W
+
+
+def _faults(*rows):
+    return pd.DataFrame(rows, columns=["device", "sensor", "start", "end", "kind"])
+
+
+def _alerts(*rows):
+    return pd.DataFrame(rows, columns=["device", "sensor", "first_window_end", "last_window_end"])
+
+
+def test_fault_windows_follow_tumbling_window_labels():
+    faults = _faults(
+        ("d1", "temp", T0 + 1, T0 + 2 * W, "spike"),  # (T0, T0+W] … exactly on the end of window 2
+        ("d1", "temp", T0 + W, T0 + W + 10, "stuck"),  # on a window end: belongs to the window ending there
+        ("d2", "rpm", T0 + 2 * W + 5, T0 + 2 * W + 6, "noise"),
+    )
+    got = fault_windows(faults, W)
+    expected = pd.DataFrame({
+        "device": ["d1", "d1", "d1", "d2"], "sensor": ["temp", "temp", "temp", "rpm"],
+        "window_end": [T0 + W, T0 + 2 * W, T0 + 2 * W, T0 + 3 * W],
+    }).astype({"device": "str", "sensor": "str"}).drop_duplicates()
+    expected = expected.sort_values(["device", "sensor", "window_end"], ignore_index=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert fault_windows(faults.head(0), W).empty
+
+
+def test_episodes_from_flags_with_gaps_normal_windows_and_several_pairs():
+    w = lambda k: T0 + k * W  # noqa: E731
+    rows = [
+        # d1/temp: 1,2,3 anomalous; 4 normal; 5 anomalous; 6 missing; 7,8 anomalous
+        ("d1", "temp", w(1), True), ("d1", "temp", w(2), True), ("d1", "temp", w(3), True),
+        ("d1", "temp", w(4), False), ("d1", "temp", w(5), True),
+        ("d1", "temp", w(7), True), ("d1", "temp", w(8), True),
+        # d1/rpm: shares window ends with temp but is its own pair
+        ("d1", "rpm", w(2), True), ("d1", "rpm", w(3), True), ("d1", "rpm", w(9), False),
+        # d2/temp: nothing anomalous
+        ("d2", "temp", w(1), False), ("d2", "temp", w(2), False),
+        # d0/temp: a lone anomalous window, listed last to check the sort
+        ("d0", "temp", w(6), True),
+    ]
+    flags = pd.DataFrame(rows, columns=["device", "sensor", "window_end", "is_anomaly"])
+    flags = flags.sample(frac=1.0, random_state=1)  # any order in
+    got = episodes_from_flags(flags, W)
+    expected = pd.DataFrame({
+        "device": ["d0", "d1", "d1", "d1", "d1"],
+        "sensor": ["temp", "rpm", "temp", "temp", "temp"],
+        "first_window_end": [w(6), w(2), w(1), w(5), w(7)],
+        "last_window_end": [w(6), w(3), w(3), w(5), w(8)],
+        "windows": [1, 2, 3, 1, 2],
+    }).astype({"device": "str", "sensor": "str"})
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_episodes_from_flags_empty_and_duplicates():
+    empty = episodes_from_flags(pd.DataFrame({"device": ["d"], "sensor": ["s"], "window_end": [T0],
+                                              "is_anomaly": [False]}), W)
+    assert empty.empty and list(empty.columns) == ["device", "sensor", "first_window_end", "last_window_end",
+                                                   "windows"]
+    assert empty["first_window_end"].dtype == np.int64
+    dup = pd.DataFrame({"device": ["d", "d", "d"], "sensor": ["s"] * 3, "window_end": [T0, T0, T0 + W],
+                        "is_anomaly": [True, True, True]})
+    got = episodes_from_flags(dup, W)
+    assert got[["first_window_end", "last_window_end", "windows"]].values.tolist() == [[T0, T0 + W, 2]]
+
+
+def test_an_overlapping_alert_is_true_and_finds_its_fault():
+    faults = _faults(("d1", "temp", T0 + 10 * W + 1, T0 + 14 * W, "drift"))  # windows 11..14
+    m = match_alerts(_alerts(("d1", "temp", T0 + 13 * W, T0 + 16 * W)), faults, W)
+    assert (m.precision, m.recall, m.true_alerts, m.false_alerts, m.detected_faults, m.missed_faults) == (
+        1.0, 1.0, 1, 0, 1, 0)
+    assert m.alert_is_true.tolist() == [True] and m.fault_is_detected.tolist() == [True]
+    assert m.f1 == 1.0
+
+
+def test_tolerance_windows_widen_the_fault_on_both_sides():
+    faults = _faults(("d1", "temp", T0 + 10 * W + 1, T0 + 14 * W, "spike"))  # windows 11..14
+    just_after = _alerts(("d1", "temp", T0 + 15 * W, T0 + 16 * W))
+    just_before = _alerts(("d1", "temp", T0 + 9 * W, T0 + 10 * W))
+    two_after = _alerts(("d1", "temp", T0 + 16 * W, T0 + 17 * W))
+    for alerts in (just_after, just_before):
+        assert match_alerts(alerts, faults, W, tolerance_windows=1).recall == 1.0
+        assert match_alerts(alerts, faults, W, tolerance_windows=0).recall == 0.0
+    assert match_alerts(two_after, faults, W, tolerance_windows=1).precision == 0.0
+    assert match_alerts(two_after, faults, W, tolerance_windows=2).precision == 1.0
+    with pytest.raises(ValueError):
+        match_alerts(two_after, faults, W, tolerance_windows=-1)
+
+
+def test_an_alert_on_another_pair_does_not_count():
+    faults = _faults(("d1", "temp", T0 + 1, T0 + 3 * W, "stuck"))
+    alerts = _alerts(("d1", "rpm", T0 + W, T0 + 2 * W), ("d2", "temp", T0 + W, T0 + 2 * W))
+    m = match_alerts(alerts, faults, W)
+    assert (m.precision, m.recall, m.true_alerts, m.false_alerts, m.detected_faults, m.missed_faults) == (
+        0.0, 0.0, 0, 2, 0, 1)
+    assert m.f1 == 0.0
+
+
+def test_mixed_alerts_and_faults_count_each_side_once():
+    faults = _faults(
+        ("d1", "temp", T0 + 1, T0 + 4 * W, "spike"),  # windows 1..4
+        ("d1", "temp", T0 + 20 * W + 1, T0 + 22 * W, "drift"),  # windows 21..22: missed
+        ("d2", "rpm", T0 + 5 * W + 1, T0 + 8 * W, "noise"),  # windows 6..8
+    )
+    alerts = _alerts(
+        ("d1", "temp", T0 + 2 * W, T0 + 2 * W),  # true (fault 1)
+        ("d1", "temp", T0 + 3 * W, T0 + 4 * W),  # true (fault 1 again)
+        ("d2", "rpm", T0 + 8 * W, T0 + 30 * W),  # true (fault 3)
+        ("d2", "rpm", T0 + 40 * W, T0 + 41 * W),  # false
+    )
+    m = match_alerts(alerts, faults, W)
+    assert (m.true_alerts, m.false_alerts, m.detected_faults, m.missed_faults) == (3, 1, 2, 1)
+    assert m.precision == pytest.approx(0.75) and m.recall == pytest.approx(2 / 3)
+    assert m.alert_is_true.tolist() == [True, True, True, False]
+    assert m.fault_is_detected.tolist() == [True, False, True]
+
+
+def test_no_alerts_means_precision_one_and_recall_zero():
+    faults = _faults(("d1", "temp", T0 + 1, T0 + 3 * W, "spike"))
+    m = match_alerts(_alerts(), faults, W)
+    assert (m.precision, m.recall, m.true_alerts, m.false_alerts, m.detected_faults, m.missed_faults) == (
+        1.0, 0.0, 0, 0, 0, 1)
+    assert not math.isnan(m.precision)
+    none = match_alerts(_alerts(), faults.head(0), W)
+    assert (none.precision, none.recall) == (1.0, 1.0)
+    only_alerts = match_alerts(_alerts(("d1", "temp", T0, T0)), faults.head(0), W)
+    assert (only_alerts.precision, only_alerts.recall, only_alerts.false_alerts) == (0.0, 1.0, 1)
+
+
+def test_simulated_faults_are_found_by_an_oracle_detector():
+    """End to end on simulated data: flag exactly the windows faults touch and everything is found."""
+    from fleetscore.simulate import simulate_fleet
+
+    sim = simulate_fleet(devices=5, sensors=3, days=3, clean_days=1, fault_rate=1.0, seed=11)
+    touched = fault_windows(sim.faults, W).assign(is_anomaly=True)
+    episodes = episodes_from_flags(touched, W)
+    m = match_alerts(episodes, sim.faults, W, tolerance_windows=0)
+    assert len(sim.faults) > 5
+    assert m.recall == 1.0 and m.precision == 1.0
+    assert episodes["windows"].min() >= 3  # every fault spans several 5-minute windows
