@@ -18,11 +18,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
 from fleetscore.readings import DeadLetter, Decoded, RawEvent, decode_events
-from fleetscore.windows import WINDOW_COLUMNS, aggregate, window_end
+from fleetscore.windows import WINDOW_COLUMNS, aggregate_arrays, window_end
 
 log = logging.getLogger(__name__)
-KEY = ["device", "sensor", "ts"]
-WINDOW_KEY = ["device", "sensor", "window_end"]
 IN_CHUNK = 900
 """Ids per `IN (...)` list: below SQL Server's 2,100 parameters per statement with room to spare."""
 
@@ -48,19 +46,27 @@ class IngestResult:
         return self
 
 
-def split_batch(batch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Within one batch: (first occurrence of each key, exact repeats, conflicting repeats).
+Key = tuple[str, str, int]
+"""A reading's key: (device, sensor, ts epoch ms)."""
+
+
+def first_occurrences(decoded: Decoded) -> tuple[dict[Key, int], int, list[int]]:
+    """Within one batch: (key → index of its first occurrence, exact repeats, indexes of conflicting repeats).
 
     A repeat is exact when it carries the first occurrence's value; otherwise it conflicts.
     """
-    repeated = batch.duplicated(subset=KEY, keep="first")
-    firsts = batch[~repeated]
-    repeats = batch[repeated]
-    if repeats.empty:
-        return firsts, repeats, repeats
-    first_value = repeats.merge(firsts[KEY + ["value"]], on=KEY, how="left", suffixes=("", "_first"))
-    same = (first_value["value"].to_numpy() == first_value["value_first"].to_numpy())
-    return firsts, repeats[same], repeats[~same]
+    firsts: dict[Key, int] = {}
+    repeats = 0
+    conflicts: list[int] = []
+    values = decoded.value
+    for i, key in enumerate(zip(decoded.device, decoded.sensor, decoded.ts, strict=True)):
+        j = firsts.setdefault(key, i)
+        if j != i:
+            if values[j] == values[i]:
+                repeats += 1
+            else:
+                conflicts.append(i)
+    return firsts, repeats, conflicts
 
 
 def _chunks(items: Sequence, size: int = IN_CHUNK):
@@ -77,31 +83,36 @@ def _time_clusters(window_ends: np.ndarray, window_ms: int, max_gap_windows: int
     return [(int(ends[a]), int(ends[b])) for a, b in zip(starts, stops, strict=True)]
 
 
-def fetch_window_readings(conn: Connection, touched: pd.DataFrame, window_ms: int) -> pd.DataFrame:
-    """Stored readings (device, sensor, ts, value) of every touched (device, sensor, window_end)."""
+def _one_of(conn: Connection, column: sa.Column, values: Sequence[str]) -> sa.ColumnElement[bool]:
+    """`column IN (...)`; on PostgreSQL `column = ANY(:array)`, one cached statement for any length."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql as pg
+
+        return column == sa.any_(sa.bindparam(None, list(values), type_=pg.ARRAY(column.type)))
+    return column.in_(values)
+
+
+def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], window_ms: int) -> dict[Key, float]:
+    """Stored readings of every touched (device, sensor, window_end): {(device, sensor, ts): value}."""
     t = db.readings
-    parts = []
-    for lo, hi in _time_clusters(touched["window_end"].to_numpy(), window_ms):
-        in_run = touched[(touched["window_end"] >= lo) & (touched["window_end"] <= hi)]
-        devices = sorted(in_run["device"].unique())
-        sensors = sorted(in_run["sensor"].unique())
+    stored: dict[Key, float] = {}
+    if not touched:
+        return stored
+    ends = np.fromiter((w for _, _, w in touched), dtype=np.int64, count=len(touched))
+    for lo, hi in _time_clusters(ends, window_ms):
+        in_run = [(d, s) for d, s, w in touched if lo <= w <= hi]
+        devices = sorted({d for d, _ in in_run})
+        sensors = sorted({s for _, s in in_run})
         for dev_chunk in _chunks(devices):
             query = (sa.select(t.c.device, t.c.sensor, t.c.ts, t.c.value)
-                     .where(t.c.device.in_(dev_chunk))
+                     .where(_one_of(conn, t.c.device, dev_chunk))
                      .where(t.c.ts > lo - window_ms, t.c.ts <= hi))
             if len(sensors) <= IN_CHUNK:
-                query = query.where(t.c.sensor.in_(sensors))
-            rows = conn.execute(query).all()
-            if rows:
-                parts.append(pd.DataFrame(rows, columns=["device", "sensor", "ts", "value"]))
-    if not parts:
-        return pd.DataFrame({"device": pd.Series(dtype=object), "sensor": pd.Series(dtype=object),
-                             "ts": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
-    stored = pd.concat(parts, ignore_index=True)
-    stored["ts"] = stored["ts"].astype(np.int64)
-    stored["window_end"] = window_end(stored["ts"].to_numpy(), window_ms)
-    keep = stored.merge(touched[WINDOW_KEY], on=WINDOW_KEY, how="inner")
-    return keep[["device", "sensor", "ts", "value"]]
+                query = query.where(_one_of(conn, t.c.sensor, sensors))
+            for device, sensor, ts, value in conn.execute(query).all():
+                if (device, sensor, -(-ts // window_ms) * window_ms) in touched:
+                    stored[(device, sensor, ts)] = value
+    return stored
 
 
 def read_watermark(conn: Connection, name: str = db.SCORING_WATERMARK) -> int | None:
@@ -115,14 +126,13 @@ def dead_letter_rows(dead: Sequence[DeadLetter], source: str, received_at: int) 
                  payload=d.payload, reason=d.reason, detail=d.detail) for d in dead]
 
 
-def _conflict_letters(rows: pd.DataFrame, events: Sequence[RawEvent] | None, why: str) -> list[DeadLetter]:
+def _conflict_letters(decoded: Decoded, rows: Sequence[int], events: Sequence[RawEvent] | None,
+                      why: str) -> list[DeadLetter]:
     letters = []
-    for row in rows.itertuples(index=False):
-        event = events[row.event_index] if events is not None else None
+    for i in rows:
+        event = events[decoded.event_index[i]] if events is not None else None
         letters.append(DeadLetter(
-            payload=row.payload or f'{{"device":"{row.device}","sensor":"{row.sensor}","ts":{row.ts},'
-                                   f'"value":{row.value!r}}}',
-            reason="conflict", detail=why,
+            payload=decoded.payload_of(i, events), reason="conflict", detail=why,
             partition=event.partition if event else None,
             sequence_number=event.sequence_number if event else None,
             offset=event.offset if event else None,
@@ -132,43 +142,59 @@ def _conflict_letters(rows: pd.DataFrame, events: Sequence[RawEvent] | None, why
 
 def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: int,
                 events: Sequence[RawEvent] | None = None) -> IngestResult:
-    """Store one decoded batch inside the caller's transaction; returns its counts."""
+    """Store one decoded batch inside the caller's transaction; returns its counts.
+
+    New readings are inserted, exact repeats of stored readings ignored, readings whose key is stored
+    with another value dead-lettered (`conflict`); every window that gains a reading is recomputed from
+    all its stored readings.
+    """
     now = db.now_ms()
-    batch = decoded.frame()
-    result = IngestResult(received=len(batch) + len(decoded.dead))
+    result = IngestResult(received=len(decoded.ts) + len(decoded.dead))
     dead = list(decoded.dead)
+    firsts, repeats, conflicts = first_occurrences(decoded)
+    result.duplicates += repeats
+    dead += _conflict_letters(decoded, conflicts, events, "the same key appears in this batch with another value")
 
-    firsts, repeats, conflicts = split_batch(batch)
-    result.duplicates += len(repeats)
-    dead += _conflict_letters(conflicts, events, "the same key appears in this batch with another value")
+    if firsts:
+        w = window_ms
+        touched = {(d, s, -(-t // w) * w) for d, s, t in firsts}
+        stored = fetch_window_readings(conn, touched, w)
+        values = decoded.value
+        new: list[int] = []
+        clashes: list[int] = []
+        for key, i in firsts.items():
+            known = stored.get(key)
+            if known is None:
+                new.append(i)
+            elif known == values[i]:
+                result.duplicates += 1
+            else:
+                clashes.append(i)
+        dead += _conflict_letters(decoded, clashes, events, "this key is stored with another value")
 
-    if not firsts.empty:
-        firsts = firsts.assign(window_end=window_end(firsts["ts"].to_numpy(), window_ms))
-        touched = firsts[WINDOW_KEY].drop_duplicates()
-        stored = fetch_window_readings(conn, touched, window_ms)
-        matched = firsts.merge(stored, on=KEY, how="left", suffixes=("", "_stored"), indicator=True)
-        known = (matched["_merge"] == "both").to_numpy()
-        same = known & (matched["value"].to_numpy() == matched["value_stored"].to_numpy())
-        result.duplicates += int(same.sum())
-        dead += _conflict_letters(matched[known & ~same], events, "this key is stored with another value")
-        new = matched[~known].drop(columns=["value_stored", "_merge"])
-
-        if not new.empty:
+        if new:
+            device = np.array([decoded.device[i] for i in new], dtype=object)
+            sensor = np.array([decoded.sensor[i] for i in new], dtype=object)
+            ts = np.array([decoded.ts[i] for i in new], dtype=np.int64)
+            value = np.array([values[i] for i in new], dtype=np.float64)
+            ends = window_end(ts, w)
             watermark = read_watermark(conn)
-            late = (new["window_end"].to_numpy() <= watermark) if watermark is not None \
-                else np.zeros(len(new), dtype=bool)
+            late = ends <= watermark if watermark is not None else np.zeros(len(new), dtype=bool)
             result.late = int(late.sum())
-            conn.execute(db.readings.insert(), [
-                {"device": d, "sensor": s, "ts": int(t), "value": float(v), "ingested_at": now, "late": bool(x)}
-                for d, s, t, v, x in zip(new["device"], new["sensor"], new["ts"], new["value"], late,
-                                         strict=True)])
+            insert_rows(conn, db.readings, [
+                {"device": d, "sensor": s, "ts": t, "value": v, "ingested_at": now, "late": x}
+                for d, s, t, v, x in zip(device.tolist(), sensor.tolist(), ts.tolist(), value.tolist(),
+                                         late.tolist(), strict=True)])
             result.stored = len(new)
-            fresh = new[WINDOW_KEY].drop_duplicates()
-            in_fresh = stored.assign(window_end=window_end(stored["ts"].to_numpy(), window_ms)).merge(
-                fresh, on=WINDOW_KEY, how="inner")
-            windows = aggregate(pd.concat([in_fresh[["device", "sensor", "ts", "value"]],
-                                           new[["device", "sensor", "ts", "value"]]], ignore_index=True),
-                                window_ms)
+            fresh = set(zip(device.tolist(), sensor.tolist(), ends.tolist(), strict=True))
+            old = [(d, s, t, v) for (d, s, t), v in stored.items() if (d, s, -(-t // w) * w) in fresh]
+            if old:
+                od, os_, ot, ov = zip(*old, strict=True)
+                device = np.concatenate([device, np.array(od, dtype=object)])
+                sensor = np.concatenate([sensor, np.array(os_, dtype=object)])
+                ts = np.concatenate([ts, np.array(ot, dtype=np.int64)])
+                value = np.concatenate([value, np.array(ov, dtype=np.float64)])
+            windows = aggregate_arrays(device, sensor, ts, value, w)
             replace_windows(conn, windows, now)
             result.windows = len(windows)
 
@@ -178,17 +204,83 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
     return result
 
 
+def _pg_unnest(table: sa.Table, names: Sequence[str]) -> sa.Select:
+    """`SELECT * FROM unnest(:a_col1, :a_col2, ...)`: one fixed statement whatever the row count
+    (PostgreSQL; psycopg sends each column as one array parameter)."""
+    from sqlalchemy.dialects import postgresql as pg
+
+    params = [sa.bindparam(f"a_{n}", type_=pg.ARRAY(table.c[n].type)) for n in names]
+    rows = sa.func.unnest(*params).table_valued(*(sa.column(n, table.c[n].type) for n in names)).render_derived()
+    return sa.select(*(rows.c[n] for n in names))
+
+
+def _pg_params(rows: list[dict], names: Sequence[str]) -> dict[str, list]:
+    return {f"a_{n}": [r[n] for r in rows] for n in names}
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
+    """INSERT many rows in as few round trips as the dialect allows.
+
+    PostgreSQL: one `INSERT ... SELECT FROM unnest(arrays)` (a per-row executemany costs a statement
+    per row). SQLite and SQL Server (`fast_executemany`) batch natively.
+    """
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        names = list(rows[0])
+        conn.execute(table.insert().from_select(names, _pg_unnest(table, names)), _pg_params(rows, names))
+    else:
+        executemany(conn, table.insert(), rows)
+
+
+def executemany(conn: Connection, stmt: sa.Executable, rows: list[dict]) -> None:
+    """The driver's own executemany of a compiled Core statement over dict rows (SQLite, SQL Server).
+
+    Skips SQLAlchemy's per-row parameter processing, which costs more than SQLite's insert itself;
+    only for statements whose bound values need no type conversion (strings, ints, floats, bools).
+    """
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    order = compiled.positiontup
+    if order is None:  # a named paramstyle: the dicts are the parameters
+        conn.exec_driver_sql(str(compiled), rows)
+        return
+    conn.exec_driver_sql(str(compiled), [tuple(r[k] for k in order) for r in rows])
+
+
 def replace_windows(conn: Connection, windows: pd.DataFrame, updated_at: int) -> None:
-    """Write window rows (device, sensor, window_end, n, sum, sumsq, min, max), replacing any stored."""
+    """Write window rows (device, sensor, window_end, n, sum, sumsq, min, max), replacing any stored.
+
+    An upsert on SQLite and PostgreSQL; delete-then-insert elsewhere (SQL Server), same result.
+    """
     t = db.windows
-    keys = [{"d": d, "s": s, "w": int(w)} for d, s, w in
-            zip(windows["device"], windows["sensor"], windows["window_end"], strict=True)]
+    cols = {c: windows[c].tolist() for c in WINDOW_COLUMNS}
+    rows = [{"device": d, "sensor": s, "window_end": w, "n": n, "sum": a, "sumsq": q, "min": lo, "max": hi,
+             "updated_at": updated_at}
+            for d, s, w, n, a, q, lo, hi in zip(*(cols[c] for c in WINDOW_COLUMNS), strict=True)]
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        names = list(rows[0])
+        stmt = upsert(t)
+        if dialect == "postgresql":
+            stmt = stmt.from_select(names, _pg_unnest(t, names))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.c.device, t.c.sensor, t.c.window_end],
+            set_={c: stmt.excluded[c] for c in ("n", "sum", "sumsq", "min", "max", "updated_at")})
+        if dialect == "postgresql":
+            conn.execute(stmt, _pg_params(rows, names))
+        else:
+            executemany(conn, stmt, rows)
+        return
     conn.execute(t.delete().where(t.c.device == sa.bindparam("d"), t.c.sensor == sa.bindparam("s"),
-                                  t.c.window_end == sa.bindparam("w")), keys)
-    conn.execute(t.insert(), [
-        {"device": d, "sensor": s, "window_end": int(w), "n": int(n), "sum": float(a), "sumsq": float(q),
-         "min": float(lo), "max": float(hi), "updated_at": updated_at}
-        for d, s, w, n, a, q, lo, hi in zip(*(windows[c] for c in WINDOW_COLUMNS), strict=True)])
+                                  t.c.window_end == sa.bindparam("w")),
+                 [{"d": r["device"], "s": r["sensor"], "w": r["window_end"]} for r in rows])
+    conn.execute(t.insert(), rows)
 
 
 def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, window_ms: int) -> IngestResult:

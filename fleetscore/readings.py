@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 
@@ -57,19 +57,32 @@ class Decoded:
     sensor: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
-    payload: list[str] = field(default_factory=list)
     event_index: list[int] = field(default_factory=list)
+    item_index: list[int] = field(default_factory=list)
+    """Position in its event's JSON array, or -1 when the event is one object."""
     dead: list[DeadLetter] = field(default_factory=list)
+
+    def payload_of(self, i: int, events: Sequence[RawEvent] | None = None) -> str:
+        """The raw JSON of valid reading `i`, rebuilt on demand (for a dead letter written after
+        validation, e.g. a conflict); without the events, the reading's parsed fields as JSON."""
+        if events is not None:
+            body = events[self.event_index[i]].body
+            if self.item_index[i] < 0:
+                return _payload_text(body)
+            try:
+                return _dump(json.loads(body)[self.item_index[i]])
+            except (ValueError, TypeError, IndexError, KeyError):
+                pass
+        return _dump({"device": self.device[i], "sensor": self.sensor[i], "ts": self.ts[i], "value": self.value[i]})
 
     def frame(self) -> pd.DataFrame:
         """Valid readings: device, sensor (str), ts (int64 epoch ms UTC), value (float64), plus
-        payload (raw JSON of the reading) and event_index (position of its event in the batch)."""
+        plus event_index (position of its event in the batch)."""
         return pd.DataFrame({
             "device": pd.Series(self.device, dtype=object),
             "sensor": pd.Series(self.sensor, dtype=object),
             "ts": np.asarray(self.ts, dtype=np.int64),
             "value": np.asarray(self.value, dtype=np.float64),
-            "payload": pd.Series(self.payload, dtype=object),
             "event_index": np.asarray(self.event_index, dtype=np.int64),
         })
 
@@ -147,12 +160,30 @@ def _payload_text(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", errors="backslashreplace")
 
 
+class _Meta(Mapping):
+    """An event's position fields as DeadLetter keyword arguments, read only when a letter is written."""
+
+    __slots__ = ("_event",)
+    _KEYS = ("partition", "sequence_number", "offset", "enqueued_time_ms")
+
+    def __init__(self, event: RawEvent) -> None:
+        self._event = event
+
+    def __getitem__(self, key: str):
+        return getattr(self._event, key)
+
+    def __iter__(self):
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+
 def decode_events(events: Sequence[RawEvent]) -> Decoded:
     """Decode a delivered batch; never raises on bad input."""
     out = Decoded()
     for index, event in enumerate(events):
-        meta = dict(partition=event.partition, sequence_number=event.sequence_number,
-                    offset=event.offset, enqueued_time_ms=event.enqueued_time_ms)
+        meta = _Meta(event)
         body = event.body
         if not body or not body.strip():
             out.dead.append(DeadLetter(_payload_text(body or b""), "empty_body", "the event body is empty", **meta))
@@ -166,19 +197,19 @@ def decode_events(events: Sequence[RawEvent]) -> Decoded:
         if not items:
             out.dead.append(DeadLetter(_payload_text(body), "empty_body", "the event holds an empty array", **meta))
         single = not isinstance(doc, list)
-        for item in items:
-            payload = _payload_text(body) if single else _dump(item)
+        for pos, item in enumerate(items):
             try:
                 device, sensor, ts, value = parse_reading(item)
             except InvalidReading as bad:
+                payload = _payload_text(body) if single else _dump(item)
                 out.dead.append(DeadLetter(payload, bad.reason, bad.detail[:1000], **meta))
                 continue
             out.device.append(device)
             out.sensor.append(sensor)
             out.ts.append(ts)
             out.value.append(value)
-            out.payload.append(payload)
             out.event_index.append(index)
+            out.item_index.append(-1 if single else pos)
     return out
 
 
@@ -202,6 +233,6 @@ def decode_records(records: Iterable[dict], *, naive_tz: tzinfo | None = timezon
         out.sensor.append(sensor)
         out.ts.append(ts)
         out.value.append(value)
-        out.payload.append("")
         out.event_index.append(index)
+        out.item_index.append(-1)
     return out

@@ -22,24 +22,41 @@ def aggregate(readings: pd.DataFrame, window_ms: int) -> pd.DataFrame:
     """Aggregate readings (device, sensor, ts ms, value) into window rows.
 
     Returns one row per (device, sensor, window_end) with n, sum, sumsq, min, max, sorted by key.
+    Each window's values are summed in ascending value order, so the sums are bit-identical whatever
+    order the readings arrived in (a property the ingest guarantees rely on).
     """
-    if readings.empty:
+    return aggregate_arrays(readings["device"].to_numpy(dtype=object), readings["sensor"].to_numpy(dtype=object),
+                            readings["ts"].to_numpy(dtype=np.int64), readings["value"].to_numpy(dtype=np.float64),
+                            window_ms)
+
+
+def aggregate_arrays(device: np.ndarray, sensor: np.ndarray, ts: np.ndarray, value: np.ndarray,
+                     window_ms: int) -> pd.DataFrame:
+    """`aggregate` over parallel arrays (object, object, int64 ms, float64), all of one length."""
+    if len(ts) == 0:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
             WINDOW_COLUMNS, (object, object, "int64", "int64", "float64", "float64", "float64", "float64"),
             strict=True)})
-    values = readings["value"].to_numpy(dtype=np.float64)
-    frame = pd.DataFrame({
-        "device": readings["device"].to_numpy(),
-        "sensor": readings["sensor"].to_numpy(),
-        "window_end": window_end(readings["ts"].to_numpy(dtype=np.int64), window_ms),
-        "value": values,
-        "sq": values * values,
+    dev_codes, dev_names = pd.factorize(device, sort=True)
+    sen_codes, sen_names = pd.factorize(sensor, sort=True)
+    ends = window_end(ts, window_ms)
+    order = np.lexsort((value, ends, sen_codes, dev_codes))
+    dev_s, sen_s, end_s, val_s = dev_codes[order], sen_codes[order], ends[order], value[order]
+    new_group = np.empty(len(order), dtype=bool)
+    new_group[0] = True
+    new_group[1:] = (dev_s[1:] != dev_s[:-1]) | (sen_s[1:] != sen_s[:-1]) | (end_s[1:] != end_s[:-1])
+    starts = np.flatnonzero(new_group)
+    counts = np.diff(np.append(starts, len(order)))
+    return pd.DataFrame({
+        "device": np.asarray(dev_names, dtype=object)[dev_s[starts]],
+        "sensor": np.asarray(sen_names, dtype=object)[sen_s[starts]],
+        "window_end": end_s[starts],
+        "n": counts.astype(np.int64),
+        "sum": np.add.reduceat(val_s, starts),
+        "sumsq": np.add.reduceat(val_s * val_s, starts),
+        "min": val_s[starts],
+        "max": val_s[starts + counts - 1],
     })
-    grouped = frame.groupby(["device", "sensor", "window_end"], sort=True)
-    out = grouped.agg(n=("value", "size"), sum=("value", "sum"), sumsq=("sq", "sum"),
-                      min=("value", "min"), max=("value", "max")).reset_index()
-    out["n"] = out["n"].astype(np.int64)
-    return out[list(WINDOW_COLUMNS)]
 
 
 def closed_range(slot_ms: int, late_arrival_ms: int, watermark_ms: int | None,

@@ -222,7 +222,7 @@ def test_non_transient_failure_dead_letters_the_batch(sqlite_engine, monkeypatch
     def broken(*a, **k):
         raise RuntimeError("bug in window maths")
 
-    monkeypatch.setattr(ingest_mod, "aggregate", broken)
+    monkeypatch.setattr(ingest_mod, "aggregate_arrays", broken)
     batch = [ev({"device": "d", "sensor": "s", "ts": T0, "value": 1.0})]
     result = ingest_events(sqlite_engine, batch, source="t", window_ms=W_MS)
     assert result.dead_lettered == 1
