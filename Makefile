@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: demo test install install-dev node postgres chromium lint bench clean
+.PHONY: demo test install install-dev node postgres chromium aml-v1 lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
+
+# Azure ML SDK v1 pins numpy/pyarrow/azure-identity below ours: it gets its own venv (docs/AZURE.md)
+V1VENV := .venv-aml-v1
+$(V1VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(V1VENV) && $(V1VENV)/bin/python -m pip install -q --upgrade pip
+	$(V1VENV)/bin/pip install -q -e ".[aml-v1]"
+	touch $@
+
+aml-v1: $(V1VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -38,8 +47,8 @@ chromium:
 demo: install
 	$(BIN)/fleetscore demo $(DEMO_ARGS)
 
-test: install-dev node postgres chromium
-	$(BIN)/pytest
+test: install-dev node postgres chromium aml-v1
+	FLEETSCORE_REQUIRE_AML_V1=1 $(BIN)/pytest
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -50,4 +59,4 @@ bench: install-dev postgres
 	$(BIN)/python benchmarks/run.py --models 10000 --windows 12
 
 clean:
-	rm -rf .fleetscore .pytest_cache .ruff_cache .hypothesis
+	rm -rf .fleetscore .pytest_cache .ruff_cache .hypothesis .venv-aml-v1

@@ -14,12 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fleetscore.aml_cli import aml_app
 from fleetscore.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Scheduled batch scoring of a whole IoT fleet's anomaly models.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 db_app = typer.Typer(help="The SQL schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(aml_app, name="aml")
 console = Console()
 err = Console(stderr=True)
 

@@ -100,7 +100,36 @@ class Settings(BaseSettings):
     aml_batch_endpoint: str | None = Field(None, alias="AML_BATCH_ENDPOINT")
     aml_batch_deployment: str | None = Field(None, alias="AML_BATCH_DEPLOYMENT")
     aml_experiment: str = Field("fleetscore", alias="AML_EXPERIMENT")
-    aml_datastore: str = Field("fleetscore", alias="AML_DATASTORE")
+    aml_datastore: str = Field(
+        "fleetscore", alias="AML_DATASTORE", pattern=r"^[A-Za-z0-9_]{1,200}$",
+        description="prefix of the workspace datastores, one per container: <prefix>_data, _models, _predictions",
+    )
+    aml_subscription_id: str | None = Field(None, alias="AML_SUBSCRIPTION_ID")
+    aml_resource_group: str | None = Field(None, alias="AML_RESOURCE_GROUP")
+    aml_workspace: str | None = Field(None, alias="AML_WORKSPACE")
+    aml_storage_account: str | None = Field(
+        None, alias="AML_STORAGE_ACCOUNT",
+        description="the Functions app's storage account name; publish registers the datastores on it",
+    )
+    aml_compute: str = Field("fleetscore-cpu", alias="AML_COMPUTE", min_length=2, max_length=16)
+    aml_vm_size: str = Field("Standard_D4s_v3", alias="AML_VM_SIZE")
+    aml_max_nodes: int = Field(4, alias="AML_MAX_NODES", ge=1)
+    aml_node_count: int = Field(2, alias="AML_NODE_COUNT", ge=1, description="nodes one scoring job uses")
+    aml_low_priority: bool = Field(False, alias="AML_LOW_PRIORITY")
+    aml_process_count_per_node: int = Field(2, alias="AML_PROCESS_COUNT_PER_NODE", ge=1)
+    aml_mini_batch_size: int = Field(1, alias="AML_MINI_BATCH_SIZE", ge=1, description="partitions per mini-batch")
+    aml_error_threshold: int = Field(
+        0, alias="AML_ERROR_THRESHOLD", ge=-1, description="failed partitions a job tolerates (-1: any)"
+    )
+    aml_max_retries: int = Field(3, alias="AML_MAX_RETRIES", ge=1, description="tries of a failed mini-batch")
+    aml_run_timeout_seconds: int = Field(600, alias="AML_RUN_TIMEOUT_SECONDS", ge=10, description="per mini-batch")
+    aml_image: str = Field("mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest", alias="AML_IMAGE")
+    aml_pipeline_name: str = Field("fleetscore-scoring", alias="AML_PIPELINE_NAME")
+    aml_endpoint_name: str = Field(
+        "fleetscore-scoring", alias="AML_ENDPOINT_NAME", pattern=r"^[A-Za-z][A-Za-z0-9-]{2,31}$",
+        description="batch endpoint name (v2 publish); unique per Azure region",
+    )
+    aml_submit_timeout_seconds: float = Field(30.0, alias="AML_SUBMIT_TIMEOUT_SECONDS", gt=0)
 
     @field_validator("scoring_schedule")
     @classmethod

@@ -1,0 +1,250 @@
+"""Azure ML backends, submitted over REST (the Functions app never imports the Azure ML SDK).
+
+* ``aml-pipeline``: POST to a published pipeline (or pipeline endpoint) URL, SDK v1's REST contract::
+
+      {"ExperimentName": ..., "RunSource": "API", "ParameterAssignments": {"run_id": ..., "data_path": ...,
+       "model_version": ...}}
+
+  with a token for ``https://management.azure.com/.default``; the response's ``Id`` is the pipeline run id.
+* ``aml-batch-endpoint``: POST to the batch endpoint's invocation URL (``.../jobs``) with the body the
+  azure-ai-ml SDK itself sends from ``batch_endpoints.invoke``::
+
+      {"properties": {"inputData": {"run_id": {"jobInputType": "Literal", "value": ...},
+                                    "partitions": {"jobInputType": "UriFolder", "uri": "azureml://datastores/..."},
+                                    "model_pack": {...}},
+                      "outputData": {"predictions": {"jobOutputType": "UriFolder", "uri": ...}}}}
+
+  with a token for ``https://ml.azure.com/.default``, the ``azureml-model-deployment`` header when a
+  deployment is named and one ``repeatability_request-id`` for all tries; the response's ``name`` is the job.
+
+Both retry 408/429/5xx, timeouts and connection errors with exponential backoff (honouring ``Retry-After``)
+and raise :class:`SubmissionError` at once on any other 4xx. The token is never logged nor put in an error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import requests
+
+from fleetscore.backends import SubmissionError, SubmitRequest
+
+log = logging.getLogger("fleetscore.backends.aml")
+
+MANAGEMENT_SCOPE = "https://management.azure.com/.default"
+ML_SCOPE = "https://ml.azure.com/.default"
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+REPEATABILITY_HEADER = "repeatability_request-id"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_DELAY_SECONDS = 120.0
+
+
+@lru_cache(maxsize=1)
+def default_credential() -> Any:
+    """One ``DefaultAzureCredential`` per process (managed identity on Azure), created on first use."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def datastore_uri(datastore_prefix: str, path: str) -> str:
+    """``data/<run>`` → ``azureml://datastores/<prefix>_data/paths/<run>/`` (one datastore per container)."""
+    container, _, rest = path.strip("/").partition("/")
+    if not container:
+        raise ValueError(f"not a <container>/<path>: {path!r}")
+    rest = f"{rest}/" if rest else ""
+    return f"azureml://datastores/{datastore_prefix}_{container}/paths/{rest}"
+
+
+def jobs_url(endpoint: str) -> str:
+    """The batch endpoint's invocation URL already ends in ``/jobs``; a bare endpoint URL gets it added."""
+    url = endpoint.rstrip("/")
+    return url if url.endswith("/jobs") else f"{url}/jobs"
+
+
+def pipeline_body(req: SubmitRequest, experiment: str) -> dict[str, Any]:
+    return {
+        "ExperimentName": experiment,
+        "RunSource": "API",
+        "ParameterAssignments": {"run_id": req.run_id, "data_path": req.data_path, "model_version": req.model_version},
+    }
+
+
+def batch_endpoint_body(req: SubmitRequest, datastore_prefix: str, dtype: str = "float64") -> dict[str, Any]:
+    def literal(value: Any) -> dict[str, Any]:
+        return {"jobInputType": "Literal", "value": value}
+
+    def folder(path: str) -> dict[str, Any]:
+        return {"jobInputType": "UriFolder", "uri": datastore_uri(datastore_prefix, path)}
+
+    return {"properties": {
+        "inputData": {
+            "run_id": literal(req.run_id),
+            "dtype": literal(dtype),
+            "partitions": folder(req.data_path),
+            "model_pack": folder(req.model_pack_path),
+        },
+        "outputData": {
+            "predictions": {"jobOutputType": "UriFolder", "uri": datastore_uri(datastore_prefix, req.output_path)},
+        },
+    }}
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def post_with_retries(
+    url: str,
+    body: dict[str, Any],
+    *,
+    credential: Any,
+    scope: str,
+    headers: dict[str, str] | None = None,
+    session: requests.Session | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """POST ``body`` as JSON with a bearer token for ``scope``; retry transient failures; return the JSON reply."""
+    if not url:
+        raise SubmissionError("no endpoint URL configured")
+    token = credential.get_token(scope).token
+    all_headers = {"Content-Type": "application/json", **(headers or {}), "Authorization": f"Bearer {token}"}
+    own_session = session is None
+    http = session or requests.Session()
+    status: int | None = None
+    text = ""
+    try:
+        for attempt in range(retries + 1):
+            delay = min(backoff * (2**attempt), MAX_DELAY_SECONDS)
+            try:
+                response = http.post(url, json=body, headers=all_headers, timeout=timeout)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                status, text = None, f"{type(exc).__name__}: {_scrub(str(exc), token)}"
+                log.warning("submit to %s: %s (try %d of %d)", url, type(exc).__name__, attempt + 1, retries + 1)
+            else:
+                status, text = response.status_code, _scrub(response.text or "", token)
+                if 200 <= status < 300:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise SubmissionError("the endpoint's reply is not JSON", status=status, text=text) from None
+                if status not in RETRY_STATUSES:
+                    log.error("submit to %s refused: HTTP %d", url, status)
+                    raise SubmissionError("the endpoint refused the job", status=status, text=text)
+                after = _retry_after(response)
+                if after is not None:
+                    delay = min(max(delay, after), MAX_DELAY_SECONDS)
+                log.warning("submit to %s: HTTP %d (try %d of %d)", url, status, attempt + 1, retries + 1)
+            if attempt < retries:
+                sleep(delay)
+    finally:
+        if own_session:
+            http.close()
+    raise SubmissionError(f"the endpoint did not accept the job after {retries + 1} tries", status=status, text=text)
+
+
+def submit_pipeline(
+    req: SubmitRequest,
+    settings: Any,
+    credential: Any = None,
+    session: requests.Session | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Start the published v1 pipeline for ``req``; return the pipeline run id."""
+    if not settings.aml_pipeline_endpoint:
+        raise SubmissionError("AML_PIPELINE_ENDPOINT is not set")
+    reply = post_with_retries(
+        settings.aml_pipeline_endpoint, pipeline_body(req, settings.aml_experiment),
+        credential=credential or default_credential(), scope=MANAGEMENT_SCOPE, session=session, retries=retries,
+        backoff=backoff, timeout=settings.aml_submit_timeout_seconds, sleep=sleep,
+    )
+    run_id = reply.get("Id") or reply.get("id")
+    if not run_id:
+        raise SubmissionError("the pipeline endpoint's reply has no Id", status=200, text=str(reply)[:500])
+    log.info("run %s submitted to the published pipeline as %s", req.run_id, run_id)
+    return str(run_id)
+
+
+def submit_batch_endpoint(
+    req: SubmitRequest,
+    settings: Any,
+    credential: Any = None,
+    session: requests.Session | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Start a job of the batch endpoint's pipeline component deployment for ``req``; return the job name."""
+    if not settings.aml_batch_endpoint:
+        raise SubmissionError("AML_BATCH_ENDPOINT is not set")
+    headers = {REPEATABILITY_HEADER: str(uuid.uuid4())}
+    if settings.aml_batch_deployment:
+        headers[DEPLOYMENT_HEADER] = settings.aml_batch_deployment
+    reply = post_with_retries(
+        jobs_url(settings.aml_batch_endpoint),
+        batch_endpoint_body(req, settings.aml_datastore, settings.scoring_dtype),
+        credential=credential or default_credential(), scope=ML_SCOPE, headers=headers, session=session,
+        retries=retries, backoff=backoff, timeout=settings.aml_submit_timeout_seconds, sleep=sleep,
+    )
+    job = reply.get("name") or reply.get("id") or reply.get("Id")
+    if not job:
+        raise SubmissionError("the batch endpoint's reply has no job name", status=200, text=str(reply)[:500])
+    log.info("run %s submitted to the batch endpoint as job %s", req.run_id, job)
+    return str(job)
+
+
+class AmlPipelineBackend:
+    """``SCORING_BACKEND=aml-pipeline``."""
+
+    def __init__(self, settings: Any, credential: Any = None) -> None:
+        self.settings = settings
+        self.credential = credential
+
+    def submit(self, req: SubmitRequest) -> str:
+        return submit_pipeline(req, self.settings, self.credential)
+
+
+class AmlBatchEndpointBackend:
+    """``SCORING_BACKEND=aml-batch-endpoint``."""
+
+    def __init__(self, settings: Any, credential: Any = None) -> None:
+        self.settings = settings
+        self.credential = credential
+
+    def submit(self, req: SubmitRequest) -> str:
+        return submit_batch_endpoint(req, self.settings, self.credential)
+
+
+def aml_backend(settings: Any, credential: Any = None) -> AmlPipelineBackend | AmlBatchEndpointBackend:
+    """The Azure ML backend that ``SCORING_BACKEND`` names."""
+    if settings.scoring_backend == "aml-pipeline":
+        return AmlPipelineBackend(settings, credential)
+    if settings.scoring_backend == "aml-batch-endpoint":
+        return AmlBatchEndpointBackend(settings, credential)
+    raise ValueError(f"not an Azure ML backend: {settings.scoring_backend!r}")

@@ -1,0 +1,300 @@
+"""The Azure ML definitions, built offline, and the entry script under harnesses that call it like the
+v1 (ParallelRunStep) and v2 (parallel job) runners do.
+
+SDK v2 tests need the ``aml`` extra (azure-ai-ml). SDK v1 pins numpy < 2.3.3, so its tests run in this
+interpreter when it has azureml-pipeline-steps, else in the ``.venv-aml-v1`` venv (``make aml-v1``) or the
+one ``FLEETSCORE_AML_V1_PYTHON`` names; without either they skip, unless ``FLEETSCORE_REQUIRE_AML_V1=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetscore.settings import load_settings
+from scoring_job import pipeline_v1
+
+REPO = Path(__file__).resolve().parents[1]
+SCORING_DIR = REPO / "scoring_job"
+OVERRIDES = {"AML_COMPUTE": "score-cpu", "AML_VM_SIZE": "Standard_F8s_v2", "AML_MAX_NODES": "6",
+             "AML_NODE_COUNT": "3", "AML_LOW_PRIORITY": "true", "AML_PROCESS_COUNT_PER_NODE": "4",
+             "AML_MINI_BATCH_SIZE": "2", "AML_ERROR_THRESHOLD": "1", "AML_MAX_RETRIES": "2",
+             "AML_RUN_TIMEOUT_SECONDS": "900", "AML_DATASTORE": "fleet", "SCORING_DTYPE": "float32"}
+PREDICTION_COLUMNS = {"device", "sensor", "window_end", "n", "mean", "min", "max", "std", "score", "is_anomaly",
+                      "model_version", "run_id"}
+
+
+@pytest.fixture
+def aml_settings(monkeypatch):
+    for key, value in OVERRIDES.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+# ----------------------------------------------------------------------------------------------------- v2
+
+
+def test_v2_pipeline_job_offline(aml_settings):
+    pytest.importorskip("azure.ai.ml")
+    import yaml
+
+    from scoring_job import pipeline_v2
+
+    job = pipeline_v2.build_v2_job(aml_settings, run_id="20261123T1005Z", model_version="v7")
+    step = job.jobs[pipeline_v2.STEP_NAME]
+    assert step.type == "parallel"
+    assert step.task.entry_script == "score.py"
+    assert Path(step.task.code) == SCORING_DIR
+    assert str(step.mini_batch_size) == "2" and step.resources.instance_count == 3
+    assert step.max_concurrency_per_instance == 4
+    assert step.error_threshold == 1 and step.mini_batch_error_threshold == 1
+    assert step.input_data == "${{inputs.partitions}}"
+    args = shlex.split(step.task.program_arguments)
+    assert args[args.index("--output") + 1] == "${{outputs.predictions}}"
+    assert args[args.index("--model_pack") + 1] == "${{inputs.model_pack}}"
+    assert args[args.index("--run_id") + 1] == "${{inputs.run_id}}"
+    assert job.outputs.predictions.path == "azureml://datastores/fleet_predictions/paths/20261123T1005Z/"
+    assert job.inputs.partitions.path == "azureml://datastores/fleet_data/paths/20261123T1005Z/"
+    assert job.inputs.model_pack.path == "azureml://datastores/fleet_models/paths/v7/"
+
+    doc = yaml.safe_load(pipeline_v2.to_yaml(job))
+    assert doc["type"] == "pipeline"
+    assert doc["settings"]["default_compute"] == "azureml:score-cpu"
+    assert doc["inputs"]["run_id"] == "20261123T1005Z" and doc["inputs"]["dtype"] == "float32"
+    parallel = doc["jobs"][pipeline_v2.STEP_NAME]
+    assert parallel["retry_settings"] == {"max_retries": 2, "timeout": 900}
+    assert parallel["task"]["entry_script"] == "score.py"
+    pip = parallel["task"]["environment"]["conda_file"]["dependencies"][-1]["pip"]
+    assert pip == pipeline_v2.requirements() and any(p.startswith("pyarrow") for p in pip)
+    assert parallel["component"]["inputs"]["run_id"]["type"] == "string"
+    assert set(job.component.inputs) == {"partitions", "model_pack", "run_id", "dtype"}
+    assert set(job.component.outputs) == {"predictions"}
+
+
+def test_v2_default_output_is_the_job_name_and_cli_dry_run_prints_yaml(aml_settings):
+    pytest.importorskip("azure.ai.ml")
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from fleetscore.aml_cli import aml_app
+
+    app = typer.Typer()
+    app.add_typer(aml_app, name="aml")
+    result = CliRunner().invoke(app, ["aml", "publish", "--sdk", "v2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(result.stdout[result.stdout.index("compute:"):])
+    assert doc["outputs"]["predictions"]["path"] == "azureml://datastores/fleet_predictions/paths/${{name}}/"
+    assert doc["jobs"]["score_partitions"]["mini_batch_size"] == "2"
+
+
+# ----------------------------------------------------------------------------------------------------- v1
+
+
+def describe_v1_definition() -> dict:
+    if _has_v1_here():
+        return pipeline_v1.describe_v1(pipeline_v1.build_v1_definition(load_settings()))
+    from fleetscore.aml_cli import v1_python
+
+    python = v1_python()
+    if python is None:
+        if os.environ.get("FLEETSCORE_REQUIRE_AML_V1") == "1":
+            pytest.fail("SDK v1 venv missing: run `make aml-v1`")
+        pytest.skip("SDK v1 not installed here nor in .venv-aml-v1 (make aml-v1)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([python, "-m", "scoring_job.pipeline_v1", "describe"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _has_v1_here() -> bool:
+    try:
+        import azureml.pipeline.steps  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_v1_definition_offline(aml_settings):
+    d = describe_v1_definition()
+    prc = d["parallel_run_config"]
+    assert prc["entry_script"] == "score.py"
+    assert Path(prc["source_directory"]) == SCORING_DIR
+    assert prc["output_action"] == "summary_only"
+    assert prc["mini_batch_size"] == 2
+    assert prc["error_threshold"] == 1 and prc["allowed_failed_count"] == 1
+    assert prc["node_count"] == 3 and prc["process_count_per_node"] == 4
+    assert prc["compute_target"] == "score-cpu"
+    assert prc["run_invocation_timeout"] == 900 and prc["run_max_try"] == 2
+    assert prc["environment"]["pip_packages"] == pipeline_v1.requirements()
+    assert d["pipeline_parameters"] == {"run_id": "unset", "data_path": "data/unset", "model_version": "unset"}
+    prov = d["provisioning_configuration"]
+    assert prov == {"name": "score-cpu", "vm_size": "Standard_F8s_v2", "vm_priority": "lowpriority",
+                    "min_nodes": 0, "max_nodes": 6, "idle_seconds_before_scaledown": 300}
+    score_args = d["steps"]["score-partitions"]["arguments"]
+    assert score_args == ["--model_pack", "<model_pack side input>", "--run_id", "${run_id}", "--dtype", "float32"]
+    stage = d["steps"]["stage-inputs"]["arguments"]
+    assert stage[stage.index("--data_path") + 1] == "${data_path}"
+    assert stage[stage.index("--model_version") + 1] == "${model_version}"
+    copy = d["steps"]["copy-predictions"]["arguments"]
+    assert copy[copy.index("--run_id") + 1] == "${run_id}"
+    assert d["datastores"] == {"data": "fleet_data", "models": "fleet_models", "predictions": "fleet_predictions"}
+    assert set(d["rest_body"]["ParameterAssignments"]) == {"run_id", "data_path", "model_version"}
+    if (SCORING_DIR / "score.py").is_file():  # the SDK builds the real step once the entry script exists
+        runner = d["runner_arguments"]
+        assert "--output" in runner and runner[runner.index("--output_action") + 1] == "summary_only"
+        assert runner[runner.index("--run_id") + 1] == "${run_id}"
+
+
+def test_v1_cluster_side_steps_copy_a_run(tmp_path):
+    data, models = tmp_path / "data", tmp_path / "models"
+    (data / "r1").mkdir(parents=True)
+    (data / "r2").mkdir()
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        (data / "r1" / name).write_bytes(b"r1")
+    (data / "r2" / "part-00000.parquet").write_bytes(b"r2")
+    (models / "v3" / "sub").mkdir(parents=True)
+    (models / "v3" / "manifest.json").write_text("{}")
+    (models / "v3" / "svm.npz").write_bytes(b"x")
+    (models / "v3" / "sub" / "extra.bin").write_bytes(b"y")
+    parts, pack = tmp_path / "out" / "partitions", tmp_path / "out" / "pack"
+    assert pipeline_v1.main(["stage-inputs", "--data_root", str(data), "--data_path", "data/r1", "--models_root",
+                             str(models), "--model_version", "v3", "--partitions_out", str(parts),
+                             "--model_pack_out", str(pack)]) == 0
+    assert sorted(p.name for p in parts.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert (pack / "manifest.json").is_file() and (pack / "sub" / "extra.bin").read_bytes() == b"y"
+    scored, root = tmp_path / "scored", tmp_path / "predictions"
+    scored.mkdir()
+    (scored / "part-00000.parquet").write_bytes(b"p")
+    (scored / "log.txt").write_text("not copied")
+    assert pipeline_v1.copy_predictions(str(scored), str(root), "r1") == 1
+    assert [p.name for p in (root / "r1").iterdir()] == ["part-00000.parquet"]
+    for bad in ("../r2", "data/../r2"):
+        with pytest.raises(ValueError):
+            pipeline_v1.stage_inputs(str(data), f"data/{bad}", str(models), "v3", str(parts), str(pack))
+    with pytest.raises(ValueError):
+        pipeline_v1.copy_predictions(str(scored), str(root), "../escape")
+    with pytest.raises(FileNotFoundError):
+        pipeline_v1.stage_inputs(str(data), "data/none", str(models), "v3", str(parts), str(pack))
+
+
+# ------------------------------------------------------------------------------- the entry script, harnessed
+
+HARNESS = textwrap.dedent("""
+    import importlib.abc, json, sys
+    spec = json.loads(sys.argv[1])
+
+    class NoProjectPackages(importlib.abc.MetaPathFinder):
+        # on Azure ML the code snapshot is the scoring_job folder alone: no fleetscore, no scoring_job package
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("fleetscore", "scoring_job", "functions", "function_app"):
+                raise ImportError(f"{name} is not part of the Azure ML code snapshot")
+            return None
+
+    sys.meta_path.insert(0, NoProjectPackages())
+    sys.path.insert(0, spec["code"])
+    sys.argv = ["score.py", *spec["argv"]]
+    import score
+    score.init()
+    rows = []
+    for batch in spec["mini_batches"]:
+        result = score.run(batch)
+        assert len(result) == len(batch), (len(result), len(batch))
+        rows.extend(result.astype(str).to_dict("records"))
+    print("HARNESS-RESULT " + json.dumps(rows))
+""")
+
+
+@pytest.fixture
+def scoring_inputs(tmp_path):
+    if not (SCORING_DIR / "score.py").is_file():
+        pytest.skip("scoring_job/score.py is not there yet")
+    from sklearn.svm import OneClassSVM
+
+    from scoring_job.pack import write_pack
+
+    rng = np.random.default_rng(7)
+    models = {}
+    for device in ("d-0001", "d-0002"):
+        train = rng.normal([20.0, 18.0, 22.0, 1.0], 0.5, size=(60, 4))
+        models[(device, "temp")] = OneClassSVM(nu=0.05, gamma="scale").fit(train)
+    pack = tmp_path / "models" / "v1"
+    write_pack(models, pack, version="v1")
+    data = tmp_path / "data" / "r1"
+    data.mkdir(parents=True)
+    end = pd.Timestamp("2026-11-23T10:05:00Z")
+    for i, devices in enumerate((["d-0001"], ["d-0002", "d-0003"], ["d-0001", "d-0002"])):
+        rows = []
+        for device in devices:
+            for k in range(3):
+                values = rng.normal(20.0, 1.0, size=10) if k < 2 else rng.normal(60.0, 1.0, size=10)
+                rows.append({"device": device, "sensor": "temp", "window_end": end + pd.Timedelta(minutes=5 * k),
+                             "n": 10, "sum": float(values.sum()), "sumsq": float((values**2).sum()),
+                             "min": float(values.min()), "max": float(values.max())})
+        pd.DataFrame(rows).to_parquet(data / f"part-{i:05d}.parquet", index=False)
+    code = tmp_path / "snapshot"  # the folder Azure ML uploads, under another name
+    shutil.copytree(SCORING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    return {"code": str(code), "pack": str(pack), "data": data, "out": tmp_path / "out"}
+
+
+def run_harness(spec: dict) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    done = subprocess.run([sys.executable, "-c", HARNESS, json.dumps(spec)], cwd=spec["code"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("HARNESS-RESULT "))
+    return json.loads(line.removeprefix("HARNESS-RESULT "))
+
+
+def check_outputs(inputs: dict, rows: list[dict]) -> None:
+    names = sorted(p.name for p in inputs["data"].glob("*.parquet"))
+    assert len(rows) == len(names)
+    written = sorted(p.name for p in inputs["out"].iterdir() if p.suffix == ".parquet")
+    assert written == names  # one predictions file per partition, same basename
+    for name in names:
+        frame = pd.read_parquet(inputs["out"] / name)
+        assert set(frame.columns) >= PREDICTION_COLUMNS
+        assert set(frame["run_id"]) == {"r1"}
+
+
+def test_entry_script_under_the_v1_runner(scoring_inputs):
+    files = sorted(str(p) for p in scoring_inputs["data"].glob("*.parquet"))
+    out = scoring_inputs["out"]
+    out.mkdir()
+    argv = ["--client_sdk_version", "1.61.0", "--scoring_module_name", "score.py", "--mini_batch_size", "2",
+            "--error_threshold", "0", "--output_action", "summary_only", "--logging_level", "INFO",
+            "--run_invocation_timeout", "600", "--run_max_try", "3", "--create_snapshot_at_runtime", "True",
+            "--allowed_failed_count", "0", "--output", str(out), "--process_count_per_node", "2",
+            "--model_pack", scoring_inputs["pack"], "--run_id", "r1", "--dtype", "float64",
+            "--input_fds_0", "partitions"]
+    rows = run_harness({"code": scoring_inputs["code"], "argv": argv, "mini_batches": [files[:2], files[2:]]})
+    check_outputs(scoring_inputs, rows)
+
+
+def test_entry_script_under_the_v2_runner(scoring_inputs):
+    from scoring_job import pipeline_v2
+
+    files = sorted(str(p) for p in scoring_inputs["data"].glob("*.parquet"))
+    out = scoring_inputs["out"]
+    out.mkdir()
+    resolved = (pipeline_v2.PROGRAM_ARGUMENTS
+                .replace("${{inputs.model_pack}}", scoring_inputs["pack"])
+                .replace("${{outputs.predictions}}", str(out))
+                .replace("${{inputs.run_id}}", "r1")
+                .replace("${{inputs.dtype}}", "float32"))
+    assert "${{" not in resolved
+    argv = [*shlex.split(resolved), "--logging_level", "INFO", "--mini_batch_size", "1", "--error_threshold", "0",
+            "--mini_batch_error_threshold", "0"]
+    rows = run_harness({"code": scoring_inputs["code"], "argv": argv, "mini_batches": [[f] for f in files]})
+    check_outputs(scoring_inputs, rows)
