@@ -3,6 +3,8 @@
 import azure.functions as func
 
 from functions.ingest import bp as ingest_bp
+from functions.schedule import bp as schedule_bp
 
 app = func.FunctionApp()
 app.register_functions(ingest_bp)
+app.register_functions(schedule_bp)

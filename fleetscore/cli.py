@@ -135,12 +135,12 @@ def simulate(
     devices: int = 100, sensors: int = 5, days: float = 4.0,
     interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
     seed: int = 0,
-    fault_rate: Annotated[float, typer.Option(help="faults per device+sensor per day")] = 0.25,
+    fault_rate: Annotated[float, typer.Option(help="faults per device+sensor per faulty day")] = 0.075,
     clean_days: Annotated[float, typer.Option(help="days at the start without faults")] = 2.0,
     to: Annotated[str, typer.Option(help="file or eventhub")] = "file",
 ) -> None:
     """Simulate a fleet (baselines, daily cycles, noise, injected faults) with a ground-truth file."""
-    from fleetscore.simulate import send_to_eventhub, simulate_fleet, write_simulation
+    from fleetscore.simulate import send_to_eventhub, simulate_fleet, to_event_bodies, write_simulation
 
     sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
                          seed=seed, fault_rate=fault_rate, clean_days=clean_days)
@@ -151,8 +151,8 @@ def simulate(
             raise typer.Exit(2)
         with progress_bar() as bar:
             task = bar.add_task("send to Event Hubs", total=len(sim.readings))
-            sent = send_to_eventhub(sim.readings, s.eventhub_connection.get_secret_value(), s.eventhub_name,
-                                    progress=lambda n: bar.advance(task, n))
+            sent = send_to_eventhub(s.eventhub_connection.get_secret_value(), s.eventhub_name,
+                                    to_event_bodies(sim.readings), progress=lambda n: bar.advance(task, n))
         console.print(f"sent {sent:,} readings to Event Hub {s.eventhub_name}")
         return
     if to != "file":
@@ -181,6 +181,99 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     reasons = ", ".join(f"{k}={v:,}" for k, v in ing["dead_letters_by_reason"].items()) or "-"
     table.add_row("dead letters", f"{ing['dead_letters']:,}", reasons)
     console.print(table)
+
+
+@app.command()
+def train(
+    from_: Annotated[str | None, typer.Option("--from", help="oldest window end (exclusive), ISO-8601")] = None,
+    until: Annotated[str | None, typer.Option(help="newest window end (inclusive), ISO-8601")] = None,
+    min_windows: Annotated[int | None, typer.Option(help="skip pairs with fewer windows")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="ocsvm-rbf, ocsvm-linear, isolation-forest, lof, "
+                                                       "elliptic-envelope")] = None,
+    activate: Annotated[bool, typer.Option(help="point models/CURRENT at the new pack")] = False,
+) -> None:
+    """Fit one model per device+sensor on its windows and write a new model-pack version."""
+    from fleetscore.training import train as train_fleet
+
+    svc = services()
+    s = svc.settings
+    with progress_bar() as bar:
+        task = bar.add_task("train", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            result = train_fleet(svc.engine, svc.store, from_ms=parse_time(from_), until_ms=parse_time(until),
+                                 min_windows=min_windows or s.model_min_windows,
+                                 algorithm=algorithm or s.model_algorithm, features=s.features,
+                                 window_minutes=s.window_minutes, activate=activate, progress=tick)
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"model pack {result.version}: {result.models:,} models from {result.windows:,} windows"
+                  + (", active" if result.activated else " (not active: use --activate)"))
+    if result.skipped:
+        console.print(f"skipped {len(result.skipped):,} pair(s):")
+        for (device, sensor), why in sorted(result.skipped.items())[:50]:
+            console.print(f"  {device}/{sensor}: {why}")
+        if len(result.skipped) > 50:
+            console.print(f"  … and {len(result.skipped) - 50:,} more")
+
+
+@app.command()
+def run(
+    slot: Annotated[str | None, typer.Option(help="schedule slot (ISO-8601); default the latest occurrence")] = None,
+    retry: Annotated[bool, typer.Option(help="re-run a failed or partial run of the slot")] = False,
+) -> None:
+    """Run the scoring of one schedule slot now, as the timer would (claim, export, score, index)."""
+    from fleetscore.db import now_ms
+    from fleetscore.runs import start_run
+    from fleetscore.schedule import latest_occurrence
+
+    svc = services()
+    slot_ms = parse_time(slot) if slot else latest_occurrence(svc.settings.scoring_schedule, now_ms())
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        outcome = start_run(svc, slot_ms, trigger="cli", retry=retry, progress=tick)
+    if not outcome.claimed:
+        err.print(f"run {outcome.run_id} is already claimed (use --retry to re-run a failed or partial run)")
+        raise typer.Exit(1)
+    m = outcome.manifest
+    console.print(f"run {outcome.run_id}: {outcome.status}"
+                  + (f", {m.pairs:,} models, {m.windows:,} windows in {len(m.partitions)} partition(s)" if m else "")
+                  + (f" — {outcome.error}" if outcome.error else ""))
+    if outcome.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def runs(limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Recent runs, newest first."""
+    from fleetscore.runs import list_runs
+
+    frame = list_runs(services().engine, limit)
+    if as_json:
+        console.print_json(frame.to_json(orient="records"))
+        return
+    table = Table(title="runs")
+    for col in ("run", "status", "backend", "model", "windows", "models", "no model", "failures", "took s"):
+        table.add_column(col)
+    for r in frame.itertuples():
+        took = (r.finished_at - r.claimed_at) / 1000 if r.finished_at == r.finished_at and r.finished_at else None
+        table.add_row(r.run_id, r.status, r.backend or "-", r.model_version or "-", _n(r.windows), _n(r.models),
+                      _n(r.windows_no_model), _n(r.failures), f"{took:.1f}" if took is not None else "-")
+    console.print(table)
+
+
+def _n(value) -> str:
+    return "-" if value is None or value != value else f"{int(value):,}"
 
 
 if __name__ == "__main__":  # pragma: no cover

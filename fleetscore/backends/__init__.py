@@ -50,3 +50,15 @@ class Backend(Protocol):
     """Starts the scoring job of one run; returns the backend's run/job id."""
 
     def submit(self, req: SubmitRequest) -> str: ...
+
+
+def backend_for(services, progress=None) -> Backend:
+    """The backend `SCORING_BACKEND` names, built from the services' settings and store."""
+    name = services.settings.scoring_backend
+    if name == "local":
+        from fleetscore.backends.local import LocalBackend
+
+        return LocalBackend(services, progress=progress)
+    from fleetscore.backends.aml import aml_backend
+
+    return aml_backend(services.settings)

@@ -1,0 +1,344 @@
+"""Scheduled runs: claim a slot once, export its closed windows as partitions, submit them for scoring.
+
+A run is keyed by its schedule slot (`run_id` = the slot's UTC time). Claiming inserts the `runs` row,
+so a double fire, a past-due catch-up or two instances give one run. The run scores the windows that
+are closed (end ≤ slot − LATE_ARRIVAL_SECONDS) and newer than the scoring watermark; it writes them to
+`data/<run_id>/part-NNNNN.parquet` (whole devices per partition, at most PARTITION_MODELS pairs) plus
+`data/<run_id>/manifest.json`, then hands them to the backend. Completion — status succeeded/partial
+and the watermark advance — happens when the index has seen every partition's prediction file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from fleetscore import db
+from fleetscore.blobstore import BlobNotFound, BlobStore
+from fleetscore.schedule import run_id_for_slot
+from fleetscore.windows import closed_range
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("succeeded", "partial", "failed")
+RETRYABLE = ("failed", "partial")
+CURRENT_POINTER = "models/CURRENT"
+PARTITION_SCHEMA = pa.schema([
+    ("device", pa.string()), ("sensor", pa.string()), ("window_end", pa.timestamp("ms", tz="UTC")),
+    ("n", pa.int64()), ("sum", pa.float64()), ("sumsq", pa.float64()), ("min", pa.float64()),
+    ("max", pa.float64()),
+])
+
+
+class RunError(RuntimeError):
+    """A run could not be prepared or submitted; recorded on the run row."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed run: its slot, attempt and window range (from exclusive, until inclusive; epoch ms)."""
+
+    run_id: str
+    slot_ms: int
+    attempt: int
+    window_from: int
+    window_until: int
+
+
+@dataclass
+class Partition:
+    name: str
+    pairs: int
+    windows: int
+
+
+@dataclass
+class RunManifest:
+    run_id: str
+    slot: int
+    window_from: int
+    window_until: int
+    model_version: str
+    window_minutes: int
+    partitions: list[Partition] = field(default_factory=list)
+    created_at: int = 0
+
+    def to_json(self) -> bytes:
+        doc = {**self.__dict__, "partitions": [p.__dict__ for p in self.partitions]}
+        return json.dumps(doc, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RunManifest:
+        doc = json.loads(data)
+        return cls(**{**doc, "partitions": [Partition(**p) for p in doc["partitions"]]})
+
+    @property
+    def pairs(self) -> int:
+        return sum(p.pairs for p in self.partitions)
+
+    @property
+    def windows(self) -> int:
+        return sum(p.windows for p in self.partitions)
+
+
+def manifest_key(run_id: str) -> str:
+    return f"data/{run_id}/manifest.json"
+
+
+def partition_key(run_id: str, name: str) -> str:
+    return f"data/{run_id}/{name}"
+
+
+def prediction_key(run_id: str, name: str) -> str:
+    return f"predictions/{run_id}/{name}"
+
+
+def read_manifest(store: BlobStore, run_id: str) -> RunManifest | None:
+    try:
+        return RunManifest.from_json(store.get(manifest_key(run_id)))
+    except BlobNotFound:
+        return None
+
+
+def current_model_version(store: BlobStore) -> str | None:
+    """The model-pack version `models/CURRENT` points at, or None before the first `train --activate`."""
+    try:
+        return store.get(CURRENT_POINTER).decode().strip() or None
+    except BlobNotFound:
+        return None
+
+
+# --------------------------------------------------------------------------------------------- claim
+def claim_run(engine: Engine, slot_ms: int, *, window_ms: int, late_ms: int, max_lookback_ms: int,
+              trigger: str, backend: str, retry: bool = False) -> Claim | None:
+    """Claim the run of `slot_ms`, or None when it is already claimed.
+
+    The claim is the INSERT of the run's row (its primary key is the run id), so of any number of
+    concurrent claimers exactly one wins. With `retry`, a failed or partial run of the slot is claimed
+    again (attempt + 1) over the window range it had, so its outputs are rewritten identically.
+    """
+    run_id = run_id_for_slot(slot_ms)
+    r = db.runs
+    now = db.now_ms()
+    with engine.begin() as conn:
+        watermark = conn.execute(sa.select(db.watermarks.c.value)
+                                 .where(db.watermarks.c.name == db.SCORING_WATERMARK)).scalar()
+    window_from, window_until = closed_range(slot_ms, late_ms, watermark, window_ms, max_lookback_ms)
+    window_from = min(window_from, window_until)
+    try:
+        with engine.begin() as conn:
+            conn.execute(r.insert().values(
+                run_id=run_id, slot=slot_ms, attempt=1, status="claimed", trigger=trigger, backend=backend,
+                window_from=window_from, window_until=window_until, claimed_at=now))
+        return Claim(run_id, slot_ms, 1, window_from, window_until)
+    except sa.exc.IntegrityError:
+        pass
+    if not retry:
+        return None
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(r.c.status, r.c.attempt, r.c.window_from, r.c.window_until)
+                           .where(r.c.run_id == run_id)).first()
+        if row is None or row.status not in RETRYABLE:
+            return None
+        won = conn.execute(r.update().where(r.c.run_id == run_id, r.c.status == row.status,
+                                            r.c.attempt == row.attempt)
+                           .values(status="claimed", attempt=row.attempt + 1, trigger=trigger, backend=backend,
+                                   claimed_at=now, submitted_at=None, finished_at=None, error=None,
+                                   failures=None, failure_detail=None, windows_no_model=None)).rowcount
+    if won != 1:
+        return None
+    return Claim(run_id, slot_ms, row.attempt + 1, row.window_from, row.window_until)
+
+
+def update_run(engine: Engine, run_id: str, **values) -> None:
+    with engine.begin() as conn:
+        conn.execute(db.runs.update().where(db.runs.c.run_id == run_id).values(**values))
+
+
+def fail_run(engine: Engine, run_id: str, error: str) -> None:
+    update_run(engine, run_id, status="failed", error=error[:4000], finished_at=db.now_ms())
+
+
+# -------------------------------------------------------------------------------------------- export
+def plan_partitions(pairs: pd.DataFrame, partition_models: int) -> pd.DataFrame:
+    """Assign whole devices to partitions of at most `partition_models` pairs (more only when one device
+    alone has more). Input: device, sensor, windows (sorted by device, sensor); output adds `part`."""
+    if pairs.empty:
+        return pairs.assign(part=pd.Series(dtype=np.int64))
+    per_device = pairs.groupby("device", sort=True).size()
+    part, filled, parts = 0, 0, {}
+    for device, count in per_device.items():
+        if filled and filled + count > partition_models:
+            part, filled = part + 1, 0
+        parts[device] = part
+        filled += count
+    return pairs.assign(part=pairs["device"].map(parts).astype(np.int64))
+
+
+def partition_bytes(windows: pd.DataFrame) -> bytes:
+    """One partition as Parquet (PARTITION_SCHEMA), deterministic bytes for equal rows."""
+    table = pa.Table.from_pandas(windows, schema=PARTITION_SCHEMA, preserve_index=False).replace_schema_metadata()
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version: str, window_ms: int,
+               partition_models: int, progress: Callable[[int, int], None] | None = None) -> RunManifest:
+    """Write the claim's windows to `data/<run_id>/part-NNNNN.parquet` and the run manifest.
+
+    Memory is bounded by one partition: pairs are counted first, then each partition is read alone.
+    """
+    w = db.windows
+    in_range = (w.c.window_end > claim.window_from) & (w.c.window_end <= claim.window_until)
+    with engine.connect() as conn:
+        pairs = pd.DataFrame(conn.execute(
+            sa.select(w.c.device, w.c.sensor, sa.func.count().label("windows")).where(in_range)
+            .group_by(w.c.device, w.c.sensor).order_by(w.c.device, w.c.sensor)).all(),
+            columns=["device", "sensor", "windows"])
+    planned = plan_partitions(pairs, partition_models)
+    manifest = RunManifest(run_id=claim.run_id, slot=claim.slot_ms, window_from=claim.window_from,
+                           window_until=claim.window_until, model_version=model_version,
+                           window_minutes=window_ms // 60_000, created_at=db.now_ms())
+    groups = list(planned.groupby("part", sort=True)) if len(planned) else []
+    for done, (part, members) in enumerate(groups, start=1):
+        first, last = members["device"].iloc[0], members["device"].iloc[-1]
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
+                .where(in_range, w.c.device >= first, w.c.device <= last)
+                .order_by(w.c.device, w.c.sensor, w.c.window_end)).all()
+        frame = pd.DataFrame(rows, columns=PARTITION_SCHEMA.names)
+        frame["window_end"] = pd.to_datetime(frame["window_end"].astype(np.int64), unit="ms", utc=True)
+        name = f"part-{part:05d}.parquet"
+        store.put(partition_key(claim.run_id, name), partition_bytes(frame))
+        manifest.partitions.append(Partition(name=name, pairs=len(members), windows=len(frame)))
+        if progress:
+            progress(done, len(groups))
+    store.put(manifest_key(claim.run_id), manifest.to_json())
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------ complete
+def complete_empty_run(engine: Engine, claim: Claim) -> None:
+    """A run with nothing to score is done at once; the watermark still advances to its range end."""
+    now = db.now_ms()
+    with engine.begin() as conn:
+        conn.execute(db.runs.update().where(db.runs.c.run_id == claim.run_id).values(
+            status="succeeded", partitions=0, models=0, windows=0, windows_no_model=0, failures=0,
+            finished_at=now))
+        advance_watermark(conn, claim.window_until, now)
+
+
+def advance_watermark(conn: sa.Connection, value: int, now: int) -> None:
+    """Move the scoring watermark forward to `value` (never back)."""
+    wm = db.watermarks
+    current = conn.execute(sa.select(wm.c.value).where(wm.c.name == db.SCORING_WATERMARK)).scalar()
+    if current is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(wm.insert().values(name=db.SCORING_WATERMARK, value=value, updated_at=now))
+            return
+        except sa.exc.IntegrityError:
+            pass
+    conn.execute(wm.update().where(wm.c.name == db.SCORING_WATERMARK, wm.c.value < value)
+                 .values(value=value, updated_at=now))
+
+
+def mark_unscored_partitions(engine: Engine, run_id: str, errors: dict[str, str], *, all_failed: bool,
+                             skip_if: tuple[str, ...] = TERMINAL) -> None:
+    """Partitions the backend could not score write no prediction file, so the index cannot complete the
+    run: record them and end the run as partial (or failed when nothing was scored). The watermark is
+    left alone, so the next run scores those windows again."""
+    r = db.runs
+    detail = json.dumps({f"partition/{name}": err for name, err in errors.items()})[:4000]
+    with engine.begin() as conn:
+        conn.execute(r.update().where(r.c.run_id == run_id, r.c.status.not_in(skip_if)).values(
+            status="failed" if all_failed else "partial", error=f"{len(errors)} partition(s) not scored",
+            failure_detail=detail, finished_at=db.now_ms()))
+
+
+def list_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
+    r = db.runs
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(r).order_by(r.c.slot.desc()).limit(limit)).mappings().all()
+    return pd.DataFrame(rows, columns=[c.name for c in r.columns])
+
+
+@dataclass
+class RunOutcome:
+    """What `start_run` did: `claimed` False means another invocation owns the slot."""
+
+    run_id: str
+    claimed: bool
+    status: str = ""
+    manifest: RunManifest | None = None
+    backend_run_id: str | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def start_run(services, slot_ms: int, *, trigger: str, retry: bool = False, backend=None,
+              progress: Callable[[str, int, int], None] | None = None) -> RunOutcome:
+    """Claim, export and submit the run of one slot. Never raises for the run's own failures: they are
+    recorded on its row (status failed, error) and returned."""
+    from fleetscore.backends import SubmitRequest, backend_for
+
+    settings = services.settings
+    engine, store = services.engine, services.store
+    claim = claim_run(engine, slot_ms, window_ms=settings.window_ms, late_ms=settings.late_arrival_seconds * 1000,
+                      max_lookback_ms=int(settings.max_lookback_hours * 3_600_000), trigger=trigger,
+                      backend=settings.scoring_backend, retry=retry)
+    run_id = run_id_for_slot(slot_ms)
+    if claim is None:
+        log.info("run %s is already claimed; nothing to do", run_id)
+        return RunOutcome(run_id, claimed=False)
+    outcome = RunOutcome(run_id, claimed=True)
+    try:
+        version = current_model_version(store)
+        if version is None:
+            raise RunError("no active model pack: run `fleetscore train --activate` first")
+        t0 = time.perf_counter()
+        manifest = export_run(engine, store, claim, model_version=version, window_ms=settings.window_ms,
+                              partition_models=settings.partition_models,
+                              progress=(lambda d, t: progress("export", d, t)) if progress else None)
+        outcome.manifest = manifest
+        outcome.timings["export"] = round(time.perf_counter() - t0, 3)
+        update_run(engine, run_id, model_version=version, partitions=len(manifest.partitions),
+                   models=manifest.pairs, windows=manifest.windows, timings=json.dumps(outcome.timings))
+        if not manifest.partitions:
+            complete_empty_run(engine, claim)
+            outcome.status = "succeeded"
+            return outcome
+        backend = backend or backend_for(services, progress=progress)
+        t0 = time.perf_counter()
+        update_run(engine, run_id, status="submitted", submitted_at=db.now_ms())
+        outcome.backend_run_id = backend.submit(SubmitRequest.for_run(run_id, slot_ms, version))
+        outcome.timings["submit"] = round(time.perf_counter() - t0, 3)
+        update_run(engine, run_id, backend_run_id=outcome.backend_run_id, timings=json.dumps(outcome.timings))
+        after = getattr(backend, "after_submit", None)
+        if after is not None:  # the local backend scored synchronously: index what it wrote
+            outcome.timings.update(after(run_id))
+            update_run(engine, run_id, timings=json.dumps(outcome.timings))
+        with engine.connect() as conn:
+            outcome.status = conn.execute(sa.select(db.runs.c.status).where(db.runs.c.run_id == run_id)).scalar()
+        return outcome
+    except Exception as exc:  # recorded, never lost: the run row says what happened
+        log.exception("run %s failed", run_id)
+        outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
+        try:
+            fail_run(engine, run_id, outcome.error)
+        except Exception:  # the database itself is down: the log line above is the record
+            log.exception("could not record the failure of run %s", run_id)
+        return outcome

@@ -1,0 +1,83 @@
+"""Train the fleet from the windows in SQL and publish the model pack to the `models` store.
+
+`models/<version>/` holds the pack (manifest + array files, see scoring_job/pack.py); `models/CURRENT`
+holds the version runs use. Versions are UTC timestamps (`v20261123T100500Z`), so they sort by age.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from fleetscore import db
+from fleetscore.blobstore import BlobStore
+from fleetscore.runs import CURRENT_POINTER
+from scoring_job.features import window_features
+from scoring_job.pack import write_pack
+from scoring_job.train import fit_fleet
+
+
+@dataclass
+class TrainResult:
+    version: str
+    models: int
+    skipped: dict[tuple[str, str], str]
+    windows: int
+    activated: bool
+
+
+def load_windows(engine: Engine, from_ms: int | None = None, until_ms: int | None = None) -> pd.DataFrame:
+    """Window rows with window_end in (from, until] (either bound optional), window_end as UTC datetimes."""
+    w = db.windows
+    query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
+    if from_ms is not None:
+        query = query.where(w.c.window_end > from_ms)
+    if until_ms is not None:
+        query = query.where(w.c.window_end <= until_ms)
+    with engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(query.order_by(w.c.device, w.c.sensor, w.c.window_end)).all(),
+                             columns=["device", "sensor", "window_end", "n", "sum", "sumsq", "min", "max"])
+    frame["window_end"] = pd.to_datetime(frame["window_end"].astype(np.int64), unit="ms", utc=True)
+    return frame
+
+
+def new_version(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).strftime("v%Y%m%dT%H%M%SZ")
+
+
+def publish_pack(store: BlobStore, folder: Path, version: str, *, activate: bool) -> None:
+    """Upload a pack folder to `models/<version>/`; with `activate`, point `models/CURRENT` at it
+    (written last, so a run never sees a half-uploaded pack)."""
+    store.upload_dir(folder, f"models/{version}")
+    if activate:
+        store.put(CURRENT_POINTER, version.encode())
+
+
+def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: int | None, min_windows: int,
+          algorithm: str, features: tuple[str, ...], window_minutes: int, activate: bool,
+          n_jobs: int = -1, progress: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Fit one model per (device, sensor) on its windows in the range and publish one pack version."""
+    windows = load_windows(engine, from_ms, until_ms)
+    if windows.empty:
+        raise ValueError("no windows in the training range: ingest readings first (fleetscore ingest)")
+    feats = window_features(windows)
+    fit = fit_fleet(feats, algorithm=algorithm, feature_names=features, min_windows=min_windows,
+                    n_jobs=n_jobs, progress=progress)
+    if not fit.models:
+        raise ValueError(f"no pair has {min_windows} windows in the range; lower --min-windows")
+    version = new_version()
+    with tempfile.TemporaryDirectory(prefix="fleetscore-pack-") as tmp:
+        folder = Path(tmp) / version
+        write_pack(fit.models, folder, version=version, features=features, window_minutes=window_minutes,
+                   training=fit.training)
+        publish_pack(store, folder, version, activate=activate)
+    return TrainResult(version=version, models=len(fit.models), skipped=fit.skipped, windows=len(windows),
+                       activated=activate)
