@@ -163,11 +163,12 @@ def simulate(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Readings, windows, dead letters, late readings, runs, alerts and the model pack in force."""
-    from fleetscore.status import ingest_status
+    """Last runs, failures, open alerts, ingest figures and the model pack in force."""
+    from fleetscore.status import alerts_status, ingest_status, model_status, runs_status
 
     svc = services()
-    doc = {"ingest": ingest_status(svc.engine)}
+    doc = {"ingest": ingest_status(svc.engine), "runs": runs_status(svc.engine), "alerts": alerts_status(svc.engine),
+           "model_pack": model_status(svc.store)}
     if as_json:
         console.print_json(json.dumps(doc, default=str))
         return
@@ -180,6 +181,30 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     table.add_row("late readings", f"{ing['late_readings']:,}", f"watermark {fmt_ms(ing['watermark_ms'])}")
     reasons = ", ".join(f"{k}={v:,}" for k, v in ing["dead_letters_by_reason"].items()) or "-"
     table.add_row("dead letters", f"{ing['dead_letters']:,}", reasons)
+    pack = doc["model_pack"]
+    table.add_row("model pack", pack.get("version") or "none (fleetscore train --activate)",
+                  f"{pack.get('models', 0):,} models " + ", ".join(f"{k}={v}" for k, v in
+                                                              (pack.get("algorithms") or {}).items()))
+    console.print(table)
+    runs_doc = doc["runs"]
+    table = Table(title="last runs  (" + (", ".join(f"{k} {v}" for k, v in sorted(runs_doc["by_status"].items()))
+                                         or "none yet") + ")")
+    for col in ("run", "status", "backend", "models", "windows", "no model", "failures", "took s", "error"):
+        table.add_column(col)
+    for r in runs_doc["last"]:
+        took = (r["finished_at"] - r["claimed_at"]) / 1000 if r["finished_at"] else None
+        table.add_row(r["run_id"], r["status"], r["backend"] or "-", _n(r["models"]), _n(r["windows"]),
+                      _n(r["windows_no_model"]), _n(r["failures"]), f"{took:.1f}" if took is not None else "-",
+                      (r["error"] or "")[:60])
+    console.print(table)
+    al = doc["alerts"]
+    table = Table(title="open alerts  (" + (", ".join(f"{k} {v}" for k, v in sorted(al["by_status"].items()))
+                                           or "none") + f"; undelivered {al['undelivered']})")
+    for col in ("alert", "device", "sensor", "severity", "windows", "max score", "first", "last"):
+        table.add_column(col)
+    for a in al["open"]:
+        table.add_row(a["alert_id"], a["device"], a["sensor"], a["severity"], str(a["windows"]),
+                      f"{a['max_score']:.3f}", fmt_ms(a["first_window_end"]), fmt_ms(a["last_window_end"]))
     console.print(table)
 
 
@@ -251,6 +276,51 @@ def run(
                   + (f" — {outcome.error}" if outcome.error else ""))
     if outcome.status == "failed":
         raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(help="working folder (wiped first)")] = Path(".fleetscore/demo"),
+    devices: int = 100, sensors: int = 5,
+    days: Annotated[float, typer.Option(help="simulated days; the first --train-days train the models")] = 3.0,
+    train_days: float = 2.0,
+    interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
+    seed: int = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """The main job: simulate a fleet, ingest, train, replay the schedule, alert, report."""
+    from dataclasses import asdict
+
+    from fleetscore.host.demo import run_demo
+
+    if train_days >= days:
+        raise typer.BadParameter("--train-days must be less than --days")
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        s = run_demo(folder, devices=devices, sensors=sensors, days=days, train_days=train_days,
+                     interval_seconds=interval_seconds, seed=seed, progress=tick)
+    if as_json:
+        console.print_json(json.dumps(asdict(s), default=str))
+        return
+    console.print(f"[bold]fleetscore demo[/bold]: {s.devices} devices × {s.sensors} sensors × {s.days:g} days "
+                  f"in {s.folder}")
+    console.print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
+    console.print(f"readings {s.readings:,} (dead letters {s.dead_letters:,}) · models {s.models:,} "
+                  f"(skipped {s.skipped_models:,})")
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(s.runs_by_status.items()))
+    console.print(f"runs {s.runs} ({statuses}) · windows scored {s.windows_scored:,} "
+                  f"(without a model {s.windows_no_model:,})")
+    console.print(f"anomalous windows {s.anomalies:,} · alerts {s.alerts:,} ({s.open_alerts} open)")
+    console.print(f"injected faults in the scored span {s.faults} · precision {s.precision:.2f} "
+                  f"({s.true_alerts}/{s.alerts} alerts match a fault) · recall {s.recall:.2f} "
+                  f"({s.detected_faults}/{s.faults} faults alerted)")
+    console.print(f"report: {s.report}")
 
 
 @app.command()

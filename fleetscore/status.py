@@ -30,3 +30,51 @@ def ingest_status(engine: Engine) -> dict[str, Any]:
         "pairs": pairs, "dead_letters": sum(dead.values()), "dead_letters_by_reason": dead,
         "watermark_ms": watermark,
     }
+
+
+def runs_status(engine: Engine, limit: int = 10) -> dict[str, Any]:
+    """The last runs (newest first) with status and counts, and the runs by status overall."""
+    r = db.runs
+    with engine.connect() as conn:
+        last = conn.execute(sa.select(r.c.run_id, r.c.status, r.c.backend, r.c.model_version, r.c.models,
+                                      r.c.windows, r.c.windows_no_model, r.c.failures, r.c.failure_detail,
+                                      r.c.error, r.c.claimed_at, r.c.finished_at)
+                            .order_by(r.c.slot.desc()).limit(limit)).mappings().all()
+        by_status = dict(conn.execute(sa.select(r.c.status, sa.func.count()).group_by(r.c.status)).all())
+    return {"last": [dict(row) for row in last], "by_status": by_status}
+
+
+def alerts_status(engine: Engine, limit: int = 10) -> dict[str, Any]:
+    """Open alerts (most severe score first) and alert counts by status and by delivery state."""
+    a = db.alerts
+    with engine.connect() as conn:
+        open_alerts = conn.execute(sa.select(a.c.alert_id, a.c.device, a.c.sensor, a.c.severity, a.c.windows,
+                                             a.c.max_score, a.c.first_window_end, a.c.last_window_end)
+                                   .where(a.c.status == "open").order_by(a.c.max_score.desc())
+                                   .limit(limit)).mappings().all()
+        by_status = dict(conn.execute(sa.select(a.c.status, sa.func.count()).group_by(a.c.status)).all())
+        undelivered = conn.execute(sa.select(sa.func.count()).where(
+            a.c.delivered_revision < a.c.revision)).scalar_one()
+    return {"open": [dict(row) for row in open_alerts], "by_status": by_status, "undelivered": undelivered}
+
+
+def model_status(store) -> dict[str, Any]:
+    """The model pack in force: version, model count, algorithms (from its manifest JSON only)."""
+    import json
+
+    from fleetscore.blobstore import BlobNotFound
+    from fleetscore.runs import current_model_version
+
+    version = current_model_version(store)
+    if version is None:
+        return {"version": None}
+    try:
+        manifest = json.loads(store.get(f"models/{version}/manifest.json"))
+    except (BlobNotFound, ValueError) as exc:
+        return {"version": version, "error": f"manifest unreadable: {exc}"}
+    table = manifest.get("models") or {}  # columnar: one list per field
+    algorithms: dict[str, int] = {}
+    for name in table.get("algorithm", []):
+        algorithms[name] = algorithms.get(name, 0) + 1
+    return {"version": version, "created": manifest.get("created"), "models": table.get("count", 0),
+            "features": manifest.get("features"), "algorithms": algorithms}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from fleetscore.host.functions import app_functions
 
 
-@lru_cache(maxsize=1)
 def functions() -> dict:
-    import function_app
-
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+    return app_functions()
 
 
 def function(name: str):
