@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         return out
 
 
+def _may_hold_secret(name: str) -> bool:
+    """Settings whose value may carry a password, key or token: never echoed in an error."""
+    return any(word in name.upper() for word in ("URL", "CONNECTION", "STORAGE", "KEY", "SECRET", "TOKEN",
+                                                 "ENDPOINT"))
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings; raise `SettingsError` naming every wrong setting."""
     try:
@@ -204,7 +210,8 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
-            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+            shown = "" if _may_hold_secret(name) else f" (got {err.get('input')!r})"
+            problems.append(f"{name}: {err['msg']}{shown}")
         raise SettingsError("invalid setting(s): " + "; ".join(problems)) from None
 
 
