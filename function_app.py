@@ -3,8 +3,10 @@
 import azure.functions as func
 
 from functions.ingest import bp as ingest_bp
+from functions.predictions import bp as predictions_bp
 from functions.schedule import bp as schedule_bp
 
 app = func.FunctionApp()
 app.register_functions(ingest_bp)
+app.register_functions(predictions_bp)
 app.register_functions(schedule_bp)

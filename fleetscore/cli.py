@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fleetscore.alerts_cli import alerts_app
 from fleetscore.aml_cli import aml_app
 from fleetscore.settings import Settings, SettingsError, load_settings
 
@@ -22,6 +23,7 @@ app = typer.Typer(help="Scheduled batch scoring of a whole IoT fleet's anomaly m
 db_app = typer.Typer(help="The SQL schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(aml_app, name="aml")
+app.add_typer(alerts_app, name="alerts")
 console = Console()
 err = Console(stderr=True)
 
@@ -345,6 +347,10 @@ def runs(limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = Fal
 def _n(value) -> str:
     return "-" if value is None or value != value else f"{int(value):,}"
 
+
+from fleetscore.host.cli import up  # noqa: E402 - the local host's command, registered last
+
+app.command("up")(up)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
