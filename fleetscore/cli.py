@@ -234,7 +234,8 @@ def train(
             result = train_fleet(svc.engine, svc.store, from_ms=parse_time(from_), until_ms=parse_time(until),
                                  min_windows=min_windows or s.model_min_windows,
                                  algorithm=algorithm or s.model_algorithm, features=s.features,
-                                 window_minutes=s.window_minutes, activate=activate, progress=tick)
+                                 window_minutes=s.window_minutes, activate=activate, params=s.model_params,
+                                 progress=tick)
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
@@ -288,6 +289,8 @@ def demo(
     train_days: float = 2.0,
     interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
     seed: int = 7,
+    nu: Annotated[float, typer.Option(help="one-class SVM nu (expected outlier share) for the demo's models")] = 0.01,
+    alert_min_windows: Annotated[int, typer.Option(help="anomalous windows in a row that open an alert")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """The main job: simulate a fleet, ingest, train, replay the schedule, alert, report."""
@@ -306,7 +309,8 @@ def demo(
             bar.update(tasks[stage], completed=done, total=total)
 
         s = run_demo(folder, devices=devices, sensors=sensors, days=days, train_days=train_days,
-                     interval_seconds=interval_seconds, seed=seed, progress=tick)
+                     interval_seconds=interval_seconds, seed=seed, nu=nu, alert_min_windows=alert_min_windows,
+                     progress=tick)
     if as_json:
         console.print_json(json.dumps(asdict(s), default=str))
         return

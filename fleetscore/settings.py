@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     model_algorithm: str = Field("ocsvm-rbf", alias="MODEL_ALGORITHM")
     model_features: str = Field("mean,min,max,std", alias="MODEL_FEATURES")
     model_min_windows: int = Field(48, alias="MODEL_MIN_WINDOWS", ge=2)
+    model_params: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, alias="MODEL_PARAMS",
+        description='JSON object overriding the detector\'s parameters, e.g. {"nu": 0.01}',
+    )
 
     alert_close_after_windows: int = Field(3, alias="ALERT_CLOSE_AFTER_WINDOWS", ge=1)
     alert_min_windows: int = Field(1, alias="ALERT_MIN_WINDOWS", ge=1)
@@ -130,6 +134,16 @@ class Settings(BaseSettings):
         description="batch endpoint name (v2 publish); unique per Azure region",
     )
     aml_submit_timeout_seconds: float = Field(30.0, alias="AML_SUBMIT_TIMEOUT_SECONDS", gt=0)
+
+    @field_validator("model_params", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value or "{}")
+            except ValueError as exc:
+                raise ValueError(f"not a JSON object: {exc}") from None
+        return value
 
     @field_validator("scoring_schedule")
     @classmethod

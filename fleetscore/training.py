@@ -63,13 +63,14 @@ def publish_pack(store: BlobStore, folder: Path, version: str, *, activate: bool
 
 def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: int | None, min_windows: int,
           algorithm: str, features: tuple[str, ...], window_minutes: int, activate: bool,
-          n_jobs: int = -1, progress: Callable[[int, int], None] | None = None) -> TrainResult:
+          params: dict | None = None, n_jobs: int = -1,
+          progress: Callable[[int, int], None] | None = None) -> TrainResult:
     """Fit one model per (device, sensor) on its windows in the range and publish one pack version."""
     windows = load_windows(engine, from_ms, until_ms)
     if windows.empty:
         raise ValueError("no windows in the training range: ingest readings first (fleetscore ingest)")
     feats = window_features(windows)
-    fit = fit_fleet(feats, algorithm=algorithm, feature_names=features, min_windows=min_windows,
+    fit = fit_fleet(feats, algorithm=algorithm, params=params, feature_names=features, min_windows=min_windows,
                     n_jobs=n_jobs, progress=progress)
     if not fit.models:
         raise ValueError(f"no pair has {min_windows} windows in the range; lower --min-windows")
