@@ -8,7 +8,7 @@ All timestamps are stored as BIGINT milliseconds since the Unix epoch, UTC (`ts`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -160,6 +160,36 @@ schema_migrations = sa.Table(
 )
 
 SCORING_WATERMARK = "scoring"
+
+
+def iter_tuples(conn: Connection, query: sa.Executable, chunk_rows: int = 50_000) -> Iterator[tuple]:
+    """Stream a query's rows as the driver's plain tuples, `chunk_rows` at a time, inside `conn`'s
+    transaction. For bulk reads of plain columns (strings, integers, floats), where SQLAlchemy's Row
+    objects cost more than the query; PostgreSQL reads through a server-side cursor so memory stays
+    bounded."""
+    compiled = query.compile(dialect=conn.dialect)
+    params = compiled.params
+    args = tuple(params[k] for k in compiled.positiontup) if compiled.positiontup is not None else params
+    raw = conn.connection.dbapi_connection
+    cursor = raw.cursor(name=f"fleetscore_{id(query):x}") if conn.dialect.name == "postgresql" else raw.cursor()
+    try:
+        cursor.execute(str(compiled), args)
+        while rows := cursor.fetchmany(chunk_rows):
+            yield from rows
+    finally:
+        cursor.close()
+
+
+def read_frame(conn: Connection, query: sa.Select, columns: list[str] | None = None):
+    """A query's rows as a pandas DataFrame, built column-wise from the driver's tuples (`iter_tuples`).
+    Column names default to the query's."""
+    import pandas as pd
+
+    names = columns or [c.name for c in query.selected_columns]
+    rows = list(iter_tuples(conn, query))
+    if not rows:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
+    return pd.DataFrame(dict(zip(names, zip(*rows, strict=True), strict=True)))
 
 
 def now_ms() -> int:

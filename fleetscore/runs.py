@@ -14,10 +14,11 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -171,61 +172,61 @@ def fail_run(engine: Engine, run_id: str, error: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------- export
-def plan_partitions(pairs: pd.DataFrame, partition_models: int) -> pd.DataFrame:
-    """Assign whole devices to partitions of at most `partition_models` pairs (more only when one device
-    alone has more). Input: device, sensor, windows (sorted by device, sensor); output adds `part`."""
-    if pairs.empty:
-        return pairs.assign(part=pd.Series(dtype=np.int64))
-    per_device = pairs.groupby("device", sort=True).size()
-    part, filled, parts = 0, 0, {}
-    for device, count in per_device.items():
-        if filled and filled + count > partition_models:
-            part, filled = part + 1, 0
-        parts[device] = part
-        filled += count
-    return pairs.assign(part=pairs["device"].map(parts).astype(np.int64))
+def device_partitions(rows: Iterable[tuple], partition_models: int) -> Iterator[list[tuple]]:
+    """Cut window rows sorted by (device, sensor, window_end) into partitions of whole devices holding at
+    most `partition_models` device+sensor pairs (more only when one device alone has more)."""
+    part: list[tuple] = []
+    pairs = 0
+    for _device, group in groupby(rows, key=itemgetter(0)):
+        device_rows = list(group)
+        device_pairs = len({r[1] for r in device_rows})
+        if part and pairs + device_pairs > partition_models:
+            yield part
+            part, pairs = [], 0
+        part.extend(device_rows)
+        pairs += device_pairs
+    if part:
+        yield part
 
 
-def partition_bytes(windows: pd.DataFrame) -> bytes:
-    """One partition as Parquet (PARTITION_SCHEMA), deterministic bytes for equal rows."""
-    table = pa.Table.from_pandas(windows, schema=PARTITION_SCHEMA, preserve_index=False).replace_schema_metadata()
+def partition_bytes(rows: list[tuple]) -> bytes:
+    """One partition's window rows (PARTITION_SCHEMA order, window_end epoch ms) as Parquet; equal rows
+    give equal bytes."""
+    columns = list(zip(*rows, strict=True))
+    table = pa.Table.from_arrays(
+        [pa.array(columns[i], type=PARTITION_SCHEMA.field(i).type if i != 2 else pa.int64())
+         for i in range(len(PARTITION_SCHEMA))], names=PARTITION_SCHEMA.names)
+    table = table.set_column(2, PARTITION_SCHEMA.field(2), table.column(2).cast(PARTITION_SCHEMA.field(2).type))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
 def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version: str, window_ms: int,
-               partition_models: int, progress: Callable[[int, int], None] | None = None) -> RunManifest:
+               partition_models: int, progress: Callable[[int, int], None] | None = None,
+               on_partition: Callable[[str], None] | None = None) -> RunManifest:
     """Write the claim's windows to `data/<run_id>/part-NNNNN.parquet` and the run manifest.
 
-    Memory is bounded by one partition: pairs are counted first, then each partition is read alone.
+    One ordered query streamed in chunks; memory is bounded by one partition. `on_partition(key)` is
+    called as each partition is written (the local backend starts scoring it at once).
     """
     w = db.windows
-    in_range = (w.c.window_end > claim.window_from) & (w.c.window_end <= claim.window_until)
-    with engine.connect() as conn:
-        pairs = pd.DataFrame(conn.execute(
-            sa.select(w.c.device, w.c.sensor, sa.func.count().label("windows")).where(in_range)
-            .group_by(w.c.device, w.c.sensor).order_by(w.c.device, w.c.sensor)).all(),
-            columns=["device", "sensor", "windows"])
-    planned = plan_partitions(pairs, partition_models)
+    query = (sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
+             .where(w.c.window_end > claim.window_from, w.c.window_end <= claim.window_until)
+             .order_by(w.c.device, w.c.sensor, w.c.window_end))
     manifest = RunManifest(run_id=claim.run_id, slot=claim.slot_ms, window_from=claim.window_from,
                            window_until=claim.window_until, model_version=model_version,
                            window_minutes=window_ms // 60_000, created_at=db.now_ms())
-    groups = list(planned.groupby("part", sort=True)) if len(planned) else []
-    for done, (part, members) in enumerate(groups, start=1):
-        first, last = members["device"].iloc[0], members["device"].iloc[-1]
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
-                .where(in_range, w.c.device >= first, w.c.device <= last)
-                .order_by(w.c.device, w.c.sensor, w.c.window_end)).all()
-        frame = pd.DataFrame(rows, columns=PARTITION_SCHEMA.names)
-        frame["window_end"] = pd.to_datetime(frame["window_end"].astype(np.int64), unit="ms", utc=True)
-        name = f"part-{part:05d}.parquet"
-        store.put(partition_key(claim.run_id, name), partition_bytes(frame))
-        manifest.partitions.append(Partition(name=name, pairs=len(members), windows=len(frame)))
-        if progress:
-            progress(done, len(groups))
+    with engine.connect() as conn:
+        for number, rows in enumerate(device_partitions(db.iter_tuples(conn, query), partition_models)):
+            name = f"part-{number:05d}.parquet"
+            store.put(partition_key(claim.run_id, name), partition_bytes(rows))
+            if on_partition:
+                on_partition(partition_key(claim.run_id, name))
+            manifest.partitions.append(Partition(name=name, pairs=len({(r[0], r[1]) for r in rows}),
+                                                 windows=len(rows)))
+            if progress:
+                progress(number + 1, 0)
     store.put(manifest_key(claim.run_id), manifest.to_json())
     return manifest
 
@@ -272,8 +273,7 @@ def mark_unscored_partitions(engine: Engine, run_id: str, errors: dict[str, str]
 def list_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
     r = db.runs
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(r).order_by(r.c.slot.desc()).limit(limit)).mappings().all()
-    return pd.DataFrame(rows, columns=[c.name for c in r.columns])
+        return db.read_frame(conn, sa.select(r).order_by(r.c.slot.desc()).limit(limit))
 
 
 @dataclass
@@ -309,22 +309,33 @@ def start_run(services, slot_ms: int, *, trigger: str, retry: bool = False, back
         version = current_model_version(store)
         if version is None:
             raise RunError("no active model pack: run `fleetscore train --activate` first")
+        request = SubmitRequest.for_run(run_id, slot_ms, version)
+        backend = backend or backend_for(services, progress=progress)
+        # the local backend can score partitions while they are being exported
+        feed = backend.open_feed(request) if hasattr(backend, "open_feed") else None
         t0 = time.perf_counter()
-        manifest = export_run(engine, store, claim, model_version=version, window_ms=settings.window_ms,
-                              partition_models=settings.partition_models,
-                              progress=(lambda d, t: progress("export", d, t)) if progress else None)
+        try:
+            manifest = export_run(engine, store, claim, model_version=version, window_ms=settings.window_ms,
+                                  partition_models=settings.partition_models,
+                                  progress=(lambda d, t: progress("export", d, t)) if progress else None,
+                                  on_partition=(lambda key: feed.add(store.local_path(key))) if feed else None)
+        except BaseException:
+            if feed is not None:
+                feed.cancel()
+            raise
         outcome.manifest = manifest
         outcome.timings["export"] = round(time.perf_counter() - t0, 3)
         update_run(engine, run_id, model_version=version, partitions=len(manifest.partitions),
                    models=manifest.pairs, windows=manifest.windows, timings=json.dumps(outcome.timings))
         if not manifest.partitions:
+            if feed is not None:
+                feed.cancel()
             complete_empty_run(engine, claim)
             outcome.status = "succeeded"
             return outcome
-        backend = backend or backend_for(services, progress=progress)
         t0 = time.perf_counter()
         update_run(engine, run_id, status="submitted", submitted_at=db.now_ms())
-        outcome.backend_run_id = backend.submit(SubmitRequest.for_run(run_id, slot_ms, version))
+        outcome.backend_run_id = backend.submit(request)
         outcome.timings["submit"] = round(time.perf_counter() - t0, 3)
         update_run(engine, run_id, backend_run_id=outcome.backend_run_id, timings=json.dumps(outcome.timings))
         after = getattr(backend, "after_submit", None)

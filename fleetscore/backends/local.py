@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,9 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """forkserver where available: workers start from a clean, single-threaded server that has imported
-    the scoring code once (fork from a process with threads is unsafe; spawn re-imports every time)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
+    """How workers start. `fork` when this process has a single thread (the CLI, the demo): instant, and
+    the scoring code is already imported. With other threads running (the local host), forking could
+    copy a lock some thread holds, so `forkserver`: a clean single-threaded server, started once per
+    process with the scoring code preloaded, forks the workers. `spawn` elsewhere (Windows, macOS)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["scoring_job.score"])
         return ctx
@@ -45,24 +51,49 @@ def _run_batch(paths: list[str]) -> list[dict]:
     return score.run(paths).to_dict("records")
 
 
+class PartitionPool:
+    """The entry script in `workers` processes, fed one partition path per mini-batch as they become
+    available (the run exports partitions while earlier ones are already being scored)."""
+
+    def __init__(self, model_pack: Path, output: Path, run_id: str, *, workers: int, dtype: str = "float64",
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        output.mkdir(parents=True, exist_ok=True)
+        argv = ["--model_pack", str(model_pack), "--output", str(output), "--run_id", run_id, "--dtype", dtype]
+        self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=_pool_context(),
+                                         initializer=_init_worker, initargs=(argv,))
+        self._futures: list = []
+        self._progress = progress
+
+    def add(self, partition: Path) -> None:
+        self._futures.append(self._pool.submit(_run_batch, [str(partition)]))
+
+    def results(self) -> pd.DataFrame:
+        """Wait for every partition; the entry script's result rows (one per partition), by partition."""
+        rows: list[dict] = []
+        try:
+            for done, future in enumerate(as_completed(self._futures), start=1):
+                rows.extend(future.result())
+                if self._progress:
+                    self._progress(done, len(self._futures))
+        finally:
+            self._pool.shutdown(cancel_futures=True)
+        return pd.DataFrame(rows).sort_values("partition", kind="stable").reset_index(drop=True)
+
+    def cancel(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
 def score_partitions(partitions: list[Path], model_pack: Path, output: Path, run_id: str, *, workers: int,
                      dtype: str = "float64", progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Score partition files with the entry script in `workers` processes, one partition per mini-batch.
 
     Returns the entry script's result rows (one per partition) in partition order.
     """
-    output.mkdir(parents=True, exist_ok=True)
-    argv = ["--model_pack", str(model_pack), "--output", str(output), "--run_id", run_id, "--dtype", dtype]
-    rows: list[dict] = []
-    workers = max(1, min(workers, len(partitions)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker,
-                             initargs=(argv,)) as pool:
-        futures = [pool.submit(_run_batch, [str(p)]) for p in partitions]
-        for done, future in enumerate(as_completed(futures), start=1):
-            rows.extend(future.result())
-            if progress:
-                progress(done, len(futures))
-    return pd.DataFrame(rows).sort_values("partition", kind="stable").reset_index(drop=True)
+    pool = PartitionPool(model_pack, output, run_id, workers=min(workers, max(1, len(partitions))), dtype=dtype,
+                         progress=progress)
+    for path in partitions:
+        pool.add(path)
+    return pool.results()
 
 
 class LocalBackend:
@@ -74,9 +105,26 @@ class LocalBackend:
         self.progress = progress
         self.results: pd.DataFrame | None = None
         self.written: list[str] = []
+        self._feed: PartitionPool | None = None
+
+    def open_feed(self, req: SubmitRequest) -> PartitionPool | None:
+        """Score partitions while the run is still exporting them (stores with local files only);
+        None when the store needs staging."""
+        store, settings = self.services.store, self.services.settings
+        pack_dir, out_dir = store.local_path(req.model_pack_path), store.local_path(req.output_path)
+        if store.local_path(req.data_path) is None or pack_dir is None or out_dir is None:
+            return None
+        tick = (lambda d, t: self.progress("score", d, t)) if self.progress else None
+        self._feed = PartitionPool(pack_dir, out_dir, req.run_id, workers=settings.workers,
+                                   dtype=settings.scoring_dtype, progress=tick)
+        return self._feed
 
     def submit(self, req: SubmitRequest) -> str:
         settings, store = self.services.settings, self.services.store
+        if self._feed is not None:  # partitions were fed while the run exported them
+            feed, self._feed = self._feed, None
+            self.results = feed.results()
+            return self._finish(req)
         engine = self.services.engine
         from fleetscore.runs import read_manifest, update_run
 
@@ -103,8 +151,11 @@ class LocalBackend:
                                                 req.run_id, workers=settings.workers,
                                                 dtype=settings.scoring_dtype, progress=tick)
                 store.upload_dir(root / "out", req.output_path)
-        self.written = [f"{req.output_path}/{n}" for n in names
-                        if n in set(self.results.loc[self.results["status"] != "error", "partition"])]
+        return self._finish(req)
+
+    def _finish(self, req: SubmitRequest) -> str:
+        scored = self.results.loc[self.results["status"] != "error", "partition"]
+        self.written = [f"{req.output_path}/{n}" for n in sorted(scored)]
         bad = self.results[self.results["status"] == "error"]
         if len(bad):
             log.warning("run %s: %d partition(s) could not be scored: %s", req.run_id, len(bad),

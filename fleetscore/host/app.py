@@ -280,7 +280,9 @@ class LocalHost:
             if self.stopping:
                 return
             self.stopping = True
-        log.info("local host stopping: finishing running invocations")
+        started = self.started_at is not None
+        if started:
+            log.info("local host stopping: finishing running invocations")
         if self._server is not None:
             if self._serving:
                 self._server.shutdown()
@@ -302,7 +304,8 @@ class LocalHost:
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None
-        log.info("local host stopped")
+        if started:
+            log.info("local host stopped")
 
     def run_until_signalled(self) -> None:
         """Block until SIGINT or SIGTERM (main thread only), then stop cleanly. A second signal is not caught."""
@@ -329,7 +332,8 @@ class LocalHost:
         self._signalled.set()
 
     # ----------------------------------------------------------------------------------------- invoking
-    def _invoke(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str, retry: int = 0) -> bool:
+    def _invoke(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str, retry: int = 0) -> str | None:
+        """Run one invocation, logged under its own invocation id; returns None on success, else the error."""
         invocation_id = str(uuid.uuid4())
         started = _now_ms()
         t0 = time.perf_counter()
@@ -365,13 +369,13 @@ class LocalHost:
             stats["invocations"] += 1
             stats["failures"] += 1 if error else 0
             stats["last"] = entry
-        return error is None
+        return error
 
     def _invoke_with_retry(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str) -> bool | None:
         """True on success, False when the retry policy is exhausted, None when the host stopped mid-wait."""
         retry = 0
         while True:
-            if self._invoke(fn, make_args, reason=reason, retry=retry):
+            if self._invoke(fn, make_args, reason=reason, retry=retry) is None:
                 return True
             retry += 1
             if fn.retry is None or not fn.retry.allows(retry):
@@ -416,6 +420,9 @@ class LocalHost:
                 continue
             units = [records] if fn.many else [[r] for r in records]
             for unit in units:
+                if self._stop.is_set():
+                    return  # the rest of this read is delivered at the next start
+
                 def args(unit: list[SpoolRecord] = unit) -> dict:
                     events = self._events(fn, unit)
                     return {fn.arg_name: events if fn.many else events[0]}
@@ -579,18 +586,17 @@ class LocalHost:
                                              blob_properties=props, metadata={})}
 
         attempts = (receipt.attempts if receipt is not None else 0) + 1
-        ok = self._invoke(fn, args, reason=f"New blob detected: {info.name} (ETag {info.etag})", retry=attempts - 1)
-        if ok:
+        error = self._invoke(fn, args, reason=f"New blob detected: {info.name} (ETag {info.etag})",
+                             retry=attempts - 1)
+        if error is None:
             receipts.record(info.name, info.etag, DONE, attempts=attempts)
         elif attempts >= self.config.poison_blob_threshold:
-            last = self._stats[fn.name]["last"]
-            receipts.record(info.name, info.etag, POISON, attempts=attempts, error=last and last.get("error"))
+            receipts.record(info.name, info.etag, POISON, attempts=attempts, error=error)
             log.error("Functions.%s: blob %s (ETag %s) failed %d time(s); poisoned (poisonBlobThreshold %d), it "
                       "will not fire again", fn.name, info.name, info.etag, attempts,
                       self.config.poison_blob_threshold)
         else:
-            last = self._stats[fn.name]["last"]
-            receipts.record(info.name, info.etag, FAILED, attempts=attempts, error=last and last.get("error"))
+            receipts.record(info.name, info.etag, FAILED, attempts=attempts, error=error)
         return 1
 
     # -------------------------------------------------------------------------------------------- health

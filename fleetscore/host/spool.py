@@ -12,7 +12,8 @@ On disk (`<folder>/`):
   A record is a header line `<seq> <enqueued ms> <length> <crc32 hex>\\n`, the body bytes, then `\\n`.
   Sequence numbers start at 1 and have no gaps. The record's offset (as Event Hubs' `offset`) is its byte
   position in the whole log: segment base + position in the segment.
-- `checkpoint-<consumer>.json`: `{"sequence_number": n, "updated_at": ms}`, replaced atomically.
+- `checkpoint-<consumer>.json`: `{"sequence_number": n, "updated_at": ms}`, replaced atomically. A consumer
+  without one (a new function) starts at the oldest record kept, like host.json `initialOffsetOptions` fromStart.
 
 At open, a torn record at the end of the newest segment (a crash during an append, never acknowledged)
 is cut off.
@@ -113,8 +114,12 @@ class Spool:
         self.fsync = fsync
         self._lock = threading.Lock()
         self._appended = threading.Condition(self._lock)
-        self._checkpoints = {c: self._load_checkpoint(c) for c in self.consumers}
+        stored = {c: self._load_checkpoint(c) for c in self.consumers}
+        self._checkpoints = {c: cp for c, cp in stored.items() if cp is not None}
         self._segments = self._recover()
+        for consumer, cp in stored.items():  # a new consumer starts at the oldest record kept
+            if cp is None:
+                self._checkpoints[consumer] = self._segments[0].first_seq - 1
         self._writer: BinaryIO = open(self._segments[-1].path, "ab")  # noqa: SIM115 - closed by close()
         self._closed = False
         self._hints: dict[Path, tuple[int, int]] = {}
@@ -124,10 +129,10 @@ class Spool:
     def _checkpoint_path(self, consumer: str) -> Path:
         return self.folder / f"checkpoint-{consumer}.json"
 
-    def _load_checkpoint(self, consumer: str) -> int:
+    def _load_checkpoint(self, consumer: str) -> int | None:
         path = self._checkpoint_path(consumer)
         if not path.is_file():
-            return 0
+            return None
         return int(json.loads(path.read_text(encoding="utf-8"))["sequence_number"])
 
     def _recover(self) -> list[_Segment]:
