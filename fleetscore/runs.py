@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 TERMINAL = ("succeeded", "partial", "failed")
 RETRYABLE = ("failed", "partial")
+STALE_RUN_MS = 6 * 3_600_000
+"""A run still claimed/submitted/running this long after its claim is presumed dead (its worker was
+killed): `--retry` may take it over."""
 CURRENT_POINTER = "models/CURRENT"
 PARTITION_SCHEMA = pa.schema([
     ("device", pa.string()), ("sensor", pa.string()), ("window_end", pa.timestamp("ms", tz="UTC")),
@@ -126,8 +129,9 @@ def claim_run(engine: Engine, slot_ms: int, *, window_ms: int, late_ms: int, max
     """Claim the run of `slot_ms`, or None when it is already claimed.
 
     The claim is the INSERT of the run's row (its primary key is the run id), so of any number of
-    concurrent claimers exactly one wins. With `retry`, a failed or partial run of the slot is claimed
-    again (attempt + 1) over the window range it had, so its outputs are rewritten identically.
+    concurrent claimers exactly one wins. With `retry`, a failed or partial run of the slot — or one left
+    unfinished for STALE_RUN_MS by a killed worker — is claimed again (attempt + 1) over the window range
+    it had, so its outputs are rewritten identically.
     """
     run_id = run_id_for_slot(slot_ms)
     r = db.runs
@@ -148,9 +152,10 @@ def claim_run(engine: Engine, slot_ms: int, *, window_ms: int, late_ms: int, max
     if not retry:
         return None
     with engine.begin() as conn:
-        row = conn.execute(sa.select(r.c.status, r.c.attempt, r.c.window_from, r.c.window_until)
+        row = conn.execute(sa.select(r.c.status, r.c.attempt, r.c.window_from, r.c.window_until, r.c.claimed_at)
                            .where(r.c.run_id == run_id)).first()
-        if row is None or row.status not in RETRYABLE:
+        stale = row is not None and row.status not in TERMINAL and row.claimed_at < now - STALE_RUN_MS
+        if row is None or (row.status not in RETRYABLE and not stale):
             return None
         won = conn.execute(r.update().where(r.c.run_id == run_id, r.c.status == row.status,
                                             r.c.attempt == row.attempt)

@@ -43,8 +43,7 @@ def load_windows(engine: Engine, from_ms: int | None = None, until_ms: int | Non
     if until_ms is not None:
         query = query.where(w.c.window_end <= until_ms)
     with engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query.order_by(w.c.device, w.c.sensor, w.c.window_end)).all(),
-                             columns=["device", "sensor", "window_end", "n", "sum", "sumsq", "min", "max"])
+        frame = db.read_frame(conn, query.order_by(w.c.device, w.c.sensor, w.c.window_end))
     frame["window_end"] = pd.to_datetime(frame["window_end"].astype(np.int64), unit="ms", utc=True)
     return frame
 

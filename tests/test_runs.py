@@ -86,10 +86,14 @@ def test_a_failed_run_can_be_retried_explicitly_once(sqlite_engine):
     first = claim_run(sqlite_engine, slot, **kw)
     assert first is not None and claim_run(sqlite_engine, slot, **kw) is None
     assert claim_run(sqlite_engine, slot, retry=True, **kw) is None  # still running: no retry
+    with sqlite_engine.begin() as conn:  # ... unless it was left unfinished for hours (a killed worker)
+        conn.execute(db.runs.update().values(claimed_at=db.now_ms() - 7 * HOUR))
+    stale = claim_run(sqlite_engine, slot, retry=True, **kw)
+    assert stale is not None and stale.attempt == 2
     with sqlite_engine.begin() as conn:
         conn.execute(db.runs.update().values(status="failed"))
     again = claim_run(sqlite_engine, slot, retry=True, **kw)
-    assert again is not None and again.attempt == 2
+    assert again is not None and again.attempt == 3
     assert (again.window_from, again.window_until) == (first.window_from, first.window_until)
     assert claim_run(sqlite_engine, slot, retry=True, **kw) is None
 
