@@ -330,6 +330,23 @@ def demo(
 
 
 @app.command()
+def report(
+    run: Annotated[str | None, typer.Option("--run", help="focus on one run id")] = None,
+    out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("fleetscore-report.html"),
+) -> None:
+    """One self-contained HTML file with plots: alerted pairs, runs over time, dead letters."""
+    from fleetscore.report import write_report
+
+    svc = services()
+    try:
+        path = write_report(svc.engine, out, store=svc.store, run_id=run)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"report: {path}")
+
+
+@app.command()
 def runs(limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Recent runs, newest first."""
     from fleetscore.runs import list_runs
