@@ -289,6 +289,7 @@ def demo(
     train_days: float = 2.0,
     interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
     seed: int = 7,
+    fault_rate: Annotated[float, typer.Option(help="injected faults per device+sensor per faulty day")] = 0.075,
     nu: Annotated[float, typer.Option(help="one-class SVM nu (expected outlier share) for the demo's models")] = 0.01,
     alert_min_windows: Annotated[int, typer.Option(help="anomalous windows in a row that open an alert")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
@@ -309,24 +310,24 @@ def demo(
             bar.update(tasks[stage], completed=done, total=total)
 
         s = run_demo(folder, devices=devices, sensors=sensors, days=days, train_days=train_days,
-                     interval_seconds=interval_seconds, seed=seed, nu=nu, alert_min_windows=alert_min_windows,
-                     progress=tick)
+                     interval_seconds=interval_seconds, seed=seed, fault_rate=fault_rate, nu=nu,
+                     alert_min_windows=alert_min_windows, progress=tick)
     if as_json:
         console.print_json(json.dumps(asdict(s), default=str))
         return
-    console.print(f"[bold]fleetscore demo[/bold]: {s.devices} devices × {s.sensors} sensors × {s.days:g} days "
+    typer.echo(f"fleetscore demo: {s.devices} devices × {s.sensors} sensors × {s.days:g} days "
                   f"in {s.folder}")
-    console.print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
-    console.print(f"readings {s.readings:,} (dead letters {s.dead_letters:,}) · models {s.models:,} "
+    typer.echo("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
+    typer.echo(f"readings {s.readings:,} (dead letters {s.dead_letters:,}) · models {s.models:,} "
                   f"(skipped {s.skipped_models:,})")
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(s.runs_by_status.items()))
-    console.print(f"runs {s.runs} ({statuses}) · windows scored {s.windows_scored:,} "
+    typer.echo(f"runs {s.runs} ({statuses}) · windows scored {s.windows_scored:,} "
                   f"(without a model {s.windows_no_model:,})")
-    console.print(f"anomalous windows {s.anomalies:,} · alerts {s.alerts:,} ({s.open_alerts} open)")
-    console.print(f"injected faults in the scored span {s.faults} · precision {s.precision:.2f} "
+    typer.echo(f"anomalous windows {s.anomalies:,} · alerts {s.alerts:,} ({s.open_alerts} open)")
+    typer.echo(f"injected faults in the scored span {s.faults} · precision {s.precision:.2f} "
                   f"({s.true_alerts}/{s.alerts} alerts match a fault) · recall {s.recall:.2f} "
                   f"({s.detected_faults}/{s.faults} faults alerted)")
-    console.print(f"report: {s.report}")
+    typer.echo(f"report: {s.report}")
 
 
 @app.command()
@@ -343,7 +344,7 @@ def report(
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    console.print(f"report: {path}")
+    typer.echo(f"report: {path}")
 
 
 @app.command()

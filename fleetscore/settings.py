@@ -202,12 +202,25 @@ class Settings(BaseSettings):
         """Every secret value in force (for log-scrubbing tests and filters)."""
         values = [self.eventhub_connection, self.alert_webhook_url]
         out = [v.get_secret_value() for v in values if v is not None]
+        from urllib.parse import parse_qsl, urlsplit
+
         from sqlalchemy.engine import make_url
 
         password = make_url(self.sql_url).password
         if password:
             out.append(str(password))
-        return out
+        # the key parts alone too: a log line may quote a fragment of a connection string or URL
+        for text in [*out, self.storage]:
+            for part in text.split(";"):
+                name, _, value = part.partition("=")
+                if name.strip().lower() in ("accountkey", "sharedaccesskey", "sharedaccesssignature") and value:
+                    out.append(value.strip())
+        if self.alert_webhook_url is not None:
+            url = urlsplit(self.alert_webhook_url.get_secret_value())
+            out += [v for _, v in parse_qsl(url.query) if len(v) >= 4]
+            if url.password:
+                out.append(url.password)
+        return sorted(set(out), key=len, reverse=True)
 
 
 def _may_hold_secret(name: str) -> bool:

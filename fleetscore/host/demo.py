@@ -64,7 +64,8 @@ def _functions() -> dict:
 
 
 def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float = 3.0, train_days: float = 2.0,
-             interval_seconds: float = 60.0, per_event: int = 50, seed: int = 7, nu: float = 0.01,
+             interval_seconds: float = 60.0, per_event: int = 50, seed: int = 7, fault_rate: float = 0.075,
+             nu: float = 0.01,
              alert_min_windows: int = 3, progress: Progress | None = None) -> DemoSummary:
     """Run the demo in `folder` (wiped first) and return its summary.
 
@@ -97,7 +98,7 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
 
     t0 = time.perf_counter()
     sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
-                         seed=seed, clean_days=train_days)
+                         seed=seed, fault_rate=fault_rate, clean_days=train_days)
     stages["simulate"] = time.perf_counter() - t0
 
     # ingest: the Event Hub function, in batches of maxEventBatchSize events as the host delivers them
