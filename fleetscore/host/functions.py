@@ -6,7 +6,15 @@ raises on duplicate names), so the local host, the demo and the tests all go thr
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
+
+
+class _NoAuthLevelNotice(logging.Filter):
+    """The SDK logs on the root logger that HTTP auth levels do not apply to an app with no HTTP function."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Auth level is not applied" not in record.getMessage()
 
 
 @lru_cache(maxsize=1)
@@ -14,4 +22,10 @@ def app_functions() -> dict:
     """`{function name: azure.functions.decorators.core.Function}` of `function_app.app`."""
     import function_app
 
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+    quiet = _NoAuthLevelNotice()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        return {f.get_function_name(): f for f in function_app.app.get_functions()}
+    finally:
+        root.removeFilter(quiet)
