@@ -234,10 +234,10 @@ def test_paths_and_urls():
 
 
 def test_the_body_is_what_azure_ai_ml_itself_sends():
-    """Same wire shape as ``ml_client.batch_endpoints.invoke(inputs=..., outputs=...)`` (skipped without the SDK)."""
-    pytest.importorskip("azure.ai.ml")
+    """Same wire shape as ``ml_client.batch_endpoints.invoke(inputs=..., outputs=...)`` ."""
     from pathlib import Path
 
+    import azure.ai.ml  # noqa: F401 - the aml extra is part of the dev install
     from azure.ai.ml import Input, Output
     from azure.ai.ml._schema._deployment.batch.batch_job import BatchJobSchema
     from azure.ai.ml.constants._common import BASE_PATH_CONTEXT_KEY, PARAMS_OVERRIDE_KEY

@@ -18,6 +18,7 @@ from fleetscore import db
 from fleetscore.ingest import TransientIngestError, ingest_events
 from fleetscore.readings import RawEvent
 from fleetscore.windows import aggregate
+from tests.appfuncs import function as _function
 
 W_MS = 300_000
 T0 = int(datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc).timestamp() * 1000)
@@ -161,10 +162,7 @@ def _deliver(engine, items, plan: random.Random, as_arrays: bool) -> None:
         size = plan.randint(1, 20)
         chunk, items = items[:size], items[size:]
         bodies = [{"device": d, "sensor": s, "ts": t, "value": v} for d, s, t, v in chunk]
-        if as_arrays:
-            events = [ev(bodies[i:i + 3]) for i in range(0, len(bodies), 3)]
-        else:
-            events = [ev(b) for b in bodies]
+        events = [ev(bodies[i:i + 3]) for i in range(0, len(bodies), 3)] if as_arrays else [ev(b) for b in bodies]
         ingest_events(engine, events, source="t", window_ms=W_MS)
 
 
@@ -233,7 +231,6 @@ def test_non_transient_failure_dead_letters_the_batch(sqlite_engine, monkeypatch
 
 # --- the Azure Functions trigger, through the SDK's own types ----------------------------------
 
-from tests.appfuncs import function as _function
 
 
 def test_ingest_function_bindings():
