@@ -68,6 +68,18 @@ def progress_bar() -> Progress:
                     TimeElapsedColumn(), console=err, transient=False, disable=not err.is_terminal and False)
 
 
+def stage_ticker(bar: Progress):
+    """A `progress(stage, done, total)` callback that keeps one bar per stage."""
+    tasks: dict[str, int] = {}
+
+    def tick(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return tick
+
+
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
     from fleetscore.logs import configure_logging
@@ -262,13 +274,7 @@ def run(
     svc = services()
     slot_ms = parse_time(slot) if slot else latest_occurrence(svc.settings.scoring_schedule, now_ms())
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def tick(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+        tick = stage_ticker(bar)
         outcome = start_run(svc, slot_ms, trigger="cli", retry=retry, progress=tick)
     if not outcome.claimed:
         err.print(f"run {outcome.run_id} is already claimed (use --retry to re-run a failed or partial run)")
@@ -302,13 +308,7 @@ def demo(
     if train_days >= days:
         raise typer.BadParameter("--train-days must be less than --days")
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def tick(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+        tick = stage_ticker(bar)
         s = run_demo(folder, devices=devices, sensors=sensors, days=days, train_days=train_days,
                      interval_seconds=interval_seconds, seed=seed, fault_rate=fault_rate, nu=nu,
                      alert_min_windows=alert_min_windows, progress=tick)
