@@ -213,7 +213,9 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     console.print(table)
     al = doc["alerts"]
     table = Table(title="open alerts  (" + (", ".join(f"{k} {v}" for k, v in sorted(al["by_status"].items()))
-                                           or "none") + f"; undelivered {al['undelivered']})")
+                                           or "none")
+                  + (f"; undelivered to the webhook {al['undelivered']}" if svc.settings.alert_webhook_url else "")
+                  + ")")
     for col in ("alert", "device", "sensor", "severity", "windows", "max score", "first", "last"):
         table.add_column(col)
     for a in al["open"]:
