@@ -1,0 +1,178 @@
+"""The scoring job's entry script: the same file for the local process pool, Azure ML SDK v1 ParallelRunStep and
+the SDK v2 parallel job.
+
+``init()`` runs once per worker process: it parses its own arguments out of ``sys.argv`` (the platforms add
+theirs; unknown ones are ignored) and loads the model pack once into module globals::
+
+    --model_pack PATH   a pack folder (manifest.json + arrays), e.g. the mounted side input
+    --output PATH       folder for the predictions: one Parquet file per partition, same file name
+    --run_id ID         written into every prediction row
+    --dtype float64|float32   (default float64; float32 rechecks near-zero windows in float64)
+
+``run(mini_batch)`` gets a list of partition Parquet paths (columns device, sensor, window_end, n, sum, sumsq, min,
+max), scores each whole partition with the vectorised engine, writes ``<output>/<basename>`` atomically (temp
+file + os.replace) and deterministically (sorted rows, fixed schema, no index: re-running writes identical
+bytes) and returns one result row per item. A partition that cannot be read or scored gives a row with
+status "error"; run() itself does not raise for it.
+
+Azure ML uploads this folder alone, so the sibling modules are imported as top-level modules there and as the
+``scoring_job`` package in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+try:
+    from . import engine
+    from .features import WINDOW_COLUMNS, window_features
+    from .pack import ModelPack, load_pack
+except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
+    import engine
+    from features import WINDOW_COLUMNS, window_features
+    from pack import ModelPack, load_pack
+
+log = logging.getLogger("fleetscore.score")
+
+PREDICTION_SCHEMA = pa.schema([
+    ("device", pa.string()),
+    ("sensor", pa.string()),
+    ("window_end", pa.timestamp("ms", tz="UTC")),
+    ("n", pa.int64()),
+    ("mean", pa.float64()),
+    ("min", pa.float64()),
+    ("max", pa.float64()),
+    ("std", pa.float64()),
+    ("score", pa.float64()),
+    ("is_anomaly", pa.bool_()),
+    ("model_version", pa.string()),
+    ("run_id", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+])
+RESULT_COLUMNS = ("partition", "rows", "models", "anomalies", "windows_no_model", "failures", "failure_detail",
+                  "status", "error")
+
+PACK: ModelPack | None = None
+OUTPUT: Path | None = None
+RUN_ID: str = ""
+DTYPE: str = "float64"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="score.py", allow_abbrev=False, add_help=False)
+    parser.add_argument("--model_pack", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--run_id", default="")
+    parser.add_argument("--dtype", default="float64", choices=engine.DTYPES)
+    args, _platform_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def init(argv: list[str] | None = None) -> None:
+    """Parse the arguments (from ``argv`` or ``sys.argv``) and load the model pack once for this process."""
+    global PACK, OUTPUT, RUN_ID, DTYPE
+    args = parse_args(argv)
+    pack = load_pack(args.model_pack)
+    engine.prepare(pack)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    PACK, OUTPUT, RUN_ID, DTYPE = pack, out, args.run_id, args.dtype
+    log.info("score.init: pack %s (%d models) from %s, output %s, run %s, %s", pack.version, len(pack),
+             args.model_pack, out, RUN_ID, DTYPE)
+
+
+def _string(values: Any) -> pa.Array:
+    arr = pa.array(values, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr.cast(pa.string())
+
+
+def to_arrow(pred: pd.DataFrame) -> pa.Table:
+    """The engine's prediction frame as a table of exactly :data:`PREDICTION_SCHEMA` (no pandas metadata)."""
+    cols = []
+    for field in PREDICTION_SCHEMA:
+        s = pred[field.name]
+        if pa.types.is_string(field.type):
+            arr = _string(s)
+        elif pa.types.is_timestamp(field.type):
+            arr = pa.array(s).cast(field.type)
+        else:
+            arr = pa.array(s.to_numpy(), type=field.type)
+        cols.append(arr)
+    return pa.Table.from_arrays(cols, schema=PREDICTION_SCHEMA)
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` via a temp file in the same folder and os.replace (readers never see half)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_partition(path: str) -> pd.DataFrame:
+    """A partition's window rows; device and sensor stay dictionary-encoded (pandas Categorical)."""
+    table = pq.read_table(path, columns=list(WINDOW_COLUMNS), read_dictionary=["device", "sensor"])
+    frame = table.to_pandas()
+    for k in ("device", "sensor"):
+        if not isinstance(frame[k].dtype, pd.CategoricalDtype):
+            frame[k] = frame[k].astype("category")
+        frame[k] = frame[k].cat.rename_categories(lambda v: str(v))
+    return frame
+
+
+def score_partition(path: str, pack: ModelPack, output: Path, run_id: str = "", dtype: str = "float64") -> dict:
+    """Score one partition file into ``output / basename(path)``; the result row (never raises)."""
+    name = os.path.basename(os.fspath(path))
+    row: dict[str, Any] = {"partition": name, "rows": 0, "models": 0, "anomalies": 0, "windows_no_model": 0,
+                           "failures": 0, "failure_detail": "{}", "status": "error", "error": None}
+    try:
+        feats = window_features(read_partition(os.fspath(path)))
+        stats: dict[str, Any] = {}
+        pred = engine.score(feats, pack, run_id=run_id, dtype=dtype, stats=stats)
+        write_atomic(to_arrow(pred), output / name)
+        failures = stats["failures"]
+        errors = int((pred["status"] == "error").sum())
+        row.update(rows=len(pred), models=stats["models"], anomalies=int(pred["is_anomaly"].sum()),
+                   windows_no_model=stats["no_model_windows"], failures=len(failures),
+                   failure_detail=json.dumps({f"{d}/{s}": r for (d, s), r in sorted(failures.items())},
+                                             sort_keys=True),
+                   status="partial" if failures or errors else "ok")
+        if errors and not failures:
+            row["error"] = f"{errors} windows with non-finite features or decision values"
+    except Exception as exc:  # noqa: BLE001 - one bad partition is a result row, never a crash of the batch
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        log.exception("score.run: partition %s failed", name)
+    return row
+
+
+def run(mini_batch: list[str]) -> pd.DataFrame:
+    """Score every partition path of the mini-batch; one result row per item (see :data:`RESULT_COLUMNS`)."""
+    if PACK is None or OUTPUT is None:
+        raise RuntimeError("score.init() has not been called in this process")
+    rows = [score_partition(item, PACK, OUTPUT, RUN_ID, DTYPE) for item in mini_batch]
+    result = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    for k in ("rows", "models", "anomalies", "windows_no_model", "failures"):
+        result[k] = result[k].astype(np.int64)
+    result["error"] = pd.Series([r["error"] for r in rows], index=result.index, dtype=object)
+    log.info("score.run: %d partitions, %d rows, %d anomalies, statuses %s", len(result), int(result["rows"].sum()),
+             int(result["anomalies"].sum()), dict(result["status"].value_counts()))
+    return result

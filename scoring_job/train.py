@@ -1,0 +1,187 @@
+"""Training: one detector per (device, sensor) over that pair's window features, on all cores. Pure (no I/O).
+
+``fit_fleet(features)`` returns a :class:`FitResult` whose ``models`` and ``training`` go straight into
+``pack.write_pack(result.models, folder, training=result.training, features=...)``.
+
+Algorithms (``params`` override the detector's parameters; ``{"scaler": False}`` drops the StandardScaler):
+
+* ``ocsvm-rbf`` (default): StandardScaler + OneClassSVM(kernel="rbf", nu=0.05, gamma="scale")
+* ``ocsvm-linear``: StandardScaler + OneClassSVM(kernel="linear", nu=0.05)
+* ``isolation-forest``: IsolationForest(n_estimators=100, contamination=0.05, random_state=0)
+* ``lof``: StandardScaler + LocalOutlierFactor(novelty=True, n_neighbors=20, contamination=0.05)
+* ``elliptic-envelope``: EllipticEnvelope(contamination=0.05, random_state=0)
+
+The contamination of the last three is 0.05 (not scikit-learn's "auto"/0.1) so that every algorithm flags
+about the same 5 % of its training windows as the default SVM's nu does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:
+    from .features import FEATURES
+    from .pack import score_quantiles
+except ImportError:  # imported as a top-level module (the Azure ML code snapshot)
+    from features import FEATURES
+    from pack import score_quantiles
+
+Key = tuple[str, str]
+
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "ocsvm-rbf": {"kernel": "rbf", "nu": 0.05, "gamma": "scale"},
+    "ocsvm-linear": {"kernel": "linear", "nu": 0.05},
+    "isolation-forest": {"n_estimators": 100, "contamination": 0.05, "random_state": 0},
+    "lof": {"novelty": True, "n_neighbors": 20, "contamination": 0.05},
+    "elliptic-envelope": {"contamination": 0.05, "random_state": 0},
+}
+_SCALED = {"ocsvm-rbf": True, "ocsvm-linear": True, "isolation-forest": False, "lof": True,
+           "elliptic-envelope": False}
+
+
+def _detector_class(algorithm: str) -> type:
+    from sklearn.covariance import EllipticEnvelope
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neighbors import LocalOutlierFactor
+    from sklearn.svm import OneClassSVM
+
+    return {"ocsvm-rbf": OneClassSVM, "ocsvm-linear": OneClassSVM, "isolation-forest": IsolationForest,
+            "lof": LocalOutlierFactor, "elliptic-envelope": EllipticEnvelope}[algorithm]
+
+
+def make_estimator(algorithm: str = "ocsvm-rbf", params: Mapping[str, Any] | None = None) -> Any:
+    """An unfitted estimator of ``algorithm`` with ``params`` overriding the defaults (see module docstring)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if algorithm not in DEFAULT_PARAMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(DEFAULT_PARAMS)}")
+    p = dict(params or {})
+    scaler = bool(p.pop("scaler", _SCALED[algorithm]))
+    kwargs = {**DEFAULT_PARAMS[algorithm], **p}
+    if algorithm.startswith("ocsvm-") and kwargs.get("kernel") != algorithm.removeprefix("ocsvm-"):
+        raise ValueError(f"{algorithm}: kernel must stay {algorithm.removeprefix('ocsvm-')!r}")
+    if algorithm == "lof" and not kwargs.get("novelty"):
+        raise ValueError("lof needs novelty=True to score new windows")
+    det = _detector_class(algorithm)(**kwargs)
+    return make_pipeline(StandardScaler(), det) if scaler else det
+
+
+#: name -> factory(params) of an unfitted estimator
+ALGORITHMS: dict[str, Callable[[Mapping[str, Any] | None], Any]] = {
+    name: (lambda params=None, _name=name: make_estimator(_name, params)) for name in DEFAULT_PARAMS
+}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """``models``: {(device, sensor): fitted estimator}; ``skipped``: {(device, sensor): reason};
+    ``training``: {(device, sensor): {"from", "until", "size", "score_quantiles"}} (what write_pack records)."""
+
+    models: dict[Key, Any]
+    skipped: dict[Key, str]
+    training: dict[Key, dict[str, Any]]
+    algorithm: str = "ocsvm-rbf"
+    features: tuple[str, ...] = FEATURES
+
+
+def _fit_batch(template: Any, batch: list[tuple[Key, np.ndarray, Any, Any]]) -> list[tuple[Key, Any, Any]]:
+    from sklearn.base import clone
+
+    out = []
+    for key, X, t_from, t_until in batch:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. convergence or duplicate-point warnings on flat sensors
+                est = clone(template).fit(X)
+                scores = -np.asarray(est.decision_function(X), dtype=np.float64)
+            info = {"from": t_from, "until": t_until, "size": int(len(X)), "score_quantiles": score_quantiles(scores)}
+            out.append((key, est, info))
+        except Exception as exc:  # noqa: BLE001 - one pair failing must not stop the fleet
+            out.append((key, None, f"fit failed: {type(exc).__name__}: {exc}"))
+    return out
+
+
+def fit_fleet(
+    features: pd.DataFrame,
+    algorithm: str = "ocsvm-rbf",
+    params: Mapping[str, Any] | None = None,
+    feature_names: Sequence[str] = FEATURES,
+    min_windows: int = 48,
+    n_jobs: int | None = -1,
+    progress: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Fit one detector per (device, sensor) of ``features`` (columns device, sensor, window_end and
+    ``feature_names``). Rows with a non-finite feature are left out; pairs with fewer than ``min_windows`` usable
+    windows are skipped with the reason. Runs on ``n_jobs`` processes (-1: all cores) and calls
+    ``progress(done, total)`` as pairs finish."""
+    from sklearn.utils.parallel import Parallel, delayed
+
+    template = make_estimator(algorithm, params)
+    names = [str(f) for f in feature_names]
+    missing = [c for c in ("device", "sensor", "window_end", *names) if c not in features.columns]
+    if missing:
+        raise ValueError(f"features lack columns {missing}")
+    if min_windows < 1:
+        raise ValueError("min_windows must be >= 1")
+
+    X_all = features[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    usable = np.isfinite(X_all).all(axis=1)
+    ends = features["window_end"]
+    groups = features.groupby(["device", "sensor"], sort=True, observed=True).indices
+    skipped: dict[Key, str] = {}
+    work: list[tuple[Key, np.ndarray, Any, Any]] = []
+    for (device, sensor), rows in groups.items():
+        key = (str(device), str(sensor))
+        rows = rows[usable[rows]]
+        if len(rows) < min_windows:
+            skipped[key] = f"{len(rows)} usable windows < min_windows={min_windows}"
+            continue
+        w = ends.iloc[rows]
+        work.append((key, X_all[rows], w.min(), w.max()))
+
+    total = len(work)
+    models: dict[Key, Any] = {}
+    training: dict[Key, dict[str, Any]] = {}
+    if progress is not None:
+        progress(0, total)
+    if total:
+        n_workers = 1 if n_jobs in (None, 0, 1) else (n_jobs if n_jobs > 0 else max(1, _cpu_count() + 1 + n_jobs))
+        n_workers = min(n_workers, total)
+        size = max(1, min(64, math.ceil(total / (n_workers * 8))))
+        batches = [work[i:i + size] for i in range(0, total, size)]
+        done = 0
+        if n_workers == 1:
+            results = (_fit_batch(template, b) for b in batches)
+        else:
+            results = Parallel(n_jobs=n_workers, return_as="generator_unordered")(
+                delayed(_fit_batch)(template, b) for b in batches)
+        for res in results:
+            for key, est, info in res:
+                if est is None:
+                    skipped[key] = info
+                else:
+                    models[key] = est
+                    training[key] = info
+            done += len(res)
+            if progress is not None:
+                progress(done, total)
+    order = sorted(models)
+    return FitResult(models={k: models[k] for k in order}, skipped=dict(sorted(skipped.items())),
+                     training={k: training[k] for k in order}, algorithm=algorithm, features=tuple(names))
+
+
+def _cpu_count() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,200 @@
+"""scoring_job/score.py driven the way Azure ML drives it: a fresh process imports the entry script from the code
+snapshot (the scoring_job folder alone), init() reads its arguments among the platform's from sys.argv, then
+run() gets mini-batches of partition paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sklearn.ensemble import IsolationForest
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import OneClassSVM
+
+from scoring_job.pack import write_pack
+from scoring_job.score import PREDICTION_SCHEMA, RESULT_COLUMNS
+
+SCORING_DIR = Path(__file__).resolve().parents[1] / "scoring_job"
+
+DRIVER = textwrap.dedent("""
+    import importlib.abc, json, sys
+    spec = json.loads(sys.argv[1])
+
+    class SnapshotOnly(importlib.abc.MetaPathFinder):  # Azure ML uploads the scoring_job folder alone
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("fleetscore", "scoring_job", "functions", "function_app"):
+                raise ImportError(f"{name} is not in the code snapshot")
+            return None
+
+    sys.meta_path.insert(0, SnapshotOnly())
+    sys.path.insert(0, spec["code"])
+    sys.argv = ["driver", *spec["argv"]]
+    import score
+    score.init()
+    out = []
+    for batch in spec["mini_batches"]:
+        result = score.run(batch)
+        out.append({"columns": list(result.columns), "dtypes": [str(t) for t in result.dtypes],
+                    "rows": json.loads(result.to_json(orient="records"))})
+    print("DRIVER-RESULT " + json.dumps(out))
+""")
+
+
+def drive(code: Path, argv: list[str], mini_batches: list[list[str]]) -> list[dict]:
+    spec = {"code": str(code), "argv": argv, "mini_batches": mini_batches}
+    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)], cwd=code, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("DRIVER-RESULT "))
+    return json.loads(line.removeprefix("DRIVER-RESULT "))
+
+
+def window_rows(rng, device, sensor, windows, level, bad_from=None):
+    rows = []
+    end = pd.Timestamp("2026-11-23T10:05:00Z")
+    for k in range(windows):
+        v = rng.normal(level, 1.0, size=12)
+        if bad_from is not None and k >= bad_from:
+            v = v + 15.0
+        rows.append({"device": device, "sensor": sensor, "window_end": end + pd.Timedelta(minutes=5 * k),
+                     "n": 12, "sum": float(v.sum()), "sumsq": float((v**2).sum()), "min": float(v.min()),
+                     "max": float(v.max())})
+    return rows
+
+
+def train_features(rng, level, n=200):
+    v = rng.normal(level, 1.0, size=(n, 12))
+    return np.column_stack([v.mean(1), v.min(1), v.max(1), v.std(1, ddof=1)])
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("entry")
+    rng = np.random.default_rng(21)
+    models = {}
+    for i in range(6):
+        X = train_features(rng, 20.0 + i)
+        models[(f"dev-{i:02d}", "temp")] = make_pipeline(StandardScaler(), OneClassSVM(nu=0.05, gamma="scale")).fit(X)
+    models[("dev-06", "temp")] = IsolationForest(n_estimators=20, random_state=0).fit(train_features(rng, 26.0))
+    models[("dev-07", "temp")] = OneClassSVM(nu=0.1).fit(train_features(rng, 27.0)[:, :3])  # broken: 3 features
+    write_pack(models, tmp / "models" / "v3", version="v3")
+    data = tmp / "data" / "run-1"
+    data.mkdir(parents=True)
+    layout = {0: ["dev-00", "dev-01"], 1: ["dev-02", "dev-03", "dev-99"], 2: ["dev-04", "dev-05", "dev-06"],
+              3: ["dev-07", "dev-00"]}
+    for part, devices in layout.items():
+        rows = []
+        for d in devices:
+            i = int(d.split("-")[1])
+            rows += window_rows(rng, d, "temp", 12, 20.0 + min(i, 7), bad_from=9)
+        frame = pd.DataFrame(rows).sample(frac=1.0, random_state=part)  # any row order in the partition
+        frame.to_parquet(data / f"part-{part:05d}.parquet", index=False)
+    (data / "part-00004.parquet").write_bytes(b"PAR1 this is not parquet")
+    code = tmp / "snapshot"
+    shutil.copytree(SCORING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    return {"tmp": tmp, "models": models, "pack": tmp / "models" / "v3", "data": data, "code": code}
+
+
+PLATFORM_ARGS = ["--client_sdk_version", "1.61.0", "--scoring_module_name", "score.py", "--mini_batch_size", "2",
+                 "--error_threshold", "-1", "--output_action", "append_row", "--logging_level", "INFO",
+                 "--run_invocation_timeout", "600", "--process_count_per_node", "2", "--input_fds_0", "partitions"]
+
+
+def run_job(fleet, out: Path, dtype: str = "float64") -> list[dict]:
+    files = sorted(str(p) for p in fleet["data"].glob("*.parquet"))
+    argv = [*PLATFORM_ARGS[:6], "--model_pack", str(fleet["pack"]), *PLATFORM_ARGS[6:], "--output", str(out),
+            "--run_id", "run-1", "--dtype", dtype, "--unknown_flag_from_a_newer_runner", "x"]
+    batches = drive(fleet["code"], argv, [files[:2], files[2:]])
+    for b in batches:
+        assert b["columns"] == list(RESULT_COLUMNS)
+    return [r for b in batches for r in b["rows"]]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_the_entry_script_scores_partitions_like_azure_ml(fleet):
+    out = fleet["tmp"] / "out-a"
+    rows = {r["partition"]: r for r in run_job(fleet, out)}
+    assert sorted(rows) == [f"part-{i:05d}.parquet" for i in range(5)]
+    assert sorted(p.name for p in out.iterdir()) == [f"part-{i:05d}.parquet" for i in range(4)]  # no temp files
+
+    r0, r1, r2, r3, bad = (rows[f"part-{i:05d}.parquet"] for i in range(5))
+    assert (r0["status"], r0["rows"], r0["models"], r0["failures"], r0["error"]) == ("ok", 24, 2, 0, None)
+    assert r0["anomalies"] >= 6  # the last 3 windows of each pair are shifted by 15 sd
+    assert (r1["status"], r1["windows_no_model"], r1["models"]) == ("ok", 12, 2)
+    assert r2["status"] == "ok" and r2["models"] == 3
+    assert r3["status"] == "partial" and r3["failures"] == 1 and r3["models"] == 2
+    detail = json.loads(r3["failure_detail"])
+    assert list(detail) == ["dev-07/temp"] and "expects 3 features" in detail["dev-07/temp"]
+    assert bad["status"] == "error" and bad["rows"] == 0 and bad["error"]
+
+    for name in rows:
+        if name == "part-00004.parquet":
+            continue
+        path = out / name
+        assert pq.read_schema(path).equals(PREDICTION_SCHEMA, check_metadata=False)
+        pred = pd.read_parquet(path)
+        keys = list(zip(pred["device"], pred["sensor"], pred["window_end"], strict=True))
+        assert keys == sorted(keys) and (pred["run_id"] == "run-1").all() and (pred["model_version"] == "v3").all()
+        assert pred["window_end"].dtype == "datetime64[ms, UTC]"
+        for (d, s), est in fleet["models"].items():
+            mine = pred[(pred["device"] == d) & (pred["sensor"] == s)]
+            if mine.empty or d == "dev-07":
+                continue
+            X = mine[["mean", "min", "max", "std"]].to_numpy()
+            np.testing.assert_allclose(-mine["score"].to_numpy(), est.decision_function(X), rtol=1e-9, atol=1e-10)
+            assert (mine["is_anomaly"].to_numpy() == (est.predict(X) == -1)).all()
+            assert mine["is_anomaly"].to_numpy()[-3:].all()
+    p1 = pd.read_parquet(out / "part-00001.parquet")
+    none = p1[p1["device"] == "dev-99"]
+    assert (none["status"] == "no_model").all() and none["score"].isna().all() and none["error"].isna().all()
+    p3 = pd.read_parquet(out / "part-00003.parquet")
+    broken = p3[p3["device"] == "dev-07"]
+    assert (broken["status"] == "error").all() and broken["error"].str.contains("expects 3 features").all()
+
+
+def test_rerunning_writes_byte_identical_files_and_float32_keeps_the_labels(fleet):
+    first, again, f32 = (fleet["tmp"] / n for n in ("out-b", "out-c", "out-d"))
+    rows_first = run_job(fleet, first)
+    rows_again = run_job(fleet, again)
+    assert rows_first == rows_again
+    assert digests(first) == digests(again)
+    run_job(fleet, again)  # over existing files, in place
+    assert digests(first) == digests(again)
+    run_job(fleet, f32, dtype="float32")
+    for name in digests(first):
+        a, b = pd.read_parquet(first / name), pd.read_parquet(f32 / name)
+        assert (a["is_anomaly"] == b["is_anomaly"]).all()
+        np.testing.assert_allclose(a["score"], b["score"], rtol=0, atol=1e-3)
+
+
+def test_init_needs_its_own_arguments_and_run_needs_init(fleet, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(fleet["code"])!r})
+        import score
+        try:
+            score.run(["x.parquet"])
+        except RuntimeError as exc:
+            print("RUN-BEFORE-INIT", exc)
+        sys.argv = ["score.py", "--output", {str(tmp_path)!r}]
+        try:
+            score.init()
+        except SystemExit as exc:
+            print("INIT-EXIT", exc.code)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "RUN-BEFORE-INIT" in done.stdout and "INIT-EXIT 2" in done.stdout, done.stderr
+    assert "--model_pack" in done.stderr
