@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -197,11 +198,13 @@ def device_partitions(rows: Iterable[tuple], partition_models: int) -> Iterator[
 def partition_bytes(rows: list[tuple]) -> bytes:
     """One partition's window rows (PARTITION_SCHEMA order, window_end epoch ms) as Parquet; equal rows
     give equal bytes."""
-    columns = list(zip(*rows, strict=True))
+    device, sensor, end, n, total, sumsq, lo, hi = zip(*rows, strict=True)
+    numeric = [np.array(col, dtype=np.float64) for col in (total, sumsq, lo, hi)]
     table = pa.Table.from_arrays(
-        [pa.array(columns[i], type=PARTITION_SCHEMA.field(i).type if i != 2 else pa.int64())
-         for i in range(len(PARTITION_SCHEMA))], names=PARTITION_SCHEMA.names)
-    table = table.set_column(2, PARTITION_SCHEMA.field(2), table.column(2).cast(PARTITION_SCHEMA.field(2).type))
+        [pa.array(device, pa.string()), pa.array(sensor, pa.string()),
+         pa.array(np.array(end, dtype=np.int64)).cast(PARTITION_SCHEMA.field("window_end").type),
+         pa.array(np.array(n, dtype=np.int64)), *(pa.array(col) for col in numeric)],
+        schema=PARTITION_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
