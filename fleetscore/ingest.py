@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
-from fleetscore.readings import DeadLetter, Decoded, RawEvent, decode_events
-from fleetscore.windows import WINDOW_COLUMNS, aggregate_arrays, window_end
+from fleetscore.readings import DeadLetter, Decoded, RawEvent, decode_events, payload_text
+from fleetscore.windows import WINDOW_COLUMNS, aggregate_arrays, window_end, window_end_of
 
 log = logging.getLogger(__name__)
 IN_CHUNK = 900
@@ -92,6 +92,20 @@ def _one_of(conn: Connection, column: sa.Column, values: Sequence[str]) -> sa.Co
     return column.in_(values)
 
 
+def lock_pairs(conn: Connection, pairs: set[tuple[str, str]]) -> None:
+    """Serialise concurrent batches that touch the same device+sensor (PostgreSQL transaction-scoped
+    advisory locks, taken in sorted order so two batches cannot deadlock). Without it two batches could
+    each recompute a shared window from stored readings that miss the other's uncommitted ones. SQLite
+    serialises writers by itself."""
+    if conn.dialect.name != "postgresql" or not pairs:
+        return
+    from sqlalchemy.dialects import postgresql as pg
+
+    keys = sorted(f"{d}\x1f{s}" for d, s in pairs)
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k")
+                 .bindparams(sa.bindparam("keys", keys, type_=pg.ARRAY(sa.Text()))))
+
+
 def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], window_ms: int) -> dict[Key, float]:
     """Stored readings of every touched (device, sensor, window_end): {(device, sensor, ts): value}."""
     t = db.readings
@@ -110,7 +124,7 @@ def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], 
             if len(sensors) <= IN_CHUNK:
                 query = query.where(_one_of(conn, t.c.sensor, sensors))
             for device, sensor, ts, value in conn.execute(query).all():
-                if (device, sensor, -(-ts // window_ms) * window_ms) in touched:
+                if (device, sensor, window_end_of(ts, window_ms)) in touched:
                     stored[(device, sensor, ts)] = value
     return stored
 
@@ -157,7 +171,9 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
 
     if firsts:
         w = window_ms
-        touched = {(d, s, -(-t // w) * w) for d, s, t in firsts}
+        ends = window_end(np.fromiter((t for _, _, t in firsts), dtype=np.int64, count=len(firsts)), w).tolist()
+        touched = {(d, s, e) for (d, s, _), e in zip(firsts, ends, strict=True)}
+        lock_pairs(conn, {(d, s) for d, s, _ in touched})
         stored = fetch_window_readings(conn, touched, w)
         values = decoded.value
         new: list[int] = []
@@ -187,7 +203,7 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
                                          late.tolist(), strict=True)])
             result.stored = len(new)
             fresh = set(zip(device.tolist(), sensor.tolist(), ends.tolist(), strict=True))
-            old = [(d, s, t, v) for (d, s, t), v in stored.items() if (d, s, -(-t // w) * w) in fresh]
+            old = [(d, s, t, v) for (d, s, t), v in stored.items() if (d, s, window_end_of(t, w)) in fresh]
             if old:
                 od, os_, ot, ov = zip(*old, strict=True)
                 device = np.concatenate([device, np.array(od, dtype=object)])
@@ -289,8 +305,9 @@ def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, wi
     Transient database errors raise `TransientIngestError` (the host retries the batch). Any other
     error dead-letters the whole batch with reason `ingest_error` so nothing is lost silently.
     """
-    decoded = decode_events(events)
+    decoded = None
     try:
+        decoded = decode_events(events)
         with engine.begin() as conn:
             return store_batch(conn, decoded, source=source, window_ms=window_ms, events=events)
     except Exception as exc:
@@ -298,7 +315,7 @@ def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, wi
             raise TransientIngestError(f"transient database error, batch will be redelivered: "
                                        f"{type(exc).__name__}") from exc
         log.exception("ingest failed for a batch of %d events; dead-lettering it", len(events))
-        letters = [DeadLetter(payload=e.body.decode("utf-8", errors="backslashreplace"), reason="ingest_error",
+        letters = [DeadLetter(payload=payload_text(e.body or b""), reason="ingest_error",
                               detail=f"{type(exc).__name__}: {exc}"[:1000], partition=e.partition,
                               sequence_number=e.sequence_number, offset=e.offset,
                               enqueued_time_ms=e.enqueued_time_ms) for e in events]
@@ -309,4 +326,5 @@ def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, wi
             if db.is_transient(exc2):
                 raise TransientIngestError("transient database error while dead-lettering") from exc2
             raise
-        return IngestResult(received=len(decoded.ts) + len(decoded.dead), dead_lettered=len(letters))
+        received = len(decoded.ts) + len(decoded.dead) if decoded is not None else len(events)
+        return IngestResult(received=received, dead_lettered=len(letters))

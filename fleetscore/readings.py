@@ -68,7 +68,7 @@ class Decoded:
         if events is not None:
             body = events[self.event_index[i]].body
             if self.item_index[i] < 0:
-                return _payload_text(body)
+                return payload_text(body)
             try:
                 return _dump(json.loads(body)[self.item_index[i]])
             except (ValueError, TypeError, IndexError, KeyError):
@@ -114,9 +114,12 @@ def parse_ts(value: object, *, naive_tz: tzinfo | None = None) -> int:
     if isinstance(value, bool):
         raise InvalidReading("bad_ts", "ts must be ISO-8601 or epoch seconds/ms, got a boolean")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise InvalidReading("bad_ts", f"ts {value!r} is not finite")
-        ms = int(value) if abs(value) >= EPOCH_MS_THRESHOLD else int(round(value * 1000))
+        try:
+            if not math.isfinite(value):
+                raise InvalidReading("bad_ts", f"ts {value!r} is not finite")
+            ms = int(value) if abs(value) >= EPOCH_MS_THRESHOLD else int(round(value * 1000))
+        except OverflowError:  # a JSON integer too large for a float
+            raise InvalidReading("bad_ts", f"ts {str(value)[:40]}... is out of range") from None
     elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
@@ -139,7 +142,10 @@ def parse_value(value: object) -> float:
     """A finite JSON number (booleans and numeric strings are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidReading("bad_value", f"value must be a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer too large for a float
+        raise InvalidReading("bad_value", f"value {str(value)[:40]}... is out of range") from None
     if not math.isfinite(number):
         raise InvalidReading("bad_value", f"value {value!r} is not finite")
     return number
@@ -156,8 +162,11 @@ def parse_reading(item: object, *, naive_tz: tzinfo | None = None) -> tuple[str,
             parse_ts(item["ts"], naive_tz=naive_tz), parse_value(item["value"]))
 
 
-def _payload_text(raw: bytes | str) -> str:
-    return raw if isinstance(raw, str) else raw.decode("utf-8", errors="backslashreplace")
+def payload_text(raw: bytes | str) -> str:
+    """A payload as storable text: undecodable bytes backslash-escaped, NUL (refused by PostgreSQL text)
+    written as \\u0000."""
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="backslashreplace")
+    return text.replace("\x00", "\\u0000")
 
 
 class _Meta(Mapping):
@@ -186,22 +195,22 @@ def decode_events(events: Sequence[RawEvent]) -> Decoded:
         meta = _Meta(event)
         body = event.body
         if not body or not body.strip():
-            out.dead.append(DeadLetter(_payload_text(body or b""), "empty_body", "the event body is empty", **meta))
+            out.dead.append(DeadLetter(payload_text(body or b""), "empty_body", "the event body is empty", **meta))
             continue
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            out.dead.append(DeadLetter(_payload_text(body), "bad_json", f"not JSON: {exc}"[:1000], **meta))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            out.dead.append(DeadLetter(payload_text(body), "bad_json", f"not JSON: {exc}"[:1000], **meta))
             continue
         items = doc if isinstance(doc, list) else [doc]
         if not items:
-            out.dead.append(DeadLetter(_payload_text(body), "empty_body", "the event holds an empty array", **meta))
+            out.dead.append(DeadLetter(payload_text(body), "empty_body", "the event holds an empty array", **meta))
         single = not isinstance(doc, list)
         for pos, item in enumerate(items):
             try:
                 device, sensor, ts, value = parse_reading(item)
             except InvalidReading as bad:
-                payload = _payload_text(body) if single else _dump(item)
+                payload = payload_text(body) if single else _dump(item)
                 out.dead.append(DeadLetter(payload, bad.reason, bad.detail[:1000], **meta))
                 continue
             out.device.append(device)

@@ -18,6 +18,11 @@ def window_end(ts_ms: np.ndarray, window_ms: int) -> np.ndarray:
     return -((-np.asarray(ts_ms, dtype=np.int64)) // window_ms) * window_ms
 
 
+def window_end_of(ts_ms: int, window_ms: int) -> int:
+    """`window_end` for one timestamp (plain ints, for per-row loops)."""
+    return -(-ts_ms // window_ms) * window_ms
+
+
 def aggregate(readings: pd.DataFrame, window_ms: int) -> pd.DataFrame:
     """Aggregate readings (device, sensor, ts ms, value) into window rows.
 

@@ -77,6 +77,11 @@ BAD = [
     ({"device": "d-1", "sensor": "temp", "ts": "yesterday", "value": 1}, "bad_ts"),
     ({"device": "d-1", "sensor": "temp", "ts": True, "value": 1}, "bad_ts"),
     ({"device": "d-1", "sensor": "temp", "ts": -5, "value": 1}, "bad_ts"),
+    # numbers too large for a float, nesting deeper than the JSON parser's recursion limit, a NUL byte
+    (b'{"device": "d-1", "sensor": "temp", "ts": 1' + b"0" * 400 + b', "value": 1}', "bad_ts"),
+    (b'{"device": "d-1", "sensor": "temp", "ts": 1795000000000, "value": 1' + b"0" * 400 + b"}", "bad_value"),
+    (b"[" * 100_000 + b"]" * 100_000, "bad_json"),
+    (b'{"device": "d\u0000", "sensor": "temp", "ts": 1795000000000, "value": 1}\x00', "bad_json"),
 ]
 
 
@@ -106,7 +111,7 @@ def test_mixed_batch_stores_good_and_dead_letters_each_bad(engine):
         assert row.detail
         assert row.partition == "0" and row.offset == f"o{i}"
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        assert row.payload == raw.decode("utf-8", errors="backslashreplace")
+        assert row.payload == raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\u0000")
     assert by_seq[999].reason == "bad_value" and '"x"' in by_seq[999].payload
     # the injection attempt was stored as data, and the tables are intact
     assert "DROP TABLE" in by_seq[100 + 14].payload
