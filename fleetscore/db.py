@@ -13,12 +13,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mssql
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 metadata = sa.MetaData()
-ID = sa.String(64)
-"""A device or sensor id: 1–64 characters of [A-Za-z0-9._:-]."""
+ID = sa.String(64).with_variant(mssql.VARCHAR(64, collation="Latin1_General_100_BIN2"), "mssql")
+"""A device or sensor id: 1–64 characters of [A-Za-z0-9._:-], compared case-sensitively on every dialect
+(SQL Server's default collation would make `d-1` and `D-1` one key)."""
 
 
 def _ms() -> sa.BigInteger:
@@ -160,6 +162,9 @@ schema_migrations = sa.Table(
 )
 
 SCORING_WATERMARK = "scoring"
+RUN_ACTIVE = ("claimed", "submitted", "running")
+RUN_TERMINAL = ("succeeded", "partial", "failed")
+"""Run statuses: a run is claimed, submitted to its backend, running, then ends in one of RUN_TERMINAL."""
 
 
 def iter_tuples(conn: Connection, query: sa.Executable, chunk_rows: int = 50_000) -> Iterator[tuple]:
@@ -167,7 +172,7 @@ def iter_tuples(conn: Connection, query: sa.Executable, chunk_rows: int = 50_000
     transaction. For bulk reads of plain columns (strings, integers, floats), where SQLAlchemy's Row
     objects cost more than the query; PostgreSQL reads through a server-side cursor so memory stays
     bounded."""
-    compiled = query.compile(dialect=conn.dialect)
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.params
     args = tuple(params[k] for k in compiled.positiontup) if compiled.positiontup is not None else params
     raw = conn.connection.dbapi_connection
@@ -190,6 +195,25 @@ def read_frame(conn: Connection, query: sa.Select, columns: list[str] | None = N
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
     return pd.DataFrame(dict(zip(names, zip(*rows, strict=True), strict=True)))
+
+
+def read_watermark(conn: Connection, name: str = SCORING_WATERMARK) -> int | None:
+    """The newest window end (epoch ms) of completed runs, or None before the first."""
+    return conn.execute(sa.select(watermarks.c.value).where(watermarks.c.name == name)).scalar()
+
+
+def advance_watermark(conn: Connection, value: int, now: int, name: str = SCORING_WATERMARK) -> None:
+    """Move the watermark forward to `value`, never back; safe against a concurrent first insert."""
+    moved = conn.execute(watermarks.update().where(watermarks.c.name == name, watermarks.c.value < value)
+                         .values(value=int(value), updated_at=now)).rowcount
+    if moved or read_watermark(conn, name) is not None:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(watermarks.insert().values(name=name, value=int(value), updated_at=now))
+    except sa_exc.IntegrityError:  # another writer inserted it first
+        conn.execute(watermarks.update().where(watermarks.c.name == name, watermarks.c.value < value)
+                     .values(value=int(value), updated_at=now))
 
 
 def now_ms() -> int:

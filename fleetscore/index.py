@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from fleetscore import alerts as alerts_mod
 from fleetscore import db
 from fleetscore.blobstore import BlobNotFound
+from fleetscore.runs import manifest_key
 from fleetscore.settings import Settings
 
 log = logging.getLogger("fleetscore.index")
@@ -47,8 +48,6 @@ log = logging.getLogger("fleetscore.index")
 CONTAINER = "predictions"
 REQUIRED_COLUMNS = ("device", "sensor", "window_end", "score", "is_anomaly", "model_version", "run_id", "status")
 STATUSES = ("ok", "no_model", "error")
-NOT_TERMINAL = ("claimed", "submitted", "running")
-TERMINAL = ("succeeded", "partial", "failed")
 FINAL_FILE_STATUSES = ("indexed", "error", "poison")
 MAX_FAILURE_DETAIL = 50
 """Entries of {"device/sensor": reason} kept per file and per run."""
@@ -212,11 +211,11 @@ def _file_row(conn: Connection, key: str, *, lock: bool = False) -> dict[str, An
 
 def _lock(conn: Connection, key: str, run_id: str | None) -> None:
     """Serialise indexers that touch the same file or run: the first statement is a (no-op) write, so SQLite
-    takes its write lock before anything is read; PostgreSQL / SQL Server lock the file's and the run's rows."""
+    takes its write lock before anything is read; PostgreSQL and SQL Server lock the file's and the run's rows."""
     pf, r = db.prediction_files, db.runs
     conn.execute(pf.update().where(pf.c.name == key).values(attempts=pf.c.attempts))
-    if run_id is not None:
-        conn.execute(sa.select(r.c.run_id).where(r.c.run_id == run_id).with_for_update())
+    if run_id is not None:  # a no-op UPDATE locks the run's row on every dialect (SQL Server ignores FOR UPDATE)
+        conn.execute(r.update().where(r.c.run_id == run_id).values(attempt=r.c.attempt))
 
 
 def _write_file_row(conn: Connection, key: str, existing: dict[str, Any] | None, values: dict[str, Any]) -> None:
@@ -245,10 +244,16 @@ def _store_anomalies(conn: Connection, key: str, frame: pd.DataFrame, *, replace
     conn.execute(an.insert(), rows)
 
 
+def _run_active(engine: Engine, run_id: str) -> bool:
+    with engine.connect() as conn:
+        status = conn.execute(sa.select(db.runs.c.status).where(db.runs.c.run_id == run_id)).scalar()
+    return status in db.RUN_ACTIVE
+
+
 def read_run_manifest(store: Any, run_id: str) -> dict[str, Any] | None:
     """`data/<run_id>/manifest.json` as a dict, or None when missing or unreadable (logged)."""
     try:
-        doc = json.loads(store.get(f"data/{run_id}/manifest.json"))
+        doc = json.loads(store.get(manifest_key(run_id)))
     except BlobNotFound:
         return None
     except Exception as exc:
@@ -261,23 +266,12 @@ def read_run_manifest(store: Any, run_id: str) -> dict[str, Any] | None:
     return doc
 
 
-def advance_watermark(conn: Connection, value: int, now: int) -> None:
-    """The scoring watermark becomes max(current, value)."""
-    wm = db.watermarks
-    current = conn.execute(sa.select(wm.c.value).where(wm.c.name == db.SCORING_WATERMARK).with_for_update()).scalar()
-    if current is None:
-        conn.execute(wm.insert().values(name=db.SCORING_WATERMARK, value=int(value), updated_at=now))
-    elif current < value:
-        conn.execute(wm.update().where(wm.c.name == db.SCORING_WATERMARK, wm.c.value < value)
-                     .values(value=int(value), updated_at=now))
-
-
 def complete_run(conn: Connection, run_id: str, manifest: dict[str, Any], *, now: int) -> str | None:
     """Complete the run if every partition of its manifest has a final prediction_files row and the run is not
     terminal; returns the new status (succeeded | partial) or None. Advances the watermark on completion."""
     r, pf = db.runs, db.prediction_files
-    run = conn.execute(sa.select(r.c.status, r.c.window_until).where(r.c.run_id == run_id)).first()
-    if run is None or run.status in TERMINAL:
+    run = conn.execute(sa.select(r.c.status, r.c.window_until, r.c.claimed_at).where(r.c.run_id == run_id)).first()
+    if run is None or run.status in db.RUN_TERMINAL:
         return None
     partitions = [p for p in manifest.get("partitions") or [] if isinstance(p, dict) and p.get("name")]
     if not partitions:
@@ -287,7 +281,9 @@ def complete_run(conn: Connection, run_id: str, manifest: dict[str, Any], *, now
     names = sorted(keys)
     for i in range(0, len(names), alerts_mod.IN_CHUNK):
         rows.extend(conn.execute(sa.select(pf).where(pf.c.name.in_(names[i:i + alerts_mod.IN_CHUNK]))).mappings())
-    if len(rows) < len(keys) or any(row["status"] not in FINAL_FILE_STATUSES for row in rows):
+    # a retried run (claimed again) counts only files indexed since its new claim
+    if len(rows) < len(keys) or any(row["status"] not in FINAL_FILE_STATUSES or row["indexed_at"] < run.claimed_at
+                                    for row in rows):
         return None
     windows = no_model = failures = 0
     details: list[dict[str, str]] = []
@@ -312,12 +308,12 @@ def complete_run(conn: Connection, run_id: str, manifest: dict[str, Any], *, now
                               "failure_detail": json.dumps(merge_details(details))[:4000] if details else None}
     if bad_files:
         values["error"] = f"{bad_files} prediction file(s) unreadable"
-    done = conn.execute(r.update().where(r.c.run_id == run_id, r.c.status.in_(NOT_TERMINAL)).values(**values))
+    done = conn.execute(r.update().where(r.c.run_id == run_id, r.c.status.in_(db.RUN_ACTIVE)).values(**values))
     if done.rowcount != 1:
         return None
     until = manifest.get("window_until", run.window_until)
     if until is not None:
-        advance_watermark(conn, int(until), now)
+        db.advance_watermark(conn, int(until), now)
     return status
 
 
@@ -345,7 +341,15 @@ def index_prediction_file(engine: Engine, store: Any, settings: Settings, name: 
         result.status = "unchanged" if existing["status"] == "indexed" else "poison"
         result.rows, result.anomalies = existing["rows"] or 0, existing["anomalies"] or 0
         result.error = existing["error"] if existing["status"] == "poison" else None
-        return _after_commit(engine, store, settings, result, [], deliver=deliver, session=session)
+        changed: list[dict[str, Any]] = []
+        if run_id is not None and _run_active(engine, run_id):
+            # indexed before its run's manifest existed (a watcher faster than the export): complete now
+            manifest = read_run_manifest(store, run_id)
+            if manifest is not None:
+                with engine.begin() as conn:
+                    _lock(conn, key, run_id)
+                    changed = _complete_if_done(conn, run_id, manifest, settings, result, db.now_ms())
+        return _after_commit(engine, store, settings, result, changed, deliver=deliver, session=session)
 
     frame: pd.DataFrame | None = None
     try:
@@ -410,20 +414,27 @@ def _index_in_transaction(conn: Connection, key: str, etag: str, run_id: str | N
         result.status, result.error = "indexed", None
         result.rows, result.anomalies = counts["rows"], counts["anomalies"]
     if run_id is not None and manifest is not None:
-        run_status = complete_run(conn, run_id, manifest, now=now)
-        if run_status is not None:
-            result.run_completed, result.run_status = True, run_status
-            if run_status == "succeeded":
-                until = manifest.get("window_until")
-                if until is not None:
-                    changed += alerts_mod.apply_stale(conn, until=int(until), window_ms=settings.window_ms,
-                                                      close_after=settings.alert_close_after_windows, now=now).visible
-            log.info("run %s %s: every partition is indexed", run_id, run_status)
+        changed += _complete_if_done(conn, run_id, manifest, settings, result, now)
     elif result.status == "indexed":
         log.info("index %s: file of an unknown run %s (no %s); indexed without run bookkeeping", key, run_id,
                  "run id" if run_id is None else "manifest")
     result.alerts_changed = len(changed)
     return changed
+
+
+def _complete_if_done(conn: Connection, run_id: str, manifest: dict[str, Any], settings: Settings,
+                      result: IndexResult, now: int) -> list[dict[str, Any]]:
+    """Complete the run when this was its last partition; on success close alerts its windows ended."""
+    run_status = complete_run(conn, run_id, manifest, now=now)
+    if run_status is None:
+        return []
+    result.run_completed, result.run_status = True, run_status
+    log.info("run %s %s: every partition is indexed", run_id, run_status)
+    until = manifest.get("window_until")
+    if run_status != "succeeded" or until is None:
+        return []
+    return alerts_mod.apply_stale(conn, until=int(until), window_ms=settings.window_ms,
+                                  close_after=settings.alert_close_after_windows, now=now).visible
 
 
 def _after_commit(engine: Engine, store: Any, settings: Settings, result: IndexResult,

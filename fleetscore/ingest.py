@@ -129,11 +129,6 @@ def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], 
     return stored
 
 
-def read_watermark(conn: Connection, name: str = db.SCORING_WATERMARK) -> int | None:
-    """The newest scored window end (epoch ms), or None before the first run."""
-    return conn.execute(sa.select(db.watermarks.c.value).where(db.watermarks.c.name == name)).scalar()
-
-
 def dead_letter_rows(dead: Sequence[DeadLetter], source: str, received_at: int) -> list[dict]:
     return [dict(received_at=received_at, source=source, partition=d.partition,
                  sequence_number=d.sequence_number, offset=d.offset, enqueued_time=d.enqueued_time_ms,
@@ -194,7 +189,7 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
             ts = np.array([decoded.ts[i] for i in new], dtype=np.int64)
             value = np.array([values[i] for i in new], dtype=np.float64)
             ends = window_end(ts, w)
-            watermark = read_watermark(conn)
+            watermark = db.read_watermark(conn)
             late = ends <= watermark if watermark is not None else np.zeros(len(new), dtype=bool)
             result.late = int(late.sum())
             insert_rows(conn, db.readings, [

@@ -33,7 +33,6 @@ from fleetscore.windows import closed_range
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("succeeded", "partial", "failed")
 RETRYABLE = ("failed", "partial")
 STALE_RUN_MS = 6 * 3_600_000
 """A run still claimed/submitted/running this long after its claim is presumed dead (its worker was
@@ -105,10 +104,6 @@ def partition_key(run_id: str, name: str) -> str:
     return f"data/{run_id}/{name}"
 
 
-def prediction_key(run_id: str, name: str) -> str:
-    return f"predictions/{run_id}/{name}"
-
-
 def read_manifest(store: BlobStore, run_id: str) -> RunManifest | None:
     try:
         return RunManifest.from_json(store.get(manifest_key(run_id)))
@@ -138,8 +133,7 @@ def claim_run(engine: Engine, slot_ms: int, *, window_ms: int, late_ms: int, max
     r = db.runs
     now = db.now_ms()
     with engine.begin() as conn:
-        watermark = conn.execute(sa.select(db.watermarks.c.value)
-                                 .where(db.watermarks.c.name == db.SCORING_WATERMARK)).scalar()
+        watermark = db.read_watermark(conn)
     window_from, window_until = closed_range(slot_ms, late_ms, watermark, window_ms, max_lookback_ms)
     window_from = min(window_from, window_until)
     try:
@@ -155,7 +149,7 @@ def claim_run(engine: Engine, slot_ms: int, *, window_ms: int, late_ms: int, max
     with engine.begin() as conn:
         row = conn.execute(sa.select(r.c.status, r.c.attempt, r.c.window_from, r.c.window_until, r.c.claimed_at)
                            .where(r.c.run_id == run_id)).first()
-        stale = row is not None and row.status not in TERMINAL and row.claimed_at < now - STALE_RUN_MS
+        stale = row is not None and row.status not in db.RUN_TERMINAL and row.claimed_at < now - STALE_RUN_MS
         if row is None or (row.status not in RETRYABLE and not stale):
             return None
         won = conn.execute(r.update().where(r.c.run_id == run_id, r.c.status == row.status,
@@ -247,26 +241,11 @@ def complete_empty_run(engine: Engine, claim: Claim) -> None:
         conn.execute(db.runs.update().where(db.runs.c.run_id == claim.run_id).values(
             status="succeeded", partitions=0, models=0, windows=0, windows_no_model=0, failures=0,
             finished_at=now))
-        advance_watermark(conn, claim.window_until, now)
-
-
-def advance_watermark(conn: sa.Connection, value: int, now: int) -> None:
-    """Move the scoring watermark forward to `value` (never back)."""
-    wm = db.watermarks
-    current = conn.execute(sa.select(wm.c.value).where(wm.c.name == db.SCORING_WATERMARK)).scalar()
-    if current is None:
-        try:
-            with conn.begin_nested():
-                conn.execute(wm.insert().values(name=db.SCORING_WATERMARK, value=value, updated_at=now))
-            return
-        except sa.exc.IntegrityError:
-            pass
-    conn.execute(wm.update().where(wm.c.name == db.SCORING_WATERMARK, wm.c.value < value)
-                 .values(value=value, updated_at=now))
+        db.advance_watermark(conn, claim.window_until, now)
 
 
 def mark_unscored_partitions(engine: Engine, run_id: str, errors: dict[str, str], *, all_failed: bool,
-                             skip_if: tuple[str, ...] = TERMINAL) -> None:
+                             skip_if: tuple[str, ...] = db.RUN_TERMINAL) -> None:
     """Partitions the backend could not score write no prediction file, so the index cannot complete the
     run: record them and end the run as partial (or failed when nothing was scored). The watermark is
     left alone, so the next run scores those windows again."""
@@ -313,6 +292,7 @@ def start_run(services, slot_ms: int, *, trigger: str, retry: bool = False, back
         log.info("run %s is already claimed; nothing to do", run_id)
         return RunOutcome(run_id, claimed=False)
     outcome = RunOutcome(run_id, claimed=True)
+    feed = None
     try:
         version = current_model_version(store)
         if version is None:
@@ -322,15 +302,10 @@ def start_run(services, slot_ms: int, *, trigger: str, retry: bool = False, back
         # the local backend can score partitions while they are being exported
         feed = backend.open_feed(request) if hasattr(backend, "open_feed") else None
         t0 = time.perf_counter()
-        try:
-            manifest = export_run(engine, store, claim, model_version=version, window_ms=settings.window_ms,
-                                  partition_models=settings.partition_models,
-                                  progress=(lambda d, t: progress("export", d, t)) if progress else None,
-                                  on_partition=(lambda key: feed.add(store.local_path(key))) if feed else None)
-        except BaseException:
-            if feed is not None:
-                feed.cancel()
-            raise
+        manifest = export_run(engine, store, claim, model_version=version, window_ms=settings.window_ms,
+                              partition_models=settings.partition_models,
+                              progress=(lambda d, t: progress("export", d, t)) if progress else None,
+                              on_partition=(lambda key: feed.add(store.local_path(key))) if feed else None)
         outcome.manifest = manifest
         outcome.timings["export"] = round(time.perf_counter() - t0, 3)
         update_run(engine, run_id, model_version=version, partitions=len(manifest.partitions),
@@ -354,6 +329,8 @@ def start_run(services, slot_ms: int, *, trigger: str, retry: bool = False, back
             outcome.status = conn.execute(sa.select(db.runs.c.status).where(db.runs.c.run_id == run_id)).scalar()
         return outcome
     except Exception as exc:  # recorded, never lost: the run row says what happened
+        if feed is not None:  # a pool still scoring partitions of a failed run is stopped
+            feed.cancel()
         log.exception("run %s failed", run_id)
         outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
         try:

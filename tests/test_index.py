@@ -273,6 +273,28 @@ def test_run_completes_when_its_last_partition_is_indexed_in_any_order(engine, f
     assert run_row(engine, RUN_A)["finished_at"] == run["finished_at"]
 
 
+def test_a_retried_run_completes_only_when_its_new_attempt_is_fully_indexed(engine, folder, settings):
+    import time
+
+    until = T0 + 11 * W
+    parts = {"part-00000.parquet": 12, "part-00001.parquet": 12}
+    put_run(engine, folder, RUN_A, T0 - W, until, parts)
+    for i, name in enumerate(parts):
+        folder.put(f"predictions/{RUN_A}/{name}", prediction_file(series(f"d-{i}", "temp", T0, 12), RUN_A))
+        index_prediction_file(engine, folder, settings, f"predictions/{RUN_A}/{name}")
+    assert run_row(engine, RUN_A)["status"] == "succeeded"
+    time.sleep(0.01)
+    with engine.begin() as conn:  # `fleetscore run --retry`: claimed again, files rewritten one by one
+        conn.execute(db.runs.update().values(status="claimed", attempt=2, claimed_at=db.now_ms(), finished_at=None))
+    folder.put(f"predictions/{RUN_A}/part-00001.parquet", prediction_file(series("d-1", "temp", T0, 12), RUN_A))
+    first = index_prediction_file(engine, folder, settings, f"predictions/{RUN_A}/part-00001.parquet")
+    assert first.status == "indexed" and not first.run_completed  # part-00000 is still attempt 1's
+    assert run_row(engine, RUN_A)["status"] == "claimed"
+    folder.put(f"predictions/{RUN_A}/part-00000.parquet", prediction_file(series("d-0", "temp", T0, 12), RUN_A))
+    last = index_prediction_file(engine, folder, settings, f"predictions/{RUN_A}/part-00000.parquet")
+    assert last.run_completed and run_row(engine, RUN_A)["status"] == "succeeded"
+
+
 def test_failed_windows_or_an_unreadable_partition_make_a_partial_run(engine, folder, settings):
     until_a, until_b = T0 + 11 * W, T0 + 23 * W
     put_run(engine, folder, RUN_A, T0 - W, until_a, {"part-00000.parquet": 24})

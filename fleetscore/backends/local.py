@@ -165,7 +165,7 @@ class LocalBackend:
     def after_submit(self, run_id: str) -> dict[str, float]:
         """Index every prediction file this run wrote (the blob trigger's job in Azure)."""
         from fleetscore.index import index_prediction_file
-        from fleetscore.runs import TERMINAL, mark_unscored_partitions
+        from fleetscore.runs import mark_unscored_partitions
 
         t0 = time.perf_counter()
         svc = self.services
@@ -176,5 +176,5 @@ class LocalBackend:
         bad = self.results[self.results["status"] == "error"] if self.results is not None else None
         if bad is not None and len(bad):
             mark_unscored_partitions(svc.engine, run_id, dict(zip(bad["partition"], bad["error"], strict=True)),
-                                     all_failed=len(bad) == len(self.results), skip_if=TERMINAL)
+                                     all_failed=len(bad) == len(self.results))
         return {"index": round(time.perf_counter() - t0, 3)}

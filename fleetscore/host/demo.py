@@ -78,7 +78,6 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     from azure.functions.timer import TimerRequest
 
     from fleetscore.report import write_report
-    from fleetscore.runs import advance_watermark
     from fleetscore.schedule import occurrences
     from fleetscore.simulate import simulate_fleet, to_event_bodies
     from fleetscore.training import train
@@ -122,7 +121,7 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
                     features=settings.features, window_minutes=settings.window_minutes, activate=True,
                     params=settings.model_params, progress=lambda d, t: tick("train", d, t))
     with services.engine.begin() as conn:  # the training days count as scored
-        advance_watermark(conn, sim.clean_until_ms, db.now_ms())
+        db.advance_watermark(conn, sim.clean_until_ms, db.now_ms())
     stages["train"] = time.perf_counter() - t0
 
     # replay the schedule slots through the timer function
