@@ -65,7 +65,7 @@ def services():
 
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=False, disable=not err.is_terminal and False)
+                    TimeElapsedColumn(), console=err, transient=False)
 
 
 def stage_ticker(bar: Progress):

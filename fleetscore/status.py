@@ -15,7 +15,7 @@ def ingest_status(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         readings = conn.execute(sa.select(sa.func.count(), sa.func.min(db.readings.c.ts),
                                           sa.func.max(db.readings.c.ts))).one()
-        late = conn.execute(sa.select(sa.func.count()).where(db.readings.c.late.is_(True))).scalar_one()
+        late = conn.execute(sa.select(sa.func.count()).where(db.readings.c.late == sa.true())).scalar_one()
         windows = conn.execute(sa.select(sa.func.count(), sa.func.max(db.windows.c.window_end))).one()
         pairs = conn.execute(sa.select(sa.func.count()).select_from(
             sa.select(db.windows.c.device, db.windows.c.sensor).distinct().subquery())).scalar_one()

@@ -48,12 +48,13 @@ class PostOutcome:
 
 
 def safe_url(url: str) -> str:
-    """The URL without user info, query string or fragment (what may appear in errors and logs)."""
+    """Scheme and host only (what may appear in errors and logs): Slack, Teams and Discord webhooks keep
+    their secret in the path, others in the query string or user info."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return urlunsplit((parts.scheme, host, "", "", ""))
 
 
 def scrub(text: str, url: str) -> str:
