@@ -700,4 +700,7 @@ def open_store(spec: str) -> BlobStore:
         return AzureBlobStore(connection_string=spec)
     if compact.startswith(("https://", "http://")):
         return AzureBlobStore(account_url=spec)
+    if ";" in spec and "=" in spec:  # a mistyped connection string: never echo it (it may hold a key)
+        raise ValueError("storage setting looks like a connection string but has neither AccountName= nor "
+                         "BlobEndpoint=; check FLEETSCORE_STORAGE")
     return FolderStore(spec)

@@ -63,7 +63,7 @@ class PredictionFileError(ValueError):
 class IndexResult:
     name: str
     status: str
-    """indexed | unchanged | error | poison"""
+    """indexed | unchanged | error | poison | ignored (not a prediction file name)"""
     rows: int = 0
     anomalies: int = 0
     alerts_changed: int = 0
@@ -81,6 +81,12 @@ def prediction_key(name: str) -> str:
     """The store key of a prediction blob: `predictions/<run>/part-…` given with or without the container."""
     name = name.strip().lstrip("/")
     return name if name.startswith(CONTAINER + "/") else f"{CONTAINER}/{name}"
+
+
+def is_prediction_file(key: str) -> bool:
+    """`predictions/<run>/part-NNNNN.parquet`-like: a visible `.parquet` name (not a writer's temp file)."""
+    last = key.rsplit("/", 1)[-1]
+    return last.endswith(".parquet") and not last.startswith(".")
 
 
 def run_id_of(key: str) -> str | None:
@@ -325,6 +331,10 @@ def index_prediction_file(engine: Engine, store: Any, settings: Settings, name: 
     key = prediction_key(name)
     run_id = run_id_of(key)
     result = IndexResult(name=key, status="error", run_id=run_id)
+    if not is_prediction_file(key):  # a writer's hidden temp file (score.py writes .part-*.tmp, then renames)
+        result.status = "ignored"
+        log.info("index %s: not a prediction file name (hidden or not .parquet); ignored", key)
+        return result
     if data is None:
         try:
             data, info = store.get_with_info(key)

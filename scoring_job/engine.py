@@ -24,6 +24,7 @@ per-model error bound of 0 (:func:`float32_bound`), so its labels are those of t
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger("fleetscore.engine")
 
 try:
     from . import _kernels
@@ -495,7 +498,9 @@ def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str 
         try:
             rechecks = _svm_scores(cols, starts[svm_g], counts[svm_g], c["svm_row"][model[svm_g]], c, dtype,
                                    backend, dec)
-        except Exception:  # noqa: BLE001 - retry one model at a time so a bad model fails only its own rows
+        except Exception as exc:  # noqa: BLE001 - retry one model at a time so a bad model fails only its own rows
+            log.warning("batched SVM scoring failed (%s: %s); scoring %d model(s) one at a time", type(exc).__name__,
+                        exc, len(svm_g))
             for g in svm_g:
                 try:
                     _svm_scores(cols, starts[[g]], counts[[g]], c["svm_row"][model[[g]]], c, "float64", "numpy",

@@ -392,3 +392,12 @@ def test_import_does_not_load_the_azure_sdk(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_mistyped_connection_string_is_refused_without_echoing_it():
+    from fleetscore.blobstore import open_store
+
+    spec = "DefaultEndpointsProtocol=https;AcountName=typo;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.windows.net"
+    with pytest.raises(ValueError) as info:
+        open_store(spec)
+    assert "c2VjcmV0LWtleQ==" not in str(info.value) and "FLEETSCORE_STORAGE" in str(info.value)

@@ -323,6 +323,16 @@ def test_failed_windows_or_an_unreadable_partition_make_a_partial_run(engine, fo
     assert "file/part-00001.parquet" in json.loads(run["failure_detail"])
 
 
+def test_a_writers_temp_file_is_ignored(engine, folder, settings):
+    # score.py writes `.part-NNNNN.parquet.<random>.tmp` next to the file, then renames it; in Azure the
+    # blob trigger sees the temp blob too
+    key = f"predictions/{RUN_A}/.part-00000.parquet.x1y2.tmp"
+    folder.put(key, prediction_file(series("d-1", "temp", T0, 12, {3}), RUN_A))
+    result = index_prediction_file(engine, folder, settings, key)
+    assert result.status == "ignored"
+    assert rows_of(engine, db.prediction_files) == [] and rows_of(engine, db.anomalies) == []
+
+
 def test_a_file_of_an_unknown_run_is_indexed(engine, folder, settings, caplog):
     key = "predictions/run-nobody/part-00000.parquet"
     folder.put(key, prediction_file(series("d-1", "temp", T0, 3, {2}), "run-nobody"))
