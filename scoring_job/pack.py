@@ -322,10 +322,19 @@ def write_pack(
     return manifest
 
 
+def training_info(est: Any, X: np.ndarray, t_from: Any, t_until: Any) -> dict[str, Any]:
+    """What the manifest records of one model's training: window_end range, size (windows) and the quantiles
+    of its training scores (negated decision function), which alert severity is measured against."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fitted with/without feature names
+        scores = -np.asarray(est.decision_function(X), dtype=np.float64) if len(X) else np.empty(0)
+    return {"from": t_from, "until": t_until, "size": int(len(X)), "score_quantiles": score_quantiles(scores)}
+
+
 def training_summary(
     models: Mapping[Key, Any], train_windows: pd.DataFrame, features: Sequence[str] = FEATURES
 ) -> dict[Key, dict[str, Any]]:
-    """Per key: from/until (window_end range), size (windows) and training score quantiles."""
+    """Per key: `training_info` over its rows of ``train_windows`` with finite features (as training uses)."""
     out: dict[Key, dict[str, Any]] = {}
     groups = train_windows.groupby(["device", "sensor"], sort=False, observed=True).indices
     for key, est in models.items():
@@ -334,16 +343,9 @@ def training_summary(
             continue
         rows = train_windows.iloc[idx]
         X = rows[list(features)].to_numpy(dtype=np.float64)
-        X = X[np.isfinite(X).all(axis=1)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # fitted with/without feature names
-            scores = -est.decision_function(X) if len(X) else np.empty(0)
-        out[key] = {
-            "from": rows["window_end"].min(),
-            "until": rows["window_end"].max(),
-            "size": len(X),
-            "score_quantiles": score_quantiles(scores),
-        }
+        finite = np.isfinite(X).all(axis=1)
+        ends = rows["window_end"][finite]
+        out[key] = training_info(est, X[finite], ends.min(), ends.max())
     return out
 
 

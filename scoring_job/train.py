@@ -28,10 +28,10 @@ import pandas as pd
 
 try:
     from .features import FEATURES
-    from .pack import score_quantiles
+    from .pack import training_info
 except ImportError:  # imported as a top-level module (the Azure ML code snapshot)
     from features import FEATURES
-    from pack import score_quantiles
+    from pack import training_info
 
 Key = tuple[str, str]
 
@@ -101,9 +101,7 @@ def _fit_batch(template: Any, batch: list[tuple[Key, np.ndarray, Any, Any]]) -> 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. convergence or duplicate-point warnings on flat sensors
                 est = clone(template).fit(X)
-                scores = -np.asarray(est.decision_function(X), dtype=np.float64)
-            info = {"from": t_from, "until": t_until, "size": int(len(X)), "score_quantiles": score_quantiles(scores)}
-            out.append((key, est, info))
+            out.append((key, est, training_info(est, X, t_from, t_until)))
         except Exception as exc:  # noqa: BLE001 - one pair failing must not stop the fleet
             out.append((key, None, f"fit failed: {type(exc).__name__}: {exc}"))
     return out
