@@ -201,6 +201,16 @@ def _to_ms(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce").astype("int64")
 
 
+def _runs_in(runs: pd.DataFrame, lo: int | None, hi: int | None) -> list[str] | None:
+    """Ids of the runs whose window range overlaps (lo, hi]: only their prediction files hold scores the
+    plots show (None — every file — when the range is unknown)."""
+    if runs.empty or lo is None or hi is None:
+        return None
+    start = pd.to_numeric(runs["window_from"], errors="coerce")
+    end = pd.to_numeric(runs["window_until"], errors="coerce")
+    return sorted(runs.loc[(end > lo) & (start < hi), "run_id"].astype(str))
+
+
 def _load_scores(store: BlobLister, run_ids: list[str] | None, pairs: list[tuple[str, str]],
                  notes: list[str]) -> tuple[pd.DataFrame, int]:
     """Scores of the chosen pairs from the prediction files; (frame, number of files read)."""
@@ -324,7 +334,8 @@ def load_report_data(engine: Engine, store: BlobLister | None = None, run_id: st
     if store is not None:
         scores_source = "prediction files (none needed: no alerted pair)"
         if pairs:
-            scores, files = _load_scores(store, None if run_id is None else [run_id], pairs, notes)
+            scores, files = _load_scores(store, [run_id] if run_id is not None else _runs_in(runs, lo, hi),
+                                         pairs, notes)
             scores_source = f"{files} prediction file(s)"
 
     pair_data = []
