@@ -42,7 +42,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -62,8 +62,6 @@ UNKNOWN_SEVERITY = "medium"
 DOCUMENT_FIELDS = ("alert_id", "device", "sensor", "status", "first_window_end", "last_window_end", "windows",
                    "max_score", "severity", "model_version", "run_id", "raised_at", "updated_at", "revision")
 ALERT_COLUMNS = tuple(c.name for c in db.alerts.columns)
-IN_CHUNK = 500
-"""Values per SQL IN list (SQL Server takes at most 2100 parameters a statement)."""
 
 Quantiles = Mapping[str, float | None]
 SeverityOf = Callable[[str | None, str, str, float], str]
@@ -335,18 +333,13 @@ def severity_lookup(store: Any, versions: Iterable[str | None]) -> SeverityOf:
 
 
 # ------------------------------------------------------------------------------------------- SQL layer
-def _chunks(values: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(values), size):
-        yield values[i:i + size]
-
-
 def load_latest(conn: Connection, pairs: pd.DataFrame, since: int) -> pd.DataFrame:
     """Per pair of `pairs` (device, sensor) its open alert, or its closed alerts last seen at or after `since`
     (locked for update where the dialect supports it)."""
     a = db.alerts
     devices = sorted(set(pairs["device"].astype(str)))
     rows = []
-    for chunk in _chunks(devices):
+    for chunk in db.chunks(devices):
         q = (sa.select(a).where(a.c.device.in_(chunk), sa.or_(a.c.status == "open", a.c.last_seen_window_end >= since))
              .order_by(a.c.alert_id).with_for_update())
         rows.extend(conn.execute(q).mappings().all())
@@ -363,7 +356,7 @@ def load_history(conn: Connection, pairs: pd.DataFrame, lo: int, hi: int) -> pd.
     an = db.anomalies
     devices = sorted(set(pairs["device"].astype(str)))
     rows = []
-    for chunk in _chunks(devices):
+    for chunk in db.chunks(devices):
         q = sa.select(an.c.device, an.c.sensor, an.c.window_end, an.c.score).where(
             an.c.device.in_(chunk), an.c.window_end >= lo, an.c.window_end < hi)
         rows.extend(conn.execute(q).all())
@@ -381,7 +374,7 @@ def save(conn: Connection, update: AlertUpdate) -> None:
     if update.new:
         ids = [r["alert_id"] for r in update.new]
         taken: set[str] = set()
-        for chunk in _chunks(ids):
+        for chunk in db.chunks(ids):
             taken |= set(conn.execute(sa.select(a.c.alert_id).where(a.c.alert_id.in_(chunk))).scalars())
         fresh = [{c: r.get(c) for c in ALERT_COLUMNS} for r in update.new if r["alert_id"] not in taken]
         if taken:

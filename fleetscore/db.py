@@ -8,7 +8,7 @@ All timestamps are stored as BIGINT milliseconds since the Unix epoch, UTC (`ts`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -195,6 +195,16 @@ def read_frame(conn: Connection, query: sa.Select, columns: list[str] | None = N
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
     return pd.DataFrame(dict(zip(names, zip(*rows, strict=True), strict=True)))
+
+
+IN_CHUNK = 900
+"""Values per `IN (...)` list: below SQL Server's 2,100 parameters per statement with room to spare."""
+
+
+def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterator[Sequence]:
+    """`items` in slices of at most `size` (for `IN (...)` lists)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def read_watermark(conn: Connection, name: str = SCORING_WATERMARK) -> int | None:

@@ -285,8 +285,8 @@ def complete_run(conn: Connection, run_id: str, manifest: dict[str, Any], *, now
     keys = {f"{CONTAINER}/{run_id}/{p['name']}": p for p in partitions}
     rows: list[Any] = []
     names = sorted(keys)
-    for i in range(0, len(names), alerts_mod.IN_CHUNK):
-        rows.extend(conn.execute(sa.select(pf).where(pf.c.name.in_(names[i:i + alerts_mod.IN_CHUNK]))).mappings())
+    for chunk in db.chunks(names):
+        rows.extend(conn.execute(sa.select(pf).where(pf.c.name.in_(chunk))).mappings())
     # a retried run (claimed again) counts only files indexed since its new claim
     if len(rows) < len(keys) or any(row["status"] not in FINAL_FILE_STATUSES or row["indexed_at"] < run.claimed_at
                                     for row in rows):

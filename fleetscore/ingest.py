@@ -21,8 +21,6 @@ from fleetscore.readings import DeadLetter, Decoded, RawEvent, decode_events, pa
 from fleetscore.windows import WINDOW_COLUMNS, aggregate_arrays, window_end, window_end_of
 
 log = logging.getLogger(__name__)
-IN_CHUNK = 900
-"""Ids per `IN (...)` list: below SQL Server's 2,100 parameters per statement with room to spare."""
 
 
 class TransientIngestError(RuntimeError):
@@ -69,11 +67,6 @@ def first_occurrences(decoded: Decoded) -> tuple[dict[Key, int], int, list[int]]
     return firsts, repeats, conflicts
 
 
-def _chunks(items: Sequence, size: int = IN_CHUNK):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _time_clusters(window_ends: np.ndarray, window_ms: int, max_gap_windows: int = 12) -> list[tuple[int, int]]:
     """Group sorted distinct window ends into (lo, hi) runs so one range query serves each run."""
     ends = np.unique(window_ends)
@@ -117,11 +110,11 @@ def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], 
         in_run = [(d, s) for d, s, w in touched if lo <= w <= hi]
         devices = sorted({d for d, _ in in_run})
         sensors = sorted({s for _, s in in_run})
-        for dev_chunk in _chunks(devices):
+        for dev_chunk in db.chunks(devices):
             query = (sa.select(t.c.device, t.c.sensor, t.c.ts, t.c.value)
                      .where(_one_of(conn, t.c.device, dev_chunk))
                      .where(t.c.ts > lo - window_ms, t.c.ts <= hi))
-            if len(sensors) <= IN_CHUNK:
+            if len(sensors) <= db.IN_CHUNK:
                 query = query.where(_one_of(conn, t.c.sensor, sensors))
             for device, sensor, ts, value in conn.execute(query).all():
                 if (device, sensor, window_end_of(ts, window_ms)) in touched:
