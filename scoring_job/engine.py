@@ -69,7 +69,6 @@ def prepare(pack: ModelPack) -> dict[str, Any]:
     if c is not None:
         return c
     t = pack.table
-    _ = pack.index  # build the key lookup now, not during the first partition
     svm_table_rows = np.flatnonzero(t["is_svm"])
     n_svm = len(svm_table_rows)
     c = {"n_svm": n_svm, "svm_row": np.full(len(pack), -1, dtype=np.int64)}

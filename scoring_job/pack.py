@@ -44,7 +44,7 @@ import struct
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -459,9 +459,6 @@ class ModelPack:
         """Row of a model in the table; KeyError when the pack has none for ``key``."""
         return self.index[key]
 
-    def entries(self) -> list[dict[str, Any]]:
-        return [self[k] for k in self.keys()]
-
     def model(self, key: Key) -> Any:
         """The model for ``key``: an :class:`SvmModel` (array-stored SVMs) or the loaded scikit-learn estimator."""
         i = self.index[key]
@@ -776,7 +773,3 @@ def load_pack(folder: str | os.PathLike[str]) -> ModelPack:
             raise PackError(f"{SKOPS_FILE}: every detector needs a decision_function")
     return ModelPack(manifest, svm, others)
 
-
-def iter_training_rows(pack: ModelPack) -> Iterable[dict[str, Any]]:
-    """Rows of :meth:`ModelPack.training_table` as dicts."""
-    yield from pack.training_table().to_dict("records")
