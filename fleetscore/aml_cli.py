@@ -3,7 +3,7 @@
 The SDKs are imported inside the commands only. SDK v2 (azure-ai-ml, the ``aml`` extra) installs beside the
 project's own dependencies; SDK v1 (azureml-pipeline-steps) pins numpy < 2.3.3, pyarrow < 24 and
 azure-identity <= 1.17, so it lives in its own venv (``make aml-v1`` → ``.venv-aml-v1``), and the v1 commands
-run there when the current interpreter lacks it.
+(:mod:`fleetscore.aml_v1_main`) run there when the current interpreter lacks it.
 """
 
 from __future__ import annotations
@@ -50,10 +50,6 @@ def _has(module: str) -> bool:
         return False
 
 
-def pipeline_v2_hint() -> str:
-    return "the Azure ML SDK v2 is not installed: pip install '.[aml]'  (azure-ai-ml)"
-
-
 def v1_python() -> str | None:
     """An interpreter with SDK v1: this one, ``FLEETSCORE_AML_V1_PYTHON``, or ``.venv-aml-v1``."""
     if _has("azureml.pipeline.steps"):
@@ -72,7 +68,7 @@ def _run_v1(command: str) -> None:
         err.print(f"[red]{escape(INSTALL_HINT)}[/red]")
         raise typer.Exit(1)
     _settings()  # fail early, here, on a wrong setting
-    done = subprocess.run([python, "-m", "scoring_job.pipeline_v1", command], cwd=REPO, check=False)
+    done = subprocess.run([python, "-m", "fleetscore.aml_v1_main", command], cwd=REPO, check=False)
     if done.returncode:
         raise typer.Exit(done.returncode)
 
@@ -88,10 +84,11 @@ def publish(
         if not dry_run:
             err.print("set AML_PIPELINE_ENDPOINT to the pipeline_endpoint above and SCORING_BACKEND=aml-pipeline")
         return
+    from scoring_job import pipeline_v2  # the SDK is imported inside its functions only
+
     if not _has("azure.ai.ml"):
-        err.print(f"[red]{escape(pipeline_v2_hint())}[/red]")
+        err.print(f"[red]{escape(pipeline_v2.INSTALL_HINT)}[/red]")
         raise typer.Exit(1)
-    from scoring_job import pipeline_v2
 
     settings = _settings()
     if dry_run:

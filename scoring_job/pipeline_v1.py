@@ -18,35 +18,31 @@ three steps on the same cluster:
 
 ``build_v1_definition`` builds everything that needs no workspace (environment, ParallelRunConfig, pipeline
 parameters, step arguments, the cluster's provisioning configuration); ``publish_v1`` creates the datasets,
-steps and cluster in the workspace and publishes. The SDK is imported inside functions only, so the cluster
-runs this file's ``stage-inputs`` / ``copy-predictions`` commands with the standard library alone.
+steps and cluster in the workspace and publishes; ``python -m fleetscore.aml_v1_main describe|publish`` runs
+them with the project's settings. The SDK is imported inside functions only, so the cluster runs this file's
+``stage-inputs`` / ``copy-predictions`` commands with the standard library (and its sibling ``pipeline_v2``,
+whose constants it shares) alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-SCORING_DIR = Path(__file__).resolve().parent
-ENTRY_SCRIPT = "score.py"
+try:
+    from .pipeline_v2 import CONTAINERS, ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
+except ImportError:  # on the cluster this file runs as a script in the scoring_job folder's snapshot
+    from pipeline_v2 import CONTAINERS, ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
+
 THIS_SCRIPT = Path(__file__).name
-REQUIREMENTS = SCORING_DIR / "requirements.txt"
-PYTHON_VERSION = "3.11"
-CONTAINERS = ("data", "models", "predictions")
 PARAMETERS = {"run_id": "unset", "data_path": "data/unset", "model_version": "unset"}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}$")
 INSTALL_HINT = ("the Azure ML SDK v1 is not installed: pip install '.[aml-v1]' (azureml-core, "
                 "azureml-pipeline-core, azureml-pipeline-steps) in a separate venv, e.g. `make aml-v1`")
-
-
-def requirements(path: Path = REQUIREMENTS) -> list[str]:
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line]
 
 
 def _sdk() -> None:
@@ -334,6 +330,8 @@ def copy_predictions(scored: str, predictions_root: str, run_id: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The cluster-side steps. Describing and publishing need the project's settings:
+    ``python -m fleetscore.aml_v1_main describe|publish`` (what ``fleetscore aml publish --sdk v1`` runs)."""
     parser = argparse.ArgumentParser(prog="pipeline_v1.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     stage = sub.add_parser("stage-inputs", help="(cluster) copy a run's partitions and model pack")
@@ -342,23 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     copy = sub.add_parser("copy-predictions", help="(cluster) copy predictions to predictions/<run_id>/")
     for name in ("scored", "predictions_root", "run_id"):
         copy.add_argument(f"--{name}", required=True)
-    sub.add_parser("describe", help="print the offline v1 definition as JSON (needs the v1 SDK)")
-    sub.add_parser("publish", help="publish the pipeline (needs the v1 SDK and a workspace)")
     args, _ = parser.parse_known_args(argv)
     if args.command == "stage-inputs":
         n, m = stage_inputs(args.data_root, args.data_path, args.models_root, args.model_version,
                             args.partitions_out, args.model_pack_out)
         print(f"staged {n} partitions and {m} model pack files")
-    elif args.command == "copy-predictions":
-        print(f"copied {copy_predictions(args.scored, args.predictions_root, args.run_id)} prediction files")
     else:
-        from fleetscore.settings import load_settings
-
-        settings = load_settings()
-        if args.command == "describe":
-            print(json.dumps(describe_v1(build_v1_definition(settings)), indent=2, default=str))
-        else:
-            print(json.dumps(publish_v1(settings, log=lambda m: print(m, file=sys.stderr)), indent=2))
+        print(f"copied {copy_predictions(args.scored, args.predictions_root, args.run_id)} prediction files")
     return 0
 
 

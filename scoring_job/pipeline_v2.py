@@ -9,8 +9,9 @@ workspace datastores ``<AML_DATASTORE>_data``, ``_models`` and ``_predictions`` 
 Functions app's storage account), so the blob trigger indexes what the cluster writes.
 
 ``build_v2_job`` builds everything offline (no workspace, no credentials) and ``to_yaml`` prints it;
-``publish_v2`` needs ``pip install .[aml]`` and a login (``DefaultAzureCredential``). Only the publishing
-machine imports this module; the Functions app never does.
+``publish_v2`` needs ``pip install .[aml]`` and a login (``DefaultAzureCredential``). The SDK is imported inside
+functions only: the module itself needs the standard library alone, so the Functions app imports
+``datastore_uri`` from it (:mod:`fleetscore.backends.aml`) and ``pipeline_v1`` shares its constants.
 """
 
 import io
@@ -45,6 +46,8 @@ def conda_spec(name: str = "fleetscore-scoring") -> dict[str, Any]:
 def datastore_uri(datastore_prefix: str, path: str) -> str:
     """``data/<run>`` → ``azureml://datastores/<prefix>_data/paths/<run>/`` (one datastore per container)."""
     container, _, rest = path.strip("/").partition("/")
+    if not container:
+        raise ValueError(f"not a <container>/<path>: {path!r}")
     rest = f"{rest}/" if rest else ""
     return f"azureml://datastores/{datastore_prefix}_{container}/paths/{rest}"
 

@@ -110,7 +110,7 @@ def describe_v1_definition() -> dict:
     if python is None:
         pytest.fail("SDK v1 is neither installed here nor in .venv-aml-v1: run `make aml-v1` (make test does)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([python, "-m", "scoring_job.pipeline_v1", "describe"], cwd=REPO, env=env,
+    done = subprocess.run([python, "-m", "fleetscore.aml_v1_main", "describe"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -185,6 +185,69 @@ def test_v1_cluster_side_steps_copy_a_run(tmp_path):
         pipeline_v1.copy_predictions(str(scored), str(root), "../escape")
     with pytest.raises(FileNotFoundError):
         pipeline_v1.stage_inputs(str(data), "data/none", str(models), "v3", str(parts), str(pack))
+
+
+SCORING_JOB_IMPORTS = {"numpy", "pandas", "pyarrow", "sklearn", "skops", "numba", "llvmlite",  # llvmlite: numba's
+                       "azureml", "azure.ai.ml", "azure.identity"}  # the Azure ML SDKs and their login
+
+
+def test_scoring_job_imports_only_its_runtime_and_the_azure_ml_sdks():
+    """Azure ML uploads the scoring_job folder alone: fleetscore is never there."""
+    import ast
+
+    siblings = {p.stem for p in SCORING_DIR.glob("*.py")} | {"scoring_job"}
+    bad = []
+    for path in sorted(SCORING_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in siblings:
+                    continue
+                if not any(name == ok or name.startswith(ok + ".") for ok in SCORING_JOB_IMPORTS):
+                    bad.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not bad, bad
+
+
+def test_v1_describe_is_not_a_cluster_command():
+    with pytest.raises(SystemExit):
+        pipeline_v1.main(["describe"])  # it needs the project's settings: python -m fleetscore.aml_v1_main
+
+
+V1_STEP_HARNESS = textwrap.dedent("""
+    import importlib.abc, runpy, sys
+
+    class NoProjectPackages(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("fleetscore", "scoring_job", "functions", "function_app"):
+                raise ImportError(f"{name} is not part of the Azure ML code snapshot")
+            return None
+
+    sys.meta_path.insert(0, NoProjectPackages())
+    sys.path.insert(0, sys.argv[1])  # python runs a script with its folder first on the path
+    sys.argv = ["pipeline_v1.py", *sys.argv[2:]]
+    runpy.run_path("pipeline_v1.py", run_name="__main__")
+""")
+
+
+def test_v1_cluster_step_runs_as_a_script_from_the_snapshot(tmp_path):
+    code = tmp_path / "snapshot"  # what PythonScriptStep uploads: the scoring_job folder alone
+    shutil.copytree(SCORING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    scored, root = tmp_path / "scored", tmp_path / "predictions"
+    scored.mkdir()
+    (scored / "part-00000.parquet").write_bytes(b"p")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", V1_STEP_HARNESS, str(code), "copy-predictions", "--scored",
+                           str(scored), "--predictions_root", str(root), "--run_id", "r1"], cwd=code, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "copied 1 prediction files" in done.stdout
+    assert (root / "r1" / "part-00000.parquet").read_bytes() == b"p"
 
 
 # ------------------------------------------------------------------------------- the entry script, harnessed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -177,12 +178,60 @@ def test_no_retry_on_400_and_the_error_carries_status_and_text_not_the_token(end
     assert TOKEN not in caplog.text
 
 
-def test_timeouts_are_retried(endpoint):
+def test_timeouts_are_retried_by_the_batch_endpoint_under_one_request_id(endpoint):
     server = endpoint([(200, {}, {"Id": "too-late"}, 1.5), (200, {}, {"Id": "in-time"}, 0)])
     sleeps: list[float] = []
-    s = settings(aml_pipeline_endpoint=server.url + PIPELINE_PATH, aml_submit_timeout_seconds=0.3)
-    assert aml.submit_pipeline(REQ, s, FakeCredential(), sleep=sleeps.append) == "in-time"
+    s = settings(aml_batch_endpoint=server.url, aml_submit_timeout_seconds=0.3)
+    assert aml.submit_batch_endpoint(REQ, s, FakeCredential(), sleep=sleeps.append) == "in-time"
     assert len(server.requests) == 2 and sleeps == [1.0]
+    first, second = server.requests
+    assert first["headers"]["repeatability_request-id"] == second["headers"]["repeatability_request-id"]
+
+
+def test_pipeline_read_timeout_is_reported_not_retried(endpoint):
+    """The published pipeline has no idempotency key: the slow reply may still start a run, a retry a second."""
+    server = endpoint([(200, {}, {"Id": "too-late"}, 1.5), (200, {}, {"Id": "second-run"}, 0)])
+    sleeps: list[float] = []
+    s = settings(aml_pipeline_endpoint=server.url + PIPELINE_PATH, aml_submit_timeout_seconds=0.3)
+    with pytest.raises(SubmissionError, match="may have started") as info:
+        aml.submit_pipeline(REQ, s, FakeCredential(), sleep=sleeps.append)
+    assert info.value.status is None and "ReadTimeout" in info.value.text
+    assert len(server.requests) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 504])
+def test_pipeline_does_not_retry_a_failure_that_may_have_started_a_run(endpoint, status):
+    server = endpoint([(status, {}, "upstream trouble", 0), (200, {}, {"Id": "second-run"}, 0)])
+    sleeps: list[float] = []
+    with pytest.raises(SubmissionError) as info:
+        aml.submit_pipeline(REQ, settings(aml_pipeline_endpoint=server.url), FakeCredential(), sleep=sleeps.append)
+    assert info.value.status == status and info.value.text == "upstream trouble"
+    assert len(server.requests) == 1 and sleeps == []
+
+
+def test_pipeline_does_not_retry_a_connection_dropped_after_the_request():
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                seen.append(conn.recv(65536))  # takes the request, closes without a reply
+
+    threading.Thread(target=serve, daemon=True).start()
+    sleeps: list[float] = []
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}{PIPELINE_PATH}"
+        with pytest.raises(SubmissionError, match="may have started") as info:
+            aml.submit_pipeline(REQ, settings(aml_pipeline_endpoint=url), FakeCredential(), sleep=sleeps.append)
+    finally:
+        listener.close()
+    assert info.value.status is None and "ConnectionError" in info.value.text
+    assert len(seen) == 1 and sleeps == []
 
 
 def test_gives_up_after_the_retries_with_the_last_status(endpoint):
@@ -195,14 +244,15 @@ def test_gives_up_after_the_retries_with_the_last_status(endpoint):
     assert len(server.requests) == 4 and sleeps == [2.0, 4.0, 8.0]
 
 
-def test_connection_errors_are_retried_then_reported_without_status():
+@pytest.mark.parametrize("submit, key", [(aml.submit_pipeline, "aml_pipeline_endpoint"),
+                                         (aml.submit_batch_endpoint, "aml_batch_endpoint")])
+def test_connection_errors_are_retried_then_reported_without_status(submit, key):
     closed = FakeEndpoint([])
     url = closed.url
     closed.close()
     sleeps: list[float] = []
     with pytest.raises(SubmissionError) as info:
-        aml.submit_batch_endpoint(REQ, settings(aml_batch_endpoint=url), FakeCredential(), retries=2,
-                                  sleep=sleeps.append)
+        submit(REQ, settings(**{key: url}), FakeCredential(), retries=2, sleep=sleeps.append)
     assert info.value.status is None and "ConnectionError" in info.value.text
     assert len(sleeps) == 2
 
@@ -225,7 +275,12 @@ def test_backends_follow_the_protocol_and_the_setting(endpoint):
 
 
 def test_paths_and_urls():
+    from scoring_job import pipeline_v2
+
     assert aml.datastore_uri("fs", "predictions/r1") == "azureml://datastores/fs_predictions/paths/r1/"
+    assert aml.datastore_uri is pipeline_v2.datastore_uri  # one definition, shared with the v2 job
+    with pytest.raises(ValueError):
+        aml.datastore_uri("fs", "/")
     assert aml.jobs_url("https://e.westeurope.inference.ml.azure.com/jobs") == \
         "https://e.westeurope.inference.ml.azure.com/jobs"
     assert aml.jobs_url("https://e.westeurope.inference.ml.azure.com/") == \

@@ -17,8 +17,12 @@
   with a token for ``https://ml.azure.com/.default``, the ``azureml-model-deployment`` header when a
   deployment is named and one ``repeatability_request-id`` for all tries; the response's ``name`` is the job.
 
-Both retry 408/429/5xx, timeouts and connection errors with exponential backoff (honouring ``Retry-After``)
-and raise :class:`SubmissionError` at once on any other 4xx. The token is never logged nor put in an error.
+Both retry with exponential backoff (honouring ``Retry-After``) and raise :class:`SubmissionError` at once on
+any other 4xx. The batch endpoint, whose tries all carry one repeatability id, retries 408/429/5xx, timeouts
+and connection errors. The published pipeline has no idempotency key: a try that may have reached it (a read
+timeout, a dropped connection, 408/500/502/504) could have started a run, so a second one would start another
+run for the same slot. It retries only what was surely not processed — a connection never made and 429/503 —
+and reports the rest at once. The token is never logged nor put in an error.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from functools import lru_cache
 from typing import Any
 
 import requests
+import urllib3
 
 from fleetscore.backends import SubmissionError, SubmitRequest
+from scoring_job.pipeline_v2 import datastore_uri  # the standard library alone: the Azure ML SDK stays unloaded
 
 log = logging.getLogger("fleetscore.backends.aml")
 
@@ -42,6 +48,8 @@ ML_SCOPE = "https://ml.azure.com/.default"
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 REPEATABILITY_HEADER = "repeatability_request-id"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+NOT_PROCESSED_STATUSES = frozenset({429, 503})
+"""What an endpoint answers when it did not take the request on (throttled, unavailable): safe to resend."""
 MAX_DELAY_SECONDS = 120.0
 
 
@@ -51,15 +59,6 @@ def default_credential() -> Any:
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()
-
-
-def datastore_uri(datastore_prefix: str, path: str) -> str:
-    """``data/<run>`` → ``azureml://datastores/<prefix>_data/paths/<run>/`` (one datastore per container)."""
-    container, _, rest = path.strip("/").partition("/")
-    if not container:
-        raise ValueError(f"not a <container>/<path>: {path!r}")
-    rest = f"{rest}/" if rest else ""
-    return f"azureml://datastores/{datastore_prefix}_{container}/paths/{rest}"
 
 
 def jobs_url(endpoint: str) -> str:
@@ -111,6 +110,17 @@ def _retry_after(response: requests.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _never_sent(exc: requests.RequestException) -> bool:
+    """The request cannot have reached the endpoint: the connection was never made (refused, name resolution,
+    connect timeout). A read timeout or a connection dropped mid-exchange may follow a request it took on."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError) or isinstance(exc, requests.exceptions.SSLError):
+        return False
+    cause = exc.args[0] if exc.args else None
+    return isinstance(getattr(cause, "reason", cause), urllib3.exceptions.NewConnectionError)
+
+
 def _scrub(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 
@@ -127,8 +137,13 @@ def post_with_retries(
     backoff: float = 1.0,
     timeout: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
+    idempotent: bool = True,
 ) -> dict[str, Any]:
-    """POST ``body`` as JSON with a bearer token for ``scope``; retry transient failures; return the JSON reply."""
+    """POST ``body`` as JSON with a bearer token for ``scope``; retry transient failures; return the JSON reply.
+
+    ``idempotent=False`` (no idempotency key: resending may do the work twice) retries only a request that was
+    surely not processed (:func:`_never_sent`, :data:`NOT_PROCESSED_STATUSES`) and raises on anything else.
+    """
     if not url:
         raise SubmissionError("no endpoint URL configured")
     token = credential.get_token(scope).token
@@ -144,6 +159,11 @@ def post_with_retries(
                 response = http.post(url, json=body, headers=all_headers, timeout=timeout)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 status, text = None, f"{type(exc).__name__}: {_scrub(str(exc), token)}"
+                if not idempotent and not _never_sent(exc):
+                    log.error("submit to %s: %s; not retried, the endpoint may have started the job", url,
+                              type(exc).__name__)
+                    raise SubmissionError("no reply from the endpoint, which may have started the job; not retried "
+                                          "(a second try could start it twice)", status=None, text=text) from None
                 log.warning("submit to %s: %s (try %d of %d)", url, type(exc).__name__, attempt + 1, retries + 1)
             else:
                 status, text = response.status_code, _scrub(response.text or "", token)
@@ -155,6 +175,10 @@ def post_with_retries(
                 if status not in RETRY_STATUSES:
                     log.error("submit to %s refused: HTTP %d", url, status)
                     raise SubmissionError("the endpoint refused the job", status=status, text=text)
+                if not idempotent and status not in NOT_PROCESSED_STATUSES:
+                    log.error("submit to %s: HTTP %d; not retried, the endpoint may have started the job", url, status)
+                    raise SubmissionError("the endpoint failed and may have started the job; not retried (a second "
+                                          "try could start it twice)", status=status, text=text)
                 after = _retry_after(response)
                 if after is not None:
                     delay = min(max(delay, after), MAX_DELAY_SECONDS)
@@ -176,13 +200,16 @@ def submit_pipeline(
     backoff: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
-    """Start the published v1 pipeline for ``req``; return the pipeline run id."""
+    """Start the published v1 pipeline for ``req``; return the pipeline run id.
+
+    The REST call has no idempotency key, so only tries the endpoint surely did not process are retried (see
+    :func:`post_with_retries`, ``idempotent=False``): one slot never starts two pipeline runs."""
     if not settings.aml_pipeline_endpoint:
         raise SubmissionError("AML_PIPELINE_ENDPOINT is not set")
     reply = post_with_retries(
         settings.aml_pipeline_endpoint, pipeline_body(req, settings.aml_experiment),
         credential=credential or default_credential(), scope=MANAGEMENT_SCOPE, session=session, retries=retries,
-        backoff=backoff, timeout=settings.aml_submit_timeout_seconds, sleep=sleep,
+        backoff=backoff, timeout=settings.aml_submit_timeout_seconds, sleep=sleep, idempotent=False,
     )
     run_id = reply.get("Id") or reply.get("id")
     if not run_id:

@@ -19,10 +19,12 @@
   a version failing host.json `poisonBlobThreshold` times is recorded as poison and logged.
 
 Each invocation is logged as the host logs it ("Executing 'Functions.x' (Reason=…, Id=…)") with its
-invocation id in the log context. `GET /health` returns JSON: functions, spool backlog, receipts, last
-invocations. `stop()` (Ctrl-C / SIGTERM through :meth:`LocalHost.run_until_signalled`) stops accepting
-requests, lets the running invocations finish (a retry wait is abandoned: that batch is redelivered at the
-next start), and flushes the spool and receipts.
+invocation id in the log context. `GET /health` returns JSON: status, functions, spool backlog, receipts, last
+invocations. A host thread (dispatcher, timer, blob poller, HTTP) that dies on an error makes the status
+`degraded`, named in `dead_threads`; `POST /events` then answers 503 for a hub whose dispatcher died (the
+spool keeps what is not delivered; restart the host). `stop()` (Ctrl-C / SIGTERM through
+:meth:`LocalHost.run_until_signalled`) stops accepting requests, lets the running invocations finish (a retry
+wait is abandoned: that batch is redelivered at the next start), and flushes the spool and receipts.
 
 State folder (`state_dir`): `spool/<hub>/`, `blobreceipts/<function>.jsonl`, `timers/<function>.json`, and
 `host.lock` (one host per state folder).
@@ -151,6 +153,7 @@ class LocalHost:
         self._signalled = threading.Event()
         self._state_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._dead: dict[str, str] = {}
         self._server: ThreadingHTTPServer | None = None
         self._serving = False
         self._lock_fh: Any = None
@@ -239,20 +242,22 @@ class LocalHost:
 
     def _start_scoring_forkserver(self) -> None:
         """Ctrl-C in a terminal signals the whole foreground process group, the local backend's scoring workers
-        included, which would fail a run in progress instead of letting it finish. Start the backend's forkserver
-        now with SIGINT ignored: it and the workers it forks keep ignoring it (the host alone handles Ctrl-C)."""
+        included, which would fail a run in progress instead of letting it finish. Start the multiprocessing
+        forkserver now, from the main thread with SIGINT ignored: it and the workers it forks keep ignoring it
+        (the host alone handles Ctrl-C). The local backend forks its workers through the forkserver whenever
+        the process has other threads, as the host always does, so it reuses this server."""
+        import multiprocessing
         import signal
 
         if (self.settings.scoring_backend != "local" or not any(f.trigger == TIMER for f in self.functions)
-                or threading.current_thread() is not threading.main_thread()):
+                or threading.current_thread() is not threading.main_thread()
+                or "forkserver" not in multiprocessing.get_all_start_methods()):
             return
         try:
             from multiprocessing import forkserver
 
-            from fleetscore.backends.local import _pool_context
-
-            if _pool_context().get_start_method() != "forkserver":
-                return
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["scoring_job.score"])  # as fleetscore.backends.local sets it
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 forkserver.ensure_running()
@@ -271,8 +276,16 @@ class LocalHost:
     def _guard(self, name: str, target: Callable, *args: Any) -> None:
         try:
             target(*args)
-        except Exception:
+        except Exception as exc:
             log.exception("local host thread %s stopped on an error", name)
+            if not name.startswith("admin:"):  # a one-off manual fire is not a service the host keeps running
+                with self._state_lock:
+                    self._dead[name] = f"{type(exc).__name__}: {exc}"[:500]
+
+    def dead_threads(self) -> dict[str, str]:
+        """`{thread name: error}` of the host's threads (http, eventhub:<fn>, timer:<fn>, blobs) that died."""
+        with self._state_lock:
+            return dict(self._dead)
 
     def stop(self) -> None:
         """Stop accepting requests, let running invocations finish, flush the spool and receipts."""
@@ -283,11 +296,11 @@ class LocalHost:
         started = self.started_at is not None
         if started:
             log.info("local host stopping: finishing running invocations")
+        self._stop.set()  # first: a request waiting in a retry wait (admin fire with "wait") returns at once
         if self._server is not None:
             if self._serving:
                 self._server.shutdown()
-            self._server.server_close()
-        self._stop.set()
+            self._server.server_close()  # joins the request threads
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()
@@ -396,6 +409,11 @@ class LocalHost:
             hub = next(iter(self.spools))
         if hub not in self.spools:
             raise KeyError(f"no Event Hub function listens to {hub!r} (have {sorted(self.spools)})")
+        dead = self.dead_threads()
+        stopped = [fn.name for fn in self.hubs()[hub] if f"eventhub:{fn.name}" in dead]
+        if stopped:
+            raise RuntimeError(f"the dispatcher of {', '.join(stopped)} stopped on an error "
+                               f"({dead[f'eventhub:{stopped[0]}']}); restart the host")
         return self.spools[hub].append(body)
 
     def _events(self, fn: HostFunction, records: list[SpoolRecord]) -> list:
@@ -625,8 +643,16 @@ class LocalHost:
                 if receipts is not None:
                     doc["receipts"] = receipts.counts()
             functions.append(doc)
+        dead = self.dead_threads()
+        if self.stopping:
+            status = "stopping"
+        elif not self.started_at:
+            status = "created"
+        else:
+            status = "degraded" if dead else "running"
         return {
-            "status": "stopping" if self.stopping else ("running" if self.started_at else "created"),
+            "status": status,
+            "dead_threads": dead,
             "url": self.url if self._server is not None else None,
             "started_at": iso(self.started_at) if self.started_at else None,
             "state_dir": str(self.state_dir),

@@ -21,14 +21,11 @@ besides its trigger is refused, since the local host could not bind it.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
-import logging
 import os
 import re
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,38 +50,12 @@ class HostConfigError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- functions
-@contextlib.contextmanager
-def quiet_sdk() -> Iterator[None]:
-    """Silence the SDK's root-logger warning ('Auth level is not applied…') while it indexes functions."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
-_cache: dict[int, tuple[Any, list]] = {}
-_cache_lock = threading.Lock()
-
-
 def read_functions(app: Any = None) -> list:
-    """The app's `Function` objects, read once per app object (the SDK's `get_functions()` may run once).
+    """The app's `Function` objects (default `function_app.app`), read once per app object through the
+    process-wide cache the demo and the tests share (the SDK's `get_functions()` may run once)."""
+    from fleetscore.host.functions import app_functions
 
-    Without an app: `function_app.app`, through the process-wide cache the demo and the tests share.
-    """
-    if app is None:
-        from fleetscore.host.functions import app_functions
-
-        with quiet_sdk():
-            return list(app_functions().values())
-    with _cache_lock:
-        hit = _cache.get(id(app))
-        if hit is None or hit[0] is not app:
-            with quiet_sdk():
-                hit = (app, list(app.get_functions()))
-            _cache[id(app)] = hit
-        return hit[1]
+    return list(app_functions(app).values())
 
 
 def default_host_json() -> Path:
