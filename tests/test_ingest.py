@@ -81,7 +81,7 @@ BAD = [
     (b'{"device": "d-1", "sensor": "temp", "ts": 1' + b"0" * 400 + b', "value": 1}', "bad_ts"),
     (b'{"device": "d-1", "sensor": "temp", "ts": 1795000000000, "value": 1' + b"0" * 400 + b"}", "bad_value"),
     (b"[" * 100_000 + b"]" * 100_000, "bad_json"),
-    (b'{"device": "d\u0000", "sensor": "temp", "ts": 1795000000000, "value": 1}\x00', "bad_json"),
+    (b'{"device": "d\\u0000", "sensor": "temp", "ts": 1795000000000, "value": 1}\x00', "bad_json"),
 ]
 
 
