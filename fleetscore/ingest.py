@@ -77,11 +77,12 @@ def _time_clusters(window_ends: np.ndarray, window_ms: int, max_gap_windows: int
 
 
 def _one_of(conn: Connection, column: sa.Column, values: Sequence[str]) -> sa.ColumnElement[bool]:
-    """`column IN (...)`; on PostgreSQL `column = ANY(:array)`, one cached statement for any length."""
+    """`column IN (...)`; on PostgreSQL `column = ANY(<array>)`, one cached statement for any length."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql as pg
 
-        return column == sa.any_(sa.bindparam(None, list(values), type_=pg.ARRAY(column.type)))
+        return column == sa.any_(sa.func.string_to_array(sa.bindparam(None, _pg_text(values), type_=sa.Text()), ",",
+                                                         type_=pg.ARRAY(column.type)))
     return column.in_(values)
 
 
@@ -92,11 +93,10 @@ def lock_pairs(conn: Connection, pairs: set[tuple[str, str]]) -> None:
     serialises writers by itself."""
     if conn.dialect.name != "postgresql" or not pairs:
         return
-    from sqlalchemy.dialects import postgresql as pg
-
-    keys = sorted(f"{d}\x1f{s}" for d, s in pairs)
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k")
-                 .bindparams(sa.bindparam("keys", keys, type_=pg.ARRAY(sa.Text()))))
+    keys = _pg_text(sorted(f"{d}/{s}" for d, s in pairs))  # "/" is in no id
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+                         "FROM unnest(string_to_array(:keys, ',')) WITH ORDINALITY AS t(k, i) ORDER BY i")
+                 .bindparams(keys=keys))
 
 
 def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], window_ms: int) -> dict[Key, float]:
@@ -208,18 +208,33 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
     return result
 
 
-def _pg_unnest(table: sa.Table, names: Sequence[str]) -> sa.Select:
-    """`SELECT * FROM unnest(:a_col1, :a_col2, ...)`: one fixed statement whatever the row count
-    (PostgreSQL; psycopg sends each column as one array parameter)."""
+def _pg_array(param: str, column_type: sa.types.TypeEngine) -> sa.ColumnElement:
+    """`string_to_array(:param, ',')::<type>[]`: a whole column in one comma-joined text parameter.
+
+    psycopg's own list adaptation escapes every element through a regex, which cost more than the
+    INSERT itself. Ids never hold a comma ([A-Za-z0-9._:-]); numbers are written with `repr`, which
+    PostgreSQL reads back exactly.
+    """
     from sqlalchemy.dialects import postgresql as pg
 
-    params = [sa.bindparam(f"a_{n}", type_=pg.ARRAY(table.c[n].type)) for n in names]
-    rows = sa.func.unnest(*params).table_valued(*(sa.column(n, table.c[n].type) for n in names)).render_derived()
+    return sa.cast(sa.func.string_to_array(sa.bindparam(param, type_=sa.Text()), ","), pg.ARRAY(column_type))
+
+
+def _pg_text(values: Sequence) -> str:
+    return ",".join("t" if v is True else "f" if v is False else repr(v) if isinstance(v, float) else str(v)
+                    for v in values)
+
+
+def _pg_unnest(table: sa.Table, names: Sequence[str]) -> sa.Select:
+    """`SELECT * FROM unnest(<col1 array>, <col2 array>, ...)`: one fixed statement whatever the row count
+    (PostgreSQL), each column one text parameter (`_pg_array`)."""
+    arrays = [_pg_array(f"a_{n}", table.c[n].type) for n in names]
+    rows = sa.func.unnest(*arrays).table_valued(*(sa.column(n, table.c[n].type) for n in names)).render_derived()
     return sa.select(*(rows.c[n] for n in names))
 
 
-def _pg_params(rows: list[dict], names: Sequence[str]) -> dict[str, list]:
-    return {f"a_{n}": [r[n] for r in rows] for n in names}
+def _pg_params(rows: list[dict], names: Sequence[str]) -> dict[str, str]:
+    return {f"a_{n}": _pg_text([r[n] for r in rows]) for n in names}
 
 
 def insert_rows(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
