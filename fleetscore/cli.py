@@ -111,6 +111,22 @@ def db_sql(dialect: Annotated[str, typer.Option(help="mssql (T-SQL), postgresql 
     sys.stdout.write(db.ddl(dialect))
 
 
+@db_app.command("watermark")
+def db_watermark(
+    set_to: Annotated[str | None, typer.Option("--set", help="move the scoring watermark forward to this time")] = None,
+) -> None:
+    """Show the scoring watermark (newest window end already scored), or move it forward — e.g. to the end
+    of the training range, so the first run does not score the windows the models were trained on."""
+    from fleetscore import db
+
+    svc = services()
+    with svc.engine.begin() as conn:
+        if set_to is not None:
+            db.advance_watermark(conn, parse_time(set_to), db.now_ms())
+        value = db.read_watermark(conn)
+    console.print(f"scoring watermark: {fmt_ms(value)}")
+
+
 @app.command()
 def ingest(
     files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="CSV, JSON lines or Parquet")],
