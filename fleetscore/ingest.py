@@ -8,7 +8,7 @@ recomputed from the stored readings rather than incremented.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -76,16 +76,6 @@ def _time_clusters(window_ends: np.ndarray, window_ms: int, max_gap_windows: int
     return [(int(ends[a]), int(ends[b])) for a, b in zip(starts, stops, strict=True)]
 
 
-def _one_of(conn: Connection, column: sa.Column, values: Sequence[str]) -> sa.ColumnElement[bool]:
-    """`column IN (...)`; on PostgreSQL `column = ANY(<array>)`, one cached statement for any length."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects import postgresql as pg
-
-        return column == sa.any_(sa.func.string_to_array(sa.bindparam(None, _pg_text(values), type_=sa.Text()), ",",
-                                                         type_=pg.ARRAY(column.type)))
-    return column.in_(values)
-
-
 def lock_pairs(conn: Connection, pairs: set[tuple[str, str]]) -> None:
     """Serialise concurrent batches that touch the same device+sensor (PostgreSQL transaction-scoped
     advisory locks, taken in sorted order so two batches cannot deadlock). Without it two batches could
@@ -101,25 +91,36 @@ def lock_pairs(conn: Connection, pairs: set[tuple[str, str]]) -> None:
 
 def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], window_ms: int) -> dict[Key, float]:
     """Stored readings of every touched (device, sensor, window_end): {(device, sensor, ts): value}."""
-    t = db.readings
     stored: dict[Key, float] = {}
     if not touched:
         return stored
     ends = np.fromiter((w for _, _, w in touched), dtype=np.int64, count=len(touched))
     for lo, hi in _time_clusters(ends, window_ms):
-        in_run = [(d, s) for d, s, w in touched if lo <= w <= hi]
-        devices = sorted({d for d, _ in in_run})
-        sensors = sorted({s for _, s in in_run})
-        for dev_chunk in db.chunks(devices):
-            query = (sa.select(t.c.device, t.c.sensor, t.c.ts, t.c.value)
-                     .where(_one_of(conn, t.c.device, dev_chunk))
-                     .where(t.c.ts > lo - window_ms, t.c.ts <= hi))
-            if len(sensors) <= db.IN_CHUNK:
-                query = query.where(_one_of(conn, t.c.sensor, sensors))
+        in_run = sorted({(d, s) for d, s, w in touched if lo <= w <= hi})
+        for query in _readings_of_pairs(conn, in_run, lo - window_ms, hi):
             for device, sensor, ts, value in conn.execute(query).all():
                 if (device, sensor, window_end_of(ts, window_ms)) in touched:
                     stored[(device, sensor, ts)] = value
     return stored
+
+
+def _readings_of_pairs(conn: Connection, pairs: list[tuple[str, str]], after: int, until: int) -> Iterator[sa.Select]:
+    """Queries for the readings of `pairs` with after < ts ≤ until. The key leads with ts, so each query
+    scans the time range once: PostgreSQL hash-joins it with the pairs (one parameter per column);
+    elsewhere device and sensor `IN` lists, in chunks below SQL Server's parameter limit."""
+    t = db.readings
+    base = sa.select(t.c.device, t.c.sensor, t.c.ts, t.c.value).where(t.c.ts > after, t.c.ts <= until)
+    if conn.dialect.name == "postgresql":
+        wanted = sa.func.unnest(_pg_array("a_device", t.c.device.type), _pg_array("a_sensor", t.c.sensor.type)) \
+            .table_valued(sa.column("device", t.c.device.type), sa.column("sensor", t.c.sensor.type)).render_derived()
+        query = base.join_from(t, wanted, (t.c.device == wanted.c.device) & (t.c.sensor == wanted.c.sensor))
+        yield query.params(a_device=_pg_text([d for d, _ in pairs]), a_sensor=_pg_text([s for _, s in pairs]))
+        return
+    devices = sorted({d for d, _ in pairs})
+    sensors = sorted({s for _, s in pairs})
+    for dev_chunk in db.chunks(devices):
+        query = base.where(t.c.device.in_(dev_chunk))
+        yield query.where(t.c.sensor.in_(sensors)) if len(sensors) <= db.IN_CHUNK else query
 
 
 def dead_letter_rows(dead: Sequence[DeadLetter], source: str, received_at: int) -> list[dict]:
