@@ -186,10 +186,9 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
             watermark = db.read_watermark(conn)
             late = ends <= watermark if watermark is not None else np.zeros(len(new), dtype=bool)
             result.late = int(late.sum())
-            insert_rows(conn, db.readings, [
-                {"device": d, "sensor": s, "ts": t, "value": v, "ingested_at": now, "late": x}
-                for d, s, t, v, x in zip(device.tolist(), sensor.tolist(), ts.tolist(), value.tolist(),
-                                         late.tolist(), strict=True)])
+            insert_rows(conn, db.readings, {
+                "device": device.tolist(), "sensor": sensor.tolist(), "ts": ts.tolist(), "value": value.tolist(),
+                "ingested_at": [now] * len(new), "late": late.tolist()})
             result.stored = len(new)
             fresh = set(zip(device.tolist(), sensor.tolist(), ends.tolist(), strict=True))
             old = [(d, s, t, v) for (d, s, t), v in stored.items() if (d, s, window_end_of(t, w)) in fresh]
@@ -234,37 +233,43 @@ def _pg_unnest(table: sa.Table, names: Sequence[str]) -> sa.Select:
     return sa.select(*(rows.c[n] for n in names))
 
 
-def _pg_params(rows: list[dict], names: Sequence[str]) -> dict[str, str]:
-    return {f"a_{n}": _pg_text([r[n] for r in rows]) for n in names}
+def _pg_params(columns: dict[str, list]) -> dict[str, str]:
+    return {f"a_{name}": _pg_text(values) for name, values in columns.items()}
 
 
-def insert_rows(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
+Columns = dict[str, list]
+"""Rows to write, column-wise: {column name: values}, all lists of one length."""
+
+
+def insert_rows(conn: Connection, table: sa.Table, columns: Columns) -> None:
     """INSERT many rows in as few round trips as the dialect allows.
 
     PostgreSQL: one `INSERT ... SELECT FROM unnest(arrays)` (a per-row executemany costs a statement
     per row). SQLite and SQL Server (`fast_executemany`) batch natively.
     """
-    if not rows:
+    names = list(columns)
+    if not names or not columns[names[0]]:
         return
     if conn.dialect.name == "postgresql":
-        names = list(rows[0])
-        conn.execute(table.insert().from_select(names, _pg_unnest(table, names)), _pg_params(rows, names))
+        conn.execute(table.insert().from_select(names, _pg_unnest(table, names)), _pg_params(columns))
     else:
-        executemany(conn, table.insert(), rows)
+        executemany(conn, table.insert(), columns)
 
 
-def executemany(conn: Connection, stmt: sa.Executable, rows: list[dict]) -> None:
-    """The driver's own executemany of a compiled Core statement over dict rows (SQLite, SQL Server).
+def executemany(conn: Connection, stmt: sa.Executable, columns: Columns) -> None:
+    """The driver's own executemany of a compiled Core statement (SQLite, SQL Server).
 
     Skips SQLAlchemy's per-row parameter processing, which costs more than SQLite's insert itself;
     only for statements whose bound values need no type conversion (strings, ints, floats, bools).
     """
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(columns))
     order = compiled.positiontup
-    if order is None:  # a named paramstyle: the dicts are the parameters
-        conn.exec_driver_sql(str(compiled), rows)
+    if order is None:  # a named paramstyle: one dict per row
+        names = list(columns)
+        conn.exec_driver_sql(str(compiled), [dict(zip(names, row, strict=True))
+                                             for row in zip(*columns.values(), strict=True)])
         return
-    conn.exec_driver_sql(str(compiled), [tuple(r[k] for k in order) for r in rows])
+    conn.exec_driver_sql(str(compiled), list(zip(*(columns[k] for k in order), strict=True)))
 
 
 def replace_windows(conn: Connection, windows: pd.DataFrame, updated_at: int) -> None:
@@ -272,35 +277,32 @@ def replace_windows(conn: Connection, windows: pd.DataFrame, updated_at: int) ->
 
     An upsert on SQLite and PostgreSQL; delete-then-insert elsewhere (SQL Server), same result.
     """
-    t = db.windows
-    cols = {c: windows[c].tolist() for c in WINDOW_COLUMNS}
-    rows = [{"device": d, "sensor": s, "window_end": w, "n": n, "sum": a, "sumsq": q, "min": lo, "max": hi,
-             "updated_at": updated_at}
-            for d, s, w, n, a, q, lo, hi in zip(*(cols[c] for c in WINDOW_COLUMNS), strict=True)]
-    if not rows:
+    if windows.empty:
         return
+    t = db.windows
+    columns: Columns = {c: windows[c].tolist() for c in WINDOW_COLUMNS}
+    columns["updated_at"] = [updated_at] * len(windows)
     dialect = conn.dialect.name
     if dialect in ("postgresql", "sqlite"):
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as upsert
         else:
             from sqlalchemy.dialects.sqlite import insert as upsert
-        names = list(rows[0])
         stmt = upsert(t)
         if dialect == "postgresql":
-            stmt = stmt.from_select(names, _pg_unnest(t, names))
+            stmt = stmt.from_select(list(columns), _pg_unnest(t, list(columns)))
         stmt = stmt.on_conflict_do_update(
             index_elements=[t.c.device, t.c.sensor, t.c.window_end],
             set_={c: stmt.excluded[c] for c in ("n", "sum", "sumsq", "min", "max", "updated_at")})
         if dialect == "postgresql":
-            conn.execute(stmt, _pg_params(rows, names))
+            conn.execute(stmt, _pg_params(columns))
         else:
-            executemany(conn, stmt, rows)
+            executemany(conn, stmt, columns)
         return
-    conn.execute(t.delete().where(t.c.device == sa.bindparam("d"), t.c.sensor == sa.bindparam("s"),
-                                  t.c.window_end == sa.bindparam("w")),
-                 [{"d": r["device"], "s": r["sensor"], "w": r["window_end"]} for r in rows])
-    conn.execute(t.insert(), rows)
+    executemany(conn, t.delete().where(t.c.device == sa.bindparam("device"), t.c.sensor == sa.bindparam("sensor"),
+                                       t.c.window_end == sa.bindparam("window_end")),
+                {k: columns[k] for k in ("device", "sensor", "window_end")})
+    executemany(conn, t.insert(), columns)
 
 
 def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, window_ms: int) -> IngestResult:

@@ -23,6 +23,8 @@ EPOCH_MS_THRESHOLD = 100_000_000_000
 MIN_TS_MS = 0
 MAX_TS_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z
 READING_COLUMNS = ("device", "sensor", "ts", "value")
+_VALID_IDS: set[str] = set()
+"""Ids already seen to match ID_PATTERN (bounded; a cache, not a registry)."""
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,16 @@ class InvalidReading(ValueError):
 
 def parse_id(value: object, name: str) -> str:
     """A device/sensor id: a string or integer (turned into a string) matching `ID_PATTERN`."""
+    if type(value) is str and value in _VALID_IDS:  # a fleet's ids repeat in every batch
+        return value
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidReading("bad_id", f"{name} must be a string or integer, got {type(value).__name__}")
     text = str(value)
     if not ID_PATTERN.fullmatch(text):
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise InvalidReading("bad_id", f"{name} {shown!r} is not 1-64 characters of [A-Za-z0-9._:-]")
+    if len(_VALID_IDS) < 200_000:
+        _VALID_IDS.add(text)
     return text
 
 
@@ -197,8 +203,8 @@ def decode_events(events: Sequence[RawEvent]) -> Decoded:
         if not body or not body.strip():
             out.dead.append(DeadLetter(payload_text(body or b""), "empty_body", "the event body is empty", **meta))
             continue
-        try:
-            doc = json.loads(body)
+        try:  # JSON between systems is UTF-8 (RFC 8259): decode directly, no encoding detection
+            doc = json.loads(body.decode("utf-8-sig") if isinstance(body, bytes) else body)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             out.dead.append(DeadLetter(payload_text(body), "bad_json", f"not JSON: {exc}"[:1000], **meta))
             continue
