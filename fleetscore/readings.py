@@ -64,6 +64,15 @@ class Decoded:
     """Position in its event's JSON array, or -1 when the event is one object."""
     dead: list[DeadLetter] = field(default_factory=list)
 
+    def add(self, device: str, sensor: str, ts: int, value: float, event_index: int, item_index: int) -> None:
+        """Append one valid reading."""
+        self.device.append(device)
+        self.sensor.append(sensor)
+        self.ts.append(ts)
+        self.value.append(value)
+        self.event_index.append(event_index)
+        self.item_index.append(item_index)
+
     def payload_of(self, i: int, events: Sequence[RawEvent] | None = None) -> str:
         """The raw JSON of valid reading `i`, rebuilt on demand (for a dead letter written after
         validation, e.g. a conflict); without the events, the reading's parsed fields as JSON."""
@@ -219,12 +228,7 @@ def decode_events(events: Sequence[RawEvent]) -> Decoded:
                 payload = payload_text(body) if single else _dump(item)
                 out.dead.append(DeadLetter(payload, bad.reason, bad.detail[:1000], **meta))
                 continue
-            out.device.append(device)
-            out.sensor.append(sensor)
-            out.ts.append(ts)
-            out.value.append(value)
-            out.event_index.append(index)
-            out.item_index.append(-1 if single else pos)
+            out.add(device, sensor, ts, value, index, -1 if single else pos)
     return out
 
 
@@ -244,10 +248,5 @@ def decode_records(records: Iterable[dict], *, naive_tz: tzinfo | None = timezon
         except InvalidReading as bad:
             out.dead.append(DeadLetter(_dump(item), bad.reason, bad.detail[:1000]))
             continue
-        out.device.append(device)
-        out.sensor.append(sensor)
-        out.ts.append(ts)
-        out.value.append(value)
-        out.event_index.append(index)
-        out.item_index.append(-1)
+        out.add(device, sensor, ts, value, index, -1)
     return out
