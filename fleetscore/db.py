@@ -174,16 +174,18 @@ RUN_TERMINAL = ("succeeded", "partial", "failed")
 """Run statuses: a run is claimed, submitted to its backend, running, then ends in one of RUN_TERMINAL."""
 
 
-def iter_tuples(conn: Connection, query: sa.Executable, chunk_rows: int = 50_000) -> Iterator[tuple]:
+def iter_tuples(conn: Connection, query: sa.Executable, chunk_rows: int = 50_000, *,
+                server_side: bool = True) -> Iterator[tuple]:
     """Stream a query's rows as the driver's plain tuples, `chunk_rows` at a time, inside `conn`'s
     transaction. For bulk reads of plain columns (strings, integers, floats), where SQLAlchemy's Row
-    objects cost more than the query; PostgreSQL reads through a server-side cursor so memory stays
-    bounded."""
+    objects cost more than the query. With `server_side`, PostgreSQL reads through a server-side cursor so
+    memory stays bounded (two more round trips: not for small reads)."""
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.params
     args = tuple(params[k] for k in compiled.positiontup) if compiled.positiontup is not None else params
     raw = conn.connection.dbapi_connection
-    cursor = raw.cursor(name=f"fleetscore_{id(query):x}") if conn.dialect.name == "postgresql" else raw.cursor()
+    named = server_side and conn.dialect.name == "postgresql"
+    cursor = raw.cursor(name=f"fleetscore_{id(query):x}") if named else raw.cursor()
     try:
         cursor.execute(str(compiled), args)
         while rows := cursor.fetchmany(chunk_rows):

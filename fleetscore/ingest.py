@@ -98,7 +98,7 @@ def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], 
     for lo, hi in _time_clusters(ends, window_ms):
         in_run = sorted({(d, s) for d, s, w in touched if lo <= w <= hi})
         for query in _readings_of_pairs(conn, in_run, lo - window_ms, hi):
-            for device, sensor, ts, value in conn.execute(query).all():
+            for device, sensor, ts, value in db.iter_tuples(conn, query, server_side=False):
                 if (device, sensor, window_end_of(ts, window_ms)) in touched:
                     stored[(device, sensor, ts)] = value
     return stored
