@@ -496,31 +496,30 @@ def plot_stage_times(runs: pd.DataFrame) -> str | None:
     if not totals:
         return None
     stages = sorted(totals, key=totals.get)
-    fig = Figure(figsize=(12, 0.5 + 0.38 * len(stages) + 0.6), layout="constrained")
-    ax = fig.subplots()
-    values = [totals[s] for s in stages]
-    ax.barh([_mpl_text(s) for s in stages], values, color="#26a69a")
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.2f} s", va="center", fontsize=8)
-    ax.set_xlabel("seconds, summed over runs")
-    ax.set_title("Time per stage", loc="left", fontsize=11)
-    ax.margins(x=0.12)
-    ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return _labelled_bars(stages, [totals[st] for st in stages], label=lambda v: f" {v:.2f} s", color="#26a69a",
+                          xlabel="seconds, summed over runs", title="Time per stage",
+                          height=0.5 + 0.38 * len(stages) + 0.6, fontsize=8, margin=0.12)
 
 
 def plot_dead_letters(dead: pd.DataFrame) -> str:
     """Dead letters by reason, most frequent on top."""
     dead = dead.sort_values("count")
-    fig = Figure(figsize=(12, 0.9 + 0.42 * len(dead)), layout="constrained")
+    return _labelled_bars(list(dead["reason"]), dead["count"].to_numpy(dtype=float).tolist(),
+                          label=lambda v: f" {int(v)}", color="#ff8a65", xlabel="dead letters",
+                          title="Dead letters by reason", height=0.9 + 0.42 * len(dead), fontsize=9, margin=0.1)
+
+
+def _labelled_bars(names: list[str], values: list[float], *, label, color: str, xlabel: str, title: str,
+                   height: float, fontsize: int, margin: float) -> str:
+    """Horizontal bars, bottom to top in the given order, each with its value written at its end."""
+    fig = Figure(figsize=(12, height), layout="constrained")
     ax = fig.subplots()
-    counts = dead["count"].to_numpy(dtype=float)
-    ax.barh([_mpl_text(r) for r in dead["reason"]], counts, color="#ff8a65")
-    for i, v in enumerate(counts):
-        ax.text(v, i, f" {int(v)}", va="center", fontsize=9)
-    ax.set_xlabel("dead letters")
-    ax.set_title("Dead letters by reason", loc="left", fontsize=11)
-    ax.margins(x=0.1)
+    ax.barh([_mpl_text(n) for n in names], values, color=color)
+    for i, v in enumerate(values):
+        ax.text(v, i, label(v), va="center", fontsize=fontsize)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.margins(x=margin)
     ax.grid(alpha=0.3, axis="x")
     return _png(fig)
 
