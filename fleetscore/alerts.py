@@ -53,6 +53,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
+from scoring_job.pack import QUANTILES, manifest_training_table
 
 log = logging.getLogger("fleetscore.alerts")
 
@@ -98,16 +99,15 @@ def worse(a: str | None, b: str) -> str:
     return a if SEVERITY_RANK.get(a, -1) >= SEVERITY_RANK.get(b, -1) else b
 
 
-def quantiles_from_manifest(manifest: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, float | None]]:
-    """{(device, sensor): {"q50", "q90", "q95", "q99", "max"}} from a model-pack manifest's columnar table."""
-    models = manifest.get("models") or {}
-    devices, sensors = models.get("device") or [], models.get("sensor") or []
-    qs = models.get("score_quantiles") or {}
-    out: dict[tuple[str, str], dict[str, float | None]] = {}
-    for i, key in enumerate(zip(devices, sensors, strict=False)):
-        out[(str(key[0]), str(key[1]))] = {name: (values[i] if i < len(values) else None)
-                                            for name, values in qs.items() if isinstance(values, list)}
-    return out
+def quantiles_from_manifest(manifest: Any) -> dict[tuple[str, str], dict[str, float | None]]:
+    """{(device, sensor): {"q50", "q90", "q95", "q99", "max"}} (None where unknown) from a model-pack manifest;
+    PackError when it is malformed."""
+    table = manifest_training_table(manifest)
+    names = [name for name, _ in QUANTILES]
+    values = table[[f"score_{name}" for name in names]].to_numpy()
+    rows = [[None if math.isnan(v) else v for v in row] for row in values.tolist()]
+    return {key: dict(zip(names, row, strict=True))
+            for key, row in zip(zip(table["device"], table["sensor"], strict=True), rows, strict=True)}
 
 
 def iso_ms(ms: int | None) -> str | None:

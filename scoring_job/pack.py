@@ -1,26 +1,34 @@
-"""The model pack: one version of the whole fleet's models in one folder, loaded in three reads.
+"""The model pack: one version of the whole fleet's models in one folder, loaded in a few reads.
 
 Layout::
 
     <folder>/manifest.json     format, version, created, features, window length, the per-model table
                                (columnar: key, algorithm, training range and size, training score quantiles)
                                and the SHA-256 and size of every other file
-    <folder>/svm.npz           every one-class SVM (rbf, linear) as concatenated float64 arrays (no pickle)
+    <folder>/svm-000.npz, svm-001.npz, ...
+                               every one-class SVM (rbf, linear) as float64 arrays (no pickle), in shards of
+                               consecutive SVMs of about 8 MiB each, so that a loader verifies them in parallel
     <folder>/detectors.skops   every other detector (one skops list), loaded with an explicit trusted list
 
-``load_pack`` checks the manifest's shape and every checksum before it parses any array, loads arrays with
-``allow_pickle=False`` and skops with :data:`TRUSTED_TYPES` only; anything else raises :class:`PackError`.
-Nothing from storage is ever unpickled.
+``load_pack`` checks the manifest's shape before it opens any other file, verifies every file's SHA-256 (the
+files are memory-mapped read-only and hashed on all cores while the per-model table is checked), loads arrays
+with the rules of ``allow_pickle=False`` and skops with :data:`TRUSTED_TYPES` only; anything else raises
+:class:`PackError`. Nothing from storage is ever unpickled. Pack files are immutable (every writer replaces a
+file whole, by rename): the loaded arrays are views of the verified mapping, so a file rewritten in place
+after loading is outside the guarantee, as for any open file.
 
-The per-model table (``manifest["models"]``) is columnar (one JSON list per field, ``count`` rows, sorted by
-(device, sensor)) so that a fleet of 10,000 models parses in milliseconds. Fields: ``device``, ``sensor``,
+The per-model table (``manifest["models"]``) is columnar, ``count`` rows sorted by (device, sensor), so that a
+fleet of 10,000 models parses in a few milliseconds. ``device`` and ``sensor`` are lists of ``count`` strings;
+every other field is either such a list or, when every model has the same value, that value once. Fields:
 ``algorithm`` ("ocsvm-rbf", "ocsvm-linear", "isolation-forest", "lof", "elliptic-envelope" or the class name),
-``n_features`` (int or null), ``scaled`` (a StandardScaler in front), ``store`` ("svm" | "skops"), ``index`` (row
-among the SVMs, in table order, or position in the skops list), ``sv_count`` (0 for skops), ``train_from``,
-``train_until`` (ISO-8601 UTC or null), ``train_size`` (windows or null) and ``score_quantiles`` ({"q50": [...],
-"q90": [...], "q95": [...], "q99": [...], "max": [...]}, null where unknown; score = -decision_function).
+``n_features`` (int or null), ``scaled`` (a StandardScaler in front), ``store`` ("svm" | "skops"; each store's
+models are numbered in table order), ``sv_count`` (0 for skops), ``train_from``, ``train_until`` (ISO-8601 UTC or
+null), ``train_size`` (windows or null) and ``score_quantiles``: null when unknown for every model, else
+{"q50", "q90", "q95", "q99", "max"} each the base64 of ``count`` little-endian float64 (NaN where unknown;
+score = -decision_function). Base64 keeps the values exact and parses about 50x faster than JSON numbers.
 
-SVM arrays (float64, 1-D, SVM models concatenated in table order; offsets are cumulative sums of the table):
+SVM arrays (float64, 1-D; each shard holds the next SVMs of the table, concatenated in table order; the
+manifest's ``svm.shards`` lists the shards in order with their model counts and array sizes):
 
 * ``sv``            support vectors in the scaled feature space, ``sv_count * n_features`` values per model
 * ``dual_coef``     ``sv_count`` values per model
@@ -32,11 +40,13 @@ SVM arrays (float64, 1-D, SVM models concatenated in table order; offsets are cu
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as _dt
 import hashlib
 import io
 import json
+import mmap
 import operator
 import os
 import re
@@ -45,6 +55,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +68,15 @@ except ImportError:  # imported as a top-level module: the Azure ML code snapsho
     from features import FEATURES
 
 FORMAT = "fleetscore-model-pack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 kept every SVM in one svm.npz
 MANIFEST = "manifest.json"
-SVM_FILE = "svm.npz"
 SKOPS_FILE = "detectors.skops"
+SVM_SHARD_BYTES = 8 << 20  # target size of one SVM array file (a shard holds at least one SVM)
 QUANTILES: tuple[tuple[str, float], ...] = (("q50", 0.5), ("q90", 0.9), ("q95", 0.95), ("q99", 0.99), ("max", 1.0))
 SVM_ARRAYS = ("sv", "dual_coef", "scaler_mean", "scaler_scale", "intercept", "gamma")
 SVM_KERNELS = ("rbf", "linear")
 STORES = ("svm", "skops")
-TABLE_FIELDS = ("device", "sensor", "algorithm", "n_features", "scaled", "store", "index", "sv_count",
+TABLE_FIELDS = ("device", "sensor", "algorithm", "n_features", "scaled", "store", "sv_count",
                 "train_from", "train_until", "train_size", "score_quantiles")
 
 #: Every type a skops file in a pack may contain. Checked against the file's schema before loading and passed
@@ -102,9 +113,11 @@ TRUSTED_TYPES: tuple[str, ...] = (
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same models give the same svm.npz bytes
+_SHARD_RE = re.compile(r"^svm-[0-9]{3,6}\.npz$")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same models give the same shard bytes
 
 Key = tuple[str, str]
+Buffer = bytes | mmap.mmap  # a verified file's contents
 
 
 class PackError(ValueError):
@@ -124,6 +137,11 @@ def _iso(ts: Any) -> str | None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def svm_shard_name(i: int) -> str:
+    """File name of the i-th SVM shard (``svm-000.npz``, ...)."""
+    return f"svm-{i:03d}.npz"
 
 
 def score_quantiles(scores: np.ndarray) -> dict[str, float] | None:
@@ -182,6 +200,33 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def _one_or_all(values: list[Any]) -> Any:
+    """A table column as the manifest stores it: the single value when every model has the same, else the list."""
+    if values and all(v == values[0] and type(v) is type(values[0]) for v in values):
+        return values[0]
+    return values
+
+
+def _float64_base64(values: Sequence[float | None]) -> str:
+    """Base64 of the values as little-endian float64 (None as NaN): exact, and parsed 50x faster than JSON
+    numbers."""
+    arr = np.array([np.nan if v is None else v for v in values], dtype="<f8")
+    return base64.b64encode(arr.tobytes()).decode("ascii")
+
+
+def _shard_bounds(sizes: Sequence[int], target: int) -> list[tuple[int, int]]:
+    """Consecutive (lo, hi) ranges of items whose sizes add up to about ``target`` each (at least one item)."""
+    bounds, lo, acc = [], 0, 0
+    for i, size in enumerate(sizes):
+        if acc and acc + size > target:
+            bounds.append((lo, i))
+            lo, acc = i, 0
+        acc += size
+    if lo < len(sizes):
+        bounds.append((lo, len(sizes)))
+    return bounds
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name)
     try:
@@ -203,6 +248,7 @@ def write_pack(
     window_minutes: int = 5,
     training: Mapping[Key, Mapping[str, Any]] | None = None,
     overwrite: bool = False,
+    shard_bytes: int = SVM_SHARD_BYTES,
 ) -> dict[str, Any]:
     """Write fitted detectors as one pack into ``folder``; return the manifest.
 
@@ -210,6 +256,7 @@ def write_pack(
     IsolationForest, LocalOutlierFactor(novelty=True), EllipticEnvelope or other OneClassSVM (stored with skops),
     each bare or behind a StandardScaler in a Pipeline. ``training``: per key ``from``/``until`` (timestamps),
     ``size`` (windows) and ``score_quantiles`` (see :func:`score_quantiles`); missing keys mean unknown.
+    ``shard_bytes``: target size of one SVM array file (consecutive SVMs are grouped until it is reached).
     """
     from sklearn.utils.validation import check_is_fitted
 
@@ -261,7 +308,6 @@ def write_pack(
             parts["intercept"].append(np.asarray([det.intercept_[0]], dtype=np.float64))
             parts["gamma"].append(np.asarray([det._gamma if det.kernel == "rbf" else 0.0], dtype=np.float64))
             table["store"].append("svm")
-            table["index"].append(len(parts["intercept"]) - 1)
             table["sv_count"].append(int(n_sv))
             table["n_features"].append(int(n_feat))
         else:
@@ -269,7 +315,6 @@ def write_pack(
             if n_feat is None:
                 n_feat = getattr(det, "n_features_in_", None)
             table["store"].append("skops")
-            table["index"].append(len(others))
             table["sv_count"].append(0)
             table["n_features"].append(int(n_feat) if n_feat is not None else None)
             others.append(est)
@@ -285,12 +330,17 @@ def write_pack(
     files: dict[str, dict[str, Any]] = {}
     svm_meta: dict[str, Any] | None = None
     if parts["intercept"]:
-        arrays = {k: np.concatenate(v).astype(np.float64, copy=False) for k, v in parts.items()}
-        data = _npz_bytes(arrays)
-        _atomic_write(folder / SVM_FILE, data)
-        files[SVM_FILE] = {"sha256": _sha256(data), "bytes": len(data)}
-        svm_meta = {"file": SVM_FILE, "models": len(parts["intercept"]),
-                    "arrays": {k: [int(v.shape[0])] for k, v in arrays.items()}}
+        shards = []
+        for lo, hi in _shard_bounds([8 * sum(len(parts[k][i]) for k in SVM_ARRAYS)
+                                     for i in range(len(parts["intercept"]))], shard_bytes):
+            name = svm_shard_name(len(shards))
+            arrays = {k: np.concatenate(v[lo:hi]).astype(np.float64, copy=False) for k, v in parts.items()}
+            data = _npz_bytes(arrays)
+            _atomic_write(folder / name, data)
+            files[name] = {"sha256": _sha256(data), "bytes": len(data)}
+            shards.append({"file": name, "models": hi - lo,
+                           "arrays": {k: [int(v.shape[0])] for k, v in arrays.items()}})
+        svm_meta = {"models": len(parts["intercept"]), "shards": shards}
     skops_meta: dict[str, Any] | None = None
     if others:
         import skops.io as sio
@@ -316,7 +366,10 @@ def write_pack(
         "files": files,
         "svm": svm_meta,
         "skops": skops_meta,
-        "models": {"count": len(keys), **table, "score_quantiles": quantiles},
+        "models": {"count": len(keys), "device": table.pop("device"), "sensor": table.pop("sensor"),
+                   **{f: _one_or_all(values) for f, values in table.items()},
+                   "score_quantiles": None if all(v is None for col in quantiles.values() for v in col)
+                   else {name: _float64_base64(col) for name, col in quantiles.items()}},
     }
     _atomic_write(folder / MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
     return manifest
@@ -399,37 +452,39 @@ class ModelPack:
     DataFrame of training ranges and score quantiles (what alert severity uses).
     """
 
-    def __init__(self, manifest: dict[str, Any], svm: dict[str, np.ndarray] | None, others: list[Any]):
+    def __init__(self, manifest: dict[str, Any], table: dict[str, np.ndarray],
+                 svm_shards: list[dict[str, np.ndarray]], others: list[Any]):
+        """From a checked manifest, its table (:func:`_check_manifest`), the SVM shards' arrays (in shard order)
+        and the skops detectors; use :func:`load_pack`."""
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.features: tuple[str, ...] = tuple(manifest["features"])
         self.window_minutes: int = manifest["window_minutes"]
-        self.svm_arrays: dict[str, np.ndarray] = svm or {}
+        self.svm_shards = svm_shards
         self.others: list[Any] = others
-        t = manifest["models"]
-        n = t["count"]
-        self.table: dict[str, np.ndarray] = {
-            "device": np.asarray(t["device"], dtype=object),
-            "sensor": np.asarray(t["sensor"], dtype=object),
-            "algorithm": np.asarray(t["algorithm"], dtype=object),
-            "n_features": np.asarray([-1 if v is None else v for v in t["n_features"]], dtype=np.int64),
-            "scaled": np.asarray(t["scaled"], dtype=bool),
-            "is_svm": np.asarray(t["store"], dtype=object) == "svm",
-            "index": np.asarray(t["index"], dtype=np.int64),
-            "sv_count": np.asarray(t["sv_count"], dtype=np.int64),
-        }
-        svm_rows = self.table["is_svm"]
-        nf_svm = np.where(svm_rows, self.table["n_features"], 0)
-        sv_count = self.table["sv_count"]
+        self.table = table
+        nf_svm = np.where(table["is_svm"], table["n_features"], 0)
+        sv_count = table["sv_count"]
         # offsets into the concatenated SVM arrays (cumulative over table order; 0 for skops rows)
-        self.table["sv_offset"] = np.concatenate([[0], np.cumsum(sv_count * nf_svm)[:-1]]).astype(np.int64)
-        self.table["coef_offset"] = np.concatenate([[0], np.cumsum(sv_count)[:-1]]).astype(np.int64)
-        self.table["feature_offset"] = np.concatenate([[0], np.cumsum(nf_svm)[:-1]]).astype(np.int64)
-        if n == 0:
-            for k in ("sv_offset", "coef_offset", "feature_offset"):
-                self.table[k] = np.zeros(0, dtype=np.int64)
+        for name, size in (("sv_offset", sv_count * nf_svm), ("coef_offset", sv_count), ("feature_offset", nf_svm)):
+            offset = np.zeros(len(size), dtype=np.int64)
+            np.cumsum(size[:-1], out=offset[1:])
+            table[name] = offset
         self._index: dict[Key, int] | None = None
+        self._svm_arrays: dict[str, np.ndarray] | None = None
         self.cache: dict[str, Any] = {}  # the engine's derived structures (built on first use)
+
+    @property
+    def svm_arrays(self) -> dict[str, np.ndarray]:
+        """Every SVM's arrays (see the module doc), concatenated over the shards in SVM order (built on first use;
+        read-only views of the verified file when the pack has one shard)."""
+        if self._svm_arrays is None:
+            if len(self.svm_shards) == 1:
+                self._svm_arrays = dict(self.svm_shards[0])
+            else:
+                self._svm_arrays = {k: np.concatenate([sh[k] for sh in self.svm_shards]) if self.svm_shards
+                                    else np.zeros(0) for k in SVM_ARRAYS}
+        return self._svm_arrays
 
     @property
     def index(self) -> dict[Key, int]:
@@ -444,11 +499,17 @@ class ModelPack:
         return key in self.index
 
     def __getitem__(self, key: Key) -> dict[str, Any]:
+        """The model's table row: device, sensor, algorithm, n_features, scaled, store, index, sv_count,
+        train_from, train_until, train_size and score_quantiles ({name: value}; None when unknown)."""
         i = self.index[key]
-        t = self.manifest["models"]
-        row = {f: t[f][i] for f in TABLE_FIELDS if f != "score_quantiles"}
-        q = {name: t["score_quantiles"][name][i] for name, _ in QUANTILES}
-        row["score_quantiles"] = None if all(v is None for v in q.values()) else q
+        t = self.table
+        row: dict[str, Any] = {f: t[f][i].item() if isinstance(t[f][i], np.generic) else t[f][i]
+                               for f in (*TABLE_FIELDS[:-1], "index")}
+        for f in ("n_features", "train_size"):
+            row[f] = None if row[f] < 0 else row[f]
+        q = {name: float(t[f"score_{name}"][i]) for name, _ in QUANTILES}
+        row["score_quantiles"] = None if all(np.isnan(v) for v in q.values()) else {
+            name: None if np.isnan(v) else v for name, v in q.items()}
         return row
 
     def keys(self) -> list[Key]:
@@ -480,18 +541,27 @@ class ModelPack:
 
     def training_table(self) -> pd.DataFrame:
         """One row per model: device, sensor, algorithm, train_from, train_until, train_size, score_<q>."""
-        t = self.manifest["models"]
-        return pd.DataFrame({
-            "device": t["device"], "sensor": t["sensor"], "algorithm": t["algorithm"],
-            "train_from": pd.to_datetime(pd.Series(t["train_from"], dtype=object), utc=True),
-            "train_until": pd.to_datetime(pd.Series(t["train_until"], dtype=object), utc=True),
-            "train_size": pd.array(t["train_size"], dtype="Int64"),
-            **{f"score_{name}": np.asarray([np.nan if v is None else v for v in t["score_quantiles"][name]],
-                                           dtype=np.float64) for name, _ in QUANTILES},
-        })
+        return _training_frame(self.table)
 
     def __repr__(self) -> str:
         return f"ModelPack(version={self.version!r}, models={len(self)}, features={self.features})"
+
+
+def _training_frame(t: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "device": t["device"], "sensor": t["sensor"], "algorithm": t["algorithm"],
+        "train_from": pd.to_datetime(pd.Series(t["train_from"], dtype=object), utc=True),
+        "train_until": pd.to_datetime(pd.Series(t["train_until"], dtype=object), utc=True),
+        "train_size": pd.array(np.where(t["train_size"] < 0, None, t["train_size"]), dtype="Int64"),
+        **{f"score_{name}": t[f"score_{name}"] for name, _ in QUANTILES},
+    })
+
+
+def manifest_training_table(manifest: Any) -> pd.DataFrame:
+    """:meth:`ModelPack.training_table` from a manifest alone (checked as :func:`load_pack` checks it, no array
+    file read): what alert severity needs without loading the models."""
+    _check_header(manifest)
+    return _training_frame(_check_manifest(manifest))
 
 
 def _fail(msg: str) -> PackError:
@@ -506,8 +576,34 @@ def _types(values: list[Any]) -> set[type]:
     return set(map(type, values))
 
 
-def _check_manifest(m: Any) -> None:
-    """Validate the manifest's shape (types, names, counts, sizes) before anything else is read."""
+def _strings(values: list[Any]) -> bool:
+    """True when every value is a non-empty str (``str.join`` refuses anything else, in C)."""
+    try:
+        "".join(values)
+    except TypeError:
+        return False
+    return "" not in values
+
+
+def _ints(values: list[Any], nullable: bool = False) -> np.ndarray | None:
+    """Non-negative ints as int64 (None as -1 when ``nullable``), or None if any value is not an int (bools
+    included), is negative or does not fit in int64."""
+    if not values:
+        return np.zeros(0, dtype=np.int64)
+    nulls = values.count(None) if nullable else 0
+    if nulls:
+        values = [-1 if v is None else v for v in values]
+    if not _types(values) <= {int}:
+        return None
+    out = np.array(values)
+    if out.dtype != np.int64 or out.ndim != 1 or int((out < 0).sum()) != nulls:
+        return None
+    return out
+
+
+def _check_header(m: Any) -> None:
+    """Validate the manifest's top-level fields and its file list (names, checksums, sizes): run before any
+    other file of the pack is opened."""
     if not isinstance(m, dict):
         raise _fail("not a JSON object")
     if m.get("format") != FORMAT:
@@ -518,7 +614,8 @@ def _check_manifest(m: Any) -> None:
         if not isinstance(v, typ) or isinstance(v, bool):
             raise _fail(f"field {k!r} missing or not {typ.__name__}")
     if m["format_version"] != FORMAT_VERSION:
-        raise _fail(f"unsupported format_version {m['format_version']!r}")
+        raise _fail(f"unsupported format_version {m['format_version']!r} (this code reads {FORMAT_VERSION}; "
+                    "write the pack again with this version's `fleetscore train` or pack_from_estimators)")
     if not _NAME_RE.match(m["version"]):
         raise _fail(f"bad version {m['version']!r}")
     if not m["features"] or not all(isinstance(f, str) and f for f in m["features"]):
@@ -526,21 +623,37 @@ def _check_manifest(m: Any) -> None:
     if m["window_minutes"] < 1:
         raise _fail("window_minutes must be positive")
     for name, meta in m["files"].items():
-        if name not in (SVM_FILE, SKOPS_FILE):
+        if name != SKOPS_FILE and not _SHARD_RE.match(name):
             raise _fail(f"unexpected file {name!r}")
         if (not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str)
                 or not _SHA_RE.match(meta["sha256"]) or not _is_int(meta.get("bytes")) or meta["bytes"] < 0):
             raise _fail(f"file {name!r} needs a sha256 and a byte size")
+
+
+def _check_manifest(m: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Validate the per-model table and the 'svm'/'skops' sections against it (after :func:`_check_header`);
+    return the table as arrays of ``count``: the fields (n_features and train_size -1 where null, quantiles as
+    ``score_<name>`` float64), plus ``is_svm`` and ``index`` (position in the model's store)."""
     svm, sk = m.get("svm"), m.get("skops")
-    if (svm is None) != (SVM_FILE not in m["files"]) or (sk is None) != (SKOPS_FILE not in m["files"]):
+    shard_files = {name for name in m["files"] if name != SKOPS_FILE}
+    if (sk is None) != (SKOPS_FILE not in m["files"]) or (svm is None) != (not shard_files):
         raise _fail("'svm'/'skops' sections do not match 'files'")
     if svm is not None:
-        if (not isinstance(svm, dict) or not _is_int(svm.get("models")) or svm["models"] < 1
-                or not isinstance(svm.get("arrays"), dict) or set(svm["arrays"]) != set(SVM_ARRAYS)):
+        shards = svm.get("shards") if isinstance(svm, dict) else None
+        if (not _is_int(svm.get("models")) or svm["models"] < 1 or not isinstance(shards, list) or not shards
+                or not all(isinstance(sh, dict) and set(sh) == {"file", "models", "arrays"} for sh in shards)):
             raise _fail("malformed 'svm' section")
-        for k, shape in svm["arrays"].items():
-            if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0]) and shape[0] >= 0):
-                raise _fail(f"bad shape for svm array {k!r}")
+        if [sh["file"] for sh in shards] != sorted(shard_files) or len(shards) != len(shard_files):
+            raise _fail("'svm.shards' must list every svm-NNN.npz file once, in name order")
+        for sh in shards:
+            if not _is_int(sh["models"]) or sh["models"] < 1 or not isinstance(sh["arrays"], dict) or set(
+                    sh["arrays"]) != set(SVM_ARRAYS):
+                raise _fail(f"malformed shard {sh['file']!r}")
+            for k, shape in sh["arrays"].items():
+                if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0]) and shape[0] >= 0):
+                    raise _fail(f"bad shape for array {k!r} of {sh['file']!r}")
+        if sum(sh["models"] for sh in shards) != svm["models"]:
+            raise _fail("the shards' model counts do not add up to svm.models")
     if sk is not None and (not isinstance(sk, dict) or not _is_int(sk.get("models")) or sk["models"] < 1):
         raise _fail("malformed 'skops' section")
 
@@ -550,65 +663,133 @@ def _check_manifest(m: Any) -> None:
         raise _fail("models.count must be a non-negative integer")
     if set(t) != {*TABLE_FIELDS, "count"}:
         raise _fail(f"models must hold exactly {sorted({*TABLE_FIELDS, 'count'})}")
-    for f in TABLE_FIELDS:
-        if f == "score_quantiles":
-            q = t[f]
-            if not isinstance(q, dict) or set(q) != {name for name, _ in QUANTILES}:
-                raise _fail(f"models.score_quantiles must hold {[name for name, _ in QUANTILES]}")
-            for name, col in q.items():
-                if not isinstance(col, list) or len(col) != n or not _types(col) <= {int, float, type(None)}:
-                    raise _fail(f"models.score_quantiles.{name} must be {n} numbers or nulls")
-        elif not isinstance(t[f], list) or len(t[f]) != n:
-            raise _fail(f"models.{f} must be a list of {n} values")
-    for f in ("device", "sensor", "algorithm"):
-        if not _types(t[f]) <= {str} or "" in t[f]:
-            raise _fail(f"models.{f} must be non-empty strings")
-    for f in ("train_from", "train_until"):
-        if not _types(t[f]) <= {str, type(None)}:
-            raise _fail(f"models.{f} must be ISO-8601 strings or nulls")
-    if not _types(t["scaled"]) <= {bool}:
-        raise _fail("models.scaled must be booleans")
-    if not set(t["store"]) <= set(STORES):
-        raise _fail(f"models.store must be one of {STORES}")
-    for f in ("index", "sv_count"):
-        if not _types(t[f]) <= {int} or (n and min(t[f]) < 0):
-            raise _fail(f"models.{f} must be non-negative integers")
-    sizes = [v for v in t["train_size"] if v is not None]
-    if not _types(sizes) <= {int} or (sizes and min(sizes) < 0):
-        raise _fail("models.train_size must be non-negative integers or nulls")
-    nfs = [v for v in t["n_features"] if v is not None]
-    if not _types(nfs) <= {int} or (nfs and not 1 <= min(nfs) <= max(nfs) <= 4096):
-        raise _fail("models.n_features must be positive integers or nulls")
+    table = {
+        "device": _str_column(t, "device", n, per_model=True),
+        "sensor": _str_column(t, "sensor", n, per_model=True),
+        "algorithm": _str_column(t, "algorithm", n),
+        "store": _str_column(t, "store", n),
+        "n_features": _int_column(t, "n_features", n, nullable=True),
+        "scaled": _bool_column(t, "scaled", n),
+        "sv_count": _int_column(t, "sv_count", n),
+        "train_from": _str_column(t, "train_from", n, nullable=True),
+        "train_until": _str_column(t, "train_until", n, nullable=True),
+        "train_size": _int_column(t, "train_size", n, nullable=True),
+        **_quantile_columns(t["score_quantiles"], n),
+    }
+    nf = table["n_features"]
+    if ((nf == 0) | (nf > 4096)).any():
+        raise _fail("models.n_features must be positive integers (at most 4096) or nulls")
     keys = list(zip(t["device"], t["sensor"], strict=True))
     if not all(map(operator.lt, keys, keys[1:])):
         raise _fail("models must be sorted by (device, sensor) without duplicates")
 
-    store = np.asarray(t["store"], dtype=object)
-    index = np.asarray(t["index"], dtype=np.int64)
-    is_svm = store == "svm"
-    n_svm, n_sk = int(is_svm.sum()), int((~is_svm).sum())
+    is_svm = table["store"] == "svm"
+    if not (is_svm | (table["store"] == "skops")).all():
+        raise _fail(f"models.store must be one of {STORES}")
+    n_svm, n_sk = int(is_svm.sum()), n - int(is_svm.sum())
     if n_svm != (svm["models"] if svm else 0) or n_sk != (sk["models"] if sk else 0):
         raise _fail("model counts per store do not match the 'svm'/'skops' sections")
-    if not np.array_equal(index[is_svm], np.arange(n_svm)) or not np.array_equal(
-            np.sort(index[~is_svm]), np.arange(n_sk)):
-        raise _fail("models.index must number each store's models 0..n-1 (SVMs in table order)")
+    index = np.empty(n, dtype=np.int64)  # SVMs and skops detectors are each numbered in table order
+    index[is_svm] = np.arange(n_svm)
+    index[~is_svm] = np.arange(n_sk)
     if n_svm:
-        algos = np.asarray(t["algorithm"], dtype=object)[is_svm]
-        if not np.isin(algos, ["ocsvm-rbf", "ocsvm-linear"]).all():
+        if not np.isin(table["algorithm"][is_svm], ["ocsvm-rbf", "ocsvm-linear"]).all():
             raise _fail("only ocsvm-rbf / ocsvm-linear models can be stored as SVM arrays")
-        nf = np.asarray([-1 if v is None else v for v in t["n_features"]], dtype=np.int64)[is_svm]
-        cnt = np.asarray(t["sv_count"], dtype=np.int64)[is_svm]
-        if (nf < 1).any() or (cnt < 1).any():
+        nf_svm, cnt = nf[is_svm], table["sv_count"][is_svm]
+        if (nf_svm < 1).any() or (cnt < 1).any():
             raise _fail("SVM models need n_features >= 1 and sv_count >= 1")
-        sizes = {"sv": int((nf * cnt).sum()), "dual_coef": int(cnt.sum()), "scaler_mean": int(nf.sum()),
-                 "scaler_scale": int(nf.sum()), "intercept": n_svm, "gamma": n_svm}
-        for k, size in sizes.items():
-            if svm["arrays"][k] != [size]:
-                raise _fail(f"svm array {k!r} is declared {svm['arrays'][k]}, the table needs [{size}]")
+        bounds = np.cumsum([0] + [sh["models"] for sh in svm["shards"]])
+        for sh, lo, hi in zip(svm["shards"], bounds[:-1], bounds[1:], strict=True):
+            f, c = nf_svm[lo:hi], cnt[lo:hi]
+            sizes = {"sv": int(f @ c), "dual_coef": int(c.sum()), "scaler_mean": int(f.sum()),
+                     "scaler_scale": int(f.sum()), "intercept": int(hi - lo), "gamma": int(hi - lo)}
+            for k, size in sizes.items():
+                if sh["arrays"][k] != [size]:
+                    raise _fail(f"array {k!r} of {sh['file']!r} is declared {sh['arrays'][k]}, "
+                                f"the table needs [{size}]")
+    return {**table, "is_svm": is_svm, "index": index}
 
 
-def _npz_float64(data: bytes | bytearray) -> dict[str, np.ndarray]:
-    """The arrays of an uncompressed .npz of 1-D little-endian float64 arrays, as read-only views of ``data``.
+def _column(t: dict[str, Any], f: str, n: int, per_model: bool) -> tuple[list[Any] | None, Any]:
+    """(the list, None) when field ``f`` holds one value per model, (None, the value) when it holds one value
+    for all models (never for ``per_model`` fields)."""
+    v = t[f]
+    if type(v) is list:
+        if len(v) != n:
+            raise _fail(f"models.{f} must be a list of {n} values" + ("" if per_model else " or one value"))
+        return v, None
+    if per_model:
+        raise _fail(f"models.{f} must be a list of {n} values")
+    return None, v
+
+
+def _str_column(t: dict[str, Any], f: str, n: int, *, nullable: bool = False, per_model: bool = False
+                ) -> np.ndarray:
+    """A column of non-empty strings (None allowed when ``nullable``) as an object array of ``n``."""
+    col, one = _column(t, f, n, per_model)
+    if col is None:
+        if not ((type(one) is str and one) or (nullable and one is None)):
+            raise _fail(f"models.{f} must be a non-empty string" + (" or null" if nullable else ""))
+        return np.broadcast_to(np.array(one, dtype=object), n)  # read-only, no copy
+    nulls = col.count(None) if nullable else 0
+    if nulls < n and not _strings(col if not nulls else [v for v in col if v is not None]):
+        raise _fail(f"models.{f} must be non-empty strings" + (" or nulls" if nullable else ""))
+    return np.array(col, dtype=object)
+
+
+def _int_column(t: dict[str, Any], f: str, n: int, *, nullable: bool = False) -> np.ndarray:
+    """A column of non-negative ints (None allowed when ``nullable``, stored as -1) as int64 of ``n``."""
+    col, one = _column(t, f, n, False)
+    if col is None:
+        ok = (_is_int(one) and 0 <= one < 2**63) or (nullable and one is None)
+        out = np.full(n, -1 if one is None else one, dtype=np.int64) if ok else None
+    else:
+        out = _ints(col, nullable)
+    if out is None:
+        raise _fail(f"models.{f} must be non-negative integers" + (" or nulls" if nullable else ""))
+    return out
+
+
+def _bool_column(t: dict[str, Any], f: str, n: int) -> np.ndarray:
+    col, one = _column(t, f, n, False)
+    if col is None:
+        if type(one) is not bool:
+            raise _fail(f"models.{f} must be booleans")
+        return np.full(n, one, dtype=bool)
+    out = np.array(col) if col else np.zeros(0, dtype=bool)
+    if out.dtype != bool or out.ndim != 1:
+        raise _fail(f"models.{f} must be booleans")
+    return out
+
+
+def _quantile_columns(q: Any, n: int) -> dict[str, np.ndarray]:
+    """``score_<name>`` float64 columns (NaN where unknown) from the manifest's score_quantiles: null (unknown
+    for every model) or {name: base64 of ``n`` little-endian float64}."""
+    names = [name for name, _ in QUANTILES]
+    if q is None:
+        return {f"score_{name}": np.full(n, np.nan) for name in names}
+    if not isinstance(q, dict) or set(q) != set(names):
+        raise _fail(f"models.score_quantiles must be null or hold {names}")
+    out = {}
+    for name in names:
+        try:
+            if type(q[name]) is not str:
+                raise TypeError("not a string")
+            raw = base64.b64decode(q[name], validate=True)
+        except (TypeError, ValueError) as exc:
+            raise _fail(f"models.score_quantiles.{name} must be base64 of {n} float64 ({exc})") from None
+        if len(raw) != 8 * n:
+            raise _fail(f"models.score_quantiles.{name} holds {len(raw)} bytes, {n} float64 need {8 * n}")
+        col = np.frombuffer(raw, dtype="<f8")
+        if np.isinf(col).any():
+            raise _fail(f"models.score_quantiles.{name} must be finite or NaN")
+        out[f"score_{name}"] = col
+    return out
+
+
+def _npz_float64(data: Buffer, label: str) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed .npz of 1-D little-endian float64 arrays, as read-only views of ``data``
+    (``label`` names the file in errors).
 
     Called on bytes whose SHA-256 was verified. Only the .npy headers are parsed (numpy's literal-only header
     parser); any other dtype (object arrays, i.e. pickles, included), shape, order or compression is refused,
@@ -616,11 +797,11 @@ def _npz_float64(data: bytes | bytearray) -> dict[str, np.ndarray]:
     arrays or re-checking the zip CRCs the SHA-256 already covers."""
     fmt = np.lib.format
     try:
-        members = _zip_members(data)
+        members = _zip_members(data, label)
         out: dict[str, np.ndarray] = {}
         for name, (method, start, size) in members.items():
             if not name.endswith(".npy") or method != zipfile.ZIP_STORED or name[:-4] in out:
-                raise PackError(f"{SVM_FILE}: member {name!r} is not a stored .npy array")
+                raise PackError(f"{label}: member {name!r} is not a stored .npy array")
             hdr = io.BytesIO(bytes(data[start:start + min(size, 1 << 16)]))
             version = fmt.read_magic(hdr)
             if version == (1, 0):
@@ -628,30 +809,30 @@ def _npz_float64(data: bytes | bytearray) -> dict[str, np.ndarray]:
             elif version == (2, 0):
                 shape, fortran, dtype = fmt.read_array_header_2_0(hdr)
             else:
-                raise PackError(f"{SVM_FILE}: unsupported .npy version {version} in {name!r}")
+                raise PackError(f"{label}: unsupported .npy version {version} in {name!r}")
             if dtype != np.dtype("<f8") or len(shape) != 1 or fortran:
-                raise PackError(f"{SVM_FILE}: {name!r} is {dtype}{shape}; only 1-D float64 arrays are accepted")
+                raise PackError(f"{label}: {name!r} is {dtype}{shape}; only 1-D float64 arrays are accepted")
             offset = start + hdr.tell()
             if offset + shape[0] * 8 != start + size:
-                raise PackError(f"{SVM_FILE}: {name!r} has the wrong size for {shape}")
+                raise PackError(f"{label}: {name!r} has the wrong size for {shape}")
             out[name[:-4]] = np.frombuffer(data, dtype="<f8", count=shape[0], offset=offset)
         return out
     except PackError:
         raise
     except Exception as exc:  # a malformed zip or .npy header
-        raise PackError(f"{SVM_FILE}: not a readable .npz of float64 arrays ({exc})") from exc
+        raise PackError(f"{label}: not a readable .npz of float64 arrays ({exc})") from exc
 
 
-def _zip_members(data: bytes | bytearray) -> dict[str, tuple[int, int, int]]:
+def _zip_members(data: Buffer, label: str) -> dict[str, tuple[int, int, int]]:
     """{name: (compression method, data offset, size)} from a zip's central directory, without copying data
     (no zip64: a pack's array file stays far below 4 GiB)."""
     eocd = bytes(data[-(22 + 65535):]).rfind(b"PK\x05\x06")
     if eocd < 0:
-        raise PackError(f"{SVM_FILE}: no zip end-of-directory record")
+        raise PackError(f"{label}: no zip end-of-directory record")
     eocd += max(0, len(data) - (22 + 65535))
     count, cd_size, cd_offset = struct.unpack_from("<HII", data, eocd + 10)
     if count == 0xFFFF or cd_offset == 0xFFFFFFFF or cd_offset + cd_size > eocd:
-        raise PackError(f"{SVM_FILE}: zip64 or a damaged central directory")
+        raise PackError(f"{label}: zip64 or a damaged central directory")
     members: dict[str, tuple[int, int, int]] = {}
     pos = cd_offset
     for _ in range(count):
@@ -660,14 +841,14 @@ def _zip_members(data: bytes | bytearray) -> dict[str, tuple[int, int, int]]:
         comp, size, n_name, n_extra, n_comment = struct.unpack_from("<IIHHH", data, pos + 20)
         local = struct.unpack_from("<I", data, pos + 42)[0]
         if sig != 0x02014B50 or comp != size:
-            raise PackError(f"{SVM_FILE}: bad central directory entry")
+            raise PackError(f"{label}: bad central directory entry")
         name = bytes(data[pos + 46:pos + 46 + n_name]).decode("utf-8")
         if struct.unpack_from("<I", data, local)[0] != 0x04034B50:
-            raise PackError(f"{SVM_FILE}: bad local header for {name!r}")
+            raise PackError(f"{label}: bad local header for {name!r}")
         l_name, l_extra = struct.unpack_from("<HH", data, local + 26)
         start = local + 30 + l_name + l_extra
         if start + size > cd_offset:
-            raise PackError(f"{SVM_FILE}: member {name!r} overruns the archive")
+            raise PackError(f"{label}: member {name!r} overruns the archive")
         members[name] = (method, start, size)
         pos += 46 + n_name + n_extra + n_comment
     return members
@@ -702,30 +883,38 @@ def _check_skops_types(data: bytes, name: str) -> None:
         raise PackError(f"{name}: untrusted types {bad}")
 
 
-def _read_verified(folder: Path, name: str, meta: Mapping[str, Any]) -> bytearray:
-    """The file's bytes, read once into private memory and hashed chunk by chunk while in cache."""
+def _map_verified(folder: Path, name: str, meta: Mapping[str, Any]) -> Buffer:
+    """The file mapped read-only, after its size and SHA-256 were checked against the manifest (runs in a
+    worker thread: hashlib releases the GIL, so files hash in parallel)."""
     path = folder / name
-    size = meta["bytes"]
-    buf = bytearray(size)
-    view = memoryview(buf)
-    digest = hashlib.sha256()
     try:
-        with path.open("rb", buffering=0) as f:
-            got = 0
-            while got < size:
-                n = f.readinto(view[got:got + (1 << 20)])
-                if not n:
-                    break
-                digest.update(view[got:got + n])
-                got += n
-            extra = f.read(1)
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data: Buffer = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size == meta["bytes"] and size
+                            else b"")
     except FileNotFoundError:
         raise PackError(f"{name}: missing from pack {folder}") from None
     except OSError as exc:
         raise PackError(f"{name}: cannot be read ({exc})") from exc
-    if got != size or extra or digest.hexdigest() != meta["sha256"]:
+    if size != meta["bytes"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise PackError(f"{name}: SHA-256 or size mismatch (file tampered with or manifest wrong)")
-    return buf
+    return data
+
+
+def _verify_files(folder: Path, manifest: dict[str, Any]) -> tuple[dict[str, Buffer], dict[str, np.ndarray]]:
+    """Every file of the pack, verified on a thread per core while this thread checks the per-model table;
+    returns ({name: verified bytes}, the table). Raises the manifest's error first, then the first bad file's."""
+    names = list(manifest["files"])
+    workers = max(1, min(len(names), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="pack-verify") as pool:
+        futures = [pool.submit(_map_verified, folder, name, manifest["files"][name]) for name in names]
+        try:
+            table = _check_manifest(manifest)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        return {name: fut.result() for name, fut in zip(names, futures, strict=True)}, table
 
 
 def load_pack(folder: str | os.PathLike[str]) -> ModelPack:
@@ -741,35 +930,36 @@ def load_pack(folder: str | os.PathLike[str]) -> ModelPack:
         manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PackError(f"{MANIFEST}: not valid JSON ({exc})") from exc
-    _check_manifest(manifest)
-    blobs = {name: _read_verified(folder, name, meta) for name, meta in manifest["files"].items()}
+    _check_header(manifest)
+    blobs, table = _verify_files(folder, manifest)
 
-    svm: dict[str, np.ndarray] | None = None
-    if SVM_FILE in blobs:
-        svm = _npz_float64(blobs[SVM_FILE])
-        declared = manifest["svm"]["arrays"]
-        if sorted(svm) != sorted(SVM_ARRAYS):
-            raise PackError(f"{SVM_FILE}: arrays {sorted(svm)} != {sorted(SVM_ARRAYS)}")
-        for k, a in svm.items():
-            if [a.shape[0]] != declared[k]:
-                raise PackError(f"{SVM_FILE}: array {k!r} has {a.shape[0]} values, the manifest says {declared[k]}")
-        if not all(np.isfinite(svm[k]).all() for k in ("scaler_mean", "scaler_scale", "intercept", "gamma")):
-            raise PackError(f"{SVM_FILE}: arrays hold non-finite values")
-        if (svm["scaler_scale"] == 0).any() or (svm["gamma"] < 0).any():
-            raise PackError(f"{SVM_FILE}: zero scaler scale or negative gamma")
+    shards: list[dict[str, np.ndarray]] = []
+    for sh in (manifest["svm"] or {}).get("shards", []):
+        name = sh["file"]
+        arrays = _npz_float64(blobs[name], name)
+        if sorted(arrays) != sorted(SVM_ARRAYS):
+            raise PackError(f"{name}: arrays {sorted(arrays)} != {sorted(SVM_ARRAYS)}")
+        for k, a in arrays.items():
+            if [a.shape[0]] != sh["arrays"][k]:
+                raise PackError(f"{name}: array {k!r} has {a.shape[0]} values, the manifest says {sh['arrays'][k]}")
+        if not all(np.isfinite(arrays[k]).all() for k in ("scaler_mean", "scaler_scale", "intercept", "gamma")):
+            raise PackError(f"{name}: arrays hold non-finite values")
+        if (arrays["scaler_scale"] == 0).any() or (arrays["gamma"] < 0).any():
+            raise PackError(f"{name}: zero scaler scale or negative gamma")
+        shards.append(arrays)
 
     others: list[Any] = []
     if SKOPS_FILE in blobs:
         import skops.io as sio
 
-        _check_skops_types(bytes(blobs[SKOPS_FILE]), SKOPS_FILE)
+        data = bytes(blobs[SKOPS_FILE])
+        _check_skops_types(data, SKOPS_FILE)
         try:
-            others = sio.loads(bytes(blobs[SKOPS_FILE]), trusted=list(TRUSTED_TYPES))
+            others = sio.loads(data, trusted=list(TRUSTED_TYPES))
         except Exception as exc:
             raise PackError(f"{SKOPS_FILE}: cannot be loaded ({exc})") from exc
         if not isinstance(others, list) or len(others) != manifest["skops"]["models"]:
             raise PackError(f"{SKOPS_FILE}: expected a list of {manifest['skops']['models']} detectors")
         if not all(hasattr(est, "decision_function") for est in others):
             raise PackError(f"{SKOPS_FILE}: every detector needs a decision_function")
-    return ModelPack(manifest, svm, others)
-
+    return ModelPack(manifest, table, shards, others)

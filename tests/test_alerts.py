@@ -6,9 +6,11 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sklearn.svm import OneClassSVM
 
 from fleetscore import db, webhook
 from fleetscore.alerts import (
@@ -22,6 +24,7 @@ from fleetscore.alerts import (
 from fleetscore.blobstore import FolderStore
 from fleetscore.index import index_prediction_file
 from fleetscore.settings import load_settings
+from scoring_job.pack import write_pack
 from tests.test_index import (
     RUN_A,
     RUN_B,
@@ -62,17 +65,20 @@ def run_pure(rows, latest=None, history=EMPTY, *, min_windows=1, close_after=3, 
     return update
 
 
-def test_severity_rule():
+def test_severity_rule(tmp_path):
     assert severity(3.0, Q) == "critical"          # >= max + 2 * (q99 - q50) = 2.2
     assert severity(2.2, Q) == "critical"
     assert severity(1.0, Q) == "high"              # > max
     assert severity(0.1, Q) == "medium"            # > q99
     assert severity(0.0, {**Q, "q99": 0.05}) == "low"
     assert severity(5.0, None) == "medium" and severity(5.0, {**Q, "max": None}) == "medium"
-    manifest = {"models": {"count": 2, "device": ["a", "b"], "sensor": ["t", "t"],
-                           "score_quantiles": {"q50": [-1.0, None], "q99": [0.0, None], "max": [0.2, None]}}}
-    table = quantiles_from_manifest(manifest)
-    assert table[("a", "t")] == {"q50": -1.0, "q99": 0.0, "max": 0.2} and severity(9.0, table[("b", "t")]) == "medium"
+    fitted = OneClassSVM(nu=0.5).fit(np.random.default_rng(0).normal(size=(8, 4)))
+    quantiles = {"q50": -1.0, "q90": -0.5, "q95": -0.25, "q99": 0.0, "max": 0.2}
+    manifest = write_pack({("a", "t"): fitted, ("b", "t"): fitted}, tmp_path / "p",
+                          training={("a", "t"): {"score_quantiles": quantiles}})
+    table = quantiles_from_manifest(json.loads(json.dumps(manifest)))
+    assert table[("a", "t")] == quantiles and severity(9.0, table[("b", "t")]) == "medium"
+    assert table[("b", "t")] == dict.fromkeys(quantiles)
 
 
 def test_alert_id_is_deterministic_and_per_episode():

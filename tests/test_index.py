@@ -4,8 +4,10 @@ the blob function through the SDK's own types."""
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import azure.functions as func
 import numpy as np
@@ -14,12 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from sklearn.svm import OneClassSVM
 
 from fleetscore import db
 from fleetscore.blobstore import FolderStore
 from fleetscore.context import Services, set_services
 from fleetscore.index import index_prediction_file, read_predictions
 from fleetscore.settings import load_settings
+from scoring_job.pack import MANIFEST, write_pack
 from tests.appfuncs import function
 
 W = 300_000
@@ -87,13 +91,14 @@ def put_run(engine, store, run_id: str, window_from: int, window_until: int, par
 
 
 def put_pack(store, version: str, quantiles: dict[tuple[str, str], dict | None]) -> None:
-    """A model-pack manifest with its columnar table (only what severity reads)."""
-    keys = sorted(quantiles)
-    names = ("q50", "q90", "q95", "q99", "max")
-    manifest = {"format": "fleetscore-model-pack", "format_version": 1, "version": version,
-                "models": {"count": len(keys), "device": [k[0] for k in keys], "sensor": [k[1] for k in keys],
-                           "score_quantiles": {n: [(quantiles[k] or {}).get(n) for k in keys] for n in names}}}
-    store.put(f"models/{version}/manifest.json", json.dumps(manifest).encode())
+    """A real model pack (tiny one-class SVMs) whose manifest records these training-score quantiles."""
+    rng = np.random.default_rng(0)
+    models = {key: OneClassSVM(nu=0.5).fit(rng.normal(size=(8, 4))) for key in quantiles}
+    training = {key: {"score_quantiles": q} for key, q in quantiles.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = write_pack(models, tmp, version=version, training=training)
+        for name in [MANIFEST, *manifest["files"]]:
+            store.put(f"models/{version}/{name}", (Path(tmp) / name).read_bytes())
 
 
 def rows_of(engine, table: sa.Table) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -22,18 +23,20 @@ from sklearn.svm import OneClassSVM
 
 from scoring_job import engine
 from scoring_job.pack import (
+    FORMAT_VERSION,
     MANIFEST,
     QUANTILES,
     SKOPS_FILE,
-    SVM_FILE,
     PackError,
     SvmModel,
     load_pack,
     pack_from_estimators,
+    svm_shard_name,
     write_pack,
 )
 
 FEATURES = ["mean", "min", "max", "std"]
+SVM_FILE = svm_shard_name(0)  # a small pack's SVMs fit in one shard
 
 
 def training_windows(rng, keys, n=120):
@@ -149,6 +152,38 @@ def test_estimators_the_pack_cannot_score_are_refused_when_writing(tmp_path):
                    tmp_path / "b")
 
 
+def test_svms_are_split_into_shards_that_load_as_one_fleet(tmp_path):
+    rng = np.random.default_rng(8)
+    models = {(f"d-{i:02d}", "temp"): make_pipeline(StandardScaler(), OneClassSVM(nu=0.2, gamma="scale")).fit(
+        rng.normal(size=(40 + 3 * i, 4))) for i in range(12)}
+    manifest = write_pack(models, tmp_path / "sharded", version="sharded", shard_bytes=2048)
+    write_pack(models, tmp_path / "single", version="single")
+    shards = manifest["svm"]["shards"]
+    assert len(shards) > 3 and [sh["file"] for sh in shards] == [svm_shard_name(i) for i in range(len(shards))]
+    assert sum(sh["models"] for sh in shards) == 12 and set(manifest["files"]) == {sh["file"] for sh in shards}
+    sharded, single = load_pack(tmp_path / "sharded"), load_pack(tmp_path / "single")
+    assert len(sharded.svm_shards) == len(shards) and len(single.svm_shards) == 1
+    for k in single.svm_arrays:
+        np.testing.assert_array_equal(sharded.svm_arrays[k], single.svm_arrays[k])
+    for key, est in models.items():
+        X = rng.normal(size=(7, 4))
+        np.testing.assert_allclose(sharded.model(key).decision_function(X), est.decision_function(X), rtol=1e-10)
+        feats = pd.DataFrame({"device": key[0], "sensor": key[1], "n": 3,
+                              "window_end": pd.date_range("2026-11-23", periods=7, freq="5min", tz="UTC"),
+                              **dict(zip(FEATURES, X.T, strict=True))})
+        np.testing.assert_allclose(-engine.score(feats, sharded)["score"], est.decision_function(X), rtol=1e-9)
+
+    last = tmp_path / "sharded" / shards[-1]["file"]
+    data = bytearray(last.read_bytes())
+    data[-100] ^= 0x01
+    last.write_bytes(bytes(data))
+    with pytest.raises(PackError, match=f"{shards[-1]['file']}: SHA-256"):
+        load_pack(tmp_path / "sharded")
+    last.unlink()
+    with pytest.raises(PackError, match="missing"):
+        load_pack(tmp_path / "sharded")
+
+
 def test_a_tampered_array_is_refused(pack_dir):
     data = bytearray((pack_dir / SVM_FILE).read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit inside the support vectors
@@ -171,6 +206,14 @@ def test_a_missing_file_is_refused(pack_dir):
         load_pack(pack_dir)
 
 
+def column(m, field):
+    """A table column as a list (the manifest stores a column whose models all agree as one value)."""
+    t = m["models"]
+    if not isinstance(t[field], list):
+        t[field] = [t[field]] * t["count"]
+    return t[field]
+
+
 def _swap_first_two(m):
     t = m["models"]
     for f in ("device", "sensor"):
@@ -181,20 +224,30 @@ MALFORMED = {
     "not an object": lambda m: [1, 2],
     "no version": lambda m: m.pop("version"),
     "bad version name": lambda m: m.update(version="../../etc"),
-    "future format": lambda m: m.update(format_version=2),
+    "future format": lambda m: m.update(format_version=FORMAT_VERSION + 1),
+    "format 1 (one svm.npz)": lambda m: m.update(format_version=1),
     "other format": lambda m: m.update(format="zip"),
     "no features": lambda m: m.update(features=[]),
     "count mismatch": lambda m: m["models"].update(count=m["models"]["count"] + 1),
     "unsorted models": _swap_first_two,
     "duplicate model": lambda m: m["models"]["device"].__setitem__(1, m["models"]["device"][0])
     or m["models"]["sensor"].__setitem__(1, m["models"]["sensor"][0]),
-    "string n_features": lambda m: m["models"]["n_features"].__setitem__(0, "4"),
-    "array size mismatch": lambda m: m["svm"]["arrays"]["sv"].__setitem__(0, 12),
-    "svm index out of order": lambda m: m["models"]["index"].__setitem__(0, 5),
-    "unknown store": lambda m: m["models"]["store"].__setitem__(0, "pickle"),
+    "string n_features": lambda m: column(m, "n_features").__setitem__(0, "4"),
+    "bool n_features": lambda m: column(m, "n_features").__setitem__(0, True),
+    "one value of the wrong type": lambda m: m["models"].update(scaled="yes"),
+    "device as one value": lambda m: m["models"].update(device="d-01"),
+    "array size mismatch": lambda m: m["svm"]["shards"][0]["arrays"]["sv"].__setitem__(0, 12),
+    "shard not listed": lambda m: m["files"].update({svm_shard_name(1): m["files"][SVM_FILE]}),
+    "shard model count": lambda m: m["svm"]["shards"][0].update(models=m["svm"]["models"] + 1),
+    "unknown store": lambda m: column(m, "store").__setitem__(0, "pickle"),
     "bad sha format": lambda m: m["files"][SVM_FILE].update(sha256="xyz"),
     "unknown model field": lambda m: m["models"].update(loader=["x"] * m["models"]["count"]),
-    "quantile not a number": lambda m: m["models"]["score_quantiles"]["q50"].__setitem__(0, "high"),
+    "quantiles not base64": lambda m: m["models"]["score_quantiles"].update(q50="high!"),
+    "quantiles of the wrong length": lambda m: m["models"]["score_quantiles"].update(
+        q50=base64.b64encode(np.zeros(1).tobytes()).decode()),
+    "quantiles as JSON numbers": lambda m: m["models"]["score_quantiles"].update(q50=[0.0] * m["models"]["count"]),
+    "infinite quantile": lambda m: m["models"]["score_quantiles"].update(
+        q50=base64.b64encode(np.full(m["models"]["count"], np.inf).tobytes()).decode()),
 }
 
 
@@ -220,8 +273,8 @@ def test_a_manifest_naming_an_untrusted_file_or_algorithm_is_refused(pack_dir):
     with pytest.raises(PackError, match="unexpected file 'model.pkl'"):
         load_pack(pack_dir)
     m["files"].pop("model.pkl")
-    row = m["models"]["store"].index("svm")
-    m["models"]["algorithm"][row] = "pickle:os.system"
+    row = column(m, "store").index("svm")
+    column(m, "algorithm")[row] = "pickle:os.system"
     (pack_dir / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(PackError, match="only ocsvm-rbf / ocsvm-linear"):
         load_pack(pack_dir)
