@@ -63,6 +63,29 @@ def _gamma_n(n: np.ndarray | float, u: float = _U32) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- pack preparation
+def _concat(shards: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    """One SVM array over every shard, as a new writable array."""
+    return np.concatenate([shard[name] for shard in shards])
+
+
+def _per_feature(flat: np.ndarray, F: np.ndarray, fw: int, pad: float) -> np.ndarray:
+    """(models, fw) from per-model runs of F values (a scaler's mean or scale), padded with ``pad``."""
+    out = np.full((len(F), fw), pad)
+    out[np.arange(fw)[None, :] < F[:, None]] = flat
+    return out
+
+
+def _support_vectors(flat: np.ndarray, F: np.ndarray, svc: np.ndarray, fw: int) -> np.ndarray:
+    """(sum svc, fw) support vectors of consecutive models with F features and svc vectors each, stored flat
+    (row-major per model), zero-padded to fw features; a view when every model has fw features."""
+    n_sv = int(svc.sum())
+    if F.min() == fw:
+        return flat.reshape(n_sv, fw)
+    out = np.zeros((n_sv, fw))
+    out[np.arange(fw)[None, :] < np.repeat(F, svc)[:, None]] = flat
+    return out
+
+
 def prepare(pack: ModelPack) -> dict[str, Any]:
     """The engine's per-pack arrays (built once per process, kept in ``pack.cache``)."""
     c = pack.cache.get("engine")
@@ -76,56 +99,52 @@ def prepare(pack: ModelPack) -> dict[str, Any]:
     if n_svm == 0:
         pack.cache["engine"] = c
         return c
-    a = pack.svm_arrays
+    shards = pack.svm_shards
     order = np.argsort(t["index"][svm_table_rows], kind="stable")
     rows = svm_table_rows[order]  # table rows of SVM 0..n_svm-1
     F = t["n_features"][rows]
     svc = t["sv_count"][rows]
     sv0 = t["coef_offset"][rows]
-    fo = t["feature_offset"][rows]
-    so = t["sv_offset"][rows]
     rbf = t["algorithm"][rows] == "ocsvm-rbf"
     scaled = t["scaled"][rows]
     fw = max(_kernels.FPAD, int(F.max()))
-    gamma = a["gamma"].copy()
-    intercept = a["intercept"].copy()
-
-    mean = np.zeros((n_svm, fw))
-    scale = np.ones((n_svm, fw))
-    for k in range(fw):
-        has = k < F
-        mean[has, k] = a["scaler_mean"][fo[has] + k]
-        scale[has, k] = a["scaler_scale"][fo[has] + k]
+    gamma = _concat(shards, "gamma")
+    intercept = _concat(shards, "intercept")
+    coef = _concat(shards, "dual_coef")
+    mean = _per_feature(_concat(shards, "scaler_mean"), F, fw, 0.0)
+    scale = _per_feature(_concat(shards, "scaler_scale"), F, fw, 1.0)
 
     n_sv = int(svc.sum())
     owner = np.repeat(np.arange(n_svm), svc)
-    if F.min() == fw:  # every SVM has fw features: the stored array already is (n_sv, fw), in order
-        sv = a["sv"].reshape(n_sv, fw)
-    else:
-        pos = np.arange(n_sv) - sv0[owner]
-        sv = np.zeros((n_sv, fw))
-        for k in range(fw):
-            has = k < F[owner]
-            sv[has, k] = a["sv"][so[owner[has]] + pos[has] * F[owner[has]] + k]
-    coef = np.array(a["dual_coef"])
-
-    center = np.zeros((n_svm, fw))
-    unscaled_rbf = rbf & ~scaled
-    if unscaled_rbf.any():  # translate raw feature spaces to the support vectors' mean (RBF is shift-invariant)
-        center = np.add.reduceat(sv, sv0, axis=0) / svc[:, None]
-        center[~unscaled_rbf] = 0.0
-        d = sv - center[owner]
-    else:
-        d = sv
     g2 = np.where(rbf, 2.0 * gamma, 0.0)
-    svp = np.multiply(d, g2[owner, None])  # s' = 2 g (s - c)
-    sq = np.einsum("ij,ij->i", d, d)
+    unscaled_rbf = rbf & ~scaled
+    center = np.zeros((n_svm, fw))
+    svp = np.empty((n_sv, fw))  # s' = 2 g (s - c) for RBF models, the support vectors themselves for linear ones
+    sq = np.empty(n_sv)
+    m0 = r0 = 0
+    for shard in shards:  # shard by shard: the support vectors are never copied whole
+        m1 = m0 + len(shard["intercept"])
+        r1 = r0 + int(svc[m0:m1].sum())
+        sv = _support_vectors(shard["sv"], F[m0:m1], svc[m0:m1], fw)
+        own = owner[r0:r1]
+        if unscaled_rbf[m0:m1].any():  # translate raw feature spaces to the SVs' mean (RBF is shift-invariant)
+            part = np.add.reduceat(sv, sv0[m0:m1] - r0, axis=0) / svc[m0:m1, None]
+            center[m0:m1] = np.where(unscaled_rbf[m0:m1, None], part, 0.0)
+            d = sv - center[own]
+        else:
+            d = sv
+        np.multiply(d, g2[own, None], out=svp[r0:r1])
+        linear = ~rbf[own]
+        if linear.any():
+            svp[r0:r1][linear] = d[linear]
+        sq[r0:r1] = np.einsum("ij,ij->i", d, d)
+        m0, r0 = m1, r1
     bsv = np.multiply(sq, -0.5 * g2[owner])  # B = -g |s - c|^2
     smax2 = np.maximum.reduceat(sq, sv0)
     sumc = np.add.reduceat(np.abs(coef), sv0)
 
     c.update(rows=rows, F=F, svc=svc, sv0=sv0, rbf=rbf, fw=fw, gamma=gamma, intercept=intercept, mean=mean,
-             scale=scale, center=center, sv=sv, svp=svp, bsv=bsv, coef=coef, sumc=sumc, smax2=smax2)
+             scale=scale, center=center, svp=svp, bsv=bsv, coef=coef, sumc=sumc, smax2=smax2)
     c["bound32"] = float32_bound(c)
     pack.cache["engine"] = c
     return c
@@ -193,7 +212,7 @@ def _numpy_buckets(c: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
         jdx = np.where(valid, sv0[members, None] + js[None, :], 0)
         rbf = c["rbf"][members, None, None]
         block = np.zeros((len(members), int(b), fw + 2))
-        block[..., :fw] = np.where(rbf, c["svp"][jdx], c["sv"][jdx])
+        block[..., :fw] = c["svp"][jdx]
         block[..., fw + 1] = np.where(rbf[..., 0], c["bsv"][jdx], 0.0)
         block[~valid] = 0.0
         block[..., fw] = np.where(rbf[..., 0], 1.0, 0.0)  # padding too: exp(A + 0) <= 1, times a 0 coefficient

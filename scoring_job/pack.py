@@ -470,21 +470,11 @@ class ModelPack:
             offset = np.zeros(len(size), dtype=np.int64)
             np.cumsum(size[:-1], out=offset[1:])
             table[name] = offset
+        # per shard: its first SVM and where its arrays start in the SVMs' concatenation (what the offsets count)
+        self._shard_start = {name: np.cumsum([0] + [len(sh[name]) for sh in svm_shards[:-1]], dtype=np.int64)
+                             for name in ("intercept", "sv", "dual_coef", "scaler_mean")}
         self._index: dict[Key, int] | None = None
-        self._svm_arrays: dict[str, np.ndarray] | None = None
         self.cache: dict[str, Any] = {}  # the engine's derived structures (built on first use)
-
-    @property
-    def svm_arrays(self) -> dict[str, np.ndarray]:
-        """Every SVM's arrays (see the module doc), concatenated over the shards in SVM order (built on first use;
-        read-only views of the verified file when the pack has one shard)."""
-        if self._svm_arrays is None:
-            if len(self.svm_shards) == 1:
-                self._svm_arrays = dict(self.svm_shards[0])
-            else:
-                self._svm_arrays = {k: np.concatenate([sh[k] for sh in self.svm_shards]) if self.svm_shards
-                                    else np.zeros(0) for k in SVM_ARRAYS}
-        return self._svm_arrays
 
     @property
     def index(self) -> dict[Key, int]:
@@ -527,16 +517,18 @@ class ModelPack:
         if not t["is_svm"][i]:
             return self.others[int(t["index"][i])]
         f, n, row = int(t["n_features"][i]), int(t["sv_count"][i]), int(t["index"][i])
-        so, co, fo = int(t["sv_offset"][i]), int(t["coef_offset"][i]), int(t["feature_offset"][i])
-        arr = self.svm_arrays
+        s = int(np.searchsorted(self._shard_start["intercept"], row, side="right")) - 1
+        shard, start = self.svm_shards[s], {name: int(v[s]) for name, v in self._shard_start.items()}
+        so, co = int(t["sv_offset"][i]) - start["sv"], int(t["coef_offset"][i]) - start["dual_coef"]
+        fo, row = int(t["feature_offset"][i]) - start["scaler_mean"], row - start["intercept"]
         return SvmModel(
             kernel=str(t["algorithm"][i]).removeprefix("ocsvm-"),
-            sv=arr["sv"][so : so + n * f].reshape(n, f),
-            dual_coef=arr["dual_coef"][co : co + n],
-            intercept=float(arr["intercept"][row]),
-            gamma=float(arr["gamma"][row]),
-            scaler_mean=arr["scaler_mean"][fo : fo + f],
-            scaler_scale=arr["scaler_scale"][fo : fo + f],
+            sv=shard["sv"][so : so + n * f].reshape(n, f),
+            dual_coef=shard["dual_coef"][co : co + n],
+            intercept=float(shard["intercept"][row]),
+            gamma=float(shard["gamma"][row]),
+            scaler_mean=shard["scaler_mean"][fo : fo + f],
+            scaler_scale=shard["scaler_scale"][fo : fo + f],
         )
 
     def training_table(self) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 from scoring_job import _kernels, engine
-from scoring_job.pack import load_pack, write_pack
+from scoring_job.pack import SVM_SHARD_BYTES, load_pack, write_pack
 
 BACKENDS = ["numpy", "numba"] if _kernels.HAVE_NUMBA else ["numpy"]
 T0 = pd.Timestamp("2026-11-23T00:05:00Z")
@@ -38,8 +38,8 @@ def frame(rows: dict[tuple[str, str], np.ndarray], names: list[str]) -> pd.DataF
     return pd.concat(parts, ignore_index=True)
 
 
-def pack_of(models: dict, names: list[str], folder: str):
-    write_pack(models, folder, version="t1", features=names)
+def pack_of(models: dict, names: list[str], folder: str, shard_bytes: int = SVM_SHARD_BYTES):
+    write_pack(models, folder, version="t1", features=names, shard_bytes=shard_bytes)
     return load_pack(folder)
 
 
@@ -89,8 +89,9 @@ def fit_model(spec: dict, F: int, rng: np.random.Generator):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(F=st.integers(1, 8), specs=st.lists(model_spec, min_size=1, max_size=3), seed=st.integers(0, 2**31 - 1))
-def test_engine_matches_sklearn_on_random_fleets(F, specs, seed):
+@given(F=st.integers(1, 8), specs=st.lists(model_spec, min_size=1, max_size=3), seed=st.integers(0, 2**31 - 1),
+       shard_bytes=st.sampled_from([1, SVM_SHARD_BYTES]))  # 1: every model in its own shard
+def test_engine_matches_sklearn_on_random_fleets(F, specs, seed, shard_bytes):
     rng = np.random.default_rng(seed)
     names = [f"f{k}" for k in range(F)]
     models, rows = {}, {}
@@ -102,7 +103,7 @@ def test_engine_matches_sklearn_on_random_fleets(F, specs, seed):
         event(f"{spec['kernel']}, support vectors {'1' if n_sv == 1 else '2-50' if n_sv <= 50 else '51-300'}")
     feats = frame(rows, names)
     with tempfile.TemporaryDirectory() as tmp:
-        pack = pack_of(models, names, tmp)
+        pack = pack_of(models, names, tmp, shard_bytes)
         for backend in BACKENDS:
             out64 = engine.score(feats, pack, run_id="r", dtype="float64", backend=backend)
             stats: dict = {}
@@ -325,3 +326,17 @@ def test_bad_arguments_are_refused():
             engine.score(feats, pack, dtype="float16")
         with pytest.raises(ValueError, match="lack columns"):
             engine.score(feats.drop(columns=["std"]), pack)
+
+
+def test_support_vectors_and_scaler_rows_are_padded_per_model():
+    """Models with fewer features than the widest are zero-padded (scale: one-padded), row by row."""
+    F, svc = np.array([2, 4, 1]), np.array([3, 1, 2])
+    flat = np.arange(float((F * svc).sum())) + 1
+    sv = engine._support_vectors(flat, F, svc, 4)
+    want, pos = np.zeros((6, 4)), 0
+    for f, n, r0 in zip(F, svc, [0, 3, 4], strict=True):
+        want[r0:r0 + n, :f] = flat[pos:pos + f * n].reshape(n, f)
+        pos += f * n
+    np.testing.assert_array_equal(sv, want)
+    scale = engine._per_feature(np.arange(7.0) + 1, F, 4, 1.0)
+    np.testing.assert_array_equal(scale, [[1, 2, 1, 1], [3, 4, 5, 6], [7, 1, 1, 1]])

@@ -163,8 +163,11 @@ def test_svms_are_split_into_shards_that_load_as_one_fleet(tmp_path):
     assert sum(sh["models"] for sh in shards) == 12 and set(manifest["files"]) == {sh["file"] for sh in shards}
     sharded, single = load_pack(tmp_path / "sharded"), load_pack(tmp_path / "single")
     assert len(sharded.svm_shards) == len(shards) and len(single.svm_shards) == 1
-    for k in single.svm_arrays:
-        np.testing.assert_array_equal(sharded.svm_arrays[k], single.svm_arrays[k])
+    for k, whole in single.svm_shards[0].items():
+        np.testing.assert_array_equal(np.concatenate([sh[k] for sh in sharded.svm_shards]), whole)
+    assert engine.prepare(sharded).keys() == engine.prepare(single).keys()
+    for k, v in engine.prepare(single).items():
+        np.testing.assert_array_equal(engine.prepare(sharded)[k], v)
     for key, est in models.items():
         X = rng.normal(size=(7, 4))
         np.testing.assert_allclose(sharded.model(key).decision_function(X), est.decision_function(X), rtol=1e-10)
