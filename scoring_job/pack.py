@@ -882,8 +882,12 @@ def _map_verified(folder: Path, name: str, meta: Mapping[str, Any]) -> Buffer:
     try:
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
-            data: Buffer = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size == meta["bytes"] and size
-                            else b"")
+            data: Buffer = b""
+            if size == meta["bytes"] and size:
+                try:
+                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except OSError:  # a filesystem that cannot map files: read it instead
+                    data = f.read()
     except FileNotFoundError:
         raise PackError(f"{name}: missing from pack {folder}") from None
     except OSError as exc:

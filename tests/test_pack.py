@@ -187,6 +187,25 @@ def test_svms_are_split_into_shards_that_load_as_one_fleet(tmp_path):
         load_pack(tmp_path / "sharded")
 
 
+def test_files_are_read_where_they_cannot_be_mapped(pack_dir, monkeypatch):
+    import scoring_job.pack as pack_module
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap(2) says on a filesystem without it
+
+    mapped = load_pack(pack_dir)
+    monkeypatch.setattr(pack_module.mmap, "mmap", no_mmap)
+    read = load_pack(pack_dir)
+    assert isinstance(read.svm_shards[0]["sv"].base, bytes)
+    np.testing.assert_array_equal(read.svm_shards[0]["sv"], mapped.svm_shards[0]["sv"])
+    del mapped, read  # the file is rewritten in place below: no mapping of it may be in use
+    data = bytearray((pack_dir / SVM_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (pack_dir / SVM_FILE).write_bytes(bytes(data))
+    with pytest.raises(PackError, match="SHA-256"):
+        load_pack(pack_dir)
+
+
 def test_a_tampered_array_is_refused(pack_dir):
     data = bytearray((pack_dir / SVM_FILE).read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit inside the support vectors
