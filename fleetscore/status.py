@@ -64,17 +64,16 @@ def model_status(store) -> dict[str, Any]:
 
     from fleetscore.blobstore import BlobNotFound
     from fleetscore.runs import current_model_version
+    from scoring_job.pack import manifest_training_table
 
     version = current_model_version(store)
     if version is None:
         return {"version": None}
     try:
         manifest = json.loads(store.get(f"models/{version}/manifest.json"))
-    except (BlobNotFound, ValueError) as exc:
+        table = manifest_training_table(manifest)
+    except (BlobNotFound, ValueError) as exc:  # PackError is a ValueError
         return {"version": version, "error": f"manifest unreadable: {exc}"}
-    table = manifest.get("models") or {}  # columnar: one list per field
-    algorithms: dict[str, int] = {}
-    for name in table.get("algorithm", []):
-        algorithms[name] = algorithms.get(name, 0) + 1
-    return {"version": version, "created": manifest.get("created"), "models": table.get("count", 0),
-            "features": manifest.get("features"), "algorithms": algorithms}
+    algorithms = {str(k): int(v) for k, v in table["algorithm"].value_counts(sort=False).items()}
+    return {"version": version, "created": manifest["created"], "models": len(table),
+            "features": manifest["features"], "algorithms": algorithms}
