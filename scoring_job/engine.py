@@ -391,6 +391,15 @@ def _window_ms(col: pd.Series) -> pd.Series:
     return col
 
 
+def _key_index(pack: ModelPack, column: str) -> pd.Index:
+    """The pack's device or sensor column as an object Index (cached: pandas would otherwise infer a string
+    dtype and convert all 10,000 keys on every call)."""
+    key = f"key_index_{column}"
+    if key not in pack.cache:
+        pack.cache[key] = pd.Index(pack.table[column], dtype=object)
+    return pack.cache[key]
+
+
 def _categorical(codes: np.ndarray, cats: Sequence[str]) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(pd.Index(list(cats), dtype=object)),
                                      validate=False)
@@ -454,8 +463,8 @@ def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str 
     # one model (pack table row) per run: the pack's keys as (device, sensor) category codes, then a lookup
     model = np.full(G, -1, dtype=np.int64)
     if len(pack) and dcats and scats:
-        di = pd.Index(dcats, dtype=object).get_indexer(pack.table["device"])
-        si = pd.Index(scats, dtype=object).get_indexer(pack.table["sensor"])
+        di = pd.Index(dcats, dtype=object).get_indexer(_key_index(pack, "device"))
+        si = pd.Index(scats, dtype=object).get_indexer(_key_index(pack, "sensor"))
         known = np.flatnonzero((di >= 0) & (si >= 0))
         pack_key = di[known] * len(scats) + si[known]
         by_key = np.argsort(pack_key, kind="stable")
