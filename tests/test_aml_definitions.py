@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,9 +22,9 @@ import pytest
 
 from fleetscore.settings import load_settings
 from scoring_job import pipeline_v1
+from tests.snapshot import SCORING_DIR, SNAPSHOT_ONLY, copy_snapshot, drive, run_script
 
 REPO = Path(__file__).resolve().parents[1]
-SCORING_DIR = REPO / "scoring_job"
 OVERRIDES = {"AML_COMPUTE": "score-cpu", "AML_VM_SIZE": "Standard_F8s_v2", "AML_MAX_NODES": "6",
              "AML_NODE_COUNT": "3", "AML_LOW_PRIORITY": "true", "AML_PROCESS_COUNT_PER_NODE": "4",
              "AML_MINI_BATCH_SIZE": "2", "AML_ERROR_THRESHOLD": "1", "AML_MAX_RETRIES": "2",
@@ -219,16 +218,8 @@ def test_v1_describe_is_not_a_cluster_command():
         pipeline_v1.main(["describe"])  # it needs the project's settings: python -m fleetscore.aml_v1_main
 
 
-V1_STEP_HARNESS = textwrap.dedent("""
-    import importlib.abc, runpy, sys
-
-    class NoProjectPackages(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("fleetscore", "scoring_job", "functions", "function_app"):
-                raise ImportError(f"{name} is not part of the Azure ML code snapshot")
-            return None
-
-    sys.meta_path.insert(0, NoProjectPackages())
+V1_STEP = SNAPSHOT_ONLY + textwrap.dedent("""
+    import runpy
     sys.path.insert(0, sys.argv[1])  # python runs a script with its folder first on the path
     sys.argv = ["pipeline_v1.py", *sys.argv[2:]]
     runpy.run_path("pipeline_v1.py", run_name="__main__")
@@ -236,46 +227,17 @@ V1_STEP_HARNESS = textwrap.dedent("""
 
 
 def test_v1_cluster_step_runs_as_a_script_from_the_snapshot(tmp_path):
-    code = tmp_path / "snapshot"  # what PythonScriptStep uploads: the scoring_job folder alone
-    shutil.copytree(SCORING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    code = copy_snapshot(tmp_path / "snapshot")  # what PythonScriptStep uploads: the scoring_job folder alone
     scored, root = tmp_path / "scored", tmp_path / "predictions"
     scored.mkdir()
     (scored / "part-00000.parquet").write_bytes(b"p")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", V1_STEP_HARNESS, str(code), "copy-predictions", "--scored",
-                           str(scored), "--predictions_root", str(root), "--run_id", "r1"], cwd=code, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_script(V1_STEP, [str(code), "copy-predictions", "--scored", str(scored), "--predictions_root",
+                                str(root), "--run_id", "r1"], cwd=code, timeout=120)
     assert "copied 1 prediction files" in done.stdout
     assert (root / "r1" / "part-00000.parquet").read_bytes() == b"p"
 
 
 # ------------------------------------------------------------------------------- the entry script, harnessed
-
-HARNESS = textwrap.dedent("""
-    import importlib.abc, json, sys
-    spec = json.loads(sys.argv[1])
-
-    class NoProjectPackages(importlib.abc.MetaPathFinder):
-        # on Azure ML the code snapshot is the scoring_job folder alone: no fleetscore, no scoring_job package
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("fleetscore", "scoring_job", "functions", "function_app"):
-                raise ImportError(f"{name} is not part of the Azure ML code snapshot")
-            return None
-
-    sys.meta_path.insert(0, NoProjectPackages())
-    sys.path.insert(0, spec["code"])
-    sys.argv = ["score.py", *spec["argv"]]
-    import score
-    score.init()
-    rows = []
-    for batch in spec["mini_batches"]:
-        result = score.run(batch)
-        assert len(result) == len(batch), (len(result), len(batch))
-        rows.extend(result.astype(str).to_dict("records"))
-    print("HARNESS-RESULT " + json.dumps(rows))
-""")
-
 
 @pytest.fixture
 def scoring_inputs(tmp_path):
@@ -302,18 +264,16 @@ def scoring_inputs(tmp_path):
                              "n": 10, "sum": float(values.sum()), "sumsq": float((values**2).sum()),
                              "min": float(values.min()), "max": float(values.max())})
         pd.DataFrame(rows).to_parquet(data / f"part-{i:05d}.parquet", index=False)
-    code = tmp_path / "snapshot"  # the folder Azure ML uploads, under another name
-    shutil.copytree(SCORING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
-    return {"code": str(code), "pack": str(pack), "data": data, "out": tmp_path / "out"}
+    code = copy_snapshot(tmp_path / "snapshot")  # the folder Azure ML uploads, under another name
+    return {"code": code, "pack": str(pack), "data": data, "out": tmp_path / "out"}
 
 
-def run_harness(spec: dict) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    done = subprocess.run([sys.executable, "-c", HARNESS, json.dumps(spec)], cwd=spec["code"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("HARNESS-RESULT "))
-    return json.loads(line.removeprefix("HARNESS-RESULT "))
+def run_harness(inputs: dict, argv: list[str], mini_batches: list[list[str]]) -> list[dict]:
+    """score.py's result rows over every mini-batch (one row per partition file)."""
+    batches = drive(inputs["code"], argv, mini_batches)
+    for batch, result in zip(mini_batches, batches, strict=True):
+        assert len(result["rows"]) == len(batch), (len(result["rows"]), len(batch))
+    return [row for result in batches for row in result["rows"]]
 
 
 def check_outputs(inputs: dict, rows: list[dict]) -> None:
@@ -337,7 +297,7 @@ def test_entry_script_under_the_v1_runner(scoring_inputs):
             "--allowed_failed_count", "0", "--output", str(out), "--process_count_per_node", "2",
             "--model_pack", scoring_inputs["pack"], "--run_id", "r1", "--dtype", "float64",
             "--input_fds_0", "partitions"]
-    rows = run_harness({"code": scoring_inputs["code"], "argv": argv, "mini_batches": [files[:2], files[2:]]})
+    rows = run_harness(scoring_inputs, argv, [files[:2], files[2:]])
     check_outputs(scoring_inputs, rows)
 
 
@@ -355,5 +315,5 @@ def test_entry_script_under_the_v2_runner(scoring_inputs):
     assert "${{" not in resolved
     argv = [*shlex.split(resolved), "--logging_level", "INFO", "--mini_batch_size", "1", "--error_threshold", "0",
             "--mini_batch_error_threshold", "0"]
-    rows = run_harness({"code": scoring_inputs["code"], "argv": argv, "mini_batches": [[f] for f in files]})
+    rows = run_harness(scoring_inputs, argv, [[f] for f in files])
     check_outputs(scoring_inputs, rows)

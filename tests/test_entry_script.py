@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,40 +22,7 @@ from sklearn.svm import OneClassSVM
 
 from scoring_job.pack import write_pack
 from scoring_job.score import PREDICTION_SCHEMA, RESULT_COLUMNS
-
-SCORING_DIR = Path(__file__).resolve().parents[1] / "scoring_job"
-
-DRIVER = textwrap.dedent("""
-    import importlib.abc, json, sys
-    spec = json.loads(sys.argv[1])
-
-    class SnapshotOnly(importlib.abc.MetaPathFinder):  # Azure ML uploads the scoring_job folder alone
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("fleetscore", "scoring_job", "functions", "function_app"):
-                raise ImportError(f"{name} is not in the code snapshot")
-            return None
-
-    sys.meta_path.insert(0, SnapshotOnly())
-    sys.path.insert(0, spec["code"])
-    sys.argv = ["driver", *spec["argv"]]
-    import score
-    score.init()
-    out = []
-    for batch in spec["mini_batches"]:
-        result = score.run(batch)
-        out.append({"columns": list(result.columns), "dtypes": [str(t) for t in result.dtypes],
-                    "rows": json.loads(result.to_json(orient="records"))})
-    print("DRIVER-RESULT " + json.dumps(out))
-""")
-
-
-def drive(code: Path, argv: list[str], mini_batches: list[list[str]]) -> list[dict]:
-    spec = {"code": str(code), "argv": argv, "mini_batches": mini_batches}
-    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)], cwd=code, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("DRIVER-RESULT "))
-    return json.loads(line.removeprefix("DRIVER-RESULT "))
+from tests.snapshot import copy_snapshot, drive
 
 
 def window_rows(rng, device, sensor, windows, level, bad_from=None):
@@ -100,8 +66,7 @@ def fleet(tmp_path_factory):
         frame = pd.DataFrame(rows).sample(frac=1.0, random_state=part)  # any row order in the partition
         frame.to_parquet(data / f"part-{part:05d}.parquet", index=False)
     (data / "part-00004.parquet").write_bytes(b"PAR1 this is not parquet")
-    code = tmp / "snapshot"
-    shutil.copytree(SCORING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    code = copy_snapshot(tmp / "snapshot")
     return {"tmp": tmp, "models": models, "pack": tmp / "models" / "v3", "data": data, "code": code}
 
 
