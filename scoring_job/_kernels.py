@@ -35,7 +35,7 @@ if os.environ.get("FLEETSCORE_NUMBA", "1") != "0":
         import numba
         from llvmlite import ir
         from numba import types
-        from numba.extending import intrinsic
+        from numba.extending import intrinsic, overload
 
         HAVE_NUMBA = True
     except ImportError:  # pragma: no cover - exercised when numba is not installed
@@ -160,6 +160,16 @@ if HAVE_NUMBA:
         p = p * r + Q0
         return p * _bits_f32((_f32_bits(kf) << _SH32) + _BIAS32)
 
+    def _exp(t):
+        """exp64 or exp32, by the argument's type (resolved at compile time, inlined)."""
+        raise NotImplementedError  # only callable from compiled code
+
+    @overload(_exp, inline="always", fastmath={"contract"})
+    def _exp_for(t):
+        if isinstance(t, types.Float) and t.bitwidth == 32:
+            return lambda t: exp32(t)
+        return lambda t: exp64(t)
+
     @_njit
     def vexp64(x, out):
         """out[i] = exp(x[i]) for x <= 0 (the kernel's exp; for tests and the exp-rate benchmark)."""
@@ -232,8 +242,9 @@ if HAVE_NUMBA:
                     blk[4 * st + i] = -np.inf
 
     @_inline
-    def _acc64(blk, st, npad, j, j1, svp, bsv, coef):
-        """acc_i += coef_j * exp(A_i + B_j + x'_i . s'_j) for j in [j, j1), in order (two per pass over rows)."""
+    def _acc(blk, st, npad, j, j1, svp, bsv, coef):
+        """acc_i += coef_j * exp(A_i + B_j + x'_i . s'_j) for j in [j, j1), in order (two per pass over rows);
+        float64 or float32 throughout, as the block and the support-vector arrays are."""
         x0 = blk[0:npad]
         x1 = blk[st:st + npad]
         x2 = blk[2 * st:2 * st + npad]
@@ -269,7 +280,7 @@ if HAVE_NUMBA:
                 v += xb * u1
                 v += xc * u2
                 v += xd * u3
-                acc[i] = (acc[i] + c0 * exp64(t)) + c1 * exp64(v)
+                acc[i] = (acc[i] + c0 * _exp(t)) + c1 * _exp(v)
             j += 2
         if j < j1:
             s0 = svp[j, 0]
@@ -284,62 +295,7 @@ if HAVE_NUMBA:
                 t += x1[i] * s1
                 t += x2[i] * s2
                 t += x3[i] * s3
-                acc[i] += c0 * exp64(t)
-
-    @_inline
-    def _acc32(blk, st, npad, j, j1, svp, bsv, coef):
-        """float32 twin of :func:`_acc64`."""
-        x0 = blk[0:npad]
-        x1 = blk[st:st + npad]
-        x2 = blk[2 * st:2 * st + npad]
-        x3 = blk[3 * st:3 * st + npad]
-        a = blk[4 * st:4 * st + npad]
-        acc = blk[5 * st:5 * st + npad]
-        while j + 1 < j1:
-            s0 = svp[j, 0]
-            s1 = svp[j, 1]
-            s2 = svp[j, 2]
-            s3 = svp[j, 3]
-            b0 = bsv[j]
-            c0 = coef[j]
-            u0 = svp[j + 1, 0]
-            u1 = svp[j + 1, 1]
-            u2 = svp[j + 1, 2]
-            u3 = svp[j + 1, 3]
-            b1 = bsv[j + 1]
-            c1 = coef[j + 1]
-            for i in range(npad):
-                xa = x0[i]
-                xb = x1[i]
-                xc = x2[i]
-                xd = x3[i]
-                ai = a[i]
-                t = ai + b0
-                t += xa * s0
-                t += xb * s1
-                t += xc * s2
-                t += xd * s3
-                v = ai + b1
-                v += xa * u0
-                v += xb * u1
-                v += xc * u2
-                v += xd * u3
-                acc[i] = (acc[i] + c0 * exp32(t)) + c1 * exp32(v)
-            j += 2
-        if j < j1:
-            s0 = svp[j, 0]
-            s1 = svp[j, 1]
-            s2 = svp[j, 2]
-            s3 = svp[j, 3]
-            b0 = bsv[j]
-            c0 = coef[j]
-            for i in range(npad):
-                t = a[i] + b0
-                t += x0[i] * s0
-                t += x1[i] * s1
-                t += x2[i] * s2
-                t += x3[i] * s3
-                acc[i] += c0 * exp32(t)
+                acc[i] += c0 * _exp(t)
 
     @_njit
     def rbf_f64(cols, nfeat, r0s, ns, rows, mean4, scale4, center4, gamma, intercept, sv0, svc, svp, bsv, coef,
@@ -360,7 +316,7 @@ if HAVE_NUMBA:
             npad = (n + 7) // 8 * 8
             st = _stride(npad, 8, 8)
             _fill_block(blk, a64, st, cols, nosel, nfeat, r0, n, npad, mean4[q], scale4[q], center4[q], gamma[q])
-            _acc64(blk, st, npad, sv0[q], sv0[q] + svc[q], svp, bsv, coef)
+            _acc(blk, st, npad, sv0[q], sv0[q] + svc[q], svp, bsv, coef)
             b = intercept[q]
             for i in range(n):
                 out[r0 + i] = blk[5 * st + i] + b
@@ -387,7 +343,7 @@ if HAVE_NUMBA:
             npad = (n + 15) // 16 * 16
             st = _stride(npad, 16, 4)
             _fill_block(blk, a64, st, cols, nosel, nfeat, r0, n, npad, mean4[q], scale4[q], center4[q], gamma[q])
-            _acc32(blk, st, npad, sv0[q], sv0[q] + svc[q], svp32, bsv32, coef32)
+            _acc(blk, st, npad, sv0[q], sv0[q] + svc[q], svp32, bsv32, coef32)
             b = intercept[q]
             lim = bound[q]
             k = 0
@@ -402,7 +358,7 @@ if HAVE_NUMBA:
                 st64 = _stride(kpad, 8, 8)
                 _fill_block(blk64, a64, st64, cols, sel[:k], nfeat, r0, k, kpad, mean4[q], scale4[q], center4[q],
                             gamma[q])
-                _acc64(blk64, st64, kpad, sv0[q], sv0[q] + svc[q], svp, bsv, coef)
+                _acc(blk64, st64, kpad, sv0[q], sv0[q] + svc[q], svp, bsv, coef)
                 for i in range(k):
                     out[sel[i]] = blk64[5 * st64 + i] + b
                 rechecked += k
