@@ -23,9 +23,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from fleetscore import db
-from fleetscore.ingest import ingest_events
-from fleetscore.readings import RawEvent, decode_events
-from fleetscore.windows import window_end
+from fleetscore.ingest.readings import RawEvent, decode_events
+from fleetscore.ingest.store import ingest_events
+from fleetscore.ingest.windows import window_end
 
 W_MS = 300_000
 T0 = 1_795_000_000_000

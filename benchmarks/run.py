@@ -31,12 +31,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleetscore.backends import SubmitRequest  # noqa: E402
+from fleetscore.backends.base import SubmitRequest  # noqa: E402
 from fleetscore.backends.local import LocalBackend  # noqa: E402
 from fleetscore.context import Services  # noqa: E402
-from fleetscore.runs import claim_run, export_run  # noqa: E402
+from fleetscore.runs.claims import claim_run  # noqa: E402
+from fleetscore.runs.export import export_run  # noqa: E402
 from fleetscore.settings import load_settings  # noqa: E402
-from fleetscore.training import publish_pack  # noqa: E402
+from fleetscore.storage.paths import model_pack_prefix  # noqa: E402
+from fleetscore.training import load_windows, publish_pack  # noqa: E402
 from scoring_job.engine import score  # noqa: E402
 from scoring_job.features import window_features  # noqa: E402
 from scoring_job.pack import load_pack, write_pack  # noqa: E402
@@ -125,11 +127,11 @@ def main() -> None:
         claim = claim_run(services.engine, SLOT, window_ms=W, late_ms=0, max_lookback_ms=args.windows * W,
                           trigger="bench", backend="local")
         request = SubmitRequest.for_run(claim.run_id, SLOT, "vbench")
-        backend = LocalBackend(services)
+        backend = LocalBackend(services.settings, services.store)
         feed = backend.open_feed(request)  # as start_run does: score partitions while exporting
         manifest = export_run(services.engine, services.store, claim, model_version="vbench", window_ms=W,
                               partition_models=args.partition_models,
-                              on_partition=lambda key: feed.add(services.store.local_path(key)))
+                              on_partition=feed.add)
         t_export = time.perf_counter() - t0
         backend.submit(request)
         t_run = time.perf_counter() - t0
@@ -137,10 +139,8 @@ def main() -> None:
         assert scored == args.models * args.windows == manifest.windows, (scored, manifest.windows)
 
         # (b) the engine alone on the same windows
-        from fleetscore.training import load_windows
-
         feats = window_features(load_windows(services.engine, claim.window_from, claim.window_until))
-        pack = load_pack(services.store.local_path("models/vbench"))
+        pack = load_pack(services.store.local_path(model_pack_prefix("vbench")))
         t0 = time.perf_counter()
         out = score(feats, pack, run_id=claim.run_id)
         t_engine = time.perf_counter() - t0

@@ -9,15 +9,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
 from fleetscore.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from fleetscore.blobstore import BlobStore
+from fleetscore.storage.blobstore import BlobStore, open_store
 
 
 @dataclass
@@ -37,8 +34,6 @@ class Services:
 
     @cached_property
     def store(self) -> BlobStore:
-        from fleetscore.blobstore import open_store
-
         return open_store(self.settings.storage)
 
     def close(self) -> None:

@@ -11,6 +11,8 @@ import contextvars
 import logging
 from collections.abc import Iterable, Iterator
 
+from fleetscore.settings import get_settings
+
 _run_id: contextvars.ContextVar[str] = contextvars.ContextVar("run_id", default="-")
 _invocation_id: contextvars.ContextVar[str] = contextvars.ContextVar("invocation_id", default="-")
 FORMAT = "%(asctime)s %(levelname)s %(name)s [run=%(run_id)s inv=%(invocation_id)s] %(message)s"
@@ -54,8 +56,6 @@ def configure_logging(level: int = logging.INFO, secrets: Iterable[str] | None =
     """Root handler with the context format; secrets default to those of the current settings."""
     if secrets is None:
         try:
-            from fleetscore.settings import get_settings
-
             secrets = get_settings().secrets()
         except Exception:  # bad settings are reported by the command that needs them
             secrets = []

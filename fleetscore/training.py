@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
-from fleetscore.blobstore import BlobStore
-from fleetscore.runs import CURRENT_POINTER
+from fleetscore.storage.blobstore import BlobNotFound, BlobStore
+from fleetscore.storage.paths import CURRENT_POINTER, model_pack_prefix
 from scoring_job.features import window_features
 from scoring_job.pack import write_pack
 from scoring_job.train import fit_fleet
@@ -55,9 +55,17 @@ def new_version(now: datetime | None = None) -> str:
 def publish_pack(store: BlobStore, folder: Path, version: str, *, activate: bool) -> None:
     """Upload a pack folder to `models/<version>/`; with `activate`, point `models/CURRENT` at it
     (written last, so a run never sees a half-uploaded pack)."""
-    store.upload_dir(folder, f"models/{version}")
+    store.upload_dir(folder, model_pack_prefix(version))
     if activate:
         store.put(CURRENT_POINTER, version.encode())
+
+
+def current_model_version(store: BlobStore) -> str | None:
+    """The model-pack version `models/CURRENT` points at, or None before the first `train --activate`."""
+    try:
+        return store.get(CURRENT_POINTER).decode().strip() or None
+    except BlobNotFound:
+        return None
 
 
 def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: int | None, min_windows: int,

@@ -7,8 +7,8 @@ import logging
 import azure.functions as func
 
 from fleetscore.context import get_services
-from fleetscore.ingest import ingest_events
-from fleetscore.readings import RawEvent
+from fleetscore.ingest.readings import RawEvent
+from fleetscore.ingest.store import ingest_events
 
 bp = func.Blueprint()
 log = logging.getLogger("fleetscore.functions.ingest")

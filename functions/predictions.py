@@ -8,7 +8,8 @@ import azure.functions as func
 
 from fleetscore.context import get_services
 from fleetscore.db import is_transient
-from fleetscore.index import index_prediction_file
+from fleetscore.predictions.index import index_prediction_file
+from fleetscore.storage.paths import PREDICTIONS_TRIGGER_PATH
 
 bp = func.Blueprint()
 log = logging.getLogger("fleetscore.functions.predictions")
@@ -24,7 +25,7 @@ def blob_etag(blob: func.InputStream) -> str | None:
 
 
 @bp.function_name("index_predictions")
-@bp.blob_trigger(arg_name="blob", path="predictions/{name}", connection="AzureWebJobsStorage",
+@bp.blob_trigger(arg_name="blob", path=PREDICTIONS_TRIGGER_PATH, connection="AzureWebJobsStorage",
                  source=func.BlobSource.EVENT_GRID)
 def index_predictions(blob: func.InputStream) -> None:
     services = get_services()

@@ -9,8 +9,8 @@ import azure.functions as func
 from fleetscore.context import get_services
 from fleetscore.db import now_ms
 from fleetscore.logs import log_context
-from fleetscore.runs import start_run
-from fleetscore.schedule import run_id_for_slot, timer_slot
+from fleetscore.runs.service import start_run
+from fleetscore.runs.slots import run_id_for_slot, timer_slot
 
 bp = func.Blueprint()
 log = logging.getLogger("fleetscore.functions.schedule")

@@ -37,14 +37,13 @@ log = logging.getLogger("fleetscore.engine")
 
 try:
     from . import _kernels
+    from .contract import WINDOW_STATUSES
     from .pack import ModelPack
 except ImportError:  # imported as a top-level module: the Azure ML code snapshot is this folder alone
     import _kernels
+    from contract import WINDOW_STATUSES
     from pack import ModelPack
 
-OUTPUT_COLUMNS = ("device", "sensor", "window_end", "n", "mean", "min", "max", "std", "score", "is_anomaly",
-                  "model_version", "run_id", "status", "error")
-STATUSES = ("ok", "no_model", "error")
 DTYPES = ("float64", "float32")
 BACKENDS = ("auto", "numba", "numpy")
 #: Bound on the numpy path's per-chunk temporaries (the (models, rows, support vectors) kernel block and the
@@ -412,7 +411,8 @@ def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str 
     ``features``: columns device, sensor, window_end (UTC), n and the pack's features (``pack.features``;
     default mean, min, max, std). Extra columns are ignored. ``backend``: "auto" (numba when installed and the
     batch is large enough), "numba" or "numpy". ``stats``, when given, receives counts (models, rechecks, ...).
-    Returns columns :data:`OUTPUT_COLUMNS`; model_version, run_id, status and error are Categoricals of strings.
+    Returns columns :data:`contract.PREDICTION_COLUMNS`; model_version, run_id, status and error are Categoricals
+    of strings.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
@@ -483,7 +483,7 @@ def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str 
         cols = [np.where(finite, col, 0.0) for col in cols]
 
     dec = np.full(N, -np.nan)  # negated below: unscored rows get a plain NaN (no sign bit)
-    status = np.zeros(N, dtype=np.int8)  # codes into STATUSES: 0 ok, 1 no_model, 2 error
+    status = np.zeros(N, dtype=np.int8)  # codes into WINDOW_STATUSES: 0 ok, 1 no_model, 2 error
     errors: list[str] = []
     err_code: np.ndarray | None = None
     failures: dict[tuple[str, str], str] = {}
@@ -586,7 +586,7 @@ def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str 
         "is_anomaly": sc > 0,
         "model_version": _categorical(np.zeros(N, dtype=np.int8), [pack.version]),
         "run_id": _categorical(np.zeros(N, dtype=np.int8), [str(run_id)]),
-        "status": _categorical(status, STATUSES),
+        "status": _categorical(status, WINDOW_STATUSES),
         "error": _categorical(err_code, errors),
     }
     if stats is not None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+try:
+    from .contract import WINDOW_COLUMNS
+except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
+    from contract import WINDOW_COLUMNS
+
 #: Default feature columns, in the order the models see them.
 FEATURES: tuple[str, ...] = ("mean", "min", "max", "std")
 
-WINDOW_COLUMNS = ("device", "sensor", "window_end", "n", "sum", "sumsq", "min", "max")
-FEATURE_COLUMNS = ("device", "sensor", "window_end", "n", "mean", "min", "max", "std")
 
 
 def window_features(windows: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,7 @@ three steps on the same cluster:
 
 ``build_v1_definition`` builds everything that needs no workspace (environment, ParallelRunConfig, pipeline
 parameters, step arguments, the cluster's provisioning configuration); ``publish_v1`` creates the datasets,
-steps and cluster in the workspace and publishes; ``python -m fleetscore.aml_v1_main describe|publish`` runs
+steps and cluster in the workspace and publishes; ``python -m fleetscore.cli.aml_v1_main describe|publish`` runs
 them with the project's settings. The SDK is imported inside functions only, so the cluster runs this file's
 ``stage-inputs`` / ``copy-predictions`` commands with the standard library (and its sibling ``pipeline_v2``,
 whose constants it shares) alone.
@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from .pipeline_v2 import CONTAINERS, ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
+    from .contract import JOB_CONTAINERS
+    from .pipeline_v2 import ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
 except ImportError:  # on the cluster this file runs as a script in the scoring_job folder's snapshot
-    from pipeline_v2 import CONTAINERS, ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
+    from contract import JOB_CONTAINERS
+    from pipeline_v2 import ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
 
 THIS_SCRIPT = Path(__file__).name
 PARAMETERS = {"run_id": "unset", "data_path": "data/unset", "model_version": "unset"}
@@ -113,7 +115,7 @@ def build_v1_definition(settings: Any) -> dict[str, Any]:
                             "--dtype", settings.scoring_dtype],
         "copy_arguments": ["copy-predictions", "--scored", "<score-partitions output>", "--predictions_root",
                            "<predictions container mount>", "--run_id", parameters["run_id"]],
-        "datastores": {c: f"{settings.aml_datastore}_{c}" for c in CONTAINERS},
+        "datastores": {c: f"{settings.aml_datastore}_{c}" for c in JOB_CONTAINERS},
         "compute_name": settings.aml_compute,
         "pipeline_name": settings.aml_pipeline_name,
     }
@@ -331,7 +333,7 @@ def copy_predictions(scored: str, predictions_root: str, run_id: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The cluster-side steps. Describing and publishing need the project's settings:
-    ``python -m fleetscore.aml_v1_main describe|publish`` (what ``fleetscore aml publish --sdk v1`` runs)."""
+    ``python -m fleetscore.cli.aml_v1_main describe|publish`` (what ``fleetscore aml publish --sdk v1`` runs)."""
     parser = argparse.ArgumentParser(prog="pipeline_v1.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     stage = sub.add_parser("stage-inputs", help="(cluster) copy a run's partitions and model pack")

@@ -18,11 +18,15 @@ import io
 from pathlib import Path
 from typing import Any
 
+try:
+    from .contract import JOB_CONTAINERS
+except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
+    from contract import JOB_CONTAINERS
+
 SCORING_DIR = Path(__file__).resolve().parent
 ENTRY_SCRIPT = "score.py"
 REQUIREMENTS = SCORING_DIR / "requirements.txt"
 PYTHON_VERSION = "3.11"
-CONTAINERS = ("data", "models", "predictions")
 STEP_NAME = "score_partitions"
 PROGRAM_ARGUMENTS = (
     "--model_pack ${{inputs.model_pack}} --output ${{outputs.predictions}} "
@@ -180,7 +184,7 @@ def publish_v2(settings: Any, credential: Any = None, log: Any = print) -> dict[
     log(f"compute cluster {settings.aml_compute} ({settings.aml_vm_size}, 0..{settings.aml_max_nodes} nodes)")
     client.compute.begin_create_or_update(build_compute(settings)).result()
     if settings.aml_storage_account:
-        for container in CONTAINERS:
+        for container in JOB_CONTAINERS:
             name = f"{settings.aml_datastore}_{container}"
             log(f"datastore {name} → {settings.aml_storage_account}/{container} (identity-based access)")
             client.datastores.create_or_update(AzureBlobDatastore(

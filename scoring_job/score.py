@@ -37,33 +37,17 @@ import pyarrow.parquet as pq
 
 try:
     from . import engine
-    from .features import WINDOW_COLUMNS, window_features
+    from .contract import PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from .features import window_features
     from .pack import ModelPack, load_pack
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
     import engine
-    from features import WINDOW_COLUMNS, window_features
+    from contract import PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from features import window_features
     from pack import ModelPack, load_pack
 
 log = logging.getLogger("fleetscore.score")
 
-PREDICTION_SCHEMA = pa.schema([
-    ("device", pa.string()),
-    ("sensor", pa.string()),
-    ("window_end", pa.timestamp("ms", tz="UTC")),
-    ("n", pa.int64()),
-    ("mean", pa.float64()),
-    ("min", pa.float64()),
-    ("max", pa.float64()),
-    ("std", pa.float64()),
-    ("score", pa.float64()),
-    ("is_anomaly", pa.bool_()),
-    ("model_version", pa.string()),
-    ("run_id", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-])
-RESULT_COLUMNS = ("partition", "rows", "models", "anomalies", "windows_no_model", "failures", "failure_detail",
-                  "status", "error")
 
 PACK: ModelPack | None = None
 OUTPUT: Path | None = None

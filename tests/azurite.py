@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.blobstore import AzureBlobStore, BlobStore, FolderStore, azurite_connection_string
+from fleetscore.storage.blobstore import AzureBlobStore, BlobStore, FolderStore, azurite_connection_string
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite-blob"

@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sklearn.svm import OneClassSVM
 
-from fleetscore import db, webhook
-from fleetscore.alerts import (
+from fleetscore import db
+from fleetscore.alerts import webhook
+from fleetscore.alerts.store import (
     alert_document,
     alert_id_for,
     close_stale,
@@ -21,9 +22,9 @@ from fleetscore.alerts import (
     severity,
     update_alerts,
 )
-from fleetscore.blobstore import FolderStore
-from fleetscore.index import index_prediction_file
+from fleetscore.predictions.index import index_prediction_file
 from fleetscore.settings import load_settings
+from fleetscore.storage.blobstore import FolderStore
 from scoring_job.pack import write_pack
 from tests.test_index import (
     RUN_A,
@@ -324,7 +325,7 @@ def test_redeliver_sends_what_indexing_did_not(sqlite_engine, folder, monkeypatc
 def test_alerts_command_lists_and_redelivers(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from fleetscore.alerts_cli import alerts_app
+    from fleetscore.cli.alerts import alerts_app
     from fleetscore.context import Services
 
     monkeypatch.setattr(webhook, "BACKOFF_SECONDS", 0.01)

@@ -86,7 +86,7 @@ def test_v2_default_output_is_the_job_name_and_cli_dry_run_prints_yaml(aml_setti
     import yaml
     from typer.testing import CliRunner
 
-    from fleetscore.aml_cli import aml_app
+    from fleetscore.cli.aml import aml_app
 
     app = typer.Typer()
     app.add_typer(aml_app, name="aml")
@@ -103,13 +103,13 @@ def test_v2_default_output_is_the_job_name_and_cli_dry_run_prints_yaml(aml_setti
 def describe_v1_definition() -> dict:
     if _has_v1_here():
         return pipeline_v1.describe_v1(pipeline_v1.build_v1_definition(load_settings()))
-    from fleetscore.aml_cli import v1_python
+    from fleetscore.cli.aml import v1_python
 
     python = v1_python()
     if python is None:
         pytest.fail("SDK v1 is neither installed here nor in .venv-aml-v1: run `make aml-v1` (make test does)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([python, "-m", "fleetscore.aml_v1_main", "describe"], cwd=REPO, env=env,
+    done = subprocess.run([python, "-m", "fleetscore.cli.aml_v1_main", "describe"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -215,7 +215,7 @@ def test_scoring_job_imports_only_its_runtime_and_the_azure_ml_sdks():
 
 def test_v1_describe_is_not_a_cluster_command():
     with pytest.raises(SystemExit):
-        pipeline_v1.main(["describe"])  # it needs the project's settings: python -m fleetscore.aml_v1_main
+        pipeline_v1.main(["describe"])  # it needs the project's settings: python -m fleetscore.cli.aml_v1_main
 
 
 V1_STEP = SNAPSHOT_ONLY + textwrap.dedent("""

@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from azure.core.credentials import AccessToken
 
-from fleetscore.backends import Backend, SubmissionError, SubmitRequest, aml
+from fleetscore.backends import aml
+from fleetscore.backends.base import Backend, SubmissionError, SubmitRequest
 from fleetscore.settings import load_settings
 
 TOKEN = "test-token-5f0c2b7e-not-a-real-secret"
@@ -268,7 +269,7 @@ def test_backends_follow_the_protocol_and_the_setting(endpoint):
     server = endpoint([(200, {}, {"Id": "p-1"}, 0)])
     backend = aml.aml_backend(settings(scoring_backend="aml-pipeline", aml_pipeline_endpoint=server.url),
                               FakeCredential())
-    assert isinstance(backend, Backend) and backend.submit(REQ) == "p-1"
+    assert isinstance(backend, Backend) and backend.submit(REQ).backend_run_id == "p-1"
     assert isinstance(aml.aml_backend(settings(scoring_backend="aml-batch-endpoint")), aml.AmlBatchEndpointBackend)
     with pytest.raises(ValueError):
         aml.aml_backend(settings(scoring_backend="local"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.blobstore import (
+from fleetscore.storage.blobstore import (
     AZURITE_ACCOUNT_KEY,
     TMP_PREFIX,
     AzureBlobStore,
@@ -385,7 +385,7 @@ def test_open_store_account_url_with_sas_needs_no_credential(no_network):
 
 def test_import_does_not_load_the_azure_sdk(tmp_path):
     code = (
-        "import sys, fleetscore.blobstore as b\n"
+        "import sys, fleetscore.storage.blobstore as b\n"
         f"s = b.open_store({str(tmp_path / 'blobs')!r})\n"
         "s.put('data/x/y', b'1'); s.list('data/'); s.get('data/x/y')\n"
         "print([m for m in sys.modules if m.startswith(('azure.storage', 'azure.identity', 'azure.core'))])\n"
@@ -395,7 +395,7 @@ def test_import_does_not_load_the_azure_sdk(tmp_path):
 
 
 def test_a_mistyped_connection_string_is_refused_without_echoing_it():
-    from fleetscore.blobstore import open_store
+    from fleetscore.storage.blobstore import open_store
 
     spec = "DefaultEndpointsProtocol=https;AcountName=typo;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.windows.net"
     with pytest.raises(ValueError) as info:

@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 from scoring_job import _kernels, engine
+from scoring_job.contract import PREDICTION_COLUMNS
 from scoring_job.pack import SVM_SHARD_BYTES, load_pack, write_pack
 
 BACKENDS = ["numpy", "numba"] if _kernels.HAVE_NUMBA else ["numpy"]
@@ -230,7 +231,7 @@ def test_a_fleet_mixing_svms_and_skops_detectors():
         for backend in BACKENDS:
             stats: dict = {}
             out = engine.score(feats, pack, run_id="run-7", backend=backend, stats=stats)
-            assert list(out.columns) == list(engine.OUTPUT_COLUMNS)
+            assert list(out.columns) == list(PREDICTION_COLUMNS)
             assert len(out) == len(feats) and (out["status"] == "ok").all() and out["error"].isna().all()
             keys = list(zip(out["device"], out["sensor"], out["window_end"], strict=True))
             assert keys == sorted(keys)
@@ -313,7 +314,7 @@ def test_string_and_categorical_keys_and_empty_input_give_the_same_result():
     for other in (b, c):
         assert np.array_equal(a["score"].to_numpy(), other["score"].to_numpy(), equal_nan=True)
         assert list(a["device"].astype(str)) == list(other["device"].astype(str))
-    assert list(empty.columns) == list(engine.OUTPUT_COLUMNS) and len(empty) == 0
+    assert list(empty.columns) == list(PREDICTION_COLUMNS) and len(empty) == 0
 
 
 def test_bad_arguments_are_refused():

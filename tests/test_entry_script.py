@@ -20,8 +20,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
+from scoring_job.contract import PREDICTION_SCHEMA, RESULT_COLUMNS
 from scoring_job.pack import write_pack
-from scoring_job.score import PREDICTION_SCHEMA, RESULT_COLUMNS
 from tests.snapshot import copy_snapshot, drive
 
 

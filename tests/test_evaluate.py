@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetscore.evaluate import episodes_from_flags, fault_windows, match_alerts
+from fleetscore.sim.evaluate import episodes_from_flags, fault_windows, match_alerts
 
 W = 300_000  # 5-minute windows
 T0 = 1_767_571_200_000  # 2026-01-05T00:00Z, a multiple of W
@@ -142,7 +142,7 @@ def test_no_alerts_means_precision_one_and_recall_zero():
 
 def test_simulated_faults_are_found_by_an_oracle_detector():
     """End to end on simulated data: flag exactly the windows faults touch and everything is found."""
-    from fleetscore.simulate import simulate_fleet
+    from fleetscore.sim.simulate import simulate_fleet
 
     sim = simulate_fleet(devices=5, sensors=3, days=3, clean_days=1, fault_rate=1.0, seed=11)
     touched = fault_windows(sim.faults, W).assign(is_anomaly=True)

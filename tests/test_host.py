@@ -33,7 +33,7 @@ from fleetscore.host.functions import app_functions
 from fleetscore.host.receipts import DONE, FAILED, POISON, BlobReceipts
 from fleetscore.host.spool import Spool
 from fleetscore.host.timers import ScheduleStatus, TimerStatusStore, check_past_due, iso, next_occurrence
-from fleetscore.schedule import latest_occurrence, parse_status_time
+from fleetscore.runs.slots import latest_occurrence, parse_status_time
 from fleetscore.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -431,7 +431,7 @@ def test_exhausted_retries_move_on_and_keep_the_batch(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- blobs
 def test_blob_trigger_fires_once_per_version_survives_restart_and_poisons(tmp_path):
-    from fleetscore.blobstore import open_store
+    from fleetscore.storage.blobstore import open_store
 
     seen: list[tuple[str, bytes, str]] = []
 
@@ -645,7 +645,7 @@ class Up:
     def __init__(self, tmp_path: Path, env: dict, name: str) -> None:
         self.log = tmp_path / f"{name}.log"
         exe = Path(sys.executable).with_name("fleetscore")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleetscore.cli"]
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleetscore.cli.main"]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([*cmd, "up", "--port", "0", "--state-dir", str(tmp_path / "host"),
                                           "--blob-poll-seconds", "0.2"], cwd=tmp_path, env=env, stdout=out,
@@ -672,9 +672,9 @@ class Up:
 
 @pytest.mark.slow
 def test_up_end_to_end_kill_mid_run_loses_no_reading_and_doubles_no_alert(tmp_path):
-    from fleetscore.blobstore import open_store
-    from fleetscore.files import ingest_file
-    from fleetscore.schedule import run_id_for_slot
+    from fleetscore.ingest.files import ingest_file
+    from fleetscore.runs.slots import run_id_for_slot
+    from fleetscore.storage.blobstore import open_store
     from fleetscore.training import train
 
     now = int(time.time() * 1000)

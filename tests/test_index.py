@@ -19,10 +19,10 @@ import sqlalchemy as sa
 from sklearn.svm import OneClassSVM
 
 from fleetscore import db
-from fleetscore.blobstore import FolderStore
 from fleetscore.context import Services, set_services
-from fleetscore.index import index_prediction_file, read_predictions
+from fleetscore.predictions.index import index_prediction_file, read_predictions
 from fleetscore.settings import load_settings
+from fleetscore.storage.blobstore import FolderStore
 from scoring_job.pack import MANIFEST, write_pack
 from tests.appfuncs import function
 
@@ -232,7 +232,7 @@ def test_values_the_database_would_refuse_are_a_file_error(sqlite_engine, folder
 
 
 def test_a_non_transient_database_error_is_recorded_on_the_file(sqlite_engine, folder, settings, monkeypatch):
-    from fleetscore import alerts
+    from fleetscore.alerts import store as alerts
 
     def refuse(*args, **kwargs):
         raise sa.exc.DataError("INSERT ...", {}, Exception("value out of range"))
@@ -341,7 +341,7 @@ def test_a_writers_temp_file_is_ignored(engine, folder, settings):
 def test_a_file_of_an_unknown_run_is_indexed(engine, folder, settings, caplog):
     key = "predictions/run-nobody/part-00000.parquet"
     folder.put(key, prediction_file(series("d-1", "temp", T0, 3, {2}), "run-nobody"))
-    with caplog.at_level("INFO", logger="fleetscore.index"):
+    with caplog.at_level("INFO", logger="fleetscore.predictions.index"):
         result = index_prediction_file(engine, folder, settings, key)
     assert result.status == "indexed" and result.run_id == "run-nobody" and not result.run_completed
     assert "unknown run" in caplog.text

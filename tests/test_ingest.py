@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetscore import db
-from fleetscore.ingest import TransientIngestError, ingest_events
-from fleetscore.readings import RawEvent
-from fleetscore.windows import aggregate
+from fleetscore.ingest.readings import RawEvent
+from fleetscore.ingest.store import TransientIngestError, ingest_events
+from fleetscore.ingest.windows import aggregate
 from tests.appfuncs import function as _function
 
 W_MS = 300_000
@@ -220,7 +220,7 @@ def test_database_failure_mid_batch_leaves_nothing_and_redelivery_completes(engi
 
 
 def test_non_transient_failure_dead_letters_the_batch(sqlite_engine, monkeypatch):
-    import fleetscore.ingest as ingest_mod
+    import fleetscore.ingest.store as ingest_mod
 
     def broken(*a, **k):
         raise RuntimeError("bug in window maths")

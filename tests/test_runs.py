@@ -18,11 +18,14 @@ from sklearn.svm import OneClassSVM
 
 from fleetscore import db
 from fleetscore.context import Services, set_services
-from fleetscore.files import ingest_file
-from fleetscore.runs import claim_run, export_run, list_runs, read_manifest, start_run
-from fleetscore.schedule import latest_occurrence, run_id_for_slot, slot_of_run_id, timer_slot
+from fleetscore.ingest.files import ingest_file
+from fleetscore.runs.claims import claim_run, list_runs
+from fleetscore.runs.export import export_run
+from fleetscore.runs.manifest import read_manifest
+from fleetscore.runs.service import start_run
+from fleetscore.runs.slots import latest_occurrence, run_id_for_slot, slot_of_run_id, timer_slot
 from fleetscore.settings import load_settings
-from fleetscore.simulate import simulate_fleet, write_simulation
+from fleetscore.sim.simulate import simulate_fleet, write_simulation
 from fleetscore.training import train
 from tests.appfuncs import function
 
@@ -111,7 +114,7 @@ def _windows(engine, ends: list[int], pairs: list[tuple[str, str]]) -> pd.DataFr
 @pytest.mark.parametrize("late_s,watermark", [(300, None), (0, "2026-11-23T08:00:00"), (420, "2026-11-23T09:55:00"),
                                               (3600, "2026-11-23T07:35:00")])
 def test_run_window_range_against_an_independent_computation(sqlite_engine, tmp_path, late_s, watermark):
-    from fleetscore.blobstore import FolderStore
+    from fleetscore.storage.blobstore import FolderStore
 
     slot = ms("2026-11-23T10:05:00")
     ends = list(range(ms("2026-11-23T05:00:00"), ms("2026-11-23T11:00:00") + 1, W))
@@ -241,7 +244,7 @@ def test_timer_past_due_claims_the_missed_slot_once(fleet):
 def test_watermark_command_moves_forward_only(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from fleetscore.cli import app
+    from fleetscore.cli.main import app
 
     monkeypatch.setenv("FLEETSCORE_SQL_URL", f"sqlite:///{tmp_path / 'w.db'}")
     monkeypatch.setenv("FLEETSCORE_STORAGE", str(tmp_path / "blobs"))

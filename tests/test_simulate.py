@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetscore.evaluate import fault_windows
-from fleetscore.readings import RawEvent, decode_events
-from fleetscore.simulate import (
+from fleetscore.ingest.readings import RawEvent, decode_events
+from fleetscore.sim.evaluate import fault_windows
+from fleetscore.sim.simulate import (
     DAY_MS,
     FAULT_KINDS,
     SENSOR_PROFILES,
@@ -279,8 +279,8 @@ def test_write_and_read_round_trip(tmp_path, faulty, ext):
 
 
 def test_files_feed_the_bulk_importer(tmp_path):
-    from fleetscore.files import read_chunks
-    from fleetscore.readings import decode_records
+    from fleetscore.ingest.files import read_chunks
+    from fleetscore.ingest.readings import decode_records
 
     sim = simulate_fleet(devices=2, sensors=2, days=1, clean_days=1, seed=9)
     for ext in ("csv", "jsonl", "parquet"):

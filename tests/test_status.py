@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fleetscore.blobstore import FolderStore
-from fleetscore.status import model_status
+from fleetscore.cli.status import model_status
+from fleetscore.storage.blobstore import FolderStore
 from tests.test_index import put_pack
 
 

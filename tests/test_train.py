@@ -122,7 +122,7 @@ def five_minute_windows(readings: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_a_simulated_fleet_trained_on_clean_days_flags_the_injected_faults():
-    from fleetscore.simulate import simulate_fleet
+    from fleetscore.sim.simulate import simulate_fleet
 
     sim = simulate_fleet(devices=20, sensors=3, days=4, interval_seconds=60, seed=3, fault_rate=0.5, clean_days=2)
     feats = window_features(five_minute_windows(sim.readings))

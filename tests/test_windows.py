@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetscore.windows import aggregate, closed_range, window_end
+from fleetscore.ingest.windows import aggregate, closed_range, window_end
 
 W_MIN = 5
 W_MS = W_MIN * 60_000

@@ -38,7 +38,7 @@ from typing import Any
 import requests
 import urllib3
 
-from fleetscore.backends import SubmissionError, SubmitRequest
+from fleetscore.backends.base import Submission, SubmissionError, SubmitRequest
 from scoring_job.pipeline_v2 import datastore_uri  # the standard library alone: the Azure ML SDK stays unloaded
 
 log = logging.getLogger("fleetscore.backends.aml")
@@ -246,26 +246,33 @@ def submit_batch_endpoint(
     return str(job)
 
 
-class AmlPipelineBackend:
+class _RestBackend:
+    """An Azure ML job started over REST: no feed (the job takes the run whole), nothing to cancel in this
+    process; the prediction files reach the blob trigger."""
+
+    def __init__(self, settings: Any, credential: Any = None) -> None:
+        self.settings = settings
+        self.credential = credential
+
+    def open_feed(self, req: SubmitRequest) -> None:
+        return None
+
+    def cancel(self) -> None:
+        return None
+
+
+class AmlPipelineBackend(_RestBackend):
     """``SCORING_BACKEND=aml-pipeline``."""
 
-    def __init__(self, settings: Any, credential: Any = None) -> None:
-        self.settings = settings
-        self.credential = credential
-
-    def submit(self, req: SubmitRequest) -> str:
-        return submit_pipeline(req, self.settings, self.credential)
+    def submit(self, req: SubmitRequest) -> Submission:
+        return Submission(submit_pipeline(req, self.settings, self.credential))
 
 
-class AmlBatchEndpointBackend:
+class AmlBatchEndpointBackend(_RestBackend):
     """``SCORING_BACKEND=aml-batch-endpoint``."""
 
-    def __init__(self, settings: Any, credential: Any = None) -> None:
-        self.settings = settings
-        self.credential = credential
-
-    def submit(self, req: SubmitRequest) -> str:
-        return submit_batch_endpoint(req, self.settings, self.credential)
+    def submit(self, req: SubmitRequest) -> Submission:
+        return Submission(submit_batch_endpoint(req, self.settings, self.credential))
 
 
 def aml_backend(settings: Any, credential: Any = None) -> AmlPipelineBackend | AmlBatchEndpointBackend:

@@ -12,14 +12,16 @@ import logging
 import multiprocessing
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from fleetscore.backends import SubmitRequest
+from fleetscore.backends.base import Submission, SubmitRequest
+from fleetscore.storage.blobstore import BlobStore
+from scoring_job import score
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,10 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def _init_worker(argv: list[str]) -> None:
-    from scoring_job import score
-
     score.init(argv)
 
 
 def _run_batch(paths: list[str]) -> list[dict]:
-    from scoring_job import score
-
     return score.run(paths).to_dict("records")
 
 
@@ -96,85 +94,87 @@ def score_partitions(partitions: list[Path], model_pack: Path, output: Path, run
     return pool.results()
 
 
-class LocalBackend:
-    """`SCORING_BACKEND=local`: scores synchronously in `submit`, then `after_submit` indexes the files
-    it wrote, as the blob trigger would have."""
+Progress = Callable[[str, int, int], None]
+"""`progress(stage, done, total)`: the CLI's per-stage progress bars."""
 
-    def __init__(self, services, progress: Callable[[str, int, int], None] | None = None) -> None:
-        self.services = services
+
+class LocalBackend:
+    """`SCORING_BACKEND=local`: scores in this process's pool while `submit` waits, and returns what it wrote;
+    the run service then indexes those files, as the blob trigger would have."""
+
+    in_process = True
+
+    def __init__(self, settings: Any, store: BlobStore, progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.store = store
         self.progress = progress
         self.results: pd.DataFrame | None = None
-        self.written: list[str] = []
         self._feed: PartitionPool | None = None
 
-    def open_feed(self, req: SubmitRequest) -> PartitionPool | None:
+    def _tick(self) -> Callable[[int, int], None] | None:
+        return (lambda d, t: self.progress("score", d, t)) if self.progress else None
+
+    def open_feed(self, req: SubmitRequest) -> _KeyFeed | None:
         """Score partitions while the run is still exporting them (stores with local files only);
         None when the store needs staging."""
-        store, settings = self.services.store, self.services.settings
+        store, settings = self.store, self.settings
         pack_dir, out_dir = store.local_path(req.model_pack_path), store.local_path(req.output_path)
         if store.local_path(req.data_path) is None or pack_dir is None or out_dir is None:
             return None
-        tick = (lambda d, t: self.progress("score", d, t)) if self.progress else None
         self._feed = PartitionPool(pack_dir, out_dir, req.run_id, workers=settings.workers,
-                                   dtype=settings.scoring_dtype, progress=tick)
-        return self._feed
+                                   dtype=settings.scoring_dtype, progress=self._tick())
+        return _KeyFeed(self._feed, store)
 
-    def submit(self, req: SubmitRequest) -> str:
-        settings, store = self.services.settings, self.services.store
+    def submit(self, req: SubmitRequest) -> Submission:
         if self._feed is not None:  # partitions were fed while the run exported them
             feed, self._feed = self._feed, None
             self.results = feed.results()
-            return self._finish(req)
-        engine = self.services.engine
-        from fleetscore.runs import read_manifest, update_run
+        else:
+            self.results = self._score_whole(req)
+        return self._submission(req)
 
-        manifest = read_manifest(store, req.run_id)
-        if manifest is None:
-            raise RuntimeError(f"run {req.run_id} has no manifest in {store.describe()}")
-        update_run(engine, req.run_id, status="running")
-        tick = (lambda d, t: self.progress("score", d, t)) if self.progress else None
-        names = [p.name for p in manifest.partitions]
-        data_dir = store.local_path(req.data_path)
-        pack_dir = store.local_path(req.model_pack_path)
+    def cancel(self) -> None:
+        if self._feed is not None:
+            self._feed.cancel()
+            self._feed = None
+
+    def _score_whole(self, req: SubmitRequest) -> pd.DataFrame:
+        """Score the request's partitions in place (folder store) or staged through a temp folder."""
+        settings, store = self.settings, self.store
+        names = list(req.partitions)
+        data_dir, pack_dir = store.local_path(req.data_path), store.local_path(req.model_pack_path)
         out_dir = store.local_path(req.output_path)
         if data_dir is not None and pack_dir is not None and out_dir is not None:
-            self.results = score_partitions([data_dir / n for n in names], pack_dir, out_dir, req.run_id,
-                                            workers=settings.workers, dtype=settings.scoring_dtype, progress=tick)
-        else:  # Azurite / Azure Storage: stage in, score, stage out
-            with tempfile.TemporaryDirectory(prefix=f"fleetscore-{req.run_id}-") as tmp:
-                root = Path(tmp)
-                store.download_prefix(req.model_pack_path, root / "pack")
-                for n in names:
-                    (root / "data").mkdir(exist_ok=True)
-                    (root / "data" / n).write_bytes(store.get(f"{req.data_path}/{n}"))
-                self.results = score_partitions([root / "data" / n for n in names], root / "pack", root / "out",
-                                                req.run_id, workers=settings.workers,
-                                                dtype=settings.scoring_dtype, progress=tick)
-                store.upload_dir(root / "out", req.output_path)
-        return self._finish(req)
+            return score_partitions([data_dir / n for n in names], pack_dir, out_dir, req.run_id,
+                                    workers=settings.workers, dtype=settings.scoring_dtype, progress=self._tick())
+        with tempfile.TemporaryDirectory(prefix=f"fleetscore-{req.run_id}-") as tmp:  # Azurite / Azure Storage
+            root = Path(tmp)
+            store.download_prefix(req.model_pack_path, root / "pack")
+            (root / "data").mkdir()
+            for n in names:
+                (root / "data" / n).write_bytes(store.get(f"{req.data_path}/{n}"))
+            results = score_partitions([root / "data" / n for n in names], root / "pack", root / "out",
+                                       req.run_id, workers=settings.workers, dtype=settings.scoring_dtype,
+                                       progress=self._tick())
+            store.upload_dir(root / "out", req.output_path)
+        return results
 
-    def _finish(self, req: SubmitRequest) -> str:
-        scored = self.results.loc[self.results["status"] != "error", "partition"]
-        self.written = [f"{req.output_path}/{n}" for n in sorted(scored)]
-        bad = self.results[self.results["status"] == "error"]
+    def _submission(self, req: SubmitRequest) -> Submission:
+        failed = self.results["status"] == "error"
+        bad = self.results[failed]
         if len(bad):
             log.warning("run %s: %d partition(s) could not be scored: %s", req.run_id, len(bad),
                         "; ".join(f"{r.partition}: {r.error}" for r in bad.itertuples()))
-        return f"local:{req.run_id}"
+        written = [f"{req.output_path}/{n}" for n in sorted(self.results.loc[~failed, "partition"])]
+        return Submission(f"local:{req.run_id}", in_process=True, written=written,
+                          unscored=dict(zip(bad["partition"], bad["error"], strict=True)))
 
-    def after_submit(self, run_id: str) -> dict[str, float]:
-        """Index every prediction file this run wrote (the blob trigger's job in Azure)."""
-        from fleetscore.index import index_prediction_file
-        from fleetscore.runs import mark_unscored_partitions
 
-        t0 = time.perf_counter()
-        svc = self.services
-        for i, name in enumerate(self.written, start=1):
-            index_prediction_file(svc.engine, svc.store, svc.settings, name)
-            if self.progress:
-                self.progress("index", i, len(self.written))
-        bad = self.results[self.results["status"] == "error"] if self.results is not None else None
-        if bad is not None and len(bad):
-            mark_unscored_partitions(svc.engine, run_id, dict(zip(bad["partition"], bad["error"], strict=True)),
-                                     all_failed=len(bad) == len(self.results))
-        return {"index": round(time.perf_counter() - t0, 3)}
+class _KeyFeed:
+    """A :class:`PartitionPool` fed with store keys (the export's), scored from the folder store's files."""
+
+    def __init__(self, pool: PartitionPool, store: BlobStore) -> None:
+        self._pool, self._store = pool, store
+
+    def add(self, key: str) -> None:
+        self._pool.add(self._store.local_path(key))

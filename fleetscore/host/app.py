@@ -523,7 +523,7 @@ class LocalHost:
         The TimerRequest carries `ScheduleStatus.Next` = the slot, as a scheduled fire of that slot would.
         Raises KeyError for an unknown timer function, ValueError for a slot that is not a past occurrence.
         """
-        from fleetscore.schedule import latest_occurrence
+        from fleetscore.runs.slots import latest_occurrence
 
         fn = self.by_name.get(name)
         if fn is None or fn.trigger != TIMER:
@@ -584,7 +584,7 @@ class LocalHost:
     def _fire_blob(self, fn: HostFunction, key: str) -> int:
         from azure.functions.blob import InputStream
 
-        from fleetscore.blobstore import BlobNotFound
+        from fleetscore.storage.blobstore import BlobNotFound
 
         store, receipts = self.services.store, self.receipts[fn.name]
         try:
@@ -746,7 +746,7 @@ class _Handler(BaseHTTPRequestHandler):
                                           "enqueued_time": iso(record.enqueued_ms)})
 
     def _post_timer(self, host: LocalHost, name: str) -> None:
-        from fleetscore.readings import InvalidReading, parse_ts
+        from fleetscore.ingest.readings import InvalidReading, parse_ts
 
         body = self._body(64 * 1024)
         if body is None:

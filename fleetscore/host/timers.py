@@ -20,7 +20,7 @@ from pathlib import Path
 from croniter import croniter
 
 from fleetscore.host.spool import write_json_atomic
-from fleetscore.schedule import latest_occurrence, parse_status_time
+from fleetscore.runs.slots import latest_occurrence, parse_status_time
 from fleetscore.settings import ncrontab_to_croniter
 
 NEVER = "0001-01-01T00:00:00+00:00"

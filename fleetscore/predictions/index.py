@@ -10,7 +10,7 @@ call for each `predictions/<run_id>/part-NNNNN.parquet`. For one file, in one tr
    is not processed again (as the Functions host's poisonBlobThreshold). Such a file never raises.
 3. Anomalous scored windows are upserted into `anomalies` (key device, sensor, window_end; the latest file
    wins); per-file counts (rows, anomalies, failures = rows with status error, windows_no_model) are kept.
-4. Alerts by episode (:mod:`fleetscore.alerts`).
+4. Alerts by episode (:mod:`fleetscore.alerts.store`).
 5. Run completion: when every partition of the run manifest (`data/<run_id>/manifest.json`) has a final
    `prediction_files` row (indexed, error or poison), the run — if not terminal yet — becomes succeeded, or
    partial when a partition had failed windows or was unreadable; counts are aggregated onto the run and the
@@ -18,7 +18,7 @@ call for each `predictions/<run_id>/part-NNNNN.parquet`. For one file, in one tr
    many indexers race. A file of an unknown run (no run row or no manifest) is indexed and logged as such.
 
 After the commit: the JSON of each new or changed alert is written to `alerts/…`, and, with ALERT_WEBHOOK_URL
-set, pending alert revisions are POSTed (:mod:`fleetscore.webhook`).
+set, pending alert revisions are POSTed (:mod:`fleetscore.alerts.webhook`).
 
 Only transient database errors are raised (so the Functions host retries); everything else is recorded.
 """
@@ -34,20 +34,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fleetscore import alerts as alerts_mod
 from fleetscore import db
-from fleetscore.blobstore import BlobNotFound
-from fleetscore.runs import manifest_key
+from fleetscore.alerts import store as alerts_mod
+from fleetscore.alerts.webhook import deliver_pending
+from fleetscore.runs.manifest import RunManifest, read_manifest
 from fleetscore.settings import Settings
+from fleetscore.storage.blobstore import BlobNotFound
+from fleetscore.storage.paths import is_prediction_file, prediction_key, predictions_prefix, run_id_of
+from scoring_job.contract import PREDICTION_REQUIRED_COLUMNS, WINDOW_STATUSES
 
-log = logging.getLogger("fleetscore.index")
+log = logging.getLogger("fleetscore.predictions.index")
 
-CONTAINER = "predictions"
-REQUIRED_COLUMNS = ("device", "sensor", "window_end", "score", "is_anomaly", "model_version", "run_id", "status")
-STATUSES = ("ok", "no_model", "error")
 FINAL_FILE_STATUSES = ("indexed", "error", "poison")
 MAX_FAILURE_DETAIL = 50
 """Entries of {"device/sensor": reason} kept per file and per run."""
@@ -77,24 +79,6 @@ class IndexResult:
 
 
 # ------------------------------------------------------------------------------------------ pure parts
-def prediction_key(name: str) -> str:
-    """The store key of a prediction blob: `predictions/<run>/part-…` given with or without the container."""
-    name = name.strip().lstrip("/")
-    return name if name.startswith(CONTAINER + "/") else f"{CONTAINER}/{name}"
-
-
-def is_prediction_file(key: str) -> bool:
-    """`predictions/<run>/part-NNNNN.parquet`-like: a visible `.parquet` name (not a writer's temp file)."""
-    last = key.rsplit("/", 1)[-1]
-    return last.endswith(".parquet") and not last.startswith(".")
-
-
-def run_id_of(key: str) -> str | None:
-    """`predictions/<run_id>/<file>` → run_id (None for a file directly under the container)."""
-    parts = key.split("/")
-    return parts[1] if len(parts) >= 3 and parts[1] else None
-
-
 def normalize_etag(etag: str) -> str:
     """ETags quoted as the blob store shows them (the trigger's blob properties may give them bare)."""
     etag = str(etag).strip()
@@ -119,14 +103,11 @@ def _strings(column: pd.Series, name: str, *, nullable: bool) -> pd.Series:
 
 def read_predictions(data: bytes) -> pd.DataFrame:
     """Parse a prediction file into a DataFrame with window_end as int64 epoch ms; raises PredictionFileError."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:  # ArrowInvalid, OSError, ... for truncated or non-Parquet bytes
         raise PredictionFileError(f"not a readable Parquet file: {type(exc).__name__}: {exc}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    missing = [c for c in PREDICTION_REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise PredictionFileError(f"missing column(s) {missing} (has {table.column_names[:20]})")
     columns = {}
@@ -162,9 +143,9 @@ def read_predictions(data: bytes) -> pd.DataFrame:
         values = columns[name].to_pandas() if name in columns else pd.Series([None] * len(frame), dtype=object)
         frame[name] = _strings(values.reset_index(drop=True), name,
                                nullable=name in ("model_version", "run_id", "error")).to_numpy()
-    bad = sorted(set(frame["status"]) - set(STATUSES))
+    bad = sorted(set(frame["status"]) - set(WINDOW_STATUSES))
     if bad:
-        raise PredictionFileError(f"column 'status' has unknown values {bad[:5]} (want {list(STATUSES)})")
+        raise PredictionFileError(f"column 'status' has unknown values {bad[:5]} (want {list(WINDOW_STATUSES)})")
     return frame
 
 
@@ -256,33 +237,16 @@ def _run_active(engine: Engine, run_id: str) -> bool:
     return status in db.RUN_ACTIVE
 
 
-def read_run_manifest(store: Any, run_id: str) -> dict[str, Any] | None:
-    """`data/<run_id>/manifest.json` as a dict, or None when missing or unreadable (logged)."""
-    try:
-        doc = json.loads(store.get(manifest_key(run_id)))
-    except BlobNotFound:
-        return None
-    except Exception as exc:
-        log.warning("run %s: manifest not readable (%s: %s); its completion is left to its other files",
-                    run_id, type(exc).__name__, exc)
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("partitions"), list):
-        log.warning("run %s: manifest has no partition list", run_id)
-        return None
-    return doc
-
-
-def complete_run(conn: Connection, run_id: str, manifest: dict[str, Any], *, now: int) -> str | None:
+def complete_run(conn: Connection, run_id: str, manifest: RunManifest, *, now: int) -> str | None:
     """Complete the run if every partition of its manifest has a final prediction_files row and the run is not
     terminal; returns the new status (succeeded | partial) or None. Advances the watermark on completion."""
     r, pf = db.runs, db.prediction_files
     run = conn.execute(sa.select(r.c.status, r.c.window_until, r.c.claimed_at).where(r.c.run_id == run_id)).first()
     if run is None or run.status in db.RUN_TERMINAL:
         return None
-    partitions = [p for p in manifest.get("partitions") or [] if isinstance(p, dict) and p.get("name")]
-    if not partitions:
+    if not manifest.partitions:
         return None
-    keys = {f"{CONTAINER}/{run_id}/{p['name']}": p for p in partitions}
+    keys = {f"{predictions_prefix(run_id)}/{p.name}": p for p in manifest.partitions}
     rows: list[Any] = []
     names = sorted(keys)
     for chunk in db.chunks(names):
@@ -306,7 +270,7 @@ def complete_run(conn: Connection, run_id: str, manifest: dict[str, Any], *, now
                     details.append({row["name"]: row["error"][:200]})
         else:
             bad_files += 1
-            failures += int(keys[row["name"]].get("windows") or 0) or 1
+            failures += keys[row["name"]].windows or 1
             details.append({f"file/{row['name'].rsplit('/', 1)[-1]}": (row["error"] or row["status"])[:200]})
     status = "partial" if failures or bad_files else "succeeded"
     values: dict[str, Any] = {"status": status, "windows": windows, "windows_no_model": no_model,
@@ -317,9 +281,7 @@ def complete_run(conn: Connection, run_id: str, manifest: dict[str, Any], *, now
     done = conn.execute(r.update().where(r.c.run_id == run_id, r.c.status.in_(db.RUN_ACTIVE)).values(**values))
     if done.rowcount != 1:
         return None
-    until = manifest.get("window_until", run.window_until)
-    if until is not None:
-        db.advance_watermark(conn, int(until), now)
+    db.advance_watermark(conn, manifest.window_until, now)
     return status
 
 
@@ -354,7 +316,7 @@ def index_prediction_file(engine: Engine, store: Any, settings: Settings, name: 
         changed: list[dict[str, Any]] = []
         if run_id is not None and _run_active(engine, run_id):
             # indexed before its run's manifest existed (a watcher faster than the export): complete now
-            manifest = read_run_manifest(store, run_id)
+            manifest = read_manifest(store, run_id)
             if manifest is not None:
                 with engine.begin() as conn:
                     _lock(conn, key, run_id)
@@ -369,7 +331,7 @@ def index_prediction_file(engine: Engine, store: Any, settings: Settings, name: 
             run_id = result.run_id = str(ids[0]) if len(ids) == 1 else None
     except PredictionFileError as exc:
         result.error = str(exc)[:MAX_ERROR_CHARS]
-    manifest = read_run_manifest(store, run_id) if run_id is not None else None
+    manifest = read_manifest(store, run_id) if run_id is not None else None
     severity_of = alerts_mod.severity_lookup(store, frame["model_version"].unique()) if frame is not None else None
 
     try:
@@ -387,7 +349,7 @@ def index_prediction_file(engine: Engine, store: Any, settings: Settings, name: 
 
 
 def _index_in_transaction(conn: Connection, key: str, etag: str, run_id: str | None, frame: pd.DataFrame | None,
-                          manifest: dict[str, Any] | None, severity_of: Any, settings: Settings,
+                          manifest: RunManifest | None, severity_of: Any, settings: Settings,
                           result: IndexResult) -> list[dict[str, Any]]:
     now = db.now_ms()
     _lock(conn, key, run_id)
@@ -432,7 +394,7 @@ def _index_in_transaction(conn: Connection, key: str, etag: str, run_id: str | N
     return changed
 
 
-def _complete_if_done(conn: Connection, run_id: str, manifest: dict[str, Any], settings: Settings,
+def _complete_if_done(conn: Connection, run_id: str, manifest: RunManifest, settings: Settings,
                       result: IndexResult, now: int) -> list[dict[str, Any]]:
     """Complete the run when this was its last partition; on success close alerts its windows ended."""
     run_status = complete_run(conn, run_id, manifest, now=now)
@@ -440,10 +402,9 @@ def _complete_if_done(conn: Connection, run_id: str, manifest: dict[str, Any], s
         return []
     result.run_completed, result.run_status = True, run_status
     log.info("run %s %s: every partition is indexed", run_id, run_status)
-    until = manifest.get("window_until")
-    if run_status != "succeeded" or until is None:
+    if run_status != "succeeded":
         return []
-    return alerts_mod.apply_stale(conn, until=int(until), window_ms=settings.window_ms,
+    return alerts_mod.apply_stale(conn, until=manifest.window_until, window_ms=settings.window_ms,
                                   close_after=settings.alert_close_after_windows, now=now).visible
 
 
@@ -467,6 +428,4 @@ def _after_commit(engine: Engine, store: Any, settings: Settings, result: IndexR
 
 
 def _deliver(engine: Engine, settings: Settings, session: Any) -> tuple[int, int]:
-    from fleetscore.webhook import deliver_pending
-
     return deliver_pending(engine, settings, session=session)

@@ -36,6 +36,7 @@ from matplotlib.patches import Patch
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
+from fleetscore.storage.paths import PREDICTIONS, predictions_prefix
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ OTHER_STATUS_COLOUR = "#78909c"
 
 
 class BlobLister(Protocol):
-    """What the report needs from a blob store (`fleetscore.blobstore`)."""
+    """What the report needs from a blob store (`fleetscore.storage.blobstore`)."""
 
     def list(self, prefix: str) -> list[Any]: ...  # items with a `.name`
 
@@ -217,7 +218,7 @@ def _load_scores(store: BlobLister, run_ids: list[str] | None, pairs: list[tuple
     empty = pd.DataFrame({"device": pd.Series(dtype=object), "sensor": pd.Series(dtype=object),
                           "window_end": pd.Series(dtype="int64"), "score": pd.Series(dtype=float),
                           "is_anomaly": pd.Series(dtype=bool), "run_id": pd.Series(dtype=object)})
-    prefixes = ["predictions/"] if run_ids is None else [f"predictions/{rid}/" for rid in run_ids]
+    prefixes = [f"{PREDICTIONS}/"] if run_ids is None else [f"{predictions_prefix(rid)}/" for rid in run_ids]
     wanted = pd.MultiIndex.from_tuples(pairs, names=["device", "sensor"]) if pairs else None
     frames = []
     files = 0

@@ -78,8 +78,8 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     from azure.functions.timer import TimerRequest
 
     from fleetscore.report import write_report
-    from fleetscore.schedule import occurrences
-    from fleetscore.simulate import simulate_fleet, to_event_bodies
+    from fleetscore.runs.slots import occurrences
+    from fleetscore.sim.simulate import simulate_fleet, to_event_bodies
     from fleetscore.training import train
 
     tick = progress or (lambda stage, done, total: None)
@@ -146,7 +146,7 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
 def summarize(services: Services, sim, models: int, skipped: int, folder: Path, devices: int, sensors: int,
               days: float) -> DemoSummary:
     """Counts from SQL and alert precision/recall against the simulator's faults in the scored span."""
-    from fleetscore.evaluate import match_alerts
+    from fleetscore.sim.evaluate import match_alerts
 
     engine = services.engine
     with engine.connect() as conn:

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
-from fleetscore.ingest import IngestResult, store_batch
-from fleetscore.readings import decode_records
+from fleetscore.ingest.readings import decode_records
+from fleetscore.ingest.store import IngestResult, store_batch
 
 REFERENCE_COLUMNS = {"TS": "ts", "Device": "device", "Sensor": "sensor", "Value": "value"}
 """The original reference's CSV columns."""

@@ -53,9 +53,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
+from fleetscore.storage.paths import alert_document_key, model_manifest_key
 from scoring_job.pack import QUANTILES, manifest_training_table
 
-log = logging.getLogger("fleetscore.alerts")
+log = logging.getLogger("fleetscore.alerts.store")
 
 SEVERITIES = ("low", "medium", "high", "critical")
 SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
@@ -130,9 +131,8 @@ def alert_document(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def alert_blob_key(record: Mapping[str, Any]) -> str:
-    """`alerts/<yyyy>/<mm>/<dd>/<alert_id>.json`, dated by the episode's first window (UTC)."""
-    day = datetime.fromtimestamp(int(record["first_window_end"]) / 1000, tz=timezone.utc)
-    return f"alerts/{day:%Y/%m/%d}/{record['alert_id']}.json"
+    """The alert's document key (:func:`fleetscore.storage.paths.alert_document_key`)."""
+    return alert_document_key(record["alert_id"], record["first_window_end"])
 
 
 @dataclass
@@ -308,7 +308,7 @@ def pack_quantiles(store: Any, version: str) -> dict[tuple[str, str], dict[str, 
             _MANIFESTS.move_to_end(cache_key)
             return _MANIFESTS[cache_key]
     try:
-        manifest = json.loads(store.get(f"models/{version}/manifest.json"))
+        manifest = json.loads(store.get(model_manifest_key(version)))
         table = quantiles_from_manifest(manifest)
     except Exception as exc:  # missing or unreadable pack: severity falls back to "medium"
         log.warning("model pack %s: no readable manifest (%s); severity of its alerts is %s",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-WINDOW_COLUMNS = ("device", "sensor", "window_end", "n", "sum", "sumsq", "min", "max")
+from scoring_job.contract import WINDOW_COLUMNS
 
 
 def window_end(ts_ms: np.ndarray, window_ms: int) -> np.ndarray:

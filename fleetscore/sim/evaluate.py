@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fleetscore.windows import window_end
+from fleetscore.ingest.windows import window_end
 
 EPISODE_COLUMNS = ("device", "sensor", "first_window_end", "last_window_end", "windows")
 

@@ -3,7 +3,7 @@
 The SDKs are imported inside the commands only. SDK v2 (azure-ai-ml, the ``aml`` extra) installs beside the
 project's own dependencies; SDK v1 (azureml-pipeline-steps) pins numpy < 2.3.3, pyarrow < 24 and
 azure-identity <= 1.17, so it lives in its own venv (``make aml-v1`` → ``.venv-aml-v1``), and the v1 commands
-(:mod:`fleetscore.aml_v1_main`) run there when the current interpreter lacks it.
+(:mod:`fleetscore.cli.aml_v1_main`) run there when the current interpreter lacks it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from fleetscore.settings import Settings, SettingsError, load_settings
 aml_app = typer.Typer(help="Azure ML: the scoring job as a v1 published pipeline or a v2 batch endpoint.",
                       no_args_is_help=True)
 err = Console(stderr=True)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 V1_VENV_PYTHON = REPO / ".venv-aml-v1" / "bin" / "python"
 
 
@@ -68,7 +68,7 @@ def _run_v1(command: str) -> None:
         err.print(f"[red]{escape(INSTALL_HINT)}[/red]")
         raise typer.Exit(1)
     _settings()  # fail early, here, on a wrong setting
-    done = subprocess.run([python, "-m", "fleetscore.aml_v1_main", command], cwd=REPO, check=False)
+    done = subprocess.run([python, "-m", "fleetscore.cli.aml_v1_main", command], cwd=REPO, check=False)
     if done.returncode:
         raise typer.Exit(done.returncode)
 

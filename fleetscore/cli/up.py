@@ -20,7 +20,7 @@ def up(
 
     Stops cleanly on Ctrl-C or SIGTERM (running invocations finish; the spool keeps what is not delivered).
     """
-    from fleetscore.cli import console, err, settings
+    from fleetscore.cli.main import console, err, settings
     from fleetscore.host.app import LocalHost
     from fleetscore.host.bindings import HostConfigError
 

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
-from fleetscore.readings import DeadLetter, Decoded, RawEvent, decode_events, payload_text
-from fleetscore.windows import WINDOW_COLUMNS, aggregate_arrays, window_end, window_end_of
+from fleetscore.ingest.readings import DeadLetter, Decoded, RawEvent, decode_events, payload_text
+from fleetscore.ingest.windows import WINDOW_COLUMNS, aggregate_arrays, window_end, window_end_of
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
+from fleetscore.storage.paths import model_manifest_key
 
 
 def ingest_status(engine: Engine) -> dict[str, Any]:
@@ -62,15 +63,15 @@ def model_status(store) -> dict[str, Any]:
     """The model pack in force: version, model count, algorithms (from its manifest JSON only)."""
     import json
 
-    from fleetscore.blobstore import BlobNotFound
-    from fleetscore.runs import current_model_version
+    from fleetscore.storage.blobstore import BlobNotFound
+    from fleetscore.training import current_model_version
     from scoring_job.pack import manifest_training_table
 
     version = current_model_version(store)
     if version is None:
         return {"version": None}
     try:
-        manifest = json.loads(store.get(f"models/{version}/manifest.json"))
+        manifest = json.loads(store.get(model_manifest_key(version)))
         table = manifest_training_table(manifest)
     except (BlobNotFound, ValueError) as exc:  # PackError is a ValueError
         return {"version": version, "error": f"manifest unreadable: {exc}"}

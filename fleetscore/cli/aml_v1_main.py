@@ -1,4 +1,4 @@
-"""``python -m fleetscore.aml_v1_main describe|publish``: the SDK v1 pipeline with the project's settings.
+"""``python -m fleetscore.cli.aml_v1_main describe|publish``: the SDK v1 pipeline with the project's settings.
 
 ``fleetscore aml publish --sdk v1`` runs this in an interpreter with SDK v1 (usually ``.venv-aml-v1``, which has
 fleetscore installed with the ``aml-v1`` extra). ``describe`` prints the offline definition as JSON (no
@@ -16,7 +16,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleetscore.aml_v1_main", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fleetscore.cli.aml_v1_main", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("describe", help="print the offline v1 definition as JSON (needs the v1 SDK)")
     sub.add_parser("publish", help="publish the pipeline (needs the v1 SDK and a workspace)")

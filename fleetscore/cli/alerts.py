@@ -38,7 +38,7 @@ def alerts(
     """List alerts (newest change first); `fleetscore alerts redeliver` resends undelivered ones."""
     if ctx.invoked_subcommand is not None:
         return
-    from fleetscore.alerts import alert_document, iso_ms, list_alerts
+    from fleetscore.alerts.store import alert_document, iso_ms, list_alerts
 
     svc = _services()
     rows = list_alerts(svc.engine, open_only=open_only, limit=limit)
@@ -65,8 +65,8 @@ def redeliver_cmd(
     blobs: Annotated[bool, typer.Option("--blobs", help="also rewrite every alert's JSON blob")] = False,
 ) -> None:
     """POST every undelivered alert revision to ALERT_WEBHOOK_URL now."""
-    from fleetscore.alerts import list_alerts, write_blobs
-    from fleetscore.webhook import redeliver
+    from fleetscore.alerts.store import list_alerts, write_blobs
+    from fleetscore.alerts.webhook import redeliver
 
     svc = _services()
     if blobs:

@@ -26,10 +26,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
-from fleetscore.alerts import alert_document
+from fleetscore.alerts.store import alert_document
 from fleetscore.settings import Settings
 
-log = logging.getLogger("fleetscore.webhook")
+log = logging.getLogger("fleetscore.alerts.webhook")
 
 MAX_TRIES = 3
 BACKOFF_SECONDS = 0.5

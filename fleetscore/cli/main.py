@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleetscore.alerts_cli import alerts_app
-from fleetscore.aml_cli import aml_app
+from fleetscore.cli.alerts import alerts_app
+from fleetscore.cli.aml import aml_app
 from fleetscore.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Scheduled batch scoring of a whole IoT fleet's anomaly models.",
@@ -39,7 +39,7 @@ def parse_time(text: str | None) -> int | None:
     """A CLI time (ISO-8601; naive means UTC) → epoch ms."""
     if text is None:
         return None
-    from fleetscore.readings import InvalidReading, parse_ts
+    from fleetscore.ingest.readings import InvalidReading, parse_ts
 
     try:
         return parse_ts(text, naive_tz=timezone.utc)
@@ -137,8 +137,8 @@ def ingest(
     """Load readings from files through the same validation and windowing as the ingest function."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from fleetscore.files import count_rows, ingest_file
-    from fleetscore.ingest import IngestResult
+    from fleetscore.ingest.files import count_rows, ingest_file
+    from fleetscore.ingest.store import IngestResult
 
     try:
         zone = ZoneInfo(timezone_name)
@@ -170,7 +170,7 @@ def simulate(
     to: Annotated[str, typer.Option(help="file or eventhub")] = "file",
 ) -> None:
     """Simulate a fleet (baselines, daily cycles, noise, injected faults) with a ground-truth file."""
-    from fleetscore.simulate import send_to_eventhub, simulate_fleet, to_event_bodies, write_simulation
+    from fleetscore.sim.simulate import send_to_eventhub, simulate_fleet, to_event_bodies, write_simulation
 
     sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
                          seed=seed, fault_rate=fault_rate, clean_days=clean_days)
@@ -194,7 +194,7 @@ def simulate(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Last runs, failures, open alerts, ingest figures and the model pack in force."""
-    from fleetscore.status import alerts_status, ingest_status, model_status, runs_status
+    from fleetscore.cli.status import alerts_status, ingest_status, model_status, runs_status
 
     svc = services()
     doc = {"ingest": ingest_status(svc.engine), "runs": runs_status(svc.engine), "alerts": alerts_status(svc.engine),
@@ -286,8 +286,8 @@ def run(
 ) -> None:
     """Run the scoring of one schedule slot now, as the timer would (claim, export, score, index)."""
     from fleetscore.db import now_ms
-    from fleetscore.runs import start_run
-    from fleetscore.schedule import latest_occurrence
+    from fleetscore.runs.service import start_run
+    from fleetscore.runs.slots import latest_occurrence
 
     svc = services()
     slot_ms = parse_time(slot) if slot else latest_occurrence(svc.settings.scoring_schedule, now_ms())
@@ -321,7 +321,7 @@ def demo(
     """The main job: simulate a fleet, ingest, train, replay the schedule, alert, report."""
     from dataclasses import asdict
 
-    from fleetscore.host.demo import run_demo
+    from fleetscore.cli.demo import run_demo
 
     if train_days >= days:
         raise typer.BadParameter("--train-days must be less than --days")
@@ -368,7 +368,7 @@ def report(
 @app.command()
 def runs(limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Recent runs, newest first."""
-    from fleetscore.runs import list_runs
+    from fleetscore.runs.claims import list_runs
 
     frame = list_runs(services().engine, limit)
     if as_json:
@@ -388,7 +388,7 @@ def _n(value) -> str:
     return "-" if value is None or value != value else f"{int(value):,}"
 
 
-from fleetscore.host.cli import up  # noqa: E402 - the local host's command, registered last
+from fleetscore.cli.up import up  # noqa: E402 - the local host's command, registered last
 
 app.command("up")(up)
 

@@ -462,7 +462,7 @@ def read_readings(path: Path) -> pd.DataFrame:
     """Readings written by `write_simulation` back as device, sensor (str), ts (int64 epoch ms), value (float64).
 
     Read with Arrow (fast, and strict: it expects the columns `write_simulation` writes). A convenience for
-    tests and tools on trusted files; the ingest path validates files with `fleetscore.files` instead.
+    tests and tools on trusted files; the ingest path validates files with `fleetscore.ingest.files` instead.
     """
     path = Path(path)
     fmt = _format(path)

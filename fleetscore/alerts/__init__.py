@@ -1,0 +1,1 @@
+"""Alerts: episode rules, severity, the alert store and documents, and webhook delivery."""

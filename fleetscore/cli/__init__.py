@@ -1,0 +1,1 @@
+"""The `fleetscore` command line (typer + rich): the outermost layer, one module per command group."""

@@ -1,0 +1,1 @@
+"""Predictions: reading and validating prediction files, indexing them, and completing their runs."""

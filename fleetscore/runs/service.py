@@ -1,0 +1,145 @@
+"""The run service: claim a slot's run once, export its closed windows, submit them, index what an in-process
+backend wrote.
+
+The run scores the windows that are closed (end ≤ slot − LATE_ARRIVAL_SECONDS) and newer than the scoring
+watermark; the export writes them to `data/<run_id>/part-NNNNN.parquet` (whole devices per partition, at most
+PARTITION_MODELS pairs) plus `data/<run_id>/manifest.json`, then hands them to the backend. Completion —
+status succeeded/partial and the watermark advance — happens when the index has seen every partition's
+prediction file: the blob trigger's job in Azure, done here for a backend that scored in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from fleetscore import db
+from fleetscore.backends import backend_for
+from fleetscore.backends.base import Backend, Feed, Submission, SubmitRequest
+from fleetscore.predictions.index import index_prediction_file
+from fleetscore.runs.claims import (
+    Claim,
+    RunError,
+    claim_run,
+    complete_empty_run,
+    fail_run,
+    mark_unscored_partitions,
+    update_run,
+)
+from fleetscore.runs.export import export_run
+from fleetscore.runs.manifest import RunManifest
+from fleetscore.runs.slots import run_id_for_slot
+from fleetscore.training import current_model_version
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""`progress(stage, done, total)`: the CLI's per-stage progress bars."""
+
+
+@dataclass
+class RunOutcome:
+    """What `start_run` did: `claimed` False means another invocation owns the slot."""
+
+    run_id: str
+    claimed: bool
+    status: str = ""
+    manifest: RunManifest | None = None
+    backend_run_id: str | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def start_run(services: Any, slot_ms: int, *, trigger: str, retry: bool = False, backend: Backend | None = None,
+              progress: Progress | None = None) -> RunOutcome:
+    """Claim, export and submit the run of one slot. Never raises for the run's own failures: they are
+    recorded on its row (status failed, error) and returned."""
+    settings, engine = services.settings, services.engine
+    claim = claim_run(engine, slot_ms, window_ms=settings.window_ms, late_ms=settings.late_arrival_seconds * 1000,
+                      max_lookback_ms=int(settings.max_lookback_hours * 3_600_000), trigger=trigger,
+                      backend=settings.scoring_backend, retry=retry)
+    run_id = run_id_for_slot(slot_ms)
+    if claim is None:
+        log.info("run %s is already claimed; nothing to do", run_id)
+        return RunOutcome(run_id, claimed=False)
+    outcome = RunOutcome(run_id, claimed=True)
+    try:
+        backend = backend or backend_for(settings, services.store, progress=progress)
+        _export_and_submit(services, claim, backend, outcome, progress)
+    except Exception as exc:  # recorded, never lost: the run row says what happened
+        if backend is not None:
+            backend.cancel()  # a pool still scoring partitions of a failed run is stopped
+        log.exception("run %s failed", run_id)
+        outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
+        try:
+            fail_run(engine, run_id, outcome.error)
+        except Exception:  # the database itself is down: the log line above is the record
+            log.exception("could not record the failure of run %s", run_id)
+    return outcome
+
+
+def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: RunOutcome,
+                       progress: Progress | None) -> None:
+    """Export the claim's windows (feeding the backend as partitions land), submit, index in-process output."""
+    settings, engine, store = services.settings, services.engine, services.store
+    version = current_model_version(store)
+    if version is None:
+        raise RunError("no active model pack: run `fleetscore train --activate` first")
+    request = SubmitRequest.for_run(claim.run_id, claim.slot_ms, version)
+    feed: Feed | None = backend.open_feed(request)  # the local backend scores partitions while they export
+    manifest = _timed(outcome, "export", lambda: export_run(
+        engine, store, claim, model_version=version, window_ms=settings.window_ms,
+        partition_models=settings.partition_models, progress=_stage(progress, "export"),
+        on_partition=feed.add if feed is not None else None))
+    outcome.manifest = manifest
+    update_run(engine, claim.run_id, model_version=version, partitions=len(manifest.partitions),
+               models=manifest.pairs, windows=manifest.windows, timings=json.dumps(outcome.timings))
+    if not manifest.partitions:
+        backend.cancel()
+        complete_empty_run(engine, claim)
+        outcome.status = "succeeded"
+        return
+    request = dataclasses.replace(request, partitions=tuple(p.name for p in manifest.partitions))
+    in_process = getattr(backend, "in_process", False)
+    update_run(engine, claim.run_id, status="running" if in_process else "submitted", submitted_at=db.now_ms())
+    submission = _timed(outcome, "submit", lambda: backend.submit(request))
+    outcome.backend_run_id = submission.backend_run_id
+    update_run(engine, claim.run_id, backend_run_id=submission.backend_run_id, timings=json.dumps(outcome.timings))
+    if submission.in_process:
+        _timed(outcome, "index", lambda: index_submission(services, claim.run_id, submission, progress))
+        update_run(engine, claim.run_id, timings=json.dumps(outcome.timings))
+    with engine.connect() as conn:
+        outcome.status = conn.execute(sa.select(db.runs.c.status).where(db.runs.c.run_id == claim.run_id)).scalar()
+
+
+def index_submission(services: Any, run_id: str, submission: Submission, progress: Progress | None = None) -> None:
+    """Index every prediction file an in-process backend wrote (the blob trigger's job in Azure), then record
+    the partitions it could not score (they write no file, so the index alone cannot complete the run)."""
+    tick = _stage(progress, "index")
+    for i, key in enumerate(submission.written, start=1):
+        index_prediction_file(services.engine, services.store, services.settings, key)
+        if tick:
+            tick(i, len(submission.written))
+    if submission.unscored:
+        mark_unscored_partitions(services.engine, run_id, submission.unscored,
+                                 all_failed=not submission.written)
+
+
+def _timed(outcome: RunOutcome, stage: str, step: Callable[[], Any]) -> Any:
+    """Run `step`, adding its wall time (seconds, 3 decimals) to `outcome.timings[stage]`."""
+    t0 = time.perf_counter()
+    try:
+        return step()
+    finally:
+        outcome.timings[stage] = round(time.perf_counter() - t0, 3)
+
+
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    return (lambda done, total: progress(stage, done, total)) if progress else None

@@ -1,0 +1,1 @@
+"""The fleet simulator and detection evaluation against injected faults."""

@@ -1,0 +1,1 @@
+"""Blob storage: the store adapters (folder, Azurite, Azure Storage) and the one module of container keys."""

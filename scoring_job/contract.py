@@ -1,0 +1,63 @@
+"""The data contracts between Core and the scoring job: one owner for each schema and status set.
+
+Core (`fleetscore`) imports these names from here; the scoring job uses them as they are, since Azure ML
+uploads this folder alone (so this module imports pyarrow only).
+
+* A **partition** (`data/<run_id>/part-NNNNN.parquet`) holds closed tumbling windows: :data:`WINDOW_SCHEMA`,
+  `window_end` the window's end (epoch ms UTC; the window is (end − W, end]), `n` readings and their `sum`,
+  `sumsq`, `min`, `max` in the sensor's unit.
+* A **prediction file** (`predictions/<run_id>/part-NNNNN.parquet`) has one row per scored window:
+  :data:`PREDICTION_SCHEMA`. `score` is the negated decision function (higher is more anomalous) and
+  `is_anomaly` ⇔ score > 0; `status` is one of :data:`WINDOW_STATUSES`.
+* The entry script's `run(mini_batch)` returns one row per partition: :data:`RESULT_COLUMNS`, `status` one of
+  :data:`PARTITION_STATUSES`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+WINDOW_SCHEMA = pa.schema([
+    ("device", pa.string()), ("sensor", pa.string()), ("window_end", pa.timestamp("ms", tz="UTC")),
+    ("n", pa.int64()), ("sum", pa.float64()), ("sumsq", pa.float64()), ("min", pa.float64()),
+    ("max", pa.float64()),
+])
+WINDOW_COLUMNS: tuple[str, ...] = tuple(WINDOW_SCHEMA.names)
+
+PREDICTION_SCHEMA = pa.schema([
+    ("device", pa.string()),
+    ("sensor", pa.string()),
+    ("window_end", pa.timestamp("ms", tz="UTC")),
+    ("n", pa.int64()),
+    ("mean", pa.float64()),
+    ("min", pa.float64()),
+    ("max", pa.float64()),
+    ("std", pa.float64()),
+    ("score", pa.float64()),
+    ("is_anomaly", pa.bool_()),
+    ("model_version", pa.string()),
+    ("run_id", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+])
+PREDICTION_COLUMNS: tuple[str, ...] = tuple(PREDICTION_SCHEMA.names)
+
+WINDOW_STATUSES = ("ok", "no_model", "error")
+"""A scored window's `status`: scored, no model for its pair, or its model or features failed."""
+
+RESULT_COLUMNS = ("partition", "rows", "models", "anomalies", "windows_no_model", "failures", "failure_detail",
+                  "status", "error")
+PARTITION_STATUSES = ("ok", "partial", "error")
+"""A partition's result `status`: every window scored, some windows failed, or no prediction file written."""
+
+DATA_CONTAINER = "data"
+"""Partitions to score: `data/<run_id>/part-NNNNN.parquet` and the run manifest `data/<run_id>/manifest.json`."""
+MODELS_CONTAINER = "models"
+"""Model packs: `models/<version>/manifest.json` + arrays, and the `models/CURRENT` pointer."""
+PREDICTIONS_CONTAINER = "predictions"
+"""Prediction files: `predictions/<run_id>/part-NNNNN.parquet`, named as the partition they score."""
+JOB_CONTAINERS = (DATA_CONTAINER, MODELS_CONTAINER, PREDICTIONS_CONTAINER)
+"""The containers the scoring job reads and writes (an Azure ML datastore each)."""
+PREDICTION_REQUIRED_COLUMNS = ("device", "sensor", "window_end", "score", "is_anomaly", "model_version", "run_id",
+                               "status")
+"""What a reader of prediction files needs; the feature columns and `error` may be absent."""
