@@ -7,7 +7,7 @@ none of the heavy ones.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 from sqlalchemy.engine import Engine
@@ -23,7 +23,6 @@ class Services:
 
     settings: Settings
     upgrade_schema: bool = True
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @cached_property
     def engine(self) -> Engine:
@@ -61,3 +60,11 @@ def set_services(services: Services | None) -> None:
         if _services is not None and _services is not services:
             _services.close()
         _services = services
+
+
+def forget_services(services: Services) -> None:
+    """Unset the process's services if they are `services` (a local host stopping); the caller closes them."""
+    global _services
+    with _services_lock:
+        if _services is services:
+            _services = None
