@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from croniter import croniter
 from pydantic import SecretStr
 
+from fleetscore.host.functions import app_folder, app_functions
 from fleetscore.settings import LOCAL_SETTINGS_FILE, LocalSettingsSource, Settings, ncrontab_to_croniter
 
 TIMER, EVENT_HUB, BLOB = "timerTrigger", "eventHubTrigger", "blobTrigger"
@@ -53,16 +55,12 @@ class HostConfigError(RuntimeError):
 def read_functions(app: Any = None) -> list:
     """The app's `Function` objects (default `function_app.app`), read once per app object through the
     process-wide cache the demo and the tests share (the SDK's `get_functions()` may run once)."""
-    from fleetscore.host.functions import app_functions
-
     return list(app_functions(app).values())
 
 
 def default_host_json() -> Path:
     """host.json next to function_app.py (the Functions app's root folder)."""
-    import function_app
-
-    return Path(function_app.__file__).resolve().parent / "host.json"
+    return app_folder() / "host.json"
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -264,47 +262,78 @@ def plan_function(fn: Any, source: SettingSource) -> HostFunction | None:
     """The served form of one SDK Function, None when its trigger is not served; HostConfigError when it
     cannot be served as configured."""
     name = fn.get_function_name()
-    bindings = _binding_dicts(fn)
+    trigger = _served_trigger(name, _binding_dicts(fn))
+    if trigger is None:
+        return None
+    resolved = {key: (source.resolve(value, function=name, prop=key)
+                      if isinstance(value, str) and key not in _NOT_RESOLVED else value)
+                for key, value in trigger.items()}
+    pattern = _CHECK_TRIGGER[trigger["type"]](name, trigger, resolved)
+    func = fn.get_user_function()
+    context_arg = _context_parameter(name, func, trigger["name"])
+    try:
+        retry = RetryPolicy.from_settings(fn.get_settings_dict("retry_policy"))
+    except ValueError as exc:
+        raise HostConfigError(f"function {name!r}: {exc}") from None
+    return HostFunction(name=name, trigger=trigger["type"], arg_name=trigger["name"], binding=resolved, func=func,
+                        retry=retry, context_arg=context_arg, pattern=pattern)
+
+
+def _served_trigger(name: str, bindings: list[dict]) -> dict | None:
+    """The function's one trigger binding, None when the local host does not serve its kind; HostConfigError
+    for a function with no or several triggers, or with any other binding."""
     triggers = [b for b in bindings if str(b.get("type", "")).endswith("Trigger")]
     if len(triggers) != 1:
         raise HostConfigError(f"function {name!r} has {len(triggers)} triggers; expected one")
     trigger = triggers[0]
-    kind = trigger["type"]
-    if kind not in SUPPORTED_TRIGGERS:
+    if trigger["type"] not in SUPPORTED_TRIGGERS:
         return None
     others = [b.get("type") for b in bindings if b is not trigger]
     if others:
         raise HostConfigError(f"function {name!r}: the local host cannot bind {others} (only its trigger)")
-    resolved = {}
-    for key, value in trigger.items():
-        resolved[key] = (source.resolve(value, function=name, prop=key)
-                         if isinstance(value, str) and key not in _NOT_RESOLVED else value)
-    pattern = None
-    if kind == TIMER:
-        schedule = str(resolved.get("schedule") or "").strip()
-        if not schedule:
-            raise HostConfigError(f"function {name!r}: binding property 'schedule' is empty")
-        _check_ncrontab(name, schedule, trigger.get("schedule", ""))
-        resolved["schedule"] = schedule
-    elif kind == EVENT_HUB:
-        if not str(resolved.get("eventHubName") or "").strip():
-            raise HostConfigError(f"function {name!r}: binding property 'eventHubName' is empty")
-    else:
-        connection = trigger.get("connection") or "AzureWebJobsStorage"
-        if connection not in LOCAL_STORAGE_CONNECTIONS:
-            raise HostConfigError(
-                f"function {name!r}: blob connection {connection!r} names a storage account the local host has "
-                f"no stand-in for; locally blob triggers watch FLEETSCORE_STORAGE, the equivalent of "
-                f"{' or '.join(LOCAL_STORAGE_CONNECTIONS)}")
-        path = str(resolved.get("path") or "").strip().strip("/")
-        container, sep, rest = path.partition("/")
-        if not sep or not rest or "{" in container or not container:
-            raise HostConfigError(f"function {name!r}: blob path {path!r} must be '<container>/<pattern>'")
-        resolved["path"] = path
-        pattern = blob_pattern(path)
-    func = fn.get_user_function()
+    return trigger
+
+
+def _check_timer(name: str, trigger: dict, resolved: dict) -> None:
+    """Require a valid NCRONTAB `schedule` (stored stripped in `resolved`)."""
+    schedule = str(resolved.get("schedule") or "").strip()
+    if not schedule:
+        raise HostConfigError(f"function {name!r}: binding property 'schedule' is empty")
+    _check_ncrontab(name, schedule, trigger.get("schedule", ""))
+    resolved["schedule"] = schedule
+
+
+def _check_event_hub(name: str, trigger: dict, resolved: dict) -> None:
+    """Require an `eventHubName`."""
+    if not str(resolved.get("eventHubName") or "").strip():
+        raise HostConfigError(f"function {name!r}: binding property 'eventHubName' is empty")
+
+
+def _check_blob(name: str, trigger: dict, resolved: dict) -> re.Pattern:
+    """Require the local store's connection and a `<container>/<pattern>` path; returns the path's regex."""
+    connection = trigger.get("connection") or "AzureWebJobsStorage"
+    if connection not in LOCAL_STORAGE_CONNECTIONS:
+        raise HostConfigError(
+            f"function {name!r}: blob connection {connection!r} names a storage account the local host has "
+            f"no stand-in for; locally blob triggers watch FLEETSCORE_STORAGE, the equivalent of "
+            f"{' or '.join(LOCAL_STORAGE_CONNECTIONS)}")
+    path = str(resolved.get("path") or "").strip().strip("/")
+    container, sep, rest = path.partition("/")
+    if not sep or not rest or "{" in container or not container:
+        raise HostConfigError(f"function {name!r}: blob path {path!r} must be '<container>/<pattern>'")
+    resolved["path"] = path
+    return blob_pattern(path)
+
+
+_CHECK_TRIGGER: dict[str, Callable[[str, dict, dict], re.Pattern | None]] = {
+    TIMER: _check_timer, EVENT_HUB: _check_event_hub, BLOB: _check_blob}
+"""Per served trigger kind: check (and normalise) its resolved binding; a blob trigger's returns its regex."""
+
+
+def _context_parameter(name: str, func: Callable[..., Any], arg: str) -> str | None:
+    """The parameter name `context` when the function takes the invocation context, else None;
+    HostConfigError when the trigger's `arg` is not a parameter or another required parameter has no binding."""
     params = inspect.signature(func).parameters
-    arg = trigger["name"]
     if arg not in params:
         raise HostConfigError(f"function {name!r}: its trigger binds {arg!r}, which is not a parameter")
     context_arg = "context" if "context" in params else None
@@ -313,17 +342,10 @@ def plan_function(fn: Any, source: SettingSource) -> HostFunction | None:
                and params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
     if unbound:
         raise HostConfigError(f"function {name!r}: parameter(s) {unbound} have no binding")
-    try:
-        retry = RetryPolicy.from_settings(fn.get_settings_dict("retry_policy"))
-    except ValueError as exc:
-        raise HostConfigError(f"function {name!r}: {exc}") from None
-    return HostFunction(name=name, trigger=kind, arg_name=arg, binding=resolved, func=func, retry=retry,
-                        context_arg=context_arg, pattern=pattern)
+    return context_arg
 
 
 def _check_ncrontab(function: str, schedule: str, raw: str) -> None:
-    from croniter import croniter
-
     where = f" (from {raw})" if raw != schedule else ""
     if re.fullmatch(r"(?:\d+\.)?\d+:\d+:\d+(?:\.\d+)?", schedule):
         raise HostConfigError(f"function {function!r}: TimeSpan schedule {schedule!r}{where} is not supported by "
