@@ -6,8 +6,8 @@ import logging
 
 import azure.functions as func
 
+from fleetscore.clock import now_ms
 from fleetscore.context import get_services
-from fleetscore.db import now_ms
 from fleetscore.logs import log_context
 from fleetscore.runs.service import start_run
 from fleetscore.runs.slots import run_id_for_slot, timer_slot

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sklearn.svm import OneClassSVM
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.context import Services, set_services
 from fleetscore.predictions.index import index_prediction_file, read_predictions
 from fleetscore.settings import load_settings
@@ -83,7 +83,7 @@ def put_run(engine, store, run_id: str, window_from: int, window_until: int, par
         conn.execute(db.runs.insert().values(
             run_id=run_id, slot=slot, attempt=1, status=status, trigger="test", backend="local",
             model_version=model_version, window_from=window_from, window_until=window_until,
-            partitions=len(partitions), claimed_at=db.now_ms()))
+            partitions=len(partitions), claimed_at=clock.now_ms()))
     manifest = {"run_id": run_id, "slot": slot, "window_from": window_from, "window_until": window_until,
                 "model_version": model_version, "window_minutes": 5, "created_at": "2026-11-23T12:10:00Z",
                 "partitions": [{"name": name, "pairs": 1, "windows": windows} for name, windows in partitions.items()]}
@@ -290,7 +290,7 @@ def test_a_retried_run_completes_only_when_its_new_attempt_is_fully_indexed(engi
     assert run_row(engine, RUN_A)["status"] == "succeeded"
     time.sleep(0.01)
     with engine.begin() as conn:  # `fleetscore run --retry`: claimed again, files rewritten one by one
-        conn.execute(db.runs.update().values(status="claimed", attempt=2, claimed_at=db.now_ms(), finished_at=None))
+        conn.execute(db.runs.update().values(status="claimed", attempt=2, claimed_at=clock.now_ms(), finished_at=None))
     folder.put(f"predictions/{RUN_A}/part-00001.parquet", prediction_file(series("d-1", "temp", T0, 12), RUN_A))
     first = index_prediction_file(engine, folder, settings, f"predictions/{RUN_A}/part-00001.parquet")
     assert first.status == "indexed" and not first.run_completed  # part-00000 is still attempt 1's

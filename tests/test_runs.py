@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.context import Services, set_services
 from fleetscore.ingest.files import ingest_file
 from fleetscore.runs.claims import claim_run, list_runs
@@ -90,7 +90,7 @@ def test_a_failed_run_can_be_retried_explicitly_once(sqlite_engine):
     assert first is not None and claim_run(sqlite_engine, slot, **kw) is None
     assert claim_run(sqlite_engine, slot, retry=True, **kw) is None  # still running: no retry
     with sqlite_engine.begin() as conn:  # ... unless it was left unfinished for hours (a killed worker)
-        conn.execute(db.runs.update().values(claimed_at=db.now_ms() - 7 * HOUR))
+        conn.execute(db.runs.update().values(claimed_at=clock.now_ms() - 7 * HOUR))
     stale = claim_run(sqlite_engine, slot, retry=True, **kw)
     assert stale is not None and stale.attempt == 2
     with sqlite_engine.begin() as conn:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.context import Services, set_services
 from fleetscore.settings import load_settings
 
@@ -121,7 +121,7 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
                     features=settings.features, window_minutes=settings.window_minutes, activate=True,
                     params=settings.model_params, progress=lambda d, t: tick("train", d, t))
     with services.engine.begin() as conn:  # the training days count as scored
-        db.advance_watermark(conn, sim.clean_until_ms, db.now_ms())
+        db.advance_watermark(conn, sim.clean_until_ms, clock.now_ms())
     stages["train"] = time.perf_counter() - t0
 
     # replay the schedule slots through the timer function

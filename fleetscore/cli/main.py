@@ -117,12 +117,12 @@ def db_watermark(
 ) -> None:
     """Show the scoring watermark (newest window end already scored), or move it forward — e.g. to the end
     of the training range, so the first run does not score the windows the models were trained on."""
-    from fleetscore import db
+    from fleetscore import clock, db
 
     svc = services()
     with svc.engine.begin() as conn:
         if set_to is not None:
-            db.advance_watermark(conn, parse_time(set_to), db.now_ms())
+            db.advance_watermark(conn, parse_time(set_to), clock.now_ms())
         value = db.read_watermark(conn)
     console.print(f"scoring watermark: {fmt_ms(value)}")
 
@@ -285,7 +285,7 @@ def run(
     retry: Annotated[bool, typer.Option(help="re-run a failed or partial run of the slot")] = False,
 ) -> None:
     """Run the scoring of one schedule slot now, as the timer would (claim, export, score, index)."""
-    from fleetscore.db import now_ms
+    from fleetscore.clock import now_ms
     from fleetscore.runs.service import start_run
     from fleetscore.runs.slots import latest_occurrence
 

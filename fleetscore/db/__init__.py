@@ -7,7 +7,6 @@ All timestamps are stored as BIGINT milliseconds since the Unix epoch, UTC (`ts`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mssql
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
+
+from fleetscore.clock import now_ms
 
 metadata = sa.MetaData()
 ID = sa.String(64).with_variant(mssql.VARCHAR(64, collation="Latin1_General_100_BIN2"), "mssql")
@@ -233,11 +234,6 @@ def advance_watermark(conn: Connection, value: int, now: int, name: str = SCORIN
     except sa_exc.IntegrityError:  # another writer inserted it first
         conn.execute(watermarks.update().where(watermarks.c.name == name, watermarks.c.value < value)
                      .values(value=int(value), updated_at=now))
-
-
-def now_ms() -> int:
-    """Wall clock, epoch milliseconds UTC."""
-    return time.time_ns() // 1_000_000
 
 
 def _create_v1(conn: Connection) -> None:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from fleetscore.clock import now_ms
 from fleetscore.context import Services, set_services
 from fleetscore.host.bindings import (
     BLOB,
@@ -82,10 +83,6 @@ log = logging.getLogger("fleetscore.host")
 MAX_EVENT_BYTES = 1024 * 1024
 """Event Hubs' largest event (Standard tier: 1 MB)."""
 RECENT = 50
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _hub_folder(hub: str) -> str:
@@ -193,7 +190,7 @@ class LocalHost:
             if self.shield_workers:
                 self._start_scoring_forkserver()
             self._server = _Server((self.bind, self.port), _Handler, host=self)
-            self.started_at = _now_ms()
+            self.started_at = now_ms()
             self._spawn("http", self._server.serve_forever, 0.2)
             self._serving = True
             for fn in self.functions:
@@ -348,7 +345,7 @@ class LocalHost:
     def _invoke(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str, retry: int = 0) -> str | None:
         """Run one invocation, logged under its own invocation id; returns None on success, else the error."""
         invocation_id = str(uuid.uuid4())
-        started = _now_ms()
+        started = now_ms()
         t0 = time.perf_counter()
         max_retry = fn.retry.max_retry_count if fn.retry else 0
         error = None
@@ -478,7 +475,7 @@ class LocalHost:
     def _run_timer(self, fn: HostFunction) -> None:
         store = self.timer_store
         assert store is not None
-        now = _now_ms()
+        now = now_ms()
         if fn.use_monitor:
             status, missed = check_past_due(fn.schedule, store.load(fn.name), now)
             store.save(fn.name, status)
@@ -493,7 +490,7 @@ class LocalHost:
                 self._invoke_with_retry(fn, lambda: {fn.arg_name: self._timer_request(status, False)},
                                         reason="Timer fired at startup (runOnStartup)")
         while not self._stop.is_set():
-            now = _now_ms()
+            now = now_ms()
             if now < status.next_ms:
                 self._stop.wait(min((status.next_ms - now) / 1000, 30.0))
                 continue
@@ -507,11 +504,11 @@ class LocalHost:
         """Invoke one scheduled occurrence, then persist the next status (None: stopped during a retry wait)."""
         with self._timer_locks[fn.name]:
             outcome = self._invoke_with_retry(fn, lambda: {fn.arg_name: self._timer_request(status, past_due)},
-                                              reason=f"Timer fired at {iso(_now_ms())} for {iso(occurrence)}"
+                                              reason=f"Timer fired at {iso(now_ms())} for {iso(occurrence)}"
                                                      + (" (past due)" if past_due else ""))
         if outcome is None:
             return None
-        new = after_invocation(fn.schedule, occurrence, _now_ms())
+        new = after_invocation(fn.schedule, occurrence, now_ms())
         if fn.use_monitor and self.timer_store is not None:
             self.timer_store.save(fn.name, new)
         self.timer_status[fn.name] = new
@@ -530,7 +527,7 @@ class LocalHost:
             raise KeyError(f"no timer function {name!r} (timers: {sorted(self._timer_locks)})")
         if self.stopping:
             raise RuntimeError("the host is stopping")
-        now = _now_ms()
+        now = now_ms()
         slot = latest_occurrence(fn.schedule, now) if slot_ms is None else int(slot_ms)
         if slot > now + 1000:
             raise ValueError(f"slot {iso(slot)} is in the future")

@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.ingest.readings import DeadLetter, Decoded, RawEvent, decode_events, payload_text
 from fleetscore.ingest.windows import WINDOW_COLUMNS, aggregate_arrays, window_end, window_end_of
 
@@ -151,7 +151,7 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
     with another value dead-lettered (`conflict`); every window that gains a reading is recomputed from
     all its stored readings.
     """
-    now = db.now_ms()
+    now = clock.now_ms()
     result = IngestResult(received=len(decoded.ts) + len(decoded.dead))
     dead = list(decoded.dead)
     firsts, repeats, conflicts = first_occurrences(decoded)
@@ -327,7 +327,7 @@ def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, wi
                               enqueued_time_ms=e.enqueued_time_ms) for e in events]
         try:
             with engine.begin() as conn:
-                conn.execute(db.dead_letters.insert(), dead_letter_rows(letters, source, db.now_ms()))
+                conn.execute(db.dead_letters.insert(), dead_letter_rows(letters, source, clock.now_ms()))
         except Exception as exc2:
             if db.is_transient(exc2):
                 raise TransientIngestError("transient database error while dead-lettering") from exc2

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.alerts import store as alerts_mod
 from fleetscore.alerts.webhook import deliver_pending
 from fleetscore.runs.manifest import RunManifest, read_manifest
@@ -320,7 +320,7 @@ def index_prediction_file(engine: Engine, store: Any, settings: Settings, name: 
             if manifest is not None:
                 with engine.begin() as conn:
                     _lock(conn, key, run_id)
-                    changed = _complete_if_done(conn, run_id, manifest, settings, result, db.now_ms())
+                    changed = _complete_if_done(conn, run_id, manifest, settings, result, clock.now_ms())
         return _after_commit(engine, store, settings, result, changed, deliver=deliver, session=session)
 
     frame: pd.DataFrame | None = None
@@ -351,7 +351,7 @@ def index_prediction_file(engine: Engine, store: Any, settings: Settings, name: 
 def _index_in_transaction(conn: Connection, key: str, etag: str, run_id: str | None, frame: pd.DataFrame | None,
                           manifest: RunManifest | None, severity_of: Any, settings: Settings,
                           result: IndexResult) -> list[dict[str, Any]]:
-    now = db.now_ms()
+    now = clock.now_ms()
     _lock(conn, key, run_id)
     existing = _file_row(conn, key, lock=True)
     same = existing is not None and existing["etag"] == etag

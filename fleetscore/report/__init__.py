@@ -35,7 +35,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from sqlalchemy.engine import Engine
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.storage.paths import PREDICTIONS, predictions_prefix
 
 log = logging.getLogger(__name__)
@@ -362,7 +362,7 @@ def load_report_data(engine: Engine, store: BlobLister | None = None, run_id: st
                                   scores=mine.reset_index(drop=True), anomalies=anoms,
                                   alerts=pair_alerts.reset_index(drop=True)))
 
-    return ReportData(generated_at_ms=db.now_ms(), run_id=run_id, summary=summary, runs=runs,
+    return ReportData(generated_at_ms=clock.now_ms(), run_id=run_id, summary=summary, runs=runs,
                       alerts=alerts.head(MAX_ALERT_ROWS), dead_letters=dead, pairs=pair_data,
                       scores_source=scores_source, notes=notes, selected_run=selected)
 

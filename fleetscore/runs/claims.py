@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.ingest.windows import closed_range
 from fleetscore.runs.slots import run_id_for_slot
 
@@ -49,7 +49,7 @@ def claim_run(engine: Engine, slot_ms: int, *, window_ms: int, late_ms: int, max
     """
     run_id = run_id_for_slot(slot_ms)
     r = db.runs
-    now = db.now_ms()
+    now = clock.now_ms()
     with engine.begin() as conn:
         watermark = db.read_watermark(conn)
     window_from, window_until = closed_range(slot_ms, late_ms, watermark, window_ms, max_lookback_ms)
@@ -86,12 +86,12 @@ def update_run(engine: Engine, run_id: str, **values) -> None:
 
 
 def fail_run(engine: Engine, run_id: str, error: str) -> None:
-    update_run(engine, run_id, status="failed", error=error[:4000], finished_at=db.now_ms())
+    update_run(engine, run_id, status="failed", error=error[:4000], finished_at=clock.now_ms())
 
 
 def complete_empty_run(engine: Engine, claim: Claim) -> None:
     """A run with nothing to score is done at once; the watermark still advances to its range end."""
-    now = db.now_ms()
+    now = clock.now_ms()
     with engine.begin() as conn:
         conn.execute(db.runs.update().where(db.runs.c.run_id == claim.run_id).values(
             status="succeeded", partitions=0, models=0, windows=0, windows_no_model=0, failures=0,
@@ -109,7 +109,7 @@ def mark_unscored_partitions(engine: Engine, run_id: str, errors: dict[str, str]
     with engine.begin() as conn:
         conn.execute(r.update().where(r.c.run_id == run_id, r.c.status.not_in(skip_if)).values(
             status="failed" if all_failed else "partial", error=f"{len(errors)} partition(s) not scored",
-            failure_detail=detail, finished_at=db.now_ms()))
+            failure_detail=detail, finished_at=clock.now_ms()))
 
 
 def list_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.runs.claims import Claim
 from fleetscore.runs.manifest import Partition, RunManifest
 from fleetscore.storage.blobstore import BlobStore
@@ -67,7 +67,7 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
              .order_by(w.c.device, w.c.sensor, w.c.window_end))
     manifest = RunManifest(run_id=claim.run_id, slot=claim.slot_ms, window_from=claim.window_from,
                            window_until=claim.window_until, model_version=model_version,
-                           window_minutes=window_ms // 60_000, created_at=db.now_ms())
+                           window_minutes=window_ms // 60_000, created_at=clock.now_ms())
     with engine.connect() as conn:
         for number, rows in enumerate(device_partitions(db.iter_tuples(conn, query), partition_models)):
             name = partition_name(number)

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.backends import backend_for
 from fleetscore.backends.base import Backend, Feed, Submission, SubmitRequest
 from fleetscore.predictions.index import index_prediction_file
@@ -108,7 +108,7 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
         return
     request = dataclasses.replace(request, partitions=tuple(p.name for p in manifest.partitions))
     in_process = getattr(backend, "in_process", False)
-    update_run(engine, claim.run_id, status="running" if in_process else "submitted", submitted_at=db.now_ms())
+    update_run(engine, claim.run_id, status="running" if in_process else "submitted", submitted_at=clock.now_ms())
     submission = _timed(outcome, "submit", lambda: backend.submit(request))
     outcome.backend_run_id = submission.backend_run_id
     update_run(engine, claim.run_id, backend_run_id=submission.backend_run_id, timings=json.dumps(outcome.timings))
