@@ -52,10 +52,6 @@ class DemoSummary:
     report: Path | None = None
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
-
-
 def _functions() -> dict:
     """function_app's functions by name (get_functions() may run once per app object)."""
     from fleetscore.host.functions import app_functions
@@ -130,7 +126,7 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     last_slot = sim.end_ms + settings.late_arrival_seconds * 1000
     slots = occurrences(settings.scoring_schedule, sim.clean_until_ms, last_slot)
     for i, slot in enumerate(slots, start=1):
-        timer_fn(TimerRequest(past_due=False, schedule_status={"Last": None, "Next": _iso(slot),
+        timer_fn(TimerRequest(past_due=False, schedule_status={"Last": None, "Next": clock.iso_offset(slot),
                                                                 "LastUpdated": None}))
         tick("runs", i, len(slots))
     stages["score+index"] = time.perf_counter() - t0

@@ -17,6 +17,8 @@ from datetime import datetime, timezone, tzinfo
 import numpy as np
 import pandas as pd
 
+from fleetscore.clock import to_ms
+
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 EPOCH_MS_THRESHOLD = 100_000_000_000
 """A numeric `ts` at or above this is epoch milliseconds, below it epoch seconds (1e11 s is year 5138)."""
@@ -144,8 +146,7 @@ def parse_ts(value: object, *, naive_tz: tzinfo | None = None) -> int:
             if naive_tz is None:
                 raise InvalidReading("naive_ts", f"ts {value[:80]!r} has no UTC offset")
             parsed = parsed.replace(tzinfo=naive_tz)
-        delta = parsed - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        ms = (delta.days * 86_400_000 + delta.seconds * 1000) + round(delta.microseconds / 1000)
+        ms = to_ms(parsed)
     else:
         raise InvalidReading("bad_ts", f"ts must be ISO-8601 or epoch seconds/ms, got {type(value).__name__}")
     if not MIN_TS_MS <= ms <= MAX_TS_MS:

@@ -10,35 +10,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from croniter import croniter
 
+from fleetscore.clock import to_datetime, to_ms
 from fleetscore.settings import ncrontab_to_croniter
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 """The host writes .NET timestamps with 7 fractional digits; Python reads at most 6."""
 
 
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def _ms(dt: datetime) -> int:
-    return int(round(dt.timestamp() * 1000))
-
-
 def latest_occurrence(ncrontab: str, at_ms: int) -> int:
     """The newest occurrence of the schedule at or before `at_ms`."""
-    it = croniter(ncrontab_to_croniter(ncrontab), _dt(at_ms) + timedelta(milliseconds=1))
-    return _ms(it.get_prev(datetime))
+    it = croniter(ncrontab_to_croniter(ncrontab), to_datetime(at_ms) + timedelta(milliseconds=1))
+    return to_ms(it.get_prev(datetime))
 
 
 def occurrences(ncrontab: str, after_ms: int, until_ms: int) -> list[int]:
     """Every occurrence in (after_ms, until_ms], oldest first."""
-    it = croniter(ncrontab_to_croniter(ncrontab), _dt(after_ms))
+    it = croniter(ncrontab_to_croniter(ncrontab), to_datetime(after_ms))
     out = []
-    while (nxt := _ms(it.get_next(datetime))) <= until_ms:
+    while (nxt := to_ms(it.get_next(datetime))) <= until_ms:
         out.append(nxt)
     return out
 
@@ -51,9 +44,7 @@ def parse_status_time(text: str | None) -> int | None:
         parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", str(text).strip().replace("Z", "+00:00")))
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return _ms(parsed)
+    return to_ms(parsed)  # naive means UTC
 
 
 def timer_slot(ncrontab: str, schedule_status: Mapping | None, now_ms: int) -> int:
@@ -74,9 +65,9 @@ def timer_slot(ncrontab: str, schedule_status: Mapping | None, now_ms: int) -> i
 
 def run_id_for_slot(slot_ms: int) -> str:
     """`20261123T100500Z`: the slot's UTC time, sortable, one per slot."""
-    return _dt(slot_ms).strftime("%Y%m%dT%H%M%SZ")
+    return to_datetime(slot_ms).strftime("%Y%m%dT%H%M%SZ")
 
 
 def slot_of_run_id(run_id: str) -> int:
     """Inverse of `run_id_for_slot`."""
-    return _ms(datetime.strptime(run_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc))
+    return to_ms(datetime.strptime(run_id, "%Y%m%dT%H%M%SZ"))  # naive means UTC

@@ -32,9 +32,10 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from fleetscore.clock import DAY_MS, iso_array, to_ms
+
 DEFAULT_START = "2026-01-05T00:00:00Z"
 """The default first reading time (a Monday, midnight UTC): fixed, so a seed alone reproduces a fleet."""
-DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 READING_COLUMNS = ("device", "sensor", "ts", "value")
 FAULT_COLUMNS = ("device", "sensor", "start", "end", "kind")
@@ -111,15 +112,6 @@ class Simulation:
     interval_ms: int
 
 
-def to_epoch_ms(when: datetime | pd.Timestamp | str | int | float) -> int:
-    """Epoch ms UTC from a datetime/Timestamp/ISO string (naive means UTC) or an int of epoch ms."""
-    if isinstance(when, (int, np.integer)) and not isinstance(when, bool):
-        return int(when)
-    stamp = pd.Timestamp(when)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int((stamp - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms"))
-
-
 def _str_series(codes: np.ndarray, names: list[str]) -> pd.Series:
     """A pandas `str` column from integer codes into `names` (via Arrow: ~10x faster than object arrays)."""
     arr = pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(names, pa.string()))
@@ -146,7 +138,7 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float = 4, interv
     if fault_rate < 0 or not 0 <= missing_rate < 1 or outage_rate < 0:
         raise ValueError("fault_rate and outage_rate must be ≥ 0 and missing_rate in [0, 1)")
     interval_ms = int(round(interval_seconds * 1000))
-    start_ms = to_epoch_ms(DEFAULT_START if start is None else start)
+    start_ms = to_ms(DEFAULT_START if start is None else start)
     steps = int(round(days * DAY_MS / interval_ms))
     clean_steps = int(math.ceil(clean_days * DAY_MS / interval_ms))
     n_pairs = devices * sensors
@@ -287,39 +279,6 @@ def _typed_faults(frame: pd.DataFrame) -> pd.DataFrame:
 # ── timestamps and reading objects ────────────────────────────────────────────────────────────────────────
 
 
-def iso_ms(ts_ms: np.ndarray | Iterable[int]) -> np.ndarray:
-    """ISO-8601 UTC with millisecond precision and 'Z' (`2026-01-05T00:00:03.042Z`) as a bytes array (S24).
-
-    Vectorised (≈6x faster than `np.datetime_as_string`); years 1970–9999.
-    """
-    ts = np.asarray(ts_ms, dtype=np.int64).ravel()
-    if ts.size == 0:
-        return np.empty(0, dtype="S24")
-    day = ts // DAY_MS
-    ms = (ts - day * DAY_MS).astype(np.int32)
-    d0 = int(day.min())
-    span = np.arange(d0, int(day.max()) + 1).astype("datetime64[D]")
-    dates = np.frombuffer(np.datetime_as_string(span, unit="D").astype("S10").tobytes(), np.uint8).reshape(-1, 10)
-    out = np.empty((ts.size, 24), dtype=np.uint8)
-    out[:, :10] = dates[(day - d0).astype(np.intp)]
-    out[:, 10], out[:, 13], out[:, 16], out[:, 19], out[:, 23] = ord("T"), ord(":"), ord(":"), ord("."), ord("Z")
-    h = ms // 3_600_000
-    rem = ms - h * 3_600_000
-    m = rem // 60_000
-    rem -= m * 60_000
-    s = rem // 1000
-    frac = rem - s * 1000
-    for col, val in ((11, h), (14, m), (17, s)):
-        tens = val // 10
-        out[:, col] = 48 + tens
-        out[:, col + 1] = 48 + val - tens * 10
-    hundreds = frac // 100
-    rest = frac - hundreds * 100
-    tens = rest // 10
-    out[:, 20], out[:, 21], out[:, 22] = 48 + hundreds, 48 + tens, 48 + rest - tens * 10
-    return out.view("S24").ravel()
-
-
 def _ts_ms(column: pd.Series) -> np.ndarray:
     """A `ts` column as int64 epoch ms (int64 ms already, or datetimes)."""
     if pd.api.types.is_datetime64_any_dtype(column):
@@ -344,7 +303,7 @@ def reading_objects(readings: pd.DataFrame) -> list[str]:
     """Each reading as a compact JSON object in the reading contract, ts as ISO-8601 'Z' (ms)."""
     if len(readings) == 0:
         return []
-    stamps = iso_ms(_ts_ms(readings["ts"])).astype("U24").tolist()
+    stamps = iso_array(_ts_ms(readings["ts"])).astype("U24").tolist()
     values = readings["value"].to_numpy(dtype=np.float64)
     numbers = [repr(v) for v in values.tolist()] if np.isfinite(values).all() else [
         _json_number(v) for v in values.tolist()]
@@ -401,7 +360,7 @@ def write_simulation(sim: Simulation, out: Path) -> tuple[Path, Path]:
                 fh.write("\n".join(chunk) + "\n")
     else:
         ts_array = (pa.array(ts, pa.timestamp("ms", tz="UTC")) if fmt == "parquet"
-                    else pa.array(iso_ms(ts)).cast(pa.string()))
+                    else pa.array(iso_array(ts)).cast(pa.string()))
         table = pa.table({
             "device": pa.array(readings["device"].astype(str), pa.string()),
             "sensor": pa.array(readings["sensor"].astype(str), pa.string()),
@@ -416,8 +375,8 @@ def write_simulation(sim: Simulation, out: Path) -> tuple[Path, Path]:
     faults = sim.faults
     pd.DataFrame({
         "device": faults["device"].astype(str), "sensor": faults["sensor"].astype(str),
-        "start": iso_ms(faults["start"].to_numpy(np.int64)).astype("U24"),
-        "end": iso_ms(faults["end"].to_numpy(np.int64)).astype("U24"),
+        "start": iso_array(faults["start"].to_numpy(np.int64)).astype("U24"),
+        "end": iso_array(faults["end"].to_numpy(np.int64)).astype("U24"),
         "kind": faults["kind"].astype(str),
     }, columns=list(FAULT_COLUMNS)).to_csv(target, index=False)
     return out, target
