@@ -1,22 +1,16 @@
-"""The SQL store: schema, engine creation, migrations and transient-error classification.
+"""The SQL schema: every table, the `ID` type and the run statuses (the contract for all SQL in fleetscore).
 
 One SQLAlchemy Core code path serves `sqlite`, `postgresql+psycopg` and `mssql+pyodbc`.
 All timestamps are stored as BIGINT milliseconds since the Unix epoch, UTC (`ts`, `window_end`,
 `*_at`): keys compare exactly on every dialect and no session time zone can shift them.
+
+A change here needs a migration (`fleetscore.db.migrate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mssql
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.schema import CreateIndex, CreateTable
-
-from fleetscore.clock import now_ms
 
 metadata = sa.MetaData()
 ID = sa.String(64).with_variant(mssql.VARCHAR(64, collation="Latin1_General_100_BIN2"), "mssql")
@@ -25,6 +19,7 @@ ID = sa.String(64).with_variant(mssql.VARCHAR(64, collation="Latin1_General_100_
 
 
 def _ms() -> sa.BigInteger:
+    """A time column's type: epoch milliseconds UTC."""
     return sa.BigInteger()
 
 
@@ -169,153 +164,6 @@ schema_migrations = sa.Table(
     sa.Column("description", sa.String(200), nullable=False),
 )
 
-SCORING_WATERMARK = "scoring"
 RUN_ACTIVE = ("claimed", "submitted", "running")
 RUN_TERMINAL = ("succeeded", "partial", "failed")
 """Run statuses: a run is claimed, submitted to its backend, running, then ends in one of RUN_TERMINAL."""
-
-
-def iter_tuples(conn: Connection, query: sa.Executable, chunk_rows: int = 50_000, *,
-                server_side: bool = True) -> Iterator[tuple]:
-    """Stream a query's rows as the driver's plain tuples, `chunk_rows` at a time, inside `conn`'s
-    transaction. For bulk reads of plain columns (strings, integers, floats), where SQLAlchemy's Row
-    objects cost more than the query. With `server_side`, PostgreSQL reads through a server-side cursor so
-    memory stays bounded (two more round trips: not for small reads)."""
-    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.params
-    args = tuple(params[k] for k in compiled.positiontup) if compiled.positiontup is not None else params
-    raw = conn.connection.dbapi_connection
-    named = server_side and conn.dialect.name == "postgresql"
-    cursor = raw.cursor(name=f"fleetscore_{id(query):x}") if named else raw.cursor()
-    try:
-        cursor.execute(str(compiled), args)
-        while rows := cursor.fetchmany(chunk_rows):
-            yield from rows
-    finally:
-        cursor.close()
-
-
-def read_frame(conn: Connection, query: sa.Select, columns: list[str] | None = None):
-    """A query's rows as a pandas DataFrame, built column-wise from the driver's tuples (`iter_tuples`).
-    Column names default to the query's."""
-    import pandas as pd
-
-    names = columns or [c.name for c in query.selected_columns]
-    rows = list(iter_tuples(conn, query))
-    if not rows:
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
-    return pd.DataFrame(dict(zip(names, zip(*rows, strict=True), strict=True)))
-
-
-IN_CHUNK = 900
-"""Values per `IN (...)` list: below SQL Server's 2,100 parameters per statement with room to spare."""
-
-
-def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterator[Sequence]:
-    """`items` in slices of at most `size` (for `IN (...)` lists)."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def read_watermark(conn: Connection, name: str = SCORING_WATERMARK) -> int | None:
-    """The newest window end (epoch ms) of completed runs, or None before the first."""
-    return conn.execute(sa.select(watermarks.c.value).where(watermarks.c.name == name)).scalar()
-
-
-def advance_watermark(conn: Connection, value: int, now: int, name: str = SCORING_WATERMARK) -> None:
-    """Move the watermark forward to `value`, never back; safe against a concurrent first insert."""
-    moved = conn.execute(watermarks.update().where(watermarks.c.name == name, watermarks.c.value < value)
-                         .values(value=int(value), updated_at=now)).rowcount
-    if moved or read_watermark(conn, name) is not None:
-        return
-    try:
-        with conn.begin_nested():
-            conn.execute(watermarks.insert().values(name=name, value=int(value), updated_at=now))
-    except sa_exc.IntegrityError:  # another writer inserted it first
-        conn.execute(watermarks.update().where(watermarks.c.name == name, watermarks.c.value < value)
-                     .values(value=int(value), updated_at=now))
-
-
-def _create_v1(conn: Connection) -> None:
-    metadata.create_all(conn, checkfirst=True)
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "create the schema", _create_v1),
-]
-"""Ordered schema migrations; append new (version, description, step) entries, never edit old ones."""
-
-
-def create_db_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite files get their folder, WAL and a busy timeout."""
-    parsed = make_url(url)
-    kwargs: dict = {"future": True}
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30}
-    elif parsed.get_backend_name() == "mssql":
-        kwargs["fast_executemany"] = True
-    else:
-        kwargs["pool_pre_ping"] = True
-    engine = sa.create_engine(parsed, **kwargs)
-    if parsed.get_backend_name() == "sqlite":
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA cache_size=-131072")  # 128 MiB: inserts land all over the (device, sensor, ts) tree
-            cur.execute("PRAGMA wal_autocheckpoint=16384")  # 64 MiB of WAL: checkpoints coalesce hot pages
-            cur.close()
-
-    return engine
-
-
-def upgrade(engine: Engine) -> list[int]:
-    """Create or migrate the schema; returns the versions applied now (empty when current)."""
-    applied: list[int] = []
-    with engine.begin() as conn:
-        schema_migrations.create(conn, checkfirst=True)
-        done = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
-        for version, description, step in MIGRATIONS:
-            if version in done:
-                continue
-            step(conn)
-            conn.execute(schema_migrations.insert().values(
-                version=version, applied_at=now_ms(), description=description))
-            applied.append(version)
-    return applied
-
-
-def ddl(dialect_name: str) -> str:
-    """The schema's DDL for a dialect (`mssql` prints T-SQL for a DBA)."""
-    from sqlalchemy.dialects import mssql, postgresql, sqlite
-
-    dialect = {"mssql": mssql.dialect(deprecate_large_types=True), "postgresql": postgresql.dialect(),
-               "sqlite": sqlite.dialect()}[dialect_name]
-    terminator = "\nGO\n" if dialect_name == "mssql" else ";\n"
-    parts = []
-    for table in metadata.sorted_tables:
-        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + terminator)
-        for index in sorted(table.indexes, key=lambda i: i.name or ""):
-            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + terminator)
-    return "\n".join(parts)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for database errors worth a retry: lost connections, deadlocks, locks, races on a key.
-
-    An IntegrityError counts: it only arises when a concurrent writer stored the same key between
-    our read and our insert, and the redelivered batch then sees that row.
-    """
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.IntegrityError, sa_exc.TimeoutError,
-                        sa_exc.DisconnectionError)):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        text = str(exc.orig).lower() if exc.orig is not None else ""
-        return any(s in text for s in ("deadlock", "database is locked", "could not serialize",
-                                       "connection", "timeout", "1205"))
-    return False

@@ -1,0 +1,44 @@
+"""The SQL store: schema, engine creation, reads, the scoring watermark, transient-error rules, migrations.
+
+Each job has its module; this package re-exports their public names so callers write `from fleetscore import
+db` and `db.readings`, `db.iter_tuples`, `db.upgrade(engine)`:
+
+| module | owns |
+| --- | --- |
+| `schema` | `metadata`, the tables, the `ID` type, the run statuses |
+| `engine` | `create_db_engine` (SQLite pragmas, driver options) |
+| `reads` | `iter_tuples`, `read_frame`, `chunks` for `IN (...)` lists |
+| `watermark` | the scoring watermark: read, advance |
+| `errors` | `is_transient`: which database errors are worth a retry |
+| `migrate` | `upgrade` (the schema's migrations) and `ddl` (the schema's SQL per dialect) |
+"""
+
+from __future__ import annotations
+
+from fleetscore.db.engine import create_db_engine
+from fleetscore.db.errors import is_transient
+from fleetscore.db.migrate import ddl, upgrade
+from fleetscore.db.reads import IN_CHUNK, chunks, iter_tuples, read_frame
+from fleetscore.db.schema import (
+    ID,
+    RUN_ACTIVE,
+    RUN_TERMINAL,
+    alerts,
+    anomalies,
+    dead_letters,
+    metadata,
+    prediction_files,
+    readings,
+    runs,
+    watermarks,
+    windows,
+)
+from fleetscore.db.watermark import SCORING_WATERMARK, advance_watermark, read_watermark
+
+__all__ = [
+    "ID", "IN_CHUNK", "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "advance_watermark", "alerts",
+    "anomalies", "chunks", "create_db_engine", "dead_letters", "ddl", "is_transient", "iter_tuples",
+    "metadata", "prediction_files", "read_frame", "read_watermark", "readings", "runs", "upgrade",
+    "watermarks", "windows",
+]
+
