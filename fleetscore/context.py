@@ -14,7 +14,8 @@ from sqlalchemy.engine import Engine
 
 from fleetscore import db
 from fleetscore.settings import Settings, get_settings
-from fleetscore.storage.blobstore import BlobStore, open_store
+from fleetscore.storage import open_store
+from fleetscore.storage.base import BlobStore
 
 
 @dataclass

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
-from fleetscore.storage.blobstore import BlobNotFound, BlobStore
+from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.storage.paths import CURRENT_POINTER, model_pack_prefix
 from scoring_job.features import window_features
 from scoring_job.pack import write_pack

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.storage.blobstore import AzureBlobStore, BlobStore, FolderStore, azurite_connection_string
+from fleetscore.storage.azure import AzureBlobStore, azurite_connection_string
+from fleetscore.storage.base import BlobStore
+from fleetscore.storage.folder import FolderStore
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite-blob"

@@ -24,7 +24,7 @@ from fleetscore.alerts.store import (
 )
 from fleetscore.predictions.index import index_prediction_file
 from fleetscore.settings import load_settings
-from fleetscore.storage.blobstore import FolderStore
+from fleetscore.storage.folder import FolderStore
 from scoring_job.pack import write_pack
 from tests.test_index import (
     RUN_A,

@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetscore.storage.blobstore import (
-    AZURITE_ACCOUNT_KEY,
-    TMP_PREFIX,
-    AzureBlobStore,
-    BlobConflict,
-    BlobInfo,
-    BlobNotFound,
-    BlobStore,
-    FolderStore,
-    open_store,
-    split_key,
-)
+from fleetscore.storage import open_store
+from fleetscore.storage.azure import AZURITE_ACCOUNT_KEY, AzureBlobStore
+from fleetscore.storage.base import TMP_PREFIX, BlobConflict, BlobInfo, BlobNotFound, BlobStore, split_key
+from fleetscore.storage.folder import FolderStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -385,7 +377,7 @@ def test_open_store_account_url_with_sas_needs_no_credential(no_network):
 
 def test_import_does_not_load_the_azure_sdk(tmp_path):
     code = (
-        "import sys, fleetscore.storage.blobstore as b\n"
+        "import sys, fleetscore.storage as b\n"
         f"s = b.open_store({str(tmp_path / 'blobs')!r})\n"
         "s.put('data/x/y', b'1'); s.list('data/'); s.get('data/x/y')\n"
         "print([m for m in sys.modules if m.startswith(('azure.storage', 'azure.identity', 'azure.core'))])\n"
@@ -395,7 +387,7 @@ def test_import_does_not_load_the_azure_sdk(tmp_path):
 
 
 def test_a_mistyped_connection_string_is_refused_without_echoing_it():
-    from fleetscore.storage.blobstore import open_store
+    from fleetscore.storage import open_store
 
     spec = "DefaultEndpointsProtocol=https;AcountName=typo;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.windows.net"
     with pytest.raises(ValueError) as info:

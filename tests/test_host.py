@@ -431,7 +431,7 @@ def test_exhausted_retries_move_on_and_keep_the_batch(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- blobs
 def test_blob_trigger_fires_once_per_version_survives_restart_and_poisons(tmp_path):
-    from fleetscore.storage.blobstore import open_store
+    from fleetscore.storage import open_store
 
     seen: list[tuple[str, bytes, str]] = []
 
@@ -674,7 +674,7 @@ class Up:
 def test_up_end_to_end_kill_mid_run_loses_no_reading_and_doubles_no_alert(tmp_path):
     from fleetscore.ingest.files import ingest_file
     from fleetscore.runs.slots import run_id_for_slot
-    from fleetscore.storage.blobstore import open_store
+    from fleetscore.storage import open_store
     from fleetscore.training import train
 
     now = int(time.time() * 1000)

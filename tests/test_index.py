@@ -22,7 +22,7 @@ from fleetscore import clock, db
 from fleetscore.context import Services, set_services
 from fleetscore.predictions.index import index_prediction_file, read_predictions
 from fleetscore.settings import load_settings
-from fleetscore.storage.blobstore import FolderStore
+from fleetscore.storage.folder import FolderStore
 from scoring_job.pack import MANIFEST, write_pack
 from tests.appfuncs import function
 

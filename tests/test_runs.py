@@ -114,7 +114,7 @@ def _windows(engine, ends: list[int], pairs: list[tuple[str, str]]) -> pd.DataFr
 @pytest.mark.parametrize("late_s,watermark", [(300, None), (0, "2026-11-23T08:00:00"), (420, "2026-11-23T09:55:00"),
                                               (3600, "2026-11-23T07:35:00")])
 def test_run_window_range_against_an_independent_computation(sqlite_engine, tmp_path, late_s, watermark):
-    from fleetscore.storage.blobstore import FolderStore
+    from fleetscore.storage.folder import FolderStore
 
     slot = ms("2026-11-23T10:05:00")
     ends = list(range(ms("2026-11-23T05:00:00"), ms("2026-11-23T11:00:00") + 1, W))

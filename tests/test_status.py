@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fleetscore.cli.status import model_status
-from fleetscore.storage.blobstore import FolderStore
+from fleetscore.storage.folder import FolderStore
 from tests.test_index import put_pack
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from fleetscore.backends.base import Submission, SubmitRequest
-from fleetscore.storage.blobstore import BlobStore
+from fleetscore.storage.base import BlobStore
 from scoring_job import score
 
 log = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ def model_status(store) -> dict[str, Any]:
     """The model pack in force: version, model count, algorithms (from its manifest JSON only)."""
     import json
 
-    from fleetscore.storage.blobstore import BlobNotFound
+    from fleetscore.storage.base import BlobNotFound
     from fleetscore.training import current_model_version
     from scoring_job.pack import manifest_training_table
 

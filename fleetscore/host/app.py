@@ -581,7 +581,7 @@ class LocalHost:
     def _fire_blob(self, fn: HostFunction, key: str) -> int:
         from azure.functions.blob import InputStream
 
-        from fleetscore.storage.blobstore import BlobNotFound
+        from fleetscore.storage.base import BlobNotFound
 
         store, receipts = self.services.store, self.receipts[fn.name]
         try:

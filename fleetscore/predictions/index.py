@@ -44,7 +44,7 @@ from fleetscore.alerts import store as alerts_mod
 from fleetscore.alerts.webhook import deliver_pending
 from fleetscore.runs.manifest import RunManifest, read_manifest
 from fleetscore.settings import Settings
-from fleetscore.storage.blobstore import BlobNotFound
+from fleetscore.storage.base import BlobNotFound
 from fleetscore.storage.paths import is_prediction_file, prediction_key, predictions_prefix, run_id_of
 from scoring_job.contract import PREDICTION_REQUIRED_COLUMNS, WINDOW_STATUSES
 

@@ -54,7 +54,7 @@ OTHER_STATUS_COLOUR = "#78909c"
 
 
 class BlobLister(Protocol):
-    """What the report needs from a blob store (`fleetscore.storage.blobstore`)."""
+    """What the report needs from a blob store (`fleetscore.storage.base.BlobStore`)."""
 
     def list(self, prefix: str) -> list[Any]: ...  # items with a `.name`
 

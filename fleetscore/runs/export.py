@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from fleetscore import clock, db
 from fleetscore.runs.claims import Claim
 from fleetscore.runs.manifest import Partition, RunManifest
-from fleetscore.storage.blobstore import BlobStore
+from fleetscore.storage.base import BlobStore
 from fleetscore.storage.paths import partition_key, partition_name, run_manifest_key
 from scoring_job.contract import WINDOW_SCHEMA
 

@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from fleetscore.storage.blobstore import BlobNotFound, BlobStore
+from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.storage.paths import run_manifest_key
 
 log = logging.getLogger(__name__)
