@@ -14,29 +14,14 @@ from sklearn.svm import OneClassSVM
 
 from fleetscore import db
 from fleetscore.alerts import webhook
-from fleetscore.alerts.store import (
-    alert_document,
-    alert_id_for,
-    close_stale,
-    quantiles_from_manifest,
-    severity,
-    update_alerts,
-)
+from fleetscore.alerts.documents import alert_document
+from fleetscore.alerts.episodes import alert_id_for, close_stale, update_alerts
+from fleetscore.alerts.severity import quantiles_from_manifest, severity
 from fleetscore.predictions.index import index_prediction_file
 from fleetscore.settings import load_settings
 from fleetscore.storage.folder import FolderStore
 from scoring_job.pack import write_pack
-from tests.test_index import (
-    RUN_A,
-    RUN_B,
-    T0,
-    W,
-    prediction_file,
-    put_pack,
-    put_run,
-    rows_of,
-    series,
-)
+from tests.helpers import RUN_A, RUN_B, T0, W, prediction_file, put_pack, put_run, rows_of, series
 
 RUN_C, RUN_D = "run-20261123T1400Z", "run-20261123T1500Z"
 Q = {"q50": -1.0, "q90": -0.5, "q95": -0.3, "q99": 0.0, "max": 0.2}

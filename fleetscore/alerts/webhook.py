@@ -1,9 +1,10 @@
 """Alert webhook: POST every alert revision that is not delivered yet to ALERT_WEBHOOK_URL.
 
-Each alert whose ``delivered_revision < revision`` is POSTed as its JSON document (``alerts.alert_document``)
-with the header ``Idempotency-Key: <alert_id>:<revision>``, so a receiver can drop the rare duplicate (two
-indexers delivering at once, or a crash between the POST and the bookkeeping). Within one call a POST is tried
-up to :data:`MAX_TRIES` times with exponential backoff on connection errors, timeouts, 429 and 5xx.
+Each alert whose ``delivered_revision < revision`` is POSTed as its JSON document
+(:func:`fleetscore.alerts.documents.alert_document`) with the header ``Idempotency-Key: <alert_id>:<revision>``,
+so a receiver can drop the rare duplicate (two indexers delivering at once, or a crash between the POST and the
+bookkeeping). Within one call a POST is tried up to :data:`MAX_TRIES` times with exponential backoff on
+connection errors, timeouts, 429 and 5xx.
 
 - 2xx: ``delivered_revision = revision`` (the revision that was sent).
 - anything else: ``delivery_attempts + 1`` and ``delivery_error`` (never the URL's query string or user info,
@@ -22,14 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
-from fleetscore.alerts.store import alert_document
+from fleetscore.alerts.documents import alert_document
 from fleetscore.settings import Settings
 
-log = logging.getLogger("fleetscore.alerts.webhook")
+log = logging.getLogger(__name__)
 
 MAX_TRIES = 3
 BACKOFF_SECONDS = 0.5
@@ -67,10 +69,8 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
-def post_alert(session: Any, url: str, doc: dict[str, Any]) -> PostOutcome:
+def post_alert(session: requests.Session, url: str, doc: dict[str, Any]) -> PostOutcome:
     """POST one alert document with retries; never raises for HTTP or network failures."""
-    import requests
-
     body = json.dumps(doc).encode()
     headers = {"Content-Type": "application/json", "Idempotency-Key": f"{doc['alert_id']}:{doc['revision']}",
                "User-Agent": "fleetscore-alerts"}
@@ -119,7 +119,7 @@ def _record(engine: Engine, alert: dict[str, Any], outcome: PostOutcome) -> None
                          .values(delivery_attempts=a.c.delivery_attempts + 1, delivery_error=outcome.error))
 
 
-def deliver_pending(engine: Engine, settings: Settings, *, session: Any = None,
+def deliver_pending(engine: Engine, settings: Settings, *, session: requests.Session | None = None,
                     limit: int | None = BATCH) -> tuple[int, int]:
     """POST pending alerts (oldest change first, at most `limit`; None = all); returns (delivered, failed).
     Stops at the first failure that says the endpoint is down. Nothing to do without ALERT_WEBHOOK_URL."""
@@ -128,8 +128,6 @@ def deliver_pending(engine: Engine, settings: Settings, *, session: Any = None,
     url = settings.alert_webhook_url.get_secret_value()
     own_session = session is None
     if own_session:
-        import requests
-
         session = requests.Session()
     delivered = failed = 0
     after: tuple[int, str] | None = None
@@ -158,6 +156,6 @@ def deliver_pending(engine: Engine, settings: Settings, *, session: Any = None,
     return delivered, failed
 
 
-def redeliver(engine: Engine, settings: Settings, session: Any = None) -> tuple[int, int]:
+def redeliver(engine: Engine, settings: Settings, session: requests.Session | None = None) -> tuple[int, int]:
     """Send every pending alert now (what `fleetscore alerts redeliver` runs); returns (delivered, failed)."""
     return deliver_pending(engine, settings, session=session, limit=None)

@@ -1,0 +1,299 @@
+"""Alert episodes (pure): one alert per run of anomalous windows of a device+sensor, updated while it lasts,
+closed after it ends.
+
+An *episode* is a run of consecutive anomalous windows of one pair. :func:`update_alerts` walks a prediction
+file's scored windows (status ``ok``) pair by pair, only those newer than the pair's latest alert's
+``last_seen_window_end`` (so indexing a file again changes nothing):
+
+- an anomalous window extends the pair's open alert (``last_window_end``, ``windows`` + 1, ``max_score``,
+  ``severity``, ``model_version``, ``run_id``), or, with no open alert, opens a new one once the pair has
+  ``ALERT_MIN_WINDOWS`` consecutive anomalous windows ending there (earlier files' windows come from the
+  ``anomalies`` table, so this works across files and runs); ``first_window_end`` is the first of them;
+- a normal window — or a missing one: windows without a score count as normal — closes the open alert once
+  its last anomalous window is ``ALERT_CLOSE_AFTER_WINDOWS`` windows behind. A later anomaly opens a new alert.
+  When a run completes as succeeded, open alerts of pairs that had no window in it are closed the same way
+  (:func:`close_stale`), so a sensor that stops reporting does not keep its alert open forever.
+
+``alert_id`` is ``"al-"`` + 16 hex digits of SHA-256 over (device, sensor, first_window_end): a replayed file can
+never raise a duplicate. Severity (:mod:`fleetscore.alerts.severity`) never goes down within an episode: each
+anomalous window is rated under the model that scored it and the alert keeps the highest rating.
+
+Every new or visibly changed alert gets ``revision`` + 1; bookkeeping alone (``last_seen_window_end``,
+``normal_after``) does not. Alerts are dicts with the columns of the SQL ``alerts`` table; times are epoch ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fleetscore.alerts.severity import SeverityOf, worse
+
+Alert = dict[str, Any]
+Pair = tuple[str, str]
+
+SCORED_WINDOW_COLUMNS = ("device", "sensor", "window_end", "score", "is_anomaly", "model_version", "run_id")
+"""What :func:`update_alerts` reads of a file's scored windows (window_end int epoch ms)."""
+HISTORY_COLUMNS = ("device", "sensor", "window_end", "score")
+"""Earlier anomalous windows of the pairs (from the anomalies table)."""
+
+
+def alert_id_for(device: str, sensor: str, first_window_end: int) -> str:
+    """Deterministic id of the episode of (device, sensor) that starts at `first_window_end` (epoch ms)."""
+    digest = hashlib.sha256(f"{device}\x1f{sensor}\x1f{int(first_window_end)}".encode()).hexdigest()
+    return "al-" + digest[:16]
+
+
+@dataclass
+class AlertUpdate:
+    """What one file (or one run's completion) does to the alerts table."""
+
+    new: list[Alert] = field(default_factory=list)
+    """Alerts to insert (revision 1)."""
+    changed: list[Alert] = field(default_factory=list)
+    """Existing alerts with a visible change (revision already increased)."""
+    bookkeeping: list[Alert] = field(default_factory=list)
+    """Existing alerts whose last_seen_window_end / normal_after moved, nothing else."""
+
+    @property
+    def visible(self) -> list[Alert]:
+        return self.new + self.changed
+
+
+@dataclass(frozen=True)
+class _Rules:
+    window_ms: int
+    min_windows: int
+    close_after: int
+    severity_of: SeverityOf
+    now: int
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One scored window of a pair; `is_anomaly` only with a finite score."""
+
+    end: int
+    score: float
+    is_anomaly: bool
+    model_version: str | None
+    run_id: str | None
+
+
+def _clean(record: Mapping[str, Any]) -> Alert:
+    """A row of the alerts table as plain Python values (numpy scalars unwrapped, NaN ids as None)."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and math.isnan(v) and k in ("model_version", "run_id", "delivery_error"):
+            v = None
+        out[k] = v
+    return out
+
+
+def _close(alert: Alert, *, last_seen: int, normal_after: int, now: int) -> None:
+    alert.update(status="closed", last_seen_window_end=int(last_seen), normal_after=int(normal_after), updated_at=now)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
+
+
+# ------------------------------------------------------------------------------------------ one file
+def update_alerts(windows: pd.DataFrame, latest: pd.DataFrame, history: pd.DataFrame, *, window_ms: int,
+                  min_windows: int, close_after: int, severity_of: SeverityOf, now: int) -> AlertUpdate:
+    """The alert changes one file's scored windows make (pure).
+
+    - `windows`: the file's scored rows (status ok), at least :data:`SCORED_WINDOW_COLUMNS`.
+    - `latest`: per pair at most one alert row (columns of the alerts table): its open alert, else its most
+      recent closed one. Windows up to its `last_seen_window_end` are skipped.
+    - `history`: earlier anomalous windows (:data:`HISTORY_COLUMNS`) from the anomalies table, for the
+      ALERT_MIN_WINDOWS look-back (rows at or after a pair's first window in `windows` are ignored).
+    """
+    out = AlertUpdate()
+    if windows.empty:
+        return out
+    state = _latest_by_pair(latest)
+    frame = _candidate_windows(windows, state)
+    if frame.empty:
+        return out
+    history_by_pair = _history_by_pair(history)
+    rules = _Rules(window_ms=window_ms, min_windows=min_windows, close_after=close_after, severity_of=severity_of,
+                   now=now)
+    for (device, sensor), rows in frame.groupby(["device", "sensor"], sort=False):
+        pair = (str(device), str(sensor))
+        walk = _PairWalk.start(pair, rows, state.get(pair), history_by_pair.get(pair, {}))
+        for window in _new_windows(rows, walk.seen):
+            walk.step(window, rules)
+        walk.report(out, now)
+    return out
+
+
+def _latest_by_pair(latest: pd.DataFrame) -> dict[Pair, Alert]:
+    """Per pair the alert to go on from: its open alert, else its closed alert seen last."""
+    state: dict[Pair, Alert] = {}
+    for rec in latest.to_dict("records") if not latest.empty else []:
+        key = (str(rec["device"]), str(rec["sensor"]))
+        prev = state.get(key)
+        if prev is None or rec["status"] == "open" or (
+                prev["status"] != "open" and rec["last_seen_window_end"] > prev["last_seen_window_end"]):
+            state[key] = _clean(rec)
+    return state
+
+
+def _candidate_windows(windows: pd.DataFrame, state: Mapping[Pair, Alert]) -> pd.DataFrame:
+    """The windows of pairs with an anomaly in the file or an open alert, one per (pair, window_end) (the last),
+    sorted by pair and time."""
+    hot = windows.loc[windows["is_anomaly"].astype(bool), ["device", "sensor"]].drop_duplicates()
+    candidates = set(zip(hot["device"], hot["sensor"], strict=True))
+    candidates |= {k for k, rec in state.items() if rec["status"] == "open"}
+    keep = [(d, s) in candidates for d, s in zip(windows["device"], windows["sensor"], strict=True)]
+    frame = windows.loc[keep, list(SCORED_WINDOW_COLUMNS)]
+    frame = frame.sort_values(["device", "sensor", "window_end"], kind="stable")
+    return frame.drop_duplicates(["device", "sensor", "window_end"], keep="last")
+
+
+def _history_by_pair(history: pd.DataFrame | None) -> dict[Pair, dict[int, float]]:
+    """{pair: {window_end: score}} of the earlier anomalous windows."""
+    by_pair: dict[Pair, dict[int, float]] = {}
+    if history is None or history.empty:
+        return by_pair
+    for d, s, w, sc in zip(history["device"], history["sensor"], history["window_end"], history["score"],
+                           strict=True):
+        by_pair.setdefault((str(d), str(s)), {})[int(w)] = float(sc)
+    return by_pair
+
+
+def _new_windows(rows: pd.DataFrame, seen: int | None) -> Iterator[_Window]:
+    """The pair's windows after `seen` (all when None), in time order."""
+    columns = zip(rows["window_end"].to_numpy(dtype=np.int64), rows["score"].to_numpy(dtype=np.float64),
+                  rows["is_anomaly"].to_numpy(dtype=bool), rows["model_version"], rows["run_id"], strict=True)
+    for end, score, is_anomaly, model_version, run_id in columns:
+        if seen is not None and end <= seen:
+            continue
+        score = float(score)
+        yield _Window(int(end), score, bool(is_anomaly) and math.isfinite(score), _text(model_version),
+                      _text(run_id))
+
+
+# ------------------------------------------------------------------------------------------ one pair
+@dataclass
+class _PairWalk:
+    """One pair's state while its windows of a file are walked in time order."""
+
+    device: str
+    sensor: str
+    seen: int | None
+    """Windows up to this end were handled by earlier files (None: no alert yet)."""
+    anomalous: dict[int, float]
+    """window_end → score of the pair's anomalous windows after `seen` (earlier files', then this file's)."""
+    existing: Alert | None
+    """The pair's open alert before this file (a copy, changed in place)."""
+    current: Alert | None
+    """The open alert being worked on: `existing` or one opened here."""
+    created: list[Alert] = field(default_factory=list)
+    visible: bool = False
+    """`existing` changed visibly."""
+    touched: bool = False
+    """`existing`'s bookkeeping moved."""
+
+    @classmethod
+    def start(cls, pair: Pair, rows: pd.DataFrame, state: Alert | None, history: Mapping[int, float]) -> _PairWalk:
+        seen = int(state["last_seen_window_end"]) if state is not None else None
+        first_here = int(rows["window_end"].iloc[0])
+        anomalous = {w: s for w, s in history.items() if w < first_here and (seen is None or w > seen)}
+        existing = dict(state) if state is not None and state["status"] == "open" else None
+        return cls(*pair, seen=seen, anomalous=anomalous, existing=existing, current=existing)
+
+    def step(self, window: _Window, rules: _Rules) -> None:
+        """Apply one window: to the open alert if there is one; an anomaly it does not take may open one."""
+        if window.is_anomaly:
+            self.anomalous[window.end] = window.score
+        if self.current is not None and self._follow_open_alert(self.current, window, rules):
+            return
+        if window.is_anomaly:
+            self._open_if_due(window, rules)
+
+    def _follow_open_alert(self, alert: Alert, window: _Window, rules: _Rules) -> bool:
+        """Extend the open `alert`, count a normal window on it, or close it. True when the window is used up
+        (the alert is still open), False when it closed the alert."""
+        gap = (window.end - int(alert["last_window_end"])) // rules.window_ms - 1  # in between: normal or missing
+        if window.is_anomaly and gap < rules.close_after:
+            alert.update(last_window_end=window.end, last_seen_window_end=window.end,
+                         windows=int(alert["windows"]) + 1, max_score=max(float(alert["max_score"]), window.score),
+                         model_version=window.model_version, run_id=window.run_id, normal_after=0,
+                         updated_at=rules.now, severity=worse(alert["severity"], rules.severity_of(
+                             window.model_version, self.device, self.sensor, window.score)))
+            self.visible = self.visible or alert is self.existing
+            return True
+        normals = gap if window.is_anomaly else gap + 1
+        if normals < rules.close_after:  # still open: bookkeeping only
+            alert.update(last_seen_window_end=window.end, normal_after=normals)
+            self.touched = self.touched or alert is self.existing
+            return True
+        last_seen = window.end - rules.window_ms if window.is_anomaly else window.end
+        _close(alert, last_seen=last_seen, normal_after=normals, now=rules.now)
+        self.visible = self.visible or alert is self.existing
+        self.current = None
+        return False
+
+    def _open_if_due(self, window: _Window, rules: _Rules) -> None:
+        """Open an alert when `window` ends at least `min_windows` consecutive anomalous windows."""
+        scores = self._episode_scores(window.end, rules.window_ms)
+        if len(scores) < rules.min_windows:
+            return
+        start = window.end - (len(scores) - 1) * rules.window_ms
+        top = max(scores)
+        self.current = {
+            "alert_id": alert_id_for(self.device, self.sensor, start), "device": self.device, "sensor": self.sensor,
+            "status": "open", "first_window_end": start, "last_window_end": window.end,
+            "last_seen_window_end": window.end, "normal_after": 0, "windows": len(scores), "max_score": top,
+            "severity": rules.severity_of(window.model_version, self.device, self.sensor, top),
+            "model_version": window.model_version, "run_id": window.run_id, "raised_at": rules.now,
+            "updated_at": rules.now, "revision": 1, "delivered_revision": 0, "delivery_attempts": 0,
+            "delivery_error": None,
+        }
+        self.created.append(self.current)
+
+    def _episode_scores(self, end: int, window_ms: int) -> list[float]:
+        """Scores of the consecutive anomalous windows ending at `end` (oldest first), none at or before `seen`."""
+        start = end
+        while (start - window_ms) in self.anomalous and (self.seen is None or start - window_ms > self.seen):
+            start -= window_ms
+        return [self.anomalous[w] for w in range(start, end + 1, window_ms)]
+
+    def report(self, out: AlertUpdate, now: int) -> None:
+        """Add what the walk did to `out`: the existing alert (changed or bookkeeping) and the new ones."""
+        if self.existing is not None:
+            if self.visible:
+                self.existing["revision"] = int(self.existing["revision"]) + 1
+                self.existing["updated_at"] = now
+                out.changed.append(self.existing)
+            elif self.touched:
+                out.bookkeeping.append(self.existing)
+        out.new.extend(self.created)
+
+
+# ------------------------------------------------------------------------------------------ a completed run
+def close_stale(open_alerts: Iterable[Mapping[str, Any]], *, until: int, window_ms: int, close_after: int,
+                now: int) -> list[Alert]:
+    """Open alerts whose pair had no scored window up to `until` (the end of a completed run's range) for
+    `close_after` windows after their last anomaly: closed (the missing windows count as normal)."""
+    closed = []
+    for rec in open_alerts:
+        rec = _clean(rec)
+        if rec["status"] != "open" or int(rec["last_seen_window_end"]) >= until:
+            continue
+        normals = (until - int(rec["last_window_end"])) // window_ms
+        if normals >= close_after:
+            _close(rec, last_seen=until, normal_after=normals, now=now)
+            rec["revision"] = int(rec["revision"]) + 1
+            closed.append(rec)
+    return closed
