@@ -4,117 +4,22 @@ the blob function through the SDK's own types."""
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
-from datetime import datetime, timezone
-from pathlib import Path
 
 import azure.functions as func
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from sklearn.svm import OneClassSVM
 
 from fleetscore import clock, db
 from fleetscore.context import Services, set_services
-from fleetscore.predictions.index import index_prediction_file, read_predictions
+from fleetscore.predictions.files import read_predictions
+from fleetscore.predictions.index import index_prediction_file
 from fleetscore.settings import load_settings
 from fleetscore.storage.folder import FolderStore
-from scoring_job.pack import MANIFEST, write_pack
 from tests.appfuncs import function
-
-W = 300_000
-T0 = int(datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc).timestamp() * 1000)
-RUN_A = "run-20261123T1200Z"
-RUN_B = "run-20261123T1300Z"
-
-SCHEMA = pa.schema([
-    ("device", pa.string()), ("sensor", pa.string()), ("window_end", pa.timestamp("ms", tz="UTC")),
-    ("n", pa.int64()), ("mean", pa.float64()), ("min", pa.float64()), ("max", pa.float64()), ("std", pa.float64()),
-    ("score", pa.float64()), ("is_anomaly", pa.bool_()), ("model_version", pa.string()), ("run_id", pa.string()),
-    ("status", pa.string()), ("error", pa.string()),
-])
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def series(device: str, sensor: str, first: int, count: int, hot: set[int] = frozenset(), *, score: float = 0.5,
-           status: str = "ok") -> list[dict]:
-    """`count` windows of a pair from window end `first` (ms); indexes in `hot` are anomalous."""
-    rows = []
-    for i in range(count):
-        s = float("nan") if status != "ok" else (score if i in hot else -0.5)
-        rows.append({"device": device, "sensor": sensor, "window_end": first + i * W, "score": s,
-                     "status": status, "error": "model failed" if status == "error" else None})
-    return rows
-
-
-def prediction_file(rows: list[dict], run_id: str, model_version: str = "v1") -> bytes:
-    """A prediction file as the scoring job writes it (pyarrow, the contract's schema)."""
-    frame = pd.DataFrame(rows)
-    n = len(frame)
-    score = frame["score"].to_numpy(dtype=np.float64) if n else np.empty(0)
-    table = pa.table({
-        "device": pa.array(frame["device"].tolist() if n else [], pa.string()),
-        "sensor": pa.array(frame["sensor"].tolist() if n else [], pa.string()),
-        "window_end": pa.array(frame["window_end"].tolist() if n else [], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-        "n": pa.array([60] * n, pa.int64()),
-        "mean": pa.array([20.0] * n), "min": pa.array([19.0] * n), "max": pa.array([21.0] * n),
-        "std": pa.array([0.5] * n),
-        "score": pa.array(score, pa.float64()),
-        "is_anomaly": pa.array(score > 0, pa.bool_()),
-        "model_version": pa.array([model_version] * n, pa.string()),
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "status": pa.array(frame["status"].tolist() if n else [], pa.string()),
-        "error": pa.array([r["error"] for r in rows], pa.string()),
-    }, schema=SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
-def put_run(engine, store, run_id: str, window_from: int, window_until: int, partitions: dict[str, int],
-            status: str = "submitted", model_version: str = "v1") -> None:
-    """A runs row and its manifest, as `fleetscore run` leaves them before scoring."""
-    slot = window_until + 10 * 60_000
-    with engine.begin() as conn:
-        conn.execute(db.runs.insert().values(
-            run_id=run_id, slot=slot, attempt=1, status=status, trigger="test", backend="local",
-            model_version=model_version, window_from=window_from, window_until=window_until,
-            partitions=len(partitions), claimed_at=clock.now_ms()))
-    manifest = {"run_id": run_id, "slot": slot, "window_from": window_from, "window_until": window_until,
-                "model_version": model_version, "window_minutes": 5, "created_at": "2026-11-23T12:10:00Z",
-                "partitions": [{"name": name, "pairs": 1, "windows": windows} for name, windows in partitions.items()]}
-    store.put(f"data/{run_id}/manifest.json", json.dumps(manifest).encode())
-
-
-def put_pack(store, version: str, quantiles: dict[tuple[str, str], dict | None]) -> None:
-    """A real model pack (tiny one-class SVMs) whose manifest records these training-score quantiles."""
-    rng = np.random.default_rng(0)
-    models = {key: OneClassSVM(nu=0.5).fit(rng.normal(size=(8, 4))) for key in quantiles}
-    training = {key: {"score_quantiles": q} for key, q in quantiles.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = write_pack(models, tmp, version=version, training=training)
-        for name in [MANIFEST, *manifest["files"]]:
-            store.put(f"models/{version}/{name}", (Path(tmp) / name).read_bytes())
-
-
-def rows_of(engine, table: sa.Table) -> list[dict]:
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.select(table)).mappings().all()]
-
-
-def run_row(engine, run_id: str) -> dict:
-    with engine.connect() as conn:
-        return dict(conn.execute(sa.select(db.runs).where(db.runs.c.run_id == run_id)).mappings().one())
-
-
-def watermark(engine) -> int | None:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(db.watermarks.c.value)
-                            .where(db.watermarks.c.name == db.SCORING_WATERMARK)).scalar()
+from tests.helpers import RUN_A, RUN_B, T0, W, prediction_file, put_run, rows_of, run_row, series, watermark
 
 
 @pytest.fixture
