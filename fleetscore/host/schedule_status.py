@@ -19,18 +19,13 @@ from pathlib import Path
 
 from croniter import croniter
 
+from fleetscore.clock import iso_offset
 from fleetscore.host.spool import write_json_atomic
 from fleetscore.runs.slots import latest_occurrence, parse_status_time
 from fleetscore.settings import ncrontab_to_croniter
 
 NEVER = "0001-01-01T00:00:00+00:00"
 """`DateTime.MinValue`: the host's `Last` before the first invocation."""
-
-
-def iso(ms: int | None) -> str:
-    if ms is None:
-        return NEVER
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 def next_occurrence(ncrontab: str, after_ms: int) -> int:
@@ -45,18 +40,22 @@ def next_occurrence(ncrontab: str, after_ms: int) -> int:
 
 
 def is_occurrence(ncrontab: str, at_ms: int) -> bool:
+    """Is `at_ms` an occurrence of the schedule?"""
     return latest_occurrence(ncrontab, at_ms) == at_ms
 
 
 @dataclass(frozen=True)
 class ScheduleStatus:
+    """One timer function's status, epoch ms UTC (None: never)."""
+
     next_ms: int
     last_ms: int | None = None
     last_updated_ms: int | None = None
 
     def to_binding(self) -> dict[str, str]:
         """The `ScheduleStatus` a TimerRequest carries."""
-        return {"Last": iso(self.last_ms), "Next": iso(self.next_ms), "LastUpdated": iso(self.last_updated_ms)}
+        return {"Last": iso_offset(self.last_ms, NEVER), "Next": iso_offset(self.next_ms, NEVER),
+                "LastUpdated": iso_offset(self.last_updated_ms, NEVER)}
 
     @classmethod
     def from_binding(cls, doc: dict) -> ScheduleStatus | None:

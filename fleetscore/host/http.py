@@ -1,0 +1,151 @@
+"""The local host's HTTP endpoint (loopback): events in, manual timer fires, health.
+
+- `POST /events` (or `/events/<hub>`): the body is one event body (a JSON reading or array, as devices
+  send), at most 1 MB; 202 with its sequence number, offset and enqueued time once it is durable.
+- `POST /admin/timers/<function>` (also `/admin/functions/<function>`, like the host's admin API): body
+  `{"slot": ISO}` (default the newest occurrence), `"wait": true` to answer (200) after the invocation.
+- `GET /health` (also `/admin/host/status`): the host's status as JSON.
+
+Errors are JSON `{"error": ...}`: 400 bad input, 404 unknown hub/function/route, 411 a chunked body,
+413 too large, 503 the host is stopping or the hub's dispatcher died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import timezone
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from fleetscore.clock import iso_offset
+from fleetscore.host.spool import SpoolRecord
+from fleetscore.ingest.readings import InvalidReading, parse_ts
+
+log = logging.getLogger("fleetscore.host")
+MAX_EVENT_BYTES = 1024 * 1024
+"""Event Hubs' largest event (Standard tier: 1 MB)."""
+MAX_ADMIN_BYTES = 64 * 1024
+
+
+class HostApi(Protocol):
+    """What the endpoint serves (a :class:`fleetscore.host.app.LocalHost`)."""
+
+    stopping: bool
+
+    def health(self) -> dict: ...
+
+    def post_event(self, body: bytes, hub: str | None = None) -> SpoolRecord: ...
+
+    def fire_timer(self, name: str, slot_ms: int | None = None, *, wait: bool = False) -> dict: ...
+
+
+class HostServer(ThreadingHTTPServer):
+    """A threading HTTP server for `host`; closing it joins the request threads."""
+
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], host: HostApi) -> None:
+        self.host = host
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HostServer
+    timeout = 30
+    server_version = "fleetscore-host"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("http %s %s", self.address_string(), format % args)
+
+    def _reply(self, status: int, doc: dict) -> None:
+        data = json.dumps(doc, default=str).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self, limit: int) -> bytes | None:
+        """The request body (at most `limit` bytes), or None after replying with the error."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "send a Content-Length (no chunked bodies)"})
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+            return None
+        if length > limit:
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"an event is at most {limit} bytes"})
+            return None
+        return self.rfile.read(length) if length > 0 else b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.rstrip("/") in ("/health", "/admin/host/status"):
+            self._reply(HTTPStatus.OK, self.server.host.health())
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route GET {self.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        host = self.server.host
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if host.stopping:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the host is stopping"})
+            return
+        if path == "/events":
+            self._post_event(host, None)
+        elif path.startswith("/events/"):
+            self._post_event(host, unquote(path[len("/events/"):]))
+        elif m := re.fullmatch(r"/admin/(?:timers|functions)/([^/]+)", path):
+            self._post_timer(host, unquote(m.group(1)))
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route POST {self.path}"})
+
+    def _post_event(self, host: HostApi, hub: str | None) -> None:
+        body = self._body(MAX_EVENT_BYTES)
+        if body is None:
+            return
+        if not body.strip():
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": "empty event body"})
+            return
+        try:
+            record = host.post_event(body, hub)
+        except KeyError as exc:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": str(exc.args[0])})
+            return
+        except RuntimeError as exc:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
+        self._reply(HTTPStatus.ACCEPTED, {"sequence_number": record.sequence_number, "offset": str(record.offset),
+                                          "enqueued_time": iso_offset(record.enqueued_ms)})
+
+    def _post_timer(self, host: HostApi, name: str) -> None:
+        body = self._body(MAX_ADMIN_BYTES)
+        if body is None:
+            return
+        try:
+            doc = json.loads(body) if body.strip() else {}
+            if not isinstance(doc, dict):
+                raise ValueError("the body must be a JSON object")
+            slot = doc.get("slot")
+            slot_ms = parse_ts(slot, naive_tz=timezone.utc) if slot not in (None, "") else None
+            result = host.fire_timer(name, slot_ms, wait=bool(doc.get("wait", False)))
+        except KeyError as exc:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": str(exc.args[0])})
+            return
+        except InvalidReading as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": f"slot: {exc.detail}"})
+            return
+        except ValueError as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        except RuntimeError as exc:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
+        self._reply(HTTPStatus.OK if "wait" in doc and doc["wait"] else HTTPStatus.ACCEPTED, result)

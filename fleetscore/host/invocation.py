@@ -1,0 +1,130 @@
+"""Invoking a function as the Functions host does: one invocation id each, logged, counted, retried.
+
+Each invocation is logged as the host logs it ("Executing 'Functions.x' (Reason=…, Id=…)") with its
+invocation id in the log context; a function parameter named `context` receives an
+:class:`InvocationContext`. A failed invocation is retried by the function's `@app.retry` policy; a retry
+wait ends early when the host stops (that work is redelivered at the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from fleetscore.clock import iso_offset, now_ms
+from fleetscore.host.bindings import HostFunction
+from fleetscore.logs import log_context
+
+log = logging.getLogger("fleetscore.host")
+RECENT = 50
+"""How many finished invocations `/health` lists."""
+
+
+class _RetryContext:
+    def __init__(self, retry_count: int, max_retry_count: int, exception: Any = None) -> None:
+        self.retry_count, self.max_retry_count, self.exception = retry_count, max_retry_count, exception
+
+
+class InvocationContext:
+    """What a function parameter named `context` receives (the `azure.functions.Context` properties)."""
+
+    def __init__(self, invocation_id: str, function_name: str, function_directory: str,
+                 retry_context: _RetryContext) -> None:
+        self.invocation_id = invocation_id
+        self.function_name = function_name
+        self.function_directory = function_directory
+        self.retry_context = retry_context
+        self.trace_context = None
+        self.thread_local_storage = threading.local()
+
+
+class Invoker:
+    """Runs the host's invocations and keeps their counts, the running ones and the last `RECENT`. Thread-safe.
+
+    `stop` is the host's stop event: a retry wait returns as soon as it is set.
+    """
+
+    def __init__(self, functions: list[HostFunction], function_directory: str, stop: threading.Event) -> None:
+        self.function_directory = function_directory
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._recent: deque[dict] = deque(maxlen=RECENT)
+        self._stats = {f.name: {"invocations": 0, "failures": 0, "last": None} for f in functions}
+        self._running: dict[str, dict] = {}
+
+    def invoke(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str, retry: int = 0) -> str | None:
+        """Run one invocation of `fn` with the arguments `make_args()` builds, logged under its own invocation
+        id; returns None on success, else the error (`Type: message`)."""
+        invocation_id = str(uuid.uuid4())
+        started = now_ms()
+        t0 = time.perf_counter()
+        max_retry = fn.retry.max_retry_count if fn.retry else 0
+        with log_context(invocation_id=invocation_id):
+            log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)%s", fn.name, reason, invocation_id,
+                     f" retry {retry} of {max_retry}" if retry else "")
+            self._running[invocation_id] = {"function": fn.name, "id": invocation_id, "started": iso_offset(started)}
+            try:
+                error = self._call(fn, make_args, invocation_id, _RetryContext(retry, max_retry), t0)
+            finally:
+                self._running.pop(invocation_id, None)
+        self._record({"function": fn.name, "id": invocation_id, "reason": reason, "started": iso_offset(started),
+                      "duration_ms": round((time.perf_counter() - t0) * 1000),
+                      "status": "failed" if error else "succeeded", "error": error[:500] if error else None,
+                      "retry": retry})
+        return error
+
+    def _call(self, fn: HostFunction, make_args: Callable[[], dict], invocation_id: str, retry: _RetryContext,
+              t0: float) -> str | None:
+        """Call the function (awaiting a coroutine) and log the outcome; None on success, else the error."""
+        try:
+            kwargs = make_args()
+            if fn.context_arg:
+                kwargs[fn.context_arg] = InvocationContext(invocation_id, fn.name, self.function_directory, retry)
+            result = fn.func(**kwargs)
+            if inspect.isawaitable(result):
+                asyncio.run(result)
+        except Exception as exc:
+            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", fn.name, invocation_id,
+                      (time.perf_counter() - t0) * 1000, exc_info=True)
+            return f"{type(exc).__name__}: {exc}"
+        log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", fn.name, invocation_id,
+                 (time.perf_counter() - t0) * 1000)
+        return None
+
+    def _record(self, entry: dict) -> None:
+        with self._lock:
+            self._recent.append(entry)
+            stats = self._stats[entry["function"]]
+            stats["invocations"] += 1
+            stats["failures"] += 1 if entry["error"] else 0
+            stats["last"] = entry
+
+    def invoke_with_retry(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str) -> bool | None:
+        """True on success, False when the retry policy is exhausted, None when the host stopped mid-wait."""
+        retry = 0
+        while True:
+            if self.invoke(fn, make_args, reason=reason, retry=retry) is None:
+                return True
+            retry += 1
+            if fn.retry is None or not fn.retry.allows(retry):
+                return False
+            delay = fn.retry.delay(retry)
+            log.warning("Functions.%s: retry %d in %.1f s (%s)", fn.name, retry, delay, fn.retry.strategy)
+            if self._stop.wait(delay):
+                return None
+
+    def snapshot(self) -> tuple[dict[str, dict], list[dict]]:
+        """({function: its counts and last invocation}, the last invocations newest first), taken together."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._stats.items()}, list(self._recent)[::-1]
+
+    def running(self) -> list[dict]:
+        """The invocations in progress: function, id, started."""
+        return list(self._running.values())
