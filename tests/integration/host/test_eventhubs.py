@@ -1,0 +1,108 @@
+"""Event Hub functions in a started host: batches, retries, checkpoints, kept failures, a dead dispatcher."""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+from fleetscore.host.app import LocalHost
+from fleetscore.host.spool import Spool
+from tests.host_helpers import app_with, host_settings, request, wait_for
+
+
+def test_events_are_batched_retried_and_checkpointed_after_the_invocation(tmp_path):
+    batches: list[list[tuple[int, bytes]]] = []
+    failures = {"left": 1}
+
+    def hubs(app):
+        @app.function_name("eat")
+        @app.retry(strategy="fixed_delay", max_retry_count="2", delay_interval="00:00:00.05")
+        @app.event_hub_message_trigger(arg_name="events", event_hub_name="%EVENTHUB_NAME%",
+                                       connection="EVENTHUB_CONNECTION", cardinality=func.Cardinality.MANY)
+        def eat(events: list[func.EventHubEvent], context: func.Context) -> None:
+            assert context.function_name == "eat" and context.invocation_id
+            if failures["left"]:
+                failures["left"] -= 1
+                raise RuntimeError("transient")
+            batches.append([(e.sequence_number, e.get_body()) for e in events])
+            assert all(e.enqueued_time is not None and e.offset is not None for e in events)
+            assert events[0].metadata["PartitionContext"]["EventHubName"] == "hub-x"
+
+    host_json = tmp_path / "host.json"
+    host_json.write_text(json.dumps({"version": "2.0", "extensions": {"eventHubs": {"maxEventBatchSize": 3}}}))
+    settings = host_settings(tmp_path, EVENTHUB_NAME="hub-x")
+    host = LocalHost(settings, app=app_with(hubs), state_dir=tmp_path / "host", host_json=host_json)
+    # events stored while no host runs are delivered when it starts (the spool is the durable part)
+    spool = Spool(tmp_path / "host" / "spool" / "hub-x", ["eat"])
+    for i in range(7):
+        spool.append(json.dumps({"i": i}).encode())
+    spool.close()
+    host.start()
+    try:
+        code, reply = request(host.url, "POST", "/events", b'{"i": 7}')
+        assert code == 202 and reply["sequence_number"] == 8
+        assert request(host.url, "POST", "/events", b"  ")[0] == 400
+        assert request(host.url, "POST", "/events/other-hub", b"{}")[0] == 404
+        wait_for(lambda: request(host.url, "GET", "/health")[1]["backlog"] == 0, 10, "the backlog to drain")
+        health = request(host.url, "GET", "/health")[1]
+    finally:
+        host.stop()
+    delivered = [seq for batch in batches for seq, _ in batch]
+    assert delivered == list(range(1, 9))  # in order, each once after the one failed attempt was retried
+    assert max(len(b) for b in batches) <= 3 and len(batches[0]) == 3
+    fn = next(f for f in health["functions"] if f["name"] == "eat")
+    assert fn["failures"] == 1 and fn["checkpoint"] == 8
+    assert any(e["status"] == "failed" for e in health["last_invocations"])
+
+
+def test_exhausted_retries_move_on_and_keep_the_batch(tmp_path):
+    def hubs(app):
+        @app.function_name("eat")
+        @app.retry(strategy="fixed_delay", max_retry_count="1", delay_interval="00:00:00.01")
+        @app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="X",
+                                       cardinality=func.Cardinality.MANY)
+        def eat(events: list[func.EventHubEvent]) -> None:
+            raise RuntimeError("always")
+
+    host = LocalHost(host_settings(tmp_path), app=app_with(hubs), state_dir=tmp_path / "host").start()
+    try:
+        request(host.url, "POST", "/events", b'{"a": 1}')
+        wait_for(lambda: host.spools["hub"].checkpointed("eat") == 1, 10, "the checkpoint")
+    finally:
+        host.stop()
+    kept = list((tmp_path / "host" / "spool" / "hub" / "failed").glob("eat-1-1.jsonl"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["body"] == '{"a": 1}'
+
+
+def test_a_dead_dispatcher_degrades_health_and_refuses_its_hubs_events(tmp_path, monkeypatch):
+    delivered: list[int] = []
+
+    def hubs(app):
+        @app.function_name("eat")
+        @app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="X",
+                                       cardinality=func.Cardinality.MANY)
+        def eat(events: list[func.EventHubEvent]) -> None:
+            delivered.extend(e.sequence_number for e in events)
+
+    host = LocalHost(host_settings(tmp_path), app=app_with(hubs), state_dir=tmp_path / "host").start()
+    try:
+        assert request(host.url, "POST", "/events", b'{"a": 1}')[0] == 202
+        wait_for(lambda: host.spools["hub"].checkpointed("eat") == 1, 10, "the first event")
+        health = request(host.url, "GET", "/health")[1]
+        assert health["status"] == "running" and health["dead_threads"] == {}
+
+        def broken_read(after: int, limit: int) -> list:
+            raise OSError("spool unreadable")
+
+        monkeypatch.setattr(host.spools["hub"], "read", broken_read)  # escapes the dispatcher's loop
+        health = wait_for(lambda: (h := request(host.url, "GET", "/health")[1])["status"] == "degraded" and h, 10,
+                          "the degraded status")
+        assert list(health["dead_threads"]) == ["eventhub:eat"]
+        assert "OSError: spool unreadable" in health["dead_threads"]["eventhub:eat"]
+        code, reply = request(host.url, "POST", "/events", b'{"a": 2}')
+        assert code == 503 and "eat" in reply["error"]
+        assert host.spools["hub"].backlog("eat") == 0  # refused, not stored for a dispatcher that is gone
+    finally:
+        host.stop()
+    assert delivered == [1]
