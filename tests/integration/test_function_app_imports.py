@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from fleetscore.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN_MODULES = ("azureml", "azure.ai.ml")
 
 
@@ -50,8 +52,6 @@ def test_importing_the_app_and_the_aml_backend_loads_no_azure_ml_sdk(tmp_path):
 
 
 def test_local_settings_sample_lists_every_setting_with_safe_values(tmp_path, monkeypatch):
-    from fleetscore.settings import Settings, load_settings
-
     doc = json.loads((REPO / "local.settings.sample.json").read_text(encoding="utf-8"))
     values = doc["Values"]
     assert doc["IsEncrypted"] is False
