@@ -17,7 +17,9 @@ import pytest
 from matplotlib import image as mpimg
 
 from fleetscore import db
-from fleetscore.report import load_report_data, render_report, write_report
+from fleetscore.report.data import load_report_data
+from fleetscore.report.html import render_report
+from fleetscore.report.write import write_report
 
 CHROMIUM = "/usr/bin/chromium"
 W = 5 * 60_000  # window length, ms

@@ -73,7 +73,7 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     import azure.functions as func
     from azure.functions.timer import TimerRequest
 
-    from fleetscore.report import write_report
+    from fleetscore.report.write import write_report
     from fleetscore.runs.slots import occurrences
     from fleetscore.sim.simulate import simulate_fleet, to_event_bodies
     from fleetscore.training import train

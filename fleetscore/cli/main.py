@@ -354,7 +354,7 @@ def report(
     out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("fleetscore-report.html"),
 ) -> None:
     """One self-contained HTML file with plots: alerted pairs, runs over time, dead letters."""
-    from fleetscore.report import write_report
+    from fleetscore.report.write import write_report
 
     svc = services()
     try:
