@@ -129,6 +129,25 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float = 4, interv
     missing_rate: chance that any one reading is lost; outage_rate: expected outages per device per day
     (5–30 minutes with no readings from any of its sensors). Deterministic for a seed.
     """
+    _check_arguments(devices, sensors, days, interval_seconds, clean_days, fault_rate, missing_rate, outage_rate)
+    grid = _Grid.of(devices, sensors, days, interval_seconds, clean_days, DEFAULT_START if start is None else start)
+    profiles = [SENSOR_PROFILES[i % len(SENSOR_PROFILES)] for i in range(sensors)]
+    signal_ss, fault_ss = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(signal_ss)  # draws in this order: signal, arrivals, outages
+    values, noise_sd = _clean_signal(rng, grid, profiles)
+    jitter, present = _arrivals(rng, grid, missing_rate, outage_rate * days)
+    faults = _inject_faults(np.random.default_rng(fault_ss), values, grid,
+                            fault_rate * max(days - clean_days, 0.0), profiles, noise_sd)
+    _physical_range(values, profiles)
+    order, ts, values, present = _time_order(grid, jitter, values, present)
+    return Simulation(readings=_readings_frame(grid, order, ts, values, present),
+                      faults=_fault_frame(faults, ts, present, order, grid), start_ms=grid.start_ms,
+                      clean_until_ms=grid.start_ms + grid.clean_steps * grid.interval_ms,
+                      end_ms=grid.start_ms + grid.steps * grid.interval_ms, interval_ms=grid.interval_ms)
+
+
+def _check_arguments(devices: int, sensors: int, days: float, interval_seconds: float, clean_days: float,
+                     fault_rate: float, missing_rate: float, outage_rate: float) -> None:
     if devices < 1 or sensors < 1:
         raise ValueError("devices and sensors must be at least 1")
     if interval_seconds <= 0 or days <= 0:
@@ -137,123 +156,168 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float = 4, interv
         raise ValueError(f"clean_days must be between 0 and days ({days}), got {clean_days}")
     if fault_rate < 0 or not 0 <= missing_rate < 1 or outage_rate < 0:
         raise ValueError("fault_rate and outage_rate must be ≥ 0 and missing_rate in [0, 1)")
-    interval_ms = int(round(interval_seconds * 1000))
-    start_ms = to_ms(DEFAULT_START if start is None else start)
-    steps = int(round(days * DAY_MS / interval_ms))
-    clean_steps = int(math.ceil(clean_days * DAY_MS / interval_ms))
-    n_pairs = devices * sensors
-    signal_ss, fault_ss = np.random.SeedSequence(seed).spawn(2)
-    rng = np.random.default_rng(signal_ss)
-
-    profiles = [SENSOR_PROFILES[i % len(SENSOR_PROFILES)] for i in range(sensors)]
-    base = np.array([p.base for p in profiles])
-    daily = np.array([p.daily for p in profiles])
-    noise = np.array([p.noise for p in profiles])
-    device_sd = np.array([p.device_sd for p in profiles])
-    peak = np.array([p.peak_hour for p in profiles])
-    # pair p = device * sensors + sensor; arrays below are (steps, pairs): a row is one time step
-    level = (base + device_sd * rng.standard_normal((devices, sensors))).ravel()
-    amp = (daily * rng.uniform(0.8, 1.2, (devices, sensors))).ravel()
-    sd = (noise * rng.uniform(0.8, 1.25, (devices, sensors))).ravel()
-    phase_h = (peak + rng.normal(0.0, 1.0, (devices, sensors))).ravel()
-
-    nominal = start_ms + np.arange(steps, dtype=np.int64) * interval_ms
-    hour = ((nominal % DAY_MS) / 3_600_000.0)[:, None]
-    values = level + amp * np.cos((2 * np.pi / 24.0) * (hour - phase_h)) + sd * rng.standard_normal((steps, n_pairs))
-    # 1 ms … a few seconds after each tick: never on a tick, so a (end − W, end] window aligned to the ticks
-    # holds exactly its ticks' readings and every window ending ≤ clean_until_ms is from the clean period
-    jitter_ms = max(1, min(5_000, interval_ms // 10))
-    jitter = rng.integers(1, jitter_ms + 1, (steps, n_pairs), dtype=np.int64)
-    present = rng.random((steps, n_pairs)) >= missing_rate
-    _outages(rng, present, devices, sensors, steps, interval_ms, outage_rate * days)
-
-    faults = _inject_faults(np.random.default_rng(fault_ss), values, devices, sensors, clean_steps,
-                            interval_ms, fault_rate * max(days - clean_days, 0.0), profiles, sd)
-    for j, profile in enumerate(profiles):  # physical range and resolution, after the faults
-        cols = values[:, j::sensors]  # a view
-        if math.isfinite(profile.low) or math.isfinite(profile.high):
-            np.clip(cols, profile.low, profile.high, out=cols)
-        np.round(cols, profile.decimals, out=cols)
-
-    # time order: a step's jitter is < interval, so sorting within each step sorts the whole fleet
-    order = np.argsort(jitter, axis=1, kind="stable")
-    jitter = np.take_along_axis(jitter, order, axis=1)
-    values = np.take_along_axis(values, order, axis=1)
-    present = np.take_along_axis(present, order, axis=1)
-    ts = nominal[:, None] + jitter
-
-    keep = present.ravel()
-    pair_kept = order.ravel()[keep]
-    ts_kept = ts.ravel()[keep]
-    readings = pd.DataFrame({
-        "device": _str_series(pair_kept // sensors, device_names(devices)),
-        "sensor": _str_series(pair_kept % sensors, sensor_names(sensors)),
-        "ts": ts_kept,
-        "value": values.ravel()[keep],
-    })
-    fault_frame = _fault_frame(faults, ts, present, order, devices, sensors)
-    return Simulation(readings=readings, faults=fault_frame, start_ms=start_ms,
-                      clean_until_ms=start_ms + clean_steps * interval_ms,
-                      end_ms=start_ms + steps * interval_ms, interval_ms=interval_ms)
 
 
-def _outages(rng: np.random.Generator, present: np.ndarray, devices: int, sensors: int, steps: int,
-             interval_ms: int, expected: float) -> None:
-    """Blank out a few 5–30 minute spans of a whole device (all its sensors), in place."""
-    counts = rng.poisson(expected, devices)
+@dataclass(frozen=True)
+class _Grid:
+    """The simulated (steps × pairs) grid: `steps` nominal ticks `interval_ms` apart from `start_ms` (epoch ms),
+    the first `clean_steps` of them fault-free, for pair p = device · sensors + sensor."""
+
+    devices: int
+    sensors: int
+    start_ms: int
+    interval_ms: int
+    steps: int
+    clean_steps: int
+
+    @classmethod
+    def of(cls, devices: int, sensors: int, days: float, interval_seconds: float, clean_days: float,
+           start: datetime | pd.Timestamp | str | int) -> _Grid:
+        interval_ms = int(round(interval_seconds * 1000))
+        return cls(devices=devices, sensors=sensors, start_ms=to_ms(start), interval_ms=interval_ms,
+                   steps=int(round(days * DAY_MS / interval_ms)),
+                   clean_steps=int(math.ceil(clean_days * DAY_MS / interval_ms)))
+
+    @property
+    def pairs(self) -> int:
+        return self.devices * self.sensors
+
+    @property
+    def nominal(self) -> np.ndarray:
+        """(steps,) int64: the nominal tick times, epoch ms."""
+        return self.start_ms + np.arange(self.steps, dtype=np.int64) * self.interval_ms
+
+    def steps_of(self, minutes: float) -> float:
+        """A duration in minutes as a (fractional) number of ticks."""
+        return minutes * MINUTE_MS / self.interval_ms
+
+
+def _clean_signal(rng: np.random.Generator, grid: _Grid,
+                  profiles: list[SensorProfile]) -> tuple[np.ndarray, np.ndarray]:
+    """Fault-free values (steps × pairs, sensor unit): per-pair level, daily cycle and noise; and each pair's
+    noise sd (pairs,)."""
+    shape = (grid.devices, grid.sensors)
+    level = (np.array([p.base for p in profiles])
+             + np.array([p.device_sd for p in profiles]) * rng.standard_normal(shape)).ravel()
+    amp = (np.array([p.daily for p in profiles]) * rng.uniform(0.8, 1.2, shape)).ravel()
+    noise_sd = (np.array([p.noise for p in profiles]) * rng.uniform(0.8, 1.25, shape)).ravel()
+    phase_h = (np.array([p.peak_hour for p in profiles]) + rng.normal(0.0, 1.0, shape)).ravel()
+    hour = ((grid.nominal % DAY_MS) / 3_600_000.0)[:, None]
+    values = (level + amp * np.cos((2 * np.pi / 24.0) * (hour - phase_h))
+              + noise_sd * rng.standard_normal((grid.steps, grid.pairs)))
+    return values, noise_sd
+
+
+def _arrivals(rng: np.random.Generator, grid: _Grid, missing_rate: float,
+              expected_outages: float) -> tuple[np.ndarray, np.ndarray]:
+    """When each reading arrives after its tick (jitter, ms) and whether it arrives at all (present), both
+    steps × pairs.
+
+    The jitter is 1 ms … a few seconds: never on a tick, so a (end − W, end] window aligned to the ticks holds
+    exactly its ticks' readings and every window ending ≤ clean_until_ms is from the clean period."""
+    jitter_ms = max(1, min(5_000, grid.interval_ms // 10))
+    jitter = rng.integers(1, jitter_ms + 1, (grid.steps, grid.pairs), dtype=np.int64)
+    present = rng.random((grid.steps, grid.pairs)) >= missing_rate
+    _outages(rng, present, grid, expected_outages)
+    return jitter, present
+
+
+def _outages(rng: np.random.Generator, present: np.ndarray, grid: _Grid, expected: float) -> None:
+    """Blank out a few 5–30 minute spans of a whole device (all its sensors), in place; `expected` outages
+    per device."""
+    counts = rng.poisson(expected, grid.devices)
     for device in np.flatnonzero(counts):
         for _ in range(counts[device]):
-            length = max(1, int(rng.uniform(5, 30) * MINUTE_MS / interval_ms))
-            first = int(rng.integers(0, max(1, steps - length)))
-            present[first:first + length, device * sensors:(device + 1) * sensors] = False
+            length = max(1, int(grid.steps_of(rng.uniform(5, 30))))
+            first = int(rng.integers(0, max(1, grid.steps - length)))
+            present[first:first + length, device * grid.sensors:(device + 1) * grid.sensors] = False
 
 
-def _inject_faults(rng: np.random.Generator, values: np.ndarray, devices: int, sensors: int, clean_steps: int,
-                   interval_ms: int, expected: float, profiles: list[SensorProfile],
-                   sd: np.ndarray) -> list[tuple[int, int, int, str]]:
-    """Add faults to `values` (steps × pairs) in place; returns (pair, first step, last step, kind)."""
-    steps, n_pairs = values.shape
-    gap = int(math.ceil(FAULT_GAP_MINUTES * MINUTE_MS / interval_ms))
-    counts = rng.poisson(expected, n_pairs) if expected > 0 else np.zeros(n_pairs, dtype=np.int64)
+def _inject_faults(rng: np.random.Generator, values: np.ndarray, grid: _Grid, expected: float,
+                   profiles: list[SensorProfile], noise_sd: np.ndarray) -> list[tuple[int, int, int, str]]:
+    """Add faults to `values` (steps × pairs) in place, `expected` per pair, after the clean steps and at least
+    FAULT_GAP_MINUTES apart; returns (pair, first step, last step, kind)."""
+    gap = int(math.ceil(grid.steps_of(FAULT_GAP_MINUTES)))
+    counts = rng.poisson(expected, grid.pairs) if expected > 0 else np.zeros(grid.pairs, dtype=np.int64)
     out: list[tuple[int, int, int, str]] = []
     for p in np.flatnonzero(counts):
         taken: list[tuple[int, int]] = []
         for _ in range(counts[p]):
             kind = FAULT_KINDS[int(rng.integers(len(FAULT_KINDS)))]
-            lo, hi = FAULT_MINUTES[kind]
-            length = max(1, int(round(rng.uniform(lo, hi) * MINUTE_MS / interval_ms)))
-            latest = steps - length
-            if latest < clean_steps:
+            length = max(1, int(round(grid.steps_of(rng.uniform(*FAULT_MINUTES[kind])))))
+            latest = grid.steps - length
+            if latest < grid.clean_steps:
                 continue
-            first = int(rng.integers(clean_steps, latest + 1))
+            first = int(rng.integers(grid.clean_steps, latest + 1))
             last = first + length - 1
             sign = 1.0 if rng.random() < 0.5 else -1.0
             magnitude = rng.uniform(0.0, 1.0)  # drawn always, so later draws don't depend on the kind
             if any(first <= b + gap and last >= a - gap for a, b in taken):
                 continue
             taken.append((first, last))
-            spread = profiles[p % sensors].spread
-            span = values[first:last + 1, p]
-            if kind == "spike":  # a sudden large offset
-                span += sign * (5.0 + 5.0 * magnitude) * spread
-            elif kind == "drift":  # a gradual ramp away from normal
-                span += sign * (3.0 + 3.0 * magnitude) * spread * (np.arange(1, length + 1) / length)
-            elif kind == "stuck":  # the sensor repeats its last good value
-                span[:] = values[max(first - 1, 0), p]
-            else:  # noise: a variance burst
-                span += sd[p] * (4.0 + 4.0 * magnitude) * rng.standard_normal(length)
+            _apply_fault(rng, kind, values[first:last + 1, p], values[max(first - 1, 0), p], sign, magnitude,
+                         profiles[p % grid.sensors].spread, noise_sd[p])
             out.append((int(p), first, last, kind))
     return out
 
 
+def _apply_fault(rng: np.random.Generator, kind: str, span: np.ndarray, before: float, sign: float,
+                 magnitude: float, spread: float, noise_sd: float) -> None:
+    """Change `span` (one pair's values over the fault, a view) in place as a fault of `kind` does: `before` is
+    the value just before it, `sign` ±1 its direction, `magnitude` in [0, 1) its size, `spread` (the signal's
+    typical sd) and `noise_sd` (the pair's noise sd) its units."""
+    length = len(span)
+    if kind == "spike":  # a sudden large offset
+        span += sign * (5.0 + 5.0 * magnitude) * spread
+    elif kind == "drift":  # a gradual ramp away from normal
+        span += sign * (3.0 + 3.0 * magnitude) * spread * (np.arange(1, length + 1) / length)
+    elif kind == "stuck":  # the sensor repeats its last good value
+        span[:] = before
+    else:  # noise: a variance burst
+        span += noise_sd * (4.0 + 4.0 * magnitude) * rng.standard_normal(length)
+
+
+def _physical_range(values: np.ndarray, profiles: list[SensorProfile]) -> None:
+    """Clip to each sensor's physical range and round to its resolution, in place (after the faults)."""
+    sensors = len(profiles)
+    for j, profile in enumerate(profiles):
+        cols = values[:, j::sensors]  # a view
+        if math.isfinite(profile.low) or math.isfinite(profile.high):
+            np.clip(cols, profile.low, profile.high, out=cols)
+        np.round(cols, profile.decimals, out=cols)
+
+
+def _time_order(grid: _Grid, jitter: np.ndarray, values: np.ndarray,
+                present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each step's pairs in arrival order: (order, ts, values, present), all steps × pairs, `order[k, i]` the pair
+    of column i at step k and `ts` the arrival time (epoch ms). A step's jitter is < interval, so sorting within
+    each step sorts the whole fleet."""
+    order = np.argsort(jitter, axis=1, kind="stable")
+    ts = grid.nominal[:, None] + np.take_along_axis(jitter, order, axis=1)
+    return order, ts, np.take_along_axis(values, order, axis=1), np.take_along_axis(present, order, axis=1)
+
+
+def _readings_frame(grid: _Grid, order: np.ndarray, ts: np.ndarray, values: np.ndarray,
+                    present: np.ndarray) -> pd.DataFrame:
+    """The present readings, in time order: device, sensor (str), ts (int64 epoch ms), value (float64)."""
+    keep = present.ravel()
+    pair_kept = order.ravel()[keep]
+    return pd.DataFrame({
+        "device": _str_series(pair_kept // grid.sensors, device_names(grid.devices)),
+        "sensor": _str_series(pair_kept % grid.sensors, sensor_names(grid.sensors)),
+        "ts": ts.ravel()[keep],
+        "value": values.ravel()[keep],
+    })
+
+
 def _fault_frame(faults: list[tuple[int, int, int, str]], ts: np.ndarray, present: np.ndarray,
-                 order: np.ndarray, devices: int, sensors: int) -> pd.DataFrame:
+                 order: np.ndarray, grid: _Grid) -> pd.DataFrame:
     """Faults with the timestamps of their first and last *present* reading (invisible faults dropped)."""
     # position of each pair within a step, after the time-order shuffle: column of pair p at step k
     position = np.empty_like(order)
     np.put_along_axis(position, order, np.arange(order.shape[1])[None, :].repeat(order.shape[0], 0), axis=1)
     rows = []
-    names_d, names_s = device_names(devices), sensor_names(sensors)
+    names_d, names_s = device_names(grid.devices), sensor_names(grid.sensors)
     for p, first, last, kind in faults:
         k = np.arange(first, last + 1)
         cols = position[k, p]
@@ -261,7 +325,7 @@ def _fault_frame(faults: list[tuple[int, int, int, str]], ts: np.ndarray, presen
         if not seen.any():
             continue
         stamps = ts[k, cols][seen]
-        rows.append((names_d[p // sensors], names_s[p % sensors], int(stamps[0]), int(stamps[-1]), kind))
+        rows.append((names_d[p // grid.sensors], names_s[p % grid.sensors], int(stamps[0]), int(stamps[-1]), kind))
     frame = pd.DataFrame(rows, columns=list(FAULT_COLUMNS))
     return _typed_faults(frame).sort_values(["start", "device", "sensor"], ignore_index=True)
 
