@@ -1,7 +1,7 @@
 """Detection quality against the simulator's ground truth: pure functions over DataFrames.
 
 Windows are Azure Stream Analytics tumbling windows (start, end], labelled by their end, so a reading at
-`ts` belongs to the window ending `ceil(ts / W) · W` (`fleetscore.windows.window_end`). All times are int64
+`ts` belongs to the window ending `ceil(ts / W) · W` (`fleetscore.ingest.windows.window_end`). All times are int64
 epoch milliseconds UTC.
 
 - `fault_windows`: the windows each fault touches.
@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.ingest.windows import window_end
-
-EPISODE_COLUMNS = ("device", "sensor", "first_window_end", "last_window_end", "windows")
 
 
 def _check_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
