@@ -525,7 +525,7 @@ def fill_batches(bodies: Iterable[bytes], new_batch: Callable[[], Any],
     even into an empty batch raises `OversizeEventError`.
     """
     if make_event is None:
-        from azure.eventhub import EventData
+        from azure.eventhub import EventData  # an optional SDK (fleetscore[eventhub]): loaded only when used
 
         make_event = EventData
     batch = new_batch()
@@ -560,7 +560,7 @@ def send_to_eventhub(connection_string: str, eventhub_name: str, bodies: Iterabl
     `progress(n)` is called after each batch with its event count. Needs `azure-eventhub`
     (`pip install fleetscore[eventhub]`); imported only here.
     """
-    try:
+    try:  # an optional SDK (fleetscore[eventhub]): loaded only when sending
         from azure.eventhub import EventData, EventHubProducerClient
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise RuntimeError("sending to Event Hubs needs azure-eventhub: pip install 'fleetscore[eventhub]'") from exc
