@@ -17,8 +17,9 @@ import pytest
 from matplotlib import image as mpimg
 
 from fleetscore import db
-from fleetscore.report.data import load_report_data
+from fleetscore.report.data import SCORE_COLUMNS, SCORE_KEY_COLUMNS, load_report_data
 from fleetscore.report.html import render_report
+from fleetscore.report.plots import STATUS_COLOURS
 from fleetscore.report.write import write_report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -165,6 +166,13 @@ def chart_regions(rgb: np.ndarray, min_len: int = 80, gap: int = 40) -> list[tup
 def distinct_colours(rgb: np.ndarray) -> int:
     q = (rgb * 255).astype(np.uint8).reshape(-1, 3)
     return len(np.unique(q[:, 0].astype(np.int32) << 16 | q[:, 1].astype(np.int32) << 8 | q[:, 2]))
+
+
+def test_the_report_reads_the_owners_columns_and_statuses():
+    # taken from scoring_job.contract by name: a renamed contract column must not vanish from the plots silently
+    assert SCORE_KEY_COLUMNS == ("device", "sensor", "window_end", "score")
+    assert SCORE_COLUMNS == SCORE_KEY_COLUMNS + ("is_anomaly", "run_id")
+    assert set(STATUS_COLOURS) == set(db.RUN_TERMINAL)  # one colour per finished run's status
 
 
 @pytest.fixture
