@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fleetscore.alerts.documents import alert_document, write_blobs
+from fleetscore.alerts.store import list_alerts
+from fleetscore.alerts.webhook import redeliver
+from fleetscore.cli.console import console, services
+from fleetscore.clock import iso_exact
+
 alerts_app = typer.Typer(help="Alerts: one per anomaly episode of a device+sensor.", invoke_without_command=True)
-console = Console()
-err = Console(stderr=True)
-
-
-def _services():
-    from fleetscore.context import Services, set_services
-    from fleetscore.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    svc = Services(settings)
-    set_services(svc)
-    return svc
 
 
 @alerts_app.callback()
@@ -38,26 +27,29 @@ def alerts(
     """List alerts (newest change first); `fleetscore alerts redeliver` resends undelivered ones."""
     if ctx.invoked_subcommand is not None:
         return
-    from fleetscore.alerts.store import alert_document, iso_ms, list_alerts
-
-    svc = _services()
+    svc = services()
     rows = list_alerts(svc.engine, open_only=open_only, limit=limit)
     if as_json:
         docs = [{**alert_document(r), "delivered_revision": r["delivered_revision"],
                  "delivery_error": r["delivery_error"]} for r in rows]
         console.print_json(json.dumps(docs))
         return
+    console.print(alerts_table(rows, open_only=open_only, webhook=svc.settings.alert_webhook_url is not None))
+
+
+def alerts_table(rows: list[dict[str, Any]], open_only: bool, webhook: bool) -> Table:
+    """`list_alerts`' rows as a table; the delivered column says '-' when no webhook is configured."""
     table = Table(title=f"{'open ' if open_only else ''}alerts ({len(rows)})")
     for col in ("alert", "device", "sensor", "status", "severity", "first window", "last window", "windows",
                 "max score", "rev", "delivered"):
         table.add_column(col, justify="right" if col in ("windows", "max score", "rev") else "left")
     for r in rows:
-        delivered = "-" if svc.settings.alert_webhook_url is None else (
+        delivered = "-" if not webhook else (
             "yes" if r["delivered_revision"] >= r["revision"] else f"no ({r['delivery_attempts']} tries)")
         table.add_row(r["alert_id"], r["device"], r["sensor"], r["status"], r["severity"],
-                      iso_ms(r["first_window_end"]), iso_ms(r["last_window_end"]), str(r["windows"]),
+                      iso_exact(r["first_window_end"]), iso_exact(r["last_window_end"]), str(r["windows"]),
                       f"{r['max_score']:.3f}", str(r["revision"]), delivered)
-    console.print(table)
+    return table
 
 
 @alerts_app.command("redeliver")
@@ -65,10 +57,7 @@ def redeliver_cmd(
     blobs: Annotated[bool, typer.Option("--blobs", help="also rewrite every alert's JSON blob")] = False,
 ) -> None:
     """POST every undelivered alert revision to ALERT_WEBHOOK_URL now."""
-    from fleetscore.alerts.store import list_alerts, write_blobs
-    from fleetscore.alerts.webhook import redeliver
-
-    svc = _services()
+    svc = services()
     if blobs:
         rows = list_alerts(svc.engine, limit=None)
         failed = write_blobs(svc.store, rows)

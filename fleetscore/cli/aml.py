@@ -1,9 +1,10 @@
 """`fleetscore aml ...`: build, print and publish the Azure ML scoring job definitions.
 
-The SDKs are imported inside the commands only. SDK v2 (azure-ai-ml, the ``aml`` extra) installs beside the
-project's own dependencies; SDK v1 (azureml-pipeline-steps) pins numpy < 2.3.3, pyarrow < 24 and
-azure-identity <= 1.17, so it lives in its own venv (``make aml-v1`` → ``.venv-aml-v1``), and the v1 commands
-(:mod:`fleetscore.cli.aml_v1_main`) run there when the current interpreter lacks it.
+The SDKs are imported inside the functions of :mod:`scoring_job.pipeline_v1` and ``pipeline_v2`` only. SDK v2
+(azure-ai-ml, the ``aml`` extra) installs beside the project's own dependencies; SDK v1 (azureml-pipeline-steps)
+pins numpy < 2.3.3, pyarrow < 24 and azure-identity <= 1.17, so it lives in its own venv (``make aml-v1`` →
+``.venv-aml-v1``), and the v1 commands (:mod:`fleetscore.cli.aml_v1_main`) run there when the current
+interpreter lacks it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from fleetscore.settings import Settings, SettingsError, load_settings
+from fleetscore.cli.console import err, settings_or_exit
+from scoring_job import pipeline_v1, pipeline_v2  # cheap: both import their SDK inside functions
 
 aml_app = typer.Typer(help="Azure ML: the scoring job as a v1 published pipeline or a v2 batch endpoint.",
                       no_args_is_help=True)
-err = Console(stderr=True)
 REPO = Path(__file__).resolve().parents[2]
 V1_VENV_PYTHON = REPO / ".venv-aml-v1" / "bin" / "python"
 
@@ -33,14 +33,6 @@ V1_VENV_PYTHON = REPO / ".venv-aml-v1" / "bin" / "python"
 class Sdk(str, Enum):
     v1 = "v1"
     v2 = "v2"
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
 
 
 def _has(module: str) -> bool:
@@ -63,11 +55,9 @@ def v1_python() -> str | None:
 def _run_v1(command: str) -> None:
     python = v1_python()
     if python is None:
-        from scoring_job.pipeline_v1 import INSTALL_HINT
-
-        err.print(f"[red]{escape(INSTALL_HINT)}[/red]")
+        err.print(f"[red]{escape(pipeline_v1.INSTALL_HINT)}[/red]")
         raise typer.Exit(1)
-    _settings()  # fail early, here, on a wrong setting
+    settings_or_exit()  # fail early, here, on a wrong setting
     done = subprocess.run([python, "-m", "fleetscore.cli.aml_v1_main", command], cwd=REPO, check=False)
     if done.returncode:
         raise typer.Exit(done.returncode)
@@ -84,13 +74,11 @@ def publish(
         if not dry_run:
             err.print("set AML_PIPELINE_ENDPOINT to the pipeline_endpoint above and SCORING_BACKEND=aml-pipeline")
         return
-    from scoring_job import pipeline_v2  # the SDK is imported inside its functions only
-
     if not _has("azure.ai.ml"):
         err.print(f"[red]{escape(pipeline_v2.INSTALL_HINT)}[/red]")
         raise typer.Exit(1)
 
-    settings = _settings()
+    settings = settings_or_exit()
     if dry_run:
         typer.echo(pipeline_v2.to_yaml(pipeline_v2.build_v2_job(settings)), nl=False)
         return

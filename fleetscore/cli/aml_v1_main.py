@@ -14,17 +14,17 @@ import argparse
 import json
 import sys
 
+from fleetscore.settings import load_settings
+from scoring_job import pipeline_v1  # cheap: it imports SDK v1 inside its functions
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Describe or publish the v1 pipeline with the project's settings; the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fleetscore.cli.aml_v1_main", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("describe", help="print the offline v1 definition as JSON (needs the v1 SDK)")
     sub.add_parser("publish", help="publish the pipeline (needs the v1 SDK and a workspace)")
     args, _ = parser.parse_known_args(argv)
-
-    from fleetscore.settings import load_settings
-    from scoring_job import pipeline_v1
-
     settings = load_settings()
     if args.command == "describe":
         print(json.dumps(pipeline_v1.describe_v1(pipeline_v1.build_v1_definition(settings)), indent=2, default=str))

@@ -7,27 +7,42 @@ the previous run is indexed) → summary with precision/recall against the injec
 
 from __future__ import annotations
 
-import logging
+import json
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated
 
+import azure.functions as func
 import pandas as pd
 import sqlalchemy as sa
+import typer
+from azure.functions.timer import TimerRequest
 
 from fleetscore import clock, db
+from fleetscore.cli.console import StageTick, console, progress_bar, stage_ticker
+from fleetscore.clock import iso_offset
 from fleetscore.context import Services, set_services
-from fleetscore.settings import load_settings
+from fleetscore.host.functions import app_functions
+from fleetscore.report.write import write_report
+from fleetscore.runs.slots import occurrences
+from fleetscore.settings import Settings, load_settings
+from fleetscore.sim.evaluate import match_alerts
+from fleetscore.sim.simulate import Simulation, simulate_fleet, to_event_bodies
+from fleetscore.training import TrainResult, train
 
-log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int], None]
+EVENTS_PER_BATCH = 500
+"""Events per ingest invocation, as the host delivers them (maxEventBatchSize)."""
 
 
 @dataclass
 class DemoSummary:
+    """What the demo did and how well its alerts match the injected faults (precision, recall in 0..1)."""
+
     folder: Path
     devices: int
     sensors: int
@@ -52,17 +67,60 @@ class DemoSummary:
     report: Path | None = None
 
 
-def _functions() -> dict:
-    """function_app's functions by name (get_functions() may run once per app object)."""
-    from fleetscore.host.functions import app_functions
+def demo(
+    folder: Annotated[Path, typer.Option(help="working folder (wiped first)")] = Path(".fleetscore/demo"),
+    devices: int = 100, sensors: int = 5,
+    days: Annotated[float, typer.Option(help="simulated days; the first --train-days train the models")] = 3.0,
+    train_days: float = 2.0,
+    interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
+    seed: int = 7,
+    fault_rate: Annotated[float, typer.Option(help="injected faults per device+sensor per faulty day")] = 0.075,
+    nu: Annotated[float, typer.Option(help="one-class SVM nu (expected outlier share) for the demo's models")] = 0.01,
+    alert_min_windows: Annotated[int, typer.Option(help="anomalous windows in a row that open an alert")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """The main job: simulate a fleet, ingest, train, replay the schedule, alert, report."""
+    if train_days >= days:
+        raise typer.BadParameter("--train-days must be less than --days")
+    with progress_bar() as bar:
+        summary = run_demo(folder, devices=devices, sensors=sensors, days=days, train_days=train_days,
+                           interval_seconds=interval_seconds, seed=seed, fault_rate=fault_rate, nu=nu,
+                           alert_min_windows=alert_min_windows, progress=stage_ticker(bar))
+    if as_json:
+        console.print_json(json.dumps(asdict(summary), default=str))
+        return
+    for line in summary_lines(summary):
+        typer.echo(line)
 
-    return app_functions()
+
+def summary_lines(s: DemoSummary) -> list[str]:
+    """The summary a person reads, one line per topic."""
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(s.runs_by_status.items()))
+    return [
+        f"fleetscore demo: {s.devices} devices × {s.sensors} sensors × {s.days:g} days in {s.folder}",
+        "time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()),
+        f"readings {s.readings:,} (dead letters {s.dead_letters:,}) · models {s.models:,} "
+        f"(skipped {s.skipped_models:,})",
+        f"runs {s.runs} ({statuses}) · windows scored {s.windows_scored:,} (without a model {s.windows_no_model:,})",
+        f"anomalous windows {s.anomalies:,} · alerts {s.alerts:,} ({s.open_alerts} open)",
+        f"injected faults in the scored span {s.faults} · precision {s.precision:.2f} "
+        f"({s.true_alerts}/{s.alerts} alerts match a fault) · recall {s.recall:.2f} "
+        f"({s.detected_faults}/{s.faults} faults alerted)",
+        f"report: {s.report}",
+    ]
+
+
+@contextmanager
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Add the block's wall time, seconds, to `stages[name]`."""
+    t0 = time.perf_counter()
+    yield
+    stages[name] = time.perf_counter() - t0
 
 
 def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float = 3.0, train_days: float = 2.0,
              interval_seconds: float = 60.0, per_event: int = 50, seed: int = 7, fault_rate: float = 0.075,
-             nu: float = 0.01,
-             alert_min_windows: int = 3, progress: Progress | None = None) -> DemoSummary:
+             nu: float = 0.01, alert_min_windows: int = 3, progress: StageTick | None = None) -> DemoSummary:
     """Run the demo in `folder` (wiped first) and return its summary.
 
     The demo tunes two settings as an operator would for this fleet: `nu` = 0.01 (the one-class SVM's
@@ -70,16 +128,29 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     ALERT_MIN_WINDOWS = 3 (the simulator's faults last ≥ 15 minutes, i.e. ≥ 3 windows, while an
     isolated anomalous window is the models' noise).
     """
-    import azure.functions as func
-    from azure.functions.timer import TimerRequest
-
-    from fleetscore.report.write import write_report
-    from fleetscore.runs.slots import occurrences
-    from fleetscore.sim.simulate import simulate_fleet, to_event_bodies
-    from fleetscore.training import train
-
     tick = progress or (lambda stage, done, total: None)
-    folder = Path(folder)
+    services = _fresh_services(Path(folder), nu=nu, alert_min_windows=alert_min_windows)
+    functions = app_functions()
+    stages: dict[str, float] = {}
+    with _timed(stages, "simulate"):
+        sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
+                             seed=seed, fault_rate=fault_rate, clean_days=train_days)
+    with _timed(stages, "ingest"):
+        ingest_events(functions["ingest"].get_user_function(), to_event_bodies(sim.readings, per_event=per_event),
+                      tick)
+    with _timed(stages, "train"):
+        trained = train_on_clean_days(services, sim, tick)
+    with _timed(stages, "score+index"):
+        replay_schedule(functions["schedule"].get_user_function(), services.settings, sim, tick)
+    with _timed(stages, "report"):
+        summary = summarize(services, sim, trained, Path(folder), devices, sensors, days)
+        summary.report = write_report(services.engine, Path(folder) / "report.html", store=services.store)
+    summary.stage_seconds = {k: round(v, 1) for k, v in stages.items()}
+    return summary
+
+
+def _fresh_services(folder: Path, *, nu: float, alert_min_windows: int) -> Services:
+    """Wipe `folder` and install services over a SQLite file and a blob folder in it, with the demo's tuning."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -88,62 +159,48 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
                              ALERT_MIN_WINDOWS=alert_min_windows)
     services = Services(settings)
     set_services(services)
-    fns = _functions()
-    stages: dict[str, float] = {}
+    return services
 
-    t0 = time.perf_counter()
-    sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
-                         seed=seed, fault_rate=fault_rate, clean_days=train_days)
-    stages["simulate"] = time.perf_counter() - t0
 
-    # ingest: the Event Hub function, in batches of maxEventBatchSize events as the host delivers them
-    t0 = time.perf_counter()
-    bodies = to_event_bodies(sim.readings, per_event=per_event)
-    ingest_fn = fns["ingest"].get_user_function()
-    batch = 500
+def ingest_events(ingest_fn: Callable[[list[func.EventHubEvent]], None], bodies: list[bytes],
+                  tick: StageTick) -> None:
+    """Call the Event Hub function `ingest_fn` on the event bodies, EVENTS_PER_BATCH events per invocation."""
     enqueued = datetime.now(timezone.utc)
-    for start in range(0, len(bodies), batch):
+    for start in range(0, len(bodies), EVENTS_PER_BATCH):
         events = [func.EventHubEvent(body=b, sequence_number=start + i, offset=str(start + i),
                                      enqueued_time=enqueued, partition_key=None)
-                  for i, b in enumerate(bodies[start:start + batch])]
+                  for i, b in enumerate(bodies[start:start + EVENTS_PER_BATCH])]
         ingest_fn(events)
-        tick("ingest", min(start + batch, len(bodies)), len(bodies))
-    stages["ingest"] = time.perf_counter() - t0
+        tick("ingest", min(start + EVENTS_PER_BATCH, len(bodies)), len(bodies))
 
-    # train on the clean days; the replay starts after them
-    t0 = time.perf_counter()
+
+def train_on_clean_days(services: Services, sim: Simulation, tick: StageTick) -> TrainResult:
+    """Train and activate a pack on the fault-free days, and mark those days scored (the replay starts after)."""
+    settings = services.settings
     trained = train(services.engine, services.store, from_ms=None, until_ms=sim.clean_until_ms,
                     min_windows=settings.model_min_windows, algorithm=settings.model_algorithm,
                     features=settings.features, window_minutes=settings.window_minutes, activate=True,
                     params=settings.model_params, progress=lambda d, t: tick("train", d, t))
-    with services.engine.begin() as conn:  # the training days count as scored
+    with services.engine.begin() as conn:
         db.advance_watermark(conn, sim.clean_until_ms, clock.now_ms())
-    stages["train"] = time.perf_counter() - t0
+    return trained
 
-    # replay the schedule slots through the timer function
-    t0 = time.perf_counter()
-    timer_fn = fns["schedule"].get_user_function()
+
+def replay_schedule(timer_fn: Callable[[TimerRequest], None], settings: Settings, sim: Simulation,
+                    tick: StageTick) -> None:
+    """Fire the timer function `timer_fn` for every schedule slot after the clean days, up to the last reading
+    plus the late-arrival allowance; each run completes before the next slot fires."""
     last_slot = sim.end_ms + settings.late_arrival_seconds * 1000
     slots = occurrences(settings.scoring_schedule, sim.clean_until_ms, last_slot)
     for i, slot in enumerate(slots, start=1):
-        timer_fn(TimerRequest(past_due=False, schedule_status={"Last": None, "Next": clock.iso_offset(slot),
+        timer_fn(TimerRequest(past_due=False, schedule_status={"Last": None, "Next": iso_offset(slot),
                                                                 "LastUpdated": None}))
         tick("runs", i, len(slots))
-    stages["score+index"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    summary = summarize(services, sim, trained.models, len(trained.skipped), folder, devices, sensors, days)
-    summary.report = write_report(services.engine, folder / "report.html", store=services.store)
-    stages["report"] = time.perf_counter() - t0
-    summary.stage_seconds = {k: round(v, 1) for k, v in stages.items()}
-    return summary
 
 
-def summarize(services: Services, sim, models: int, skipped: int, folder: Path, devices: int, sensors: int,
+def summarize(services: Services, sim: Simulation, trained: TrainResult, folder: Path, devices: int, sensors: int,
               days: float) -> DemoSummary:
     """Counts from SQL and alert precision/recall against the simulator's faults in the scored span."""
-    from fleetscore.sim.evaluate import match_alerts
-
     engine = services.engine
     with engine.connect() as conn:
         runs = pd.DataFrame(conn.execute(sa.select(db.runs.c.status, db.runs.c.windows, db.runs.c.windows_no_model,
@@ -161,7 +218,7 @@ def summarize(services: Services, sim, models: int, skipped: int, folder: Path, 
     match = match_alerts(alerts, faults, services.settings.window_ms)
     return DemoSummary(
         folder=folder, devices=devices, sensors=sensors, days=days, readings=int(readings), dead_letters=int(dead),
-        models=models, skipped_models=skipped, runs=len(runs),
+        models=trained.models, skipped_models=len(trained.skipped), runs=len(runs),
         runs_by_status=runs["status"].value_counts().to_dict(), windows_scored=int(runs["windows"].fillna(0).sum()),
         windows_no_model=int(runs["windows_no_model"].fillna(0).sum()), anomalies=int(anomalies),
         alerts=len(alerts), open_alerts=int((alerts["status"] == "open").sum()), faults=len(faults),

@@ -1,14 +1,37 @@
-"""What `fleetscore status` shows: ingest figures, runs, alerts and the model pack in force."""
+"""`fleetscore status`: ingest figures, runs, alerts and the model pack in force.
+
+The `*_status` functions read one section each as a JSON-able dict (times in epoch ms); the `*_table`
+functions render a section for a person."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
 import sqlalchemy as sa
+import typer
+from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from fleetscore import db
+from fleetscore.cli.console import console, fmt_count, fmt_ms, services
+from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.storage.paths import model_manifest_key
+from fleetscore.training import current_model_version
+from scoring_job.pack import manifest_training_table
+
+
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Last runs, failures, open alerts, ingest figures and the model pack in force."""
+    svc = services()
+    doc = {"ingest": ingest_status(svc.engine), "runs": runs_status(svc.engine), "alerts": alerts_status(svc.engine),
+           "model_pack": model_status(svc.store)}
+    if as_json:
+        console.print_json(json.dumps(doc, default=str))
+        return
+    console.print(ingest_table(doc["ingest"], doc["model_pack"]))
+    console.print(runs_table(doc["runs"]))
+    console.print(alerts_table(doc["alerts"], show_undelivered=bool(svc.settings.alert_webhook_url)))
 
 
 def ingest_status(engine: Engine) -> dict[str, Any]:
@@ -59,14 +82,8 @@ def alerts_status(engine: Engine, limit: int = 10) -> dict[str, Any]:
     return {"open": [dict(row) for row in open_alerts], "by_status": by_status, "undelivered": undelivered}
 
 
-def model_status(store) -> dict[str, Any]:
+def model_status(store: BlobStore) -> dict[str, Any]:
     """The model pack in force: version, model count, algorithms (from its manifest JSON only)."""
-    import json
-
-    from fleetscore.storage.base import BlobNotFound
-    from fleetscore.training import current_model_version
-    from scoring_job.pack import manifest_training_table
-
     version = current_model_version(store)
     if version is None:
         return {"version": None}
@@ -78,3 +95,49 @@ def model_status(store) -> dict[str, Any]:
     algorithms = {str(k): int(v) for k, v in table["algorithm"].value_counts(sort=False).items()}
     return {"version": version, "created": manifest["created"], "models": len(table),
             "features": manifest["features"], "algorithms": algorithms}
+
+
+def _counts(by_status: dict[str, int]) -> str:
+    """`{"open": 2, "closed": 5}` → `closed 5, open 2` (empty: '')."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_status.items()))
+
+
+def ingest_table(ing: dict[str, Any], pack: dict[str, Any]) -> Table:
+    """The ingest section (from `ingest_status`) and the model pack in force (from `model_status`)."""
+    table = Table(title="ingest", show_header=False)
+    table.add_row("readings", f"{ing['readings']:,}", f"{fmt_ms(ing['first_reading_ms'])} … "
+                  f"{fmt_ms(ing['last_reading_ms'])}")
+    table.add_row("windows", f"{ing['windows']:,}", f"{ing['pairs']:,} device+sensor pairs, newest "
+                  f"{fmt_ms(ing['newest_window_end_ms'])}")
+    table.add_row("late readings", f"{ing['late_readings']:,}", f"watermark {fmt_ms(ing['watermark_ms'])}")
+    reasons = ", ".join(f"{k}={v:,}" for k, v in ing["dead_letters_by_reason"].items()) or "-"
+    table.add_row("dead letters", f"{ing['dead_letters']:,}", reasons)
+    algorithms = ", ".join(f"{k}={v}" for k, v in (pack.get("algorithms") or {}).items())
+    table.add_row("model pack", pack.get("version") or "none (fleetscore train --activate)",
+                  f"{pack.get('models', 0):,} models " + algorithms)
+    return table
+
+
+def runs_table(runs_doc: dict[str, Any]) -> Table:
+    """The last runs (from `runs_status`); took = finished - claimed, seconds; errors cut to 60 characters."""
+    table = Table(title=f"last runs  ({_counts(runs_doc['by_status']) or 'none yet'})")
+    for col in ("run", "status", "backend", "models", "windows", "no model", "failures", "took s", "error"):
+        table.add_column(col)
+    for r in runs_doc["last"]:
+        took = (r["finished_at"] - r["claimed_at"]) / 1000 if r["finished_at"] else None
+        table.add_row(r["run_id"], r["status"], r["backend"] or "-", fmt_count(r["models"]),
+                      fmt_count(r["windows"]), fmt_count(r["windows_no_model"]), fmt_count(r["failures"]),
+                      f"{took:.1f}" if took is not None else "-", (r["error"] or "")[:60])
+    return table
+
+
+def alerts_table(al: dict[str, Any], show_undelivered: bool) -> Table:
+    """The open alerts (from `alerts_status`); the undelivered count only when a webhook is configured."""
+    undelivered = f"; undelivered to the webhook {al['undelivered']}" if show_undelivered else ""
+    table = Table(title=f"open alerts  ({_counts(al['by_status']) or 'none'}{undelivered})")
+    for col in ("alert", "device", "sensor", "severity", "windows", "max score", "first", "last"):
+        table.add_column(col)
+    for a in al["open"]:
+        table.add_row(a["alert_id"], a["device"], a["sensor"], a["severity"], str(a["windows"]),
+                      f"{a['max_score']:.3f}", fmt_ms(a["first_window_end"]), fmt_ms(a["last_window_end"]))
+    return table

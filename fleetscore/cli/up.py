@@ -8,6 +8,10 @@ from typing import Annotated
 
 import typer
 
+from fleetscore.cli.console import console, err, settings_or_exit
+from fleetscore.host.app import LocalHost
+from fleetscore.host.bindings import HostConfigError
+
 
 def up(
     port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1 (0: any free port)")] = 7071,
@@ -20,14 +24,10 @@ def up(
 
     Stops cleanly on Ctrl-C or SIGTERM (running invocations finish; the spool keeps what is not delivered).
     """
-    from fleetscore.cli.main import console, err, settings
-    from fleetscore.host.app import LocalHost
-    from fleetscore.host.bindings import HostConfigError
-
     for name in ("fleetscore.host", "fleetscore.functions"):
         if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
             logging.getLogger(name).setLevel(logging.INFO)
-    s = settings()
+    s = settings_or_exit()
     try:
         host = LocalHost(s, port=port, state_dir=state_dir, blob_poll_seconds=blob_poll_seconds,
                          shield_workers=True).start()
@@ -37,6 +37,14 @@ def up(
     except OSError as exc:
         err.print(f"[red]fleetscore up: cannot listen on 127.0.0.1:{port}: {exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
+    _print_endpoints(host, state_dir)
+    console.file.flush()
+    host.run_until_signalled()
+    console.print("stopped", highlight=False)
+
+
+def _print_endpoints(host: LocalHost, state_dir: Path) -> None:
+    """What a person needs to use the running host: its URL, state folder, functions and admin endpoints."""
     console.print(f"Listening on {host.url}", soft_wrap=True, highlight=False)
     console.print(f"state in {state_dir.resolve()}", soft_wrap=True, highlight=False)
     for fn in host.functions:
@@ -53,6 +61,3 @@ def up(
         console.print(f"fire a timer slot: POST {host.url}/admin/timers/<{'|'.join(timers)}> "
                       '{"slot": "<ISO time>"}', soft_wrap=True, highlight=False, markup=False)
     console.print(f"health: GET {host.url}/health — Ctrl-C to stop", soft_wrap=True, highlight=False)
-    console.file.flush()
-    host.run_until_signalled()
-    console.print("stopped", highlight=False)

@@ -1,0 +1,55 @@
+"""`fleetscore train`: fit the fleet's models on its windows and write a model-pack version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fleetscore.cli.console import console, err, parse_time, progress_bar, services
+from fleetscore.training import TrainResult
+from fleetscore.training import train as train_fleet
+
+SKIPPED_SHOWN = 50
+"""Skipped pairs listed by name; the rest are counted."""
+
+
+def train(
+    from_: Annotated[str | None, typer.Option("--from", help="oldest window end (exclusive), ISO-8601")] = None,
+    until: Annotated[str | None, typer.Option(help="newest window end (inclusive), ISO-8601")] = None,
+    min_windows: Annotated[int | None, typer.Option(help="skip pairs with fewer windows")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="ocsvm-rbf, ocsvm-linear, isolation-forest, lof, "
+                                                       "elliptic-envelope")] = None,
+    activate: Annotated[bool, typer.Option(help="point models/CURRENT at the new pack")] = False,
+) -> None:
+    """Fit one model per device+sensor on its windows and write a new model-pack version."""
+    svc = services()
+    s = svc.settings
+    with progress_bar() as bar:
+        task = bar.add_task("train", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            result = train_fleet(svc.engine, svc.store, from_ms=parse_time(from_), until_ms=parse_time(until),
+                                 min_windows=min_windows or s.model_min_windows,
+                                 algorithm=algorithm or s.model_algorithm, features=s.features,
+                                 window_minutes=s.window_minutes, activate=activate, params=s.model_params,
+                                 progress=tick)
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    _print_result(result)
+
+
+def _print_result(result: TrainResult) -> None:
+    """The new pack's version and size, then the skipped pairs (the first SKIPPED_SHOWN by name)."""
+    console.print(f"model pack {result.version}: {result.models:,} models from {result.windows:,} windows"
+                  + (", active" if result.activated else " (not active: use --activate)"))
+    if result.skipped:
+        console.print(f"skipped {len(result.skipped):,} pair(s):")
+        for (device, sensor), why in sorted(result.skipped.items())[:SKIPPED_SHOWN]:
+            console.print(f"  {device}/{sensor}: {why}")
+        if len(result.skipped) > SKIPPED_SHOWN:
+            console.print(f"  … and {len(result.skipped) - SKIPPED_SHOWN:,} more")
