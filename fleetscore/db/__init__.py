@@ -10,7 +10,7 @@ db` and `db.readings`, `db.iter_tuples`, `db.upgrade(engine)`:
 | `reads` | `iter_tuples`, `read_frame`, `chunks` for `IN (...)` lists |
 | `watermark` | the scoring watermark: read, advance |
 | `errors` | `is_transient`: which database errors are worth a retry |
-| `migrate` | `upgrade` (the schema's migrations) and `ddl` (the schema's SQL per dialect) |
+| `migrate` | `upgrade` (Alembic, `migrations/`) and `ddl` (the migrations as SQL per dialect) |
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ One SQLAlchemy Core code path serves `sqlite`, `postgresql+psycopg` and `mssql+p
 All timestamps are stored as BIGINT milliseconds since the Unix epoch, UTC (`ts`, `window_end`,
 `*_at`): keys compare exactly on every dialect and no session time zone can shift them.
 
-A change here needs a migration (`fleetscore.db.migrate`).
+A change here needs a migration in `fleetscore/db/migrations/versions/` (see `fleetscore.db.migrate`);
+a test checks that the migrations build exactly this metadata.
 """
 
 from __future__ import annotations
@@ -155,13 +156,6 @@ watermarks = sa.Table(
     sa.Column("name", sa.String(40), primary_key=True),
     sa.Column("value", _ms(), nullable=False),
     sa.Column("updated_at", _ms(), nullable=False),
-)
-
-schema_migrations = sa.Table(
-    "schema_migrations", metadata,
-    sa.Column("version", sa.Integer(), primary_key=True),
-    sa.Column("applied_at", _ms(), nullable=False),
-    sa.Column("description", sa.String(200), nullable=False),
 )
 
 RUN_ACTIVE = ("claimed", "submitted", "running")

@@ -1,0 +1,180 @@
+"""The schema exactly as fleetscore created it before Alembic (frozen from `fleetscore/db/__init__.py` at
+commit 2ff89f1): its tables, its `schema_migrations` version table and its `upgrade`, to build the databases
+that today's code must upgrade in place. Never edit it to follow the current schema."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql
+from sqlalchemy.engine import Engine
+
+APPLIED_AT = 1_764_000_000_000
+"""The `schema_migrations.applied_at` the old code would have written (its wall clock; any time will do)."""
+
+metadata = sa.MetaData()
+ID = sa.String(64).with_variant(mssql.VARCHAR(64, collation="Latin1_General_100_BIN2"), "mssql")
+"""A device or sensor id: 1–64 characters of [A-Za-z0-9._:-], compared case-sensitively on every dialect
+(SQL Server's default collation would make `d-1` and `D-1` one key)."""
+
+
+def _ms() -> sa.BigInteger:
+    return sa.BigInteger()
+
+
+readings = sa.Table(
+    "readings", metadata,
+    sa.Column("device", ID, nullable=False),
+    sa.Column("sensor", ID, nullable=False),
+    sa.Column("ts", _ms(), nullable=False, comment="epoch ms UTC"),
+    sa.Column("value", sa.Float(53), nullable=False),
+    sa.Column("ingested_at", _ms(), nullable=False),
+    sa.Column("late", sa.Boolean(), nullable=False, default=False,
+              comment="its window was already older than the scoring watermark when it arrived"),
+    # the key is (device, sensor, ts); ordered time first, a batch of a fleet's newest readings lands on
+    # a few adjacent pages instead of one page per device+sensor (the commit cost of a batch)
+    sa.PrimaryKeyConstraint("ts", "device", "sensor", name="pk_readings"),
+    sqlite_with_rowid=False,
+)
+
+windows = sa.Table(
+    "windows", metadata,
+    sa.Column("device", ID, nullable=False),
+    sa.Column("sensor", ID, nullable=False),
+    sa.Column("window_end", _ms(), nullable=False, comment="epoch ms UTC; window is (end-W, end]"),
+    sa.Column("n", sa.Integer(), nullable=False),
+    sa.Column("sum", sa.Float(53), nullable=False),
+    sa.Column("sumsq", sa.Float(53), nullable=False),
+    sa.Column("min", sa.Float(53), nullable=False),
+    sa.Column("max", sa.Float(53), nullable=False),
+    sa.Column("updated_at", _ms(), nullable=False),
+    # key (device, sensor, window_end), ordered time first like readings: the windows a batch updates
+    # and the range a run exports are adjacent
+    sa.PrimaryKeyConstraint("window_end", "device", "sensor", name="pk_windows"),
+    sqlite_with_rowid=False,
+    # windows are rewritten while they fill: free space per page lets PostgreSQL update them in place (HOT)
+    postgresql_with={"fillfactor": 70},
+)
+
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("received_at", _ms(), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("partition", sa.String(64)),
+    sa.Column("sequence_number", sa.BigInteger()),
+    sa.Column("offset", sa.String(64)),
+    sa.Column("enqueued_time", _ms()),
+    sa.Column("payload", sa.UnicodeText(), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Unicode(1000), nullable=False),
+    sa.Index("ix_dead_letters_reason", "reason"),
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True, comment="derived from the schedule slot"),
+    sa.Column("slot", _ms(), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False, default=1),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("trigger", sa.String(40), nullable=False),
+    sa.Column("backend", sa.String(40)),
+    sa.Column("backend_run_id", sa.String(200)),
+    sa.Column("model_version", sa.String(80)),
+    sa.Column("window_from", _ms(), comment="exclusive"),
+    sa.Column("window_until", _ms(), comment="inclusive"),
+    sa.Column("partitions", sa.Integer()),
+    sa.Column("models", sa.Integer()),
+    sa.Column("windows", sa.Integer()),
+    sa.Column("windows_no_model", sa.Integer()),
+    sa.Column("failures", sa.Integer()),
+    sa.Column("failure_detail", sa.UnicodeText()),
+    sa.Column("error", sa.UnicodeText()),
+    sa.Column("claimed_at", _ms(), nullable=False),
+    sa.Column("submitted_at", _ms()),
+    sa.Column("finished_at", _ms()),
+    sa.Column("timings", sa.UnicodeText(), comment="JSON: seconds per stage"),
+    sa.Index("ix_runs_slot", "slot"),
+)
+
+prediction_files = sa.Table(
+    "prediction_files", metadata,
+    sa.Column("name", sa.String(400), primary_key=True, comment="blob name"),
+    sa.Column("etag", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("status", sa.String(20), nullable=False, comment="indexed | error | poison"),
+    sa.Column("attempts", sa.Integer(), nullable=False, default=0),
+    sa.Column("rows", sa.Integer()),
+    sa.Column("anomalies", sa.Integer()),
+    sa.Column("failures", sa.Integer()),
+    sa.Column("windows_no_model", sa.Integer()),
+    sa.Column("error", sa.UnicodeText()),
+    sa.Column("indexed_at", _ms(), nullable=False),
+)
+
+anomalies = sa.Table(
+    "anomalies", metadata,
+    sa.Column("device", ID, primary_key=True),
+    sa.Column("sensor", ID, primary_key=True),
+    sa.Column("window_end", _ms(), primary_key=True),
+    sa.Column("score", sa.Float(53), nullable=False),
+    sa.Column("model_version", sa.String(80)),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("file_name", sa.String(400), nullable=False),
+    sa.Index("ix_anomalies_file", "file_name"),
+)
+
+alerts = sa.Table(
+    "alerts", metadata,
+    sa.Column("alert_id", sa.String(80), primary_key=True),
+    sa.Column("device", ID, nullable=False),
+    sa.Column("sensor", ID, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False, comment="open | closed"),
+    sa.Column("first_window_end", _ms(), nullable=False),
+    sa.Column("last_window_end", _ms(), nullable=False),
+    sa.Column("last_seen_window_end", _ms(), nullable=False, comment="newest window scored for the pair"),
+    sa.Column("normal_after", sa.Integer(), nullable=False, default=0),
+    sa.Column("windows", sa.Integer(), nullable=False),
+    sa.Column("max_score", sa.Float(53), nullable=False),
+    sa.Column("severity", sa.String(10), nullable=False),
+    sa.Column("model_version", sa.String(80)),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("raised_at", _ms(), nullable=False),
+    sa.Column("updated_at", _ms(), nullable=False),
+    sa.Column("revision", sa.Integer(), nullable=False, default=1),
+    sa.Column("delivered_revision", sa.Integer(), nullable=False, default=0),
+    sa.Column("delivery_attempts", sa.Integer(), nullable=False, default=0),
+    sa.Column("delivery_error", sa.UnicodeText()),
+    sa.Index("ix_alerts_pair", "device", "sensor"),
+    sa.Index("ix_alerts_status", "status"),
+)
+
+watermarks = sa.Table(
+    "watermarks", metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", _ms(), nullable=False),
+    sa.Column("updated_at", _ms(), nullable=False),
+)
+
+schema_migrations = sa.Table(
+    "schema_migrations", metadata,
+    sa.Column("version", sa.Integer(), primary_key=True),
+    sa.Column("applied_at", _ms(), nullable=False),
+    sa.Column("description", sa.String(200), nullable=False),
+)
+
+TABLES = [t for t in metadata.sorted_tables if t is not schema_migrations]
+"""The tables the old code created besides its version table."""
+
+
+def upgrade(engine: Engine) -> list[int]:
+    """The old `fleetscore.db.upgrade`: its version table, then its one migration ("create the schema")."""
+    applied: list[int] = []
+    with engine.begin() as conn:
+        schema_migrations.create(conn, checkfirst=True)
+        done = set(conn.execute(sa.select(schema_migrations.c.version)).scalars())
+        if 1 not in done:
+            metadata.create_all(conn, checkfirst=True)
+            conn.execute(schema_migrations.insert().values(version=1, applied_at=APPLIED_AT,
+                                                           description="create the schema"))
+            applied.append(1)
+    return applied
