@@ -8,12 +8,13 @@ recomputed from the stored readings rather than incremented.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import clock, db
@@ -153,59 +154,100 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
     """
     now = clock.now_ms()
     result = IngestResult(received=len(decoded.ts) + len(decoded.dead))
+    firsts, result.duplicates, conflicts = first_occurrences(decoded)
     dead = list(decoded.dead)
-    firsts, repeats, conflicts = first_occurrences(decoded)
-    result.duplicates += repeats
     dead += _conflict_letters(decoded, conflicts, events, "the same key appears in this batch with another value")
-
     if firsts:
-        w = window_ms
-        ends = window_end(np.fromiter((t for _, _, t in firsts), dtype=np.int64, count=len(firsts)), w).tolist()
-        touched = {(d, s, e) for (d, s, _), e in zip(firsts, ends, strict=True)}
+        touched = touched_windows(firsts, window_ms)
         lock_pairs(conn, {(d, s) for d, s, _ in touched})
-        stored = fetch_window_readings(conn, touched, w)
-        values = decoded.value
-        new: list[int] = []
-        clashes: list[int] = []
-        for key, i in firsts.items():
-            known = stored.get(key)
-            if known is None:
-                new.append(i)
-            elif known == values[i]:
-                result.duplicates += 1
-            else:
-                clashes.append(i)
+        stored = fetch_window_readings(conn, touched, window_ms)
+        new, known, clashes = compare_with_stored(firsts, stored, decoded.value)
+        result.duplicates += known
         dead += _conflict_letters(decoded, clashes, events, "this key is stored with another value")
-
         if new:
-            device = np.array([decoded.device[i] for i in new], dtype=object)
-            sensor = np.array([decoded.sensor[i] for i in new], dtype=object)
-            ts = np.array([decoded.ts[i] for i in new], dtype=np.int64)
-            value = np.array([values[i] for i in new], dtype=np.float64)
-            ends = window_end(ts, w)
-            watermark = db.read_watermark(conn)
-            late = ends <= watermark if watermark is not None else np.zeros(len(new), dtype=bool)
-            result.late = int(late.sum())
-            insert_rows(conn, db.readings, {
-                "device": device.tolist(), "sensor": sensor.tolist(), "ts": ts.tolist(), "value": value.tolist(),
-                "ingested_at": [now] * len(new), "late": late.tolist()})
-            result.stored = len(new)
-            fresh = set(zip(device.tolist(), sensor.tolist(), ends.tolist(), strict=True))
-            old = [(d, s, t, v) for (d, s, t), v in stored.items() if (d, s, window_end_of(t, w)) in fresh]
-            if old:
-                od, os_, ot, ov = zip(*old, strict=True)
-                device = np.concatenate([device, np.array(od, dtype=object)])
-                sensor = np.concatenate([sensor, np.array(os_, dtype=object)])
-                ts = np.concatenate([ts, np.array(ot, dtype=np.int64)])
-                value = np.concatenate([value, np.array(ov, dtype=np.float64)])
-            windows = aggregate_arrays(device, sensor, ts, value, w)
-            replace_windows(conn, windows, now)
-            result.windows = len(windows)
-
+            readings = NewReadings.pick(decoded, new, window_ms)
+            result.stored, result.late = len(new), insert_readings(conn, readings, now)
+            result.windows = recompute_windows(conn, readings, stored, window_ms, now)
     if dead:
         conn.execute(db.dead_letters.insert(), dead_letter_rows(dead, source, now))
     result.dead_lettered = len(dead)
     return result
+
+
+def touched_windows(firsts: Mapping[Key, int], window_ms: int) -> set[tuple[str, str, int]]:
+    """(device, sensor, window_end epoch ms) of every distinct reading key of the batch."""
+    ts = np.fromiter((t for _, _, t in firsts), dtype=np.int64, count=len(firsts))
+    ends = window_end(ts, window_ms).tolist()
+    return {(d, s, e) for (d, s, _), e in zip(firsts, ends, strict=True)}
+
+
+def compare_with_stored(firsts: Mapping[Key, int], stored: Mapping[Key, float],
+                        values: Sequence[float]) -> tuple[list[int], int, list[int]]:
+    """Each distinct reading against the stored ones: (indexes of new readings, how many repeat a stored
+    reading exactly, indexes whose key is stored with another value)."""
+    new: list[int] = []
+    clashes: list[int] = []
+    known = 0
+    for key, i in firsts.items():
+        value = stored.get(key)
+        if value is None:
+            new.append(i)
+        elif value == values[i]:
+            known += 1
+        else:
+            clashes.append(i)
+    return new, known, clashes
+
+
+@dataclass(frozen=True)
+class NewReadings:
+    """Readings to insert, column-wise, each of shape (n,): device and sensor (object), ts (int64 epoch ms),
+    value (float64), and the end of each one's window (int64 epoch ms)."""
+
+    device: np.ndarray
+    sensor: np.ndarray
+    ts: np.ndarray
+    value: np.ndarray
+    window_end: np.ndarray
+
+    @classmethod
+    def pick(cls, decoded: Decoded, rows: Sequence[int], window_ms: int) -> NewReadings:
+        """The readings at `rows` of a decoded batch."""
+        ts = np.array([decoded.ts[i] for i in rows], dtype=np.int64)
+        return cls(device=np.array([decoded.device[i] for i in rows], dtype=object),
+                   sensor=np.array([decoded.sensor[i] for i in rows], dtype=object),
+                   ts=ts, value=np.array([decoded.value[i] for i in rows], dtype=np.float64),
+                   window_end=window_end(ts, window_ms))
+
+
+def insert_readings(conn: Connection, readings: NewReadings, now: int) -> int:
+    """INSERT the readings, each flagged late when its window ends at or before the scoring watermark
+    (it was already scored); returns how many are late."""
+    watermark = db.read_watermark(conn)
+    n = len(readings.ts)
+    late = readings.window_end <= watermark if watermark is not None else np.zeros(n, dtype=bool)
+    insert_rows(conn, db.readings, {
+        "device": readings.device.tolist(), "sensor": readings.sensor.tolist(), "ts": readings.ts.tolist(),
+        "value": readings.value.tolist(), "ingested_at": [now] * n, "late": late.tolist()})
+    return int(late.sum())
+
+
+def recompute_windows(conn: Connection, readings: NewReadings, stored: Mapping[Key, float], window_ms: int,
+                      now: int) -> int:
+    """Recompute every window the new readings fall in, from them and the stored readings of those windows
+    (`stored` holds at least those); returns how many windows were written."""
+    fresh = set(zip(readings.device.tolist(), readings.sensor.tolist(), readings.window_end.tolist(), strict=True))
+    old = [(d, s, t, v) for (d, s, t), v in stored.items() if (d, s, window_end_of(t, window_ms)) in fresh]
+    device, sensor, ts, value = readings.device, readings.sensor, readings.ts, readings.value
+    if old:
+        old_device, old_sensor, old_ts, old_value = zip(*old, strict=True)
+        device = np.concatenate([device, np.array(old_device, dtype=object)])
+        sensor = np.concatenate([sensor, np.array(old_sensor, dtype=object)])
+        ts = np.concatenate([ts, np.array(old_ts, dtype=np.int64)])
+        value = np.concatenate([value, np.array(old_value, dtype=np.float64)])
+    windows = aggregate_arrays(device, sensor, ts, value, window_ms)
+    replace_windows(conn, windows, now)
+    return len(windows)
 
 
 def _pg_array(param: str, column_type: sa.types.TypeEngine) -> sa.ColumnElement:
@@ -215,9 +257,7 @@ def _pg_array(param: str, column_type: sa.types.TypeEngine) -> sa.ColumnElement:
     INSERT itself. Ids never hold a comma ([A-Za-z0-9._:-]); numbers are written with `repr`, which
     PostgreSQL reads back exactly.
     """
-    from sqlalchemy.dialects import postgresql as pg
-
-    return sa.cast(sa.func.string_to_array(sa.bindparam(param, type_=sa.Text()), ","), pg.ARRAY(column_type))
+    return sa.cast(sa.func.string_to_array(sa.bindparam(param, type_=sa.Text()), ","), postgresql.ARRAY(column_type))
 
 
 def _pg_text(values: Sequence) -> str:
@@ -282,27 +322,24 @@ def replace_windows(conn: Connection, windows: pd.DataFrame, updated_at: int) ->
     t = db.windows
     columns: Columns = {c: windows[c].tolist() for c in WINDOW_COLUMNS}
     columns["updated_at"] = [updated_at] * len(windows)
-    dialect = conn.dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as upsert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as upsert
-        stmt = upsert(t)
-        if dialect == "postgresql":
-            stmt = stmt.from_select(list(columns), _pg_unnest(t, list(columns)))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[t.c.device, t.c.sensor, t.c.window_end],
-            set_={c: stmt.excluded[c] for c in ("n", "sum", "sumsq", "min", "max", "updated_at")})
-        if dialect == "postgresql":
-            conn.execute(stmt, _pg_params(columns))
-        else:
-            executemany(conn, stmt, columns)
-        return
-    executemany(conn, t.delete().where(t.c.device == sa.bindparam("device"), t.c.sensor == sa.bindparam("sensor"),
-                                       t.c.window_end == sa.bindparam("window_end")),
-                {k: columns[k] for k in ("device", "sensor", "window_end")})
-    executemany(conn, t.insert(), columns)
+    if conn.dialect.name == "postgresql":
+        rows = postgresql.insert(t).from_select(list(columns), _pg_unnest(t, list(columns)))
+        conn.execute(_replacing_windows(rows), _pg_params(columns))
+    elif conn.dialect.name == "sqlite":
+        executemany(conn, _replacing_windows(sqlite.insert(t)), columns)
+    else:
+        executemany(conn, t.delete().where(t.c.device == sa.bindparam("device"), t.c.sensor == sa.bindparam("sensor"),
+                                           t.c.window_end == sa.bindparam("window_end")),
+                    {k: columns[k] for k in ("device", "sensor", "window_end")})
+        executemany(conn, t.insert(), columns)
+
+
+def _replacing_windows(insert: postgresql.Insert | sqlite.Insert) -> sa.Executable:
+    """`insert` (PostgreSQL's or SQLite's) made an upsert: a window already stored takes the new aggregates."""
+    t = db.windows
+    return insert.on_conflict_do_update(
+        index_elements=[t.c.device, t.c.sensor, t.c.window_end],
+        set_={c: insert.excluded[c] for c in ("n", "sum", "sumsq", "min", "max", "updated_at")})
 
 
 def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, window_ms: int) -> IngestResult:
@@ -321,16 +358,22 @@ def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, wi
             raise TransientIngestError(f"transient database error, batch will be redelivered: "
                                        f"{type(exc).__name__}") from exc
         log.exception("ingest failed for a batch of %d events; dead-lettering it", len(events))
-        letters = [DeadLetter(payload=payload_text(e.body or b""), reason="ingest_error",
-                              detail=f"{type(exc).__name__}: {exc}"[:1000], partition=e.partition,
-                              sequence_number=e.sequence_number, offset=e.offset,
-                              enqueued_time_ms=e.enqueued_time_ms) for e in events]
-        try:
-            with engine.begin() as conn:
-                conn.execute(db.dead_letters.insert(), dead_letter_rows(letters, source, clock.now_ms()))
-        except Exception as exc2:
-            if db.is_transient(exc2):
-                raise TransientIngestError("transient database error while dead-lettering") from exc2
-            raise
+        dead_letter_batch(engine, events, exc, source=source)
         received = len(decoded.ts) + len(decoded.dead) if decoded is not None else len(events)
-        return IngestResult(received=received, dead_lettered=len(letters))
+        return IngestResult(received=received, dead_lettered=len(events))
+
+
+def dead_letter_batch(engine: Engine, events: Sequence[RawEvent], error: Exception, *, source: str) -> None:
+    """Keep every event of a batch that failed with a non-transient `error` as an `ingest_error` dead letter,
+    in its own transaction."""
+    letters = [DeadLetter(payload=payload_text(e.body or b""), reason="ingest_error",
+                          detail=f"{type(error).__name__}: {error}"[:1000], partition=e.partition,
+                          sequence_number=e.sequence_number, offset=e.offset,
+                          enqueued_time_ms=e.enqueued_time_ms) for e in events]
+    try:
+        with engine.begin() as conn:
+            conn.execute(db.dead_letters.insert(), dead_letter_rows(letters, source, clock.now_ms()))
+    except Exception as exc:
+        if db.is_transient(exc):
+            raise TransientIngestError("transient database error while dead-lettering") from exc
+        raise
