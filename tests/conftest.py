@@ -10,6 +10,8 @@ import sqlalchemy as sa
 
 from fleetscore import db
 from fleetscore.context import set_services
+from fleetscore.settings import load_settings
+from fleetscore.storage.folder import FolderStore
 
 pytest_plugins = ["tests.azurite"]
 
@@ -73,3 +75,15 @@ def pg_engine(pg_url):
 def engine(request):
     """The same test against a real SQLite file and the real PostgreSQL server."""
     return request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A blob store in a temporary folder."""
+    return FolderStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def settings():
+    """The settings of the test's environment (defaults unless the test set variables first)."""
+    return load_settings()

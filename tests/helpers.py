@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sklearn.svm import OneClassSVM
 
 from fleetscore import clock, db
+from fleetscore.alerts.episodes import AlertUpdate, update_alerts
+from fleetscore.predictions.index import IndexResult, index_prediction_file
 from scoring_job.contract import PREDICTION_SCHEMA
 from scoring_job.pack import MANIFEST, write_pack
 
@@ -24,6 +26,7 @@ W = 300_000
 T0 = int(datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc).timestamp() * 1000)
 RUN_A = "run-20261123T1200Z"
 RUN_B = "run-20261123T1300Z"
+RUN_C, RUN_D = "run-20261123T1400Z", "run-20261123T1500Z"
 
 
 def series(device: str, sensor: str, first: int, count: int, hot: set[int] = frozenset(), *, score: float = 0.5,
@@ -102,3 +105,46 @@ def watermark(engine) -> int | None:
     with engine.connect() as conn:
         return conn.execute(sa.select(db.watermarks.c.value)
                             .where(db.watermarks.c.name == db.SCORING_WATERMARK)).scalar()
+
+
+# ------------------------------------------------------------------------------ alerts
+Q = {"q50": -1.0, "q90": -0.5, "q95": -0.3, "q99": 0.0, "max": 0.2}
+"""One model's training-score quantiles (critical from 2.2 = max + 2 · (q99 − q50))."""
+NO_HISTORY = pd.DataFrame(columns=["device", "sensor", "window_end", "score"])
+
+
+def scored_frame(rows: list[dict], model_version: str = "v1", run_id: str = RUN_A) -> pd.DataFrame:
+    """`series` rows as the index hands them to the episode rules: scored windows only."""
+    df = pd.DataFrame(rows)
+    df["is_anomaly"] = df["score"] > 0
+    df["model_version"], df["run_id"] = model_version, run_id
+    return df[df["status"] == "ok"][["device", "sensor", "window_end", "score", "is_anomaly", "model_version",
+                                     "run_id"]]
+
+
+def run_pure(rows, latest=None, history=NO_HISTORY, *, min_windows=1, close_after=3, now=1) -> AlertUpdate:
+    """One file's alert changes from the pure episode rules (every severity "low")."""
+    latest = pd.DataFrame(latest or [])
+    update = update_alerts(scored_frame(rows), latest, history, window_ms=W, min_windows=min_windows,
+                           close_after=close_after, severity_of=lambda mv, d, s, score: "low", now=now)
+    return update
+
+
+def fire(engine, store, settings, run_id: str, rows: list[dict], name: str = "part-00000.parquet",
+         model_version: str = "v1", **kw) -> IndexResult:
+    """Write `rows` as a prediction file of `run_id` and index it, as the blob trigger would; it must index."""
+    key = f"predictions/{run_id}/{name}"
+    store.put(key, prediction_file(rows, run_id, model_version))
+    result = index_prediction_file(engine, store, settings, key, **kw)
+    assert result.status == "indexed", result.error
+    return result
+
+
+def alerts_by_first(engine) -> list[dict]:
+    return sorted(rows_of(engine, db.alerts), key=lambda a: a["first_window_end"])
+
+
+def blob_doc(store, alert) -> dict:
+    """The alert's JSON document as written to the store."""
+    day = pd.Timestamp(alert["first_window_end"], unit="ms", tz="UTC")
+    return json.loads(store.get(f"alerts/{day:%Y/%m/%d}/{alert['alert_id']}.json"))
