@@ -27,6 +27,12 @@ REAL = sa.Float(53)
 
 
 def upgrade() -> None:
+    for create in (create_readings, create_windows, create_dead_letters, create_runs, create_prediction_files,
+                   create_anomalies, create_alerts, create_watermarks):
+        create()
+
+
+def create_readings() -> None:
     op.create_table(
         "readings",
         sa.Column("device", ID, nullable=False),
@@ -39,6 +45,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("ts", "device", "sensor", name="pk_readings"),
         sqlite_with_rowid=False,
     )
+
+
+def create_windows() -> None:
     op.create_table(
         "windows",
         sa.Column("device", ID, nullable=False),
@@ -54,6 +63,9 @@ def upgrade() -> None:
         sqlite_with_rowid=False,
         postgresql_with={"fillfactor": 70},
     )
+
+
+def create_dead_letters() -> None:
     op.create_table(
         "dead_letters",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
@@ -68,6 +80,9 @@ def upgrade() -> None:
         sa.Column("detail", sa.Unicode(1000), nullable=False),
     )
     op.create_index("ix_dead_letters_reason", "dead_letters", ["reason"])
+
+
+def create_runs() -> None:
     op.create_table(
         "runs",
         sa.Column("run_id", sa.String(40), primary_key=True, comment="derived from the schedule slot"),
@@ -93,6 +108,9 @@ def upgrade() -> None:
         sa.Column("timings", sa.UnicodeText(), comment="JSON: seconds per stage"),
     )
     op.create_index("ix_runs_slot", "runs", ["slot"])
+
+
+def create_prediction_files() -> None:
     op.create_table(
         "prediction_files",
         sa.Column("name", sa.String(400), primary_key=True, comment="blob name"),
@@ -107,6 +125,9 @@ def upgrade() -> None:
         sa.Column("error", sa.UnicodeText()),
         sa.Column("indexed_at", MS(), nullable=False),
     )
+
+
+def create_anomalies() -> None:
     op.create_table(
         "anomalies",
         sa.Column("device", ID, primary_key=True),
@@ -118,6 +139,9 @@ def upgrade() -> None:
         sa.Column("file_name", sa.String(400), nullable=False),
     )
     op.create_index("ix_anomalies_file", "anomalies", ["file_name"])
+
+
+def create_alerts() -> None:
     op.create_table(
         "alerts",
         sa.Column("alert_id", sa.String(80), primary_key=True),
@@ -142,6 +166,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_alerts_pair", "alerts", ["device", "sensor"])
     op.create_index("ix_alerts_status", "alerts", ["status"])
+
+
+def create_watermarks() -> None:
     op.create_table(
         "watermarks",
         sa.Column("name", sa.String(40), primary_key=True),
