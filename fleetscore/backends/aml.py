@@ -32,6 +32,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -56,7 +57,7 @@ MAX_DELAY_SECONDS = 120.0
 @lru_cache(maxsize=1)
 def default_credential() -> Any:
     """One ``DefaultAzureCredential`` per process (managed identity on Azure), created on first use."""
-    from azure.identity import DefaultAzureCredential
+    from azure.identity import DefaultAzureCredential  # lazy: a heavy SDK, loaded only for Azure ML
 
     return DefaultAzureCredential()
 
@@ -125,6 +126,17 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 
 
+@dataclass(frozen=True)
+class _RetryableFailure:
+    """A try worth repeating: its HTTP status (None: no reply), its scrubbed text, what to log (`HTTP 503`,
+    `ConnectTimeout`) and the endpoint's Retry-After in seconds, if any."""
+
+    status: int | None
+    text: str
+    what: str
+    retry_after: float | None = None
+
+
 def post_with_retries(
     url: str,
     body: dict[str, Any],
@@ -150,45 +162,64 @@ def post_with_retries(
     all_headers = {"Content-Type": "application/json", **(headers or {}), "Authorization": f"Bearer {token}"}
     own_session = session is None
     http = session or requests.Session()
-    status: int | None = None
-    text = ""
+    failure = _RetryableFailure(status=None, text="", what="")
     try:
         for attempt in range(retries + 1):
-            delay = min(backoff * (2**attempt), MAX_DELAY_SECONDS)
-            try:
-                response = http.post(url, json=body, headers=all_headers, timeout=timeout)
-            except (requests.Timeout, requests.ConnectionError) as exc:
-                status, text = None, f"{type(exc).__name__}: {_scrub(str(exc), token)}"
-                if not idempotent and not _never_sent(exc):
-                    log.error("submit to %s: %s; not retried, the endpoint may have started the job", url,
-                              type(exc).__name__)
-                    raise SubmissionError("no reply from the endpoint, which may have started the job; not retried "
-                                          "(a second try could start it twice)", status=None, text=text) from None
-                log.warning("submit to %s: %s (try %d of %d)", url, type(exc).__name__, attempt + 1, retries + 1)
-            else:
-                status, text = response.status_code, _scrub(response.text or "", token)
-                if 200 <= status < 300:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise SubmissionError("the endpoint's reply is not JSON", status=status, text=text) from None
-                if status not in RETRY_STATUSES:
-                    log.error("submit to %s refused: HTTP %d", url, status)
-                    raise SubmissionError("the endpoint refused the job", status=status, text=text)
-                if not idempotent and status not in NOT_PROCESSED_STATUSES:
-                    log.error("submit to %s: HTTP %d; not retried, the endpoint may have started the job", url, status)
-                    raise SubmissionError("the endpoint failed and may have started the job; not retried (a second "
-                                          "try could start it twice)", status=status, text=text)
-                after = _retry_after(response)
-                if after is not None:
-                    delay = min(max(delay, after), MAX_DELAY_SECONDS)
-                log.warning("submit to %s: HTTP %d (try %d of %d)", url, status, attempt + 1, retries + 1)
+            outcome = _try_post(http, url, body, all_headers, timeout=timeout, token=token, idempotent=idempotent)
+            if not isinstance(outcome, _RetryableFailure):
+                return outcome
+            failure = outcome
+            log.warning("submit to %s: %s (try %d of %d)", url, failure.what, attempt + 1, retries + 1)
             if attempt < retries:
-                sleep(delay)
+                sleep(_delay_seconds(backoff, attempt, failure.retry_after))
     finally:
         if own_session:
             http.close()
-    raise SubmissionError(f"the endpoint did not accept the job after {retries + 1} tries", status=status, text=text)
+    raise SubmissionError(f"the endpoint did not accept the job after {retries + 1} tries", status=failure.status,
+                          text=failure.text)
+
+
+def _try_post(http: requests.Session, url: str, body: dict[str, Any], headers: dict[str, str], *, timeout: float,
+              token: str, idempotent: bool) -> dict[str, Any] | _RetryableFailure:
+    """One try: the JSON reply, or a failure worth another try; raises SubmissionError on any other."""
+    try:
+        response = http.post(url, json=body, headers=headers, timeout=timeout)
+    except (requests.Timeout, requests.ConnectionError) as exc:
+        text = f"{type(exc).__name__}: {_scrub(str(exc), token)}"
+        if not idempotent and not _never_sent(exc):
+            log.error("submit to %s: %s; not retried, the endpoint may have started the job", url, type(exc).__name__)
+            raise SubmissionError("no reply from the endpoint, which may have started the job; not retried "
+                                  "(a second try could start it twice)", status=None, text=text) from None
+        return _RetryableFailure(status=None, text=text, what=type(exc).__name__)
+    return _read_reply(url, response, token=token, idempotent=idempotent)
+
+
+def _read_reply(url: str, response: requests.Response, *, token: str,
+                idempotent: bool) -> dict[str, Any] | _RetryableFailure:
+    """A reply's JSON if it accepted the job, a failure worth another try, or SubmissionError."""
+    status, text = response.status_code, _scrub(response.text or "", token)
+    if 200 <= status < 300:
+        try:
+            return response.json()
+        except ValueError:
+            raise SubmissionError("the endpoint's reply is not JSON", status=status, text=text) from None
+    if status not in RETRY_STATUSES:
+        log.error("submit to %s refused: HTTP %d", url, status)
+        raise SubmissionError("the endpoint refused the job", status=status, text=text)
+    if not idempotent and status not in NOT_PROCESSED_STATUSES:
+        log.error("submit to %s: HTTP %d; not retried, the endpoint may have started the job", url, status)
+        raise SubmissionError("the endpoint failed and may have started the job; not retried (a second "
+                              "try could start it twice)", status=status, text=text)
+    return _RetryableFailure(status=status, text=text, what=f"HTTP {status}", retry_after=_retry_after(response))
+
+
+def _delay_seconds(backoff: float, attempt: int, retry_after: float | None) -> float:
+    """Seconds before the try after `attempt` (0-based): exponential backoff, at least the endpoint's
+    Retry-After, at most MAX_DELAY_SECONDS."""
+    delay = backoff * (2**attempt)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, MAX_DELAY_SECONDS)
 
 
 def submit_pipeline(
