@@ -142,7 +142,7 @@ def main() -> None:
         feats = window_features(load_windows(services.engine, claim.window_from, claim.window_until))
         pack = load_pack(services.store.local_path(model_pack_prefix("vbench")))
         t0 = time.perf_counter()
-        out = score(feats, pack, run_id=claim.run_id)
+        out = score(feats, pack, run_id=claim.run_id).predictions
         t_engine = time.perf_counter() - t0
         assert len(out) == scored and (out["status"] == "ok").all()
         services.close()

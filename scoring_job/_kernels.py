@@ -26,6 +26,7 @@ LLVM's choice). That is a process-wide numba setting and applies only if numba h
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -41,8 +42,6 @@ if os.environ.get("FLEETSCORE_NUMBA", "1") != "0":
     except ImportError:  # pragma: no cover - exercised when numba is not installed
         HAVE_NUMBA = False
 
-#: Rows per model are padded to a multiple of the vector width (float64 / float32 lanes of AVX-512).
-LANES = {np.dtype(np.float64): 8, np.dtype(np.float32): 16}
 #: Features per fused kernel (models with fewer features are zero-padded, exactly: 0 * 0 adds 0).
 FPAD = 4
 
@@ -367,8 +366,6 @@ if HAVE_NUMBA:
 
 def numpy_exp_rate(n: int = 1 << 20, repeats: int = 20, seed: int = 0) -> float:
     """This machine's numpy float64 ``exp`` rate (evaluations/s, best of ``repeats``) on kernel-like arguments."""
-    import time
-
     x = -np.random.default_rng(seed).random(n) * 20.0
     out = np.empty_like(x)
     best = float("inf")

@@ -1,7 +1,7 @@
 """The vectorised scoring engine: a whole partition of windows against the fleet's model pack in one call.
 
-``score(features, pack)`` returns one prediction row per feature row, in the prediction-file schema, sorted by
-(device, sensor, window_end):
+``score(features, pack)`` returns a :class:`Scored`: one prediction row per feature row, in the prediction-file
+schema, sorted by (device, sensor, window_end), and the call's :class:`ScoreStats`:
 
 * one-class SVMs stored as arrays (rbf and linear, with or without a StandardScaler) take the fast path: with
   numba, a fused kernel per model (see ``_kernels``); without it, numpy: models grouped by support-vector count
@@ -20,18 +20,25 @@ float64 decision values match scikit-learn's ``decision_function`` to ~1e-13 of 
 (tests assert 1e-9 relative + 1e-11 absolute of sum |coef| + |intercept|). ``dtype="float32"`` runs the RBF
 bulk in float32 and recomputes in float64 every window whose float32 decision value is within a rigorous
 per-model error bound of 0 (:func:`float32_bound`), so its labels are those of the float64 path.
+
+Notation (as in ``_kernels``): per SVM with support vectors s_j, centre c and ``gamma`` g, x' = x - c (x in the
+scaled feature space), A = -g |x'|^2, s' = 2 g (s - c), B = -g |s - c|^2, so -g |x - s|^2 = A + B + x'.s'.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 log = logging.getLogger("fleetscore.engine")
 
@@ -52,16 +59,75 @@ CHUNK_BYTES = 4 * 2**20
 #: With backend "auto", use the compiled kernel only for at least this many kernel evaluations (below it the
 #: numpy path is as quick as a cold kernel compile would be).
 NUMBA_MIN_EVALS = int(os.environ.get("FLEETSCORE_NUMBA_MIN_EVALS", "2000000"))
+#: The fused kernel works on blocks of at most this many rows of one model (its scratch stays in cache).
+KERNEL_MAX_ROWS = 4096
 
-_U32 = 2.0**-24
+_U32 = 2.0**-24  # float32 unit roundoff
+_OK, _NO_MODEL, _ERROR = (WINDOW_STATUSES.index(s) for s in ("ok", "no_model", "error"))
+
+Key = tuple[str, str]
 
 
 def _gamma_n(n: np.ndarray | float, u: float = _U32) -> np.ndarray:
+    """The rounding-error factor gamma_n = n u / (1 - n u) of n floating-point operations."""
     n = np.asarray(n, dtype=np.float64)
     return n * u / (1.0 - n * u)
 
 
 # ------------------------------------------------------------------------------------- pack preparation
+@dataclasses.dataclass(frozen=True)
+class _NumpyBlocks:
+    """The numpy path's support-vector blocks for one dtype: each model padded to a multiple of 8 support
+    vectors (padding has coefficient 0) and grouped with the models of the same padded count."""
+
+    padded_count: np.ndarray  # (n_svm,) int64: the model's padded support-vector count b
+    position: np.ndarray  # (n_svm,) int64: the model's position in its group
+    vectors: dict[int, np.ndarray]  # b -> (models, width + 2, b): [s'; 1; B] (RBF) or [s; 0; 0] (linear)
+    coef: dict[int, np.ndarray]  # b -> (models, b): the dual coefficients, 0 on padding
+
+
+@dataclasses.dataclass(eq=False)
+class SvmArrays:
+    """Every array-stored SVM of a pack, in SVM order, padded to one feature width ``width``: what the numpy
+    path and the fused kernels read. Per-SVM arrays have n_svm rows; per-support-vector arrays hold every
+    SVM's vectors one after the other (n_sv rows in all)."""
+
+    n_features: np.ndarray  # (n_svm,) int64: features the model was fitted on
+    sv_count: np.ndarray  # (n_svm,) int64: its support vectors
+    sv_start: np.ndarray  # (n_svm,) int64: its first row in the per-support-vector arrays
+    is_rbf: np.ndarray  # (n_svm,) bool: rbf kernel (else linear)
+    width: int  # padded feature count: the widest model's, at least _kernels.FPAD
+    gamma: np.ndarray  # (n_svm,) float64; 0 for the linear kernel
+    intercept: np.ndarray  # (n_svm,) float64
+    scaler_mean: np.ndarray  # (n_svm, width) float64, padded with 0
+    scaler_scale: np.ndarray  # (n_svm, width) float64, padded with 1
+    center: np.ndarray  # (n_svm, width) float64: c, the support vectors' mean for unscaled RBF models, else 0
+    sv_prime: np.ndarray  # (n_sv, width) float64: s' = 2 g (s - c) for RBF models, s for linear ones
+    sv_bias: np.ndarray  # (n_sv,) float64: B = -g |s - c|^2 (-0 for linear models)
+    dual_coef: np.ndarray  # (n_sv,) float64
+    coef_abs_sum: np.ndarray  # (n_svm,) float64: sum |dual_coef|
+    sv_sq_max: np.ndarray  # (n_svm,) float64: max_j |s_j - c|^2
+    bound32: np.ndarray = dataclasses.field(init=False)  # (n_svm,) float64: :func:`float32_bound`
+    numpy_blocks: dict[str, _NumpyBlocks] = dataclasses.field(default_factory=dict, repr=False)  # per dtype
+
+    def __post_init__(self) -> None:
+        self.bound32 = float32_bound(self)
+
+    @functools.cached_property
+    def float32(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sv_prime, sv_bias, dual_coef) in float32, for the fused float32 kernel (built on first use)."""
+        return (self.sv_prime.astype(np.float32), self.sv_bias.astype(np.float32),
+                self.dual_coef.astype(np.float32))
+
+
+@dataclasses.dataclass(eq=False)
+class PreparedPack:
+    """The engine's per-pack arrays: built once per process by :func:`prepare`, kept in ``pack.cache``."""
+
+    svm_row: np.ndarray  # (models,) int64: each pack-table row's SVM number, -1 for a skops detector
+    svm: SvmArrays | None  # None when the pack holds no array-stored SVM
+
+
 def _concat(shards: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
     """One SVM array over every shard, as a new writable array."""
     return np.concatenate([shard[name] for shard in shards])
@@ -85,71 +151,82 @@ def _support_vectors(flat: np.ndarray, F: np.ndarray, svc: np.ndarray, fw: int) 
     return out
 
 
-def prepare(pack: ModelPack) -> dict[str, Any]:
+def prepare(pack: ModelPack) -> PreparedPack:
     """The engine's per-pack arrays (built once per process, kept in ``pack.cache``)."""
-    c = pack.cache.get("engine")
-    if c is not None:
-        return c
-    t = pack.table
-    svm_table_rows = np.flatnonzero(t["is_svm"])
-    n_svm = len(svm_table_rows)
-    c = {"n_svm": n_svm, "svm_row": np.full(len(pack), -1, dtype=np.int64)}
-    c["svm_row"][svm_table_rows] = t["index"][svm_table_rows]
-    if n_svm == 0:
-        pack.cache["engine"] = c
-        return c
-    shards = pack.svm_shards
-    order = np.argsort(t["index"][svm_table_rows], kind="stable")
-    rows = svm_table_rows[order]  # table rows of SVM 0..n_svm-1
-    F = t["n_features"][rows]
-    svc = t["sv_count"][rows]
-    sv0 = t["coef_offset"][rows]
-    rbf = t["algorithm"][rows] == "ocsvm-rbf"
-    scaled = t["scaled"][rows]
-    fw = max(_kernels.FPAD, int(F.max()))
-    gamma = _concat(shards, "gamma")
-    intercept = _concat(shards, "intercept")
-    coef = _concat(shards, "dual_coef")
-    mean = _per_feature(_concat(shards, "scaler_mean"), F, fw, 0.0)
-    scale = _per_feature(_concat(shards, "scaler_scale"), F, fw, 1.0)
+    prepared = pack.cache.get("engine")
+    if prepared is None:
+        prepared = pack.cache["engine"] = _prepare(pack)
+    return prepared
 
-    n_sv = int(svc.sum())
-    owner = np.repeat(np.arange(n_svm), svc)
-    g2 = np.where(rbf, 2.0 * gamma, 0.0)
-    unscaled_rbf = rbf & ~scaled
-    center = np.zeros((n_svm, fw))
-    svp = np.empty((n_sv, fw))  # s' = 2 g (s - c) for RBF models, the support vectors themselves for linear ones
-    sq = np.empty(n_sv)
-    m0 = r0 = 0
-    for shard in shards:  # shard by shard: the support vectors are never copied whole
+
+def _prepare(pack: ModelPack) -> PreparedPack:
+    table = pack.table
+    svm_table_rows = np.flatnonzero(table["is_svm"])
+    svm_row = np.full(len(pack), -1, dtype=np.int64)
+    svm_row[svm_table_rows] = table["index"][svm_table_rows]
+    if len(svm_table_rows) == 0:
+        return PreparedPack(svm_row, None)
+    by_number = np.argsort(table["index"][svm_table_rows], kind="stable")
+    return PreparedPack(svm_row, _svm_arrays(pack, svm_table_rows[by_number]))
+
+
+def _svm_arrays(pack: ModelPack, rows: np.ndarray) -> SvmArrays:
+    """The :class:`SvmArrays` of the SVMs at pack-table ``rows`` (SVM 0, 1, ... in that order)."""
+    table, shards = pack.table, pack.svm_shards
+    n_features, sv_count, sv_start = table["n_features"][rows], table["sv_count"][rows], table["coef_offset"][rows]
+    is_rbf = table["algorithm"][rows] == "ocsvm-rbf"
+    width = max(_kernels.FPAD, int(n_features.max()))
+    gamma = _concat(shards, "gamma")
+    coef = _concat(shards, "dual_coef")
+    two_gamma = np.where(is_rbf, 2.0 * gamma, 0.0)
+    center, sv_prime, sq_norm = _expand_support_vectors(shards, n_features, sv_count, sv_start, width, two_gamma,
+                                                        is_rbf, is_rbf & ~table["scaled"][rows])
+    owner = np.repeat(np.arange(len(rows)), sv_count)
+    return SvmArrays(
+        n_features=n_features, sv_count=sv_count, sv_start=sv_start, is_rbf=is_rbf, width=width, gamma=gamma,
+        intercept=_concat(shards, "intercept"),
+        scaler_mean=_per_feature(_concat(shards, "scaler_mean"), n_features, width, 0.0),
+        scaler_scale=_per_feature(_concat(shards, "scaler_scale"), n_features, width, 1.0),
+        center=center, sv_prime=sv_prime,
+        sv_bias=np.multiply(sq_norm, -0.5 * two_gamma[owner]),  # B = -g |s - c|^2
+        dual_coef=coef, coef_abs_sum=np.add.reduceat(np.abs(coef), sv_start),
+        sv_sq_max=np.maximum.reduceat(sq_norm, sv_start),
+    )
+
+
+def _expand_support_vectors(shards: list[dict[str, np.ndarray]], n_features: np.ndarray, sv_count: np.ndarray,
+                            sv_start: np.ndarray, width: int, two_gamma: np.ndarray, is_rbf: np.ndarray,
+                            centred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(center (n_svm, width), s' (n_sv, width), |s - c|^2 (n_sv,)), shard by shard: the support vectors are
+    never copied whole. ``centred`` models (unscaled RBF) are moved to their support vectors' mean, so the
+    expansion of |x - s|^2 does not cancel in a raw feature space (RBF is shift-invariant)."""
+    n_sv = int(sv_count.sum())
+    owner = np.repeat(np.arange(len(sv_count)), sv_count)
+    center = np.zeros((len(sv_count), width))
+    sv_prime = np.empty((n_sv, width))
+    sq_norm = np.empty(n_sv)
+    m0 = r0 = 0  # the shard's first SVM and first support vector
+    for shard in shards:
         m1 = m0 + len(shard["intercept"])
-        r1 = r0 + int(svc[m0:m1].sum())
-        sv = _support_vectors(shard["sv"], F[m0:m1], svc[m0:m1], fw)
+        r1 = r0 + int(sv_count[m0:m1].sum())
+        sv = _support_vectors(shard["sv"], n_features[m0:m1], sv_count[m0:m1], width)
         own = owner[r0:r1]
-        if unscaled_rbf[m0:m1].any():  # translate raw feature spaces to the SVs' mean (RBF is shift-invariant)
-            part = np.add.reduceat(sv, sv0[m0:m1] - r0, axis=0) / svc[m0:m1, None]
-            center[m0:m1] = np.where(unscaled_rbf[m0:m1, None], part, 0.0)
+        if centred[m0:m1].any():
+            mean = np.add.reduceat(sv, sv_start[m0:m1] - r0, axis=0) / sv_count[m0:m1, None]
+            center[m0:m1] = np.where(centred[m0:m1, None], mean, 0.0)
             d = sv - center[own]
         else:
             d = sv
-        np.multiply(d, g2[own, None], out=svp[r0:r1])
-        linear = ~rbf[own]
+        np.multiply(d, two_gamma[own, None], out=sv_prime[r0:r1])
+        linear = ~is_rbf[own]
         if linear.any():
-            svp[r0:r1][linear] = d[linear]
-        sq[r0:r1] = np.einsum("ij,ij->i", d, d)
+            sv_prime[r0:r1][linear] = d[linear]
+        sq_norm[r0:r1] = np.einsum("ij,ij->i", d, d)
         m0, r0 = m1, r1
-    bsv = np.multiply(sq, -0.5 * g2[owner])  # B = -g |s - c|^2
-    smax2 = np.maximum.reduceat(sq, sv0)
-    sumc = np.add.reduceat(np.abs(coef), sv0)
-
-    c.update(rows=rows, F=F, svc=svc, sv0=sv0, rbf=rbf, fw=fw, gamma=gamma, intercept=intercept, mean=mean,
-             scale=scale, center=center, svp=svp, bsv=bsv, coef=coef, sumc=sumc, smax2=smax2)
-    c["bound32"] = float32_bound(c)
-    pack.cache["engine"] = c
-    return c
+    return center, sv_prime, sq_norm
 
 
-def float32_bound(c: dict[str, Any]) -> np.ndarray:
+def float32_bound(svm: SvmArrays) -> np.ndarray:
     """Per RBF model: a bound on |float32 decision - exact decision|, valid for any input row.
 
     In float32 the kernel argument t = A + B + sum_k x'_k s'_k (A, B, x', s' rounded once from float64, then
@@ -160,109 +237,97 @@ def float32_bound(c: dict[str, Any]) -> np.ndarray:
     n_sv terms in float32 adds gamma_{n_sv+1} * sum |coef|. The bound is twice the total (second-order terms),
     plus 1e-30 for the clamped tail of exp.
     """
-    F = np.maximum(c["F"], _kernels.FPAD).astype(np.float64)
-    per_k = _gamma_n(F + 3) * (8.0 * c["gamma"] * c["smax2"] + 1.0) + 5 * _U32
-    return 2.0 * (c["sumc"] * (per_k + _gamma_n(c["svc"] + 1)) + 1e-30)
-
-
-def _f32_arrays(c: dict[str, Any]) -> dict[str, np.ndarray]:
-    if "svp32" not in c:
-        c["svp32"] = c["svp"].astype(np.float32)
-        c["bsv32"] = c["bsv"].astype(np.float32)
-        c["coef32"] = c["coef"].astype(np.float32)
-    return c
+    F = np.maximum(svm.n_features, _kernels.FPAD).astype(np.float64)
+    per_k = _gamma_n(F + 3) * (8.0 * svm.gamma * svm.sv_sq_max + 1.0) + 5 * _U32
+    return 2.0 * (svm.coef_abs_sum * (per_k + _gamma_n(svm.sv_count + 1)) + 1e-30)
 
 
 # -------------------------------------------------------------------------------------------- SVM paths
-#: The fused kernel works on blocks of at most this many rows of one model (its scratch stays in cache).
-KERNEL_MAX_ROWS = 4096
-
-
-def _split_ranges(r0s: np.ndarray, ns: np.ndarray, q: np.ndarray, cap: np.ndarray | int
+def _split_ranges(starts: np.ndarray, counts: np.ndarray, svms: np.ndarray, cap: np.ndarray | int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row ranges longer than ``cap`` (per range or one value) cut into consecutive pieces of at most ``cap``."""
-    cap = np.broadcast_to(np.asarray(cap, dtype=np.int64), ns.shape)
-    pieces = -(-ns // cap)
-    if len(ns) == 0 or pieces.max() <= 1:
-        return r0s, ns, q
-    rep = np.repeat(np.arange(len(ns)), pieces)
+    cap = np.broadcast_to(np.asarray(cap, dtype=np.int64), counts.shape)
+    pieces = -(-counts // cap)
+    if len(counts) == 0 or pieces.max() <= 1:
+        return starts, counts, svms
+    rep = np.repeat(np.arange(len(counts)), pieces)
     k = np.arange(len(rep)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    start = r0s[rep] + k * cap[rep]
-    return start, np.minimum(cap[rep], r0s[rep] + ns[rep] - start), q[rep]
+    start = starts[rep] + k * cap[rep]
+    return start, np.minimum(cap[rep], starts[rep] + counts[rep] - start), svms[rep]
 
 
-def _numpy_buckets(c: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
-    """The numpy path's per-model support-vector blocks, padded to a multiple of 8 support vectors and grouped
-    by that size: ``S[b][pos]`` is a model's (fw + 2, b) block [s'; 1; B] (RBF) or [s; 0; 0] (linear) and
-    ``coef[b][pos]`` its padded coefficients (0 on padding). Built on first use, per dtype."""
-    key = f"numpy_buckets_{np.dtype(dtype).name}"
-    if key in c:
-        return c[key]
-    fw, svc, sv0 = c["fw"], c["svc"], c["sv0"]
-    sb = (svc + 7) // 8 * 8
-    pos = np.zeros(len(svc), dtype=np.int64)
-    S: dict[int, np.ndarray] = {}
+def _numpy_blocks(svm: SvmArrays, dtype: np.dtype) -> _NumpyBlocks:
+    """The numpy path's :class:`_NumpyBlocks` in ``dtype`` (built on first use, kept in ``svm.numpy_blocks``)."""
+    name = np.dtype(dtype).name
+    if name in svm.numpy_blocks:
+        return svm.numpy_blocks[name]
+    fw, svc, sv0 = svm.width, svm.sv_count, svm.sv_start
+    padded = (svc + 7) // 8 * 8
+    position = np.zeros(len(svc), dtype=np.int64)
+    vectors: dict[int, np.ndarray] = {}
     coef: dict[int, np.ndarray] = {}
-    for b in np.unique(sb):
-        members = np.flatnonzero(sb == b)
-        pos[members] = np.arange(len(members))
+    for b in np.unique(padded):
+        members = np.flatnonzero(padded == b)
+        position[members] = np.arange(len(members))
         js = np.arange(int(b))
         valid = js[None, :] < svc[members, None]
         jdx = np.where(valid, sv0[members, None] + js[None, :], 0)
-        rbf = c["rbf"][members, None, None]
+        rbf = svm.is_rbf[members, None, None]
         block = np.zeros((len(members), int(b), fw + 2))
-        block[..., :fw] = c["svp"][jdx]
-        block[..., fw + 1] = np.where(rbf[..., 0], c["bsv"][jdx], 0.0)
+        block[..., :fw] = svm.sv_prime[jdx]
+        block[..., fw + 1] = np.where(rbf[..., 0], svm.sv_bias[jdx], 0.0)
         block[~valid] = 0.0
         block[..., fw] = np.where(rbf[..., 0], 1.0, 0.0)  # padding too: exp(A + 0) <= 1, times a 0 coefficient
-        S[int(b)] = np.ascontiguousarray(block.transpose(0, 2, 1), dtype=dtype)
-        coef[int(b)] = np.where(valid, c["coef"][jdx], 0.0).astype(dtype)
-    c[key] = {"sb": sb, "pos": pos, "S": S, "coef": coef}
-    return c[key]
+        vectors[int(b)] = np.ascontiguousarray(block.transpose(0, 2, 1), dtype=dtype)
+        coef[int(b)] = np.where(valid, svm.dual_coef[jdx], 0.0).astype(dtype)
+    blocks = svm.numpy_blocks[name] = _NumpyBlocks(padded, position, vectors, coef)
+    return blocks
 
 
-def _svm_numpy(cols: Sequence[np.ndarray], r0s: np.ndarray, ns: np.ndarray, q: np.ndarray, c: dict[str, Any],
-               dtype: np.dtype, out: np.ndarray) -> None:
-    """Decision values of SVMs q (rows of the SVM arrays) for row ranges [r0, r0+n) into ``out`` (numpy path).
+def _svm_numpy(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarray, svms: np.ndarray,
+               svm: SvmArrays, dtype: np.dtype, out: np.ndarray) -> None:
+    """Decision values of SVMs ``svms`` for row ranges [start, start + count) into ``out`` (numpy path).
 
     Models are grouped by padded support-vector count and padded row count; per chunk of a group one batched
     matmul gives every kernel argument ([x', 0, A, 1] . [s', 1, B] = A + B + x'.s' for RBF; x . s for linear),
     then ``exp`` in place and one batched matrix-vector product with the coefficients."""
-    if len(q) == 0:
+    if len(svms) == 0:
         return
-    nb = _numpy_buckets(c, dtype)
+    blocks = _numpy_blocks(svm, dtype)
     # a model's rows in pieces small enough that one piece's kernel block fits the chunk budget
-    r0s, ns, q = _split_ranges(r0s, ns, q, np.maximum(16, CHUNK_BYTES // (64 * (c["svc"][q] + 7))))
-    sb = nb["sb"][q]
-    wb = np.where(ns <= 16, ns, (ns + 7) // 8 * 8)
-    rbf = c["rbf"][q]
-    key = (sb.astype(np.int64) << 32) | (wb.astype(np.int64) << 1) | rbf.astype(np.int64)
+    starts, counts, svms = _split_ranges(starts, counts, svms,
+                                         np.maximum(16, CHUNK_BYTES // (64 * (svm.sv_count[svms] + 7))))
+    sv_pad = blocks.padded_count[svms]
+    row_pad = np.where(counts <= 16, counts, (counts + 7) // 8 * 8)
+    rbf = svm.is_rbf[svms]
+    group = (sv_pad.astype(np.int64) << 32) | (row_pad.astype(np.int64) << 1) | rbf.astype(np.int64)
     item = np.dtype(dtype).itemsize
     with np.errstate(over="ignore", invalid="ignore"):  # |x| beyond float32/64: handled as "no contribution"
-        for k in np.unique(key):
-            _numpy_group(cols, r0s, ns, q, c, dtype, out, nb, np.flatnonzero(key == k), sb, wb, rbf, item)
+        for k in np.unique(group):
+            _numpy_group(cols, starts, counts, svms, svm, dtype, out, blocks, np.flatnonzero(group == k), sv_pad,
+                         row_pad, rbf, item)
 
 
-def _numpy_group(cols: Sequence[np.ndarray], r0s: np.ndarray, ns: np.ndarray, q: np.ndarray, c: dict[str, Any],
-                 dtype: np.dtype, out: np.ndarray, nb: dict[str, Any], sel: np.ndarray, sb: np.ndarray,
-                 wb: np.ndarray, rbf: np.ndarray, item: int) -> None:
+def _numpy_group(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarray, svms: np.ndarray,
+                 svm: SvmArrays, dtype: np.dtype, out: np.ndarray, blocks: _NumpyBlocks, sel: np.ndarray,
+                 sv_pad: np.ndarray, row_pad: np.ndarray, rbf: np.ndarray, item: int) -> None:
     """One group of :func:`_svm_numpy` (same padded support-vector and row counts, same kernel), in chunks."""
-    F, fw = len(cols), c["fw"]
-    S, W, is_rbf = int(sb[sel[0]]), int(wb[sel[0]]), bool(rbf[sel[0]])
+    F, fw = len(cols), svm.width
+    S, W, is_rbf = int(sv_pad[sel[0]]), int(row_pad[sel[0]]), bool(rbf[sel[0]])
     # temporaries per model: the (W, S) kernel block plus the gathered rows and support vectors
     step = max(1, CHUNK_BYTES // (W * S * item + 8 * (W + S) * (fw + 4)))
     for lo in range(0, len(sel), step):
         m = sel[lo:lo + step]
-        qm = q[m]
+        qm = svms[m]
         w = np.arange(W)
-        valid = w[None, :] < ns[m, None]
-        idx = np.where(valid, r0s[m, None] + w[None, :], 0)
+        valid = w[None, :] < counts[m, None]
+        idx = np.where(valid, starts[m, None] + w[None, :], 0)
         X = np.zeros((len(m), W, fw + 2))
         for f, col in enumerate(cols):  # the same operations as StandardScaler.transform, then the centre
-            X[..., f] = (col[idx] - c["mean"][qm, None, f]) / c["scale"][qm, None, f]
+            X[..., f] = (col[idx] - svm.scaler_mean[qm, None, f]) / svm.scaler_scale[qm, None, f]
         if is_rbf:
-            X[..., :F] -= c["center"][qm, None, :F]
-            g = c["gamma"][qm]
+            X[..., :F] -= svm.center[qm, None, :F]
+            g = svm.gamma[qm]
             A = -g[:, None] * np.einsum("mwf,mwf->mw", X[..., :F], X[..., :F])
             bad = ~np.isfinite(A) | ~np.isfinite(X).all(axis=-1)
             if bad.any():  # |x| beyond float range: no kernel contribution (exp -> 0)
@@ -277,11 +342,11 @@ def _numpy_group(cols: Sequence[np.ndarray], r0s: np.ndarray, ns: np.ndarray, q:
                 X[bad32] = 0.0
                 X[bad32, fw] = -np.inf
                 X[bad32, fw + 1] = 1.0
-        T = np.matmul(X, nb["S"][S][nb["pos"][qm]])  # (M, W, S)
+        T = np.matmul(X, blocks.vectors[S][blocks.position[qm]])  # (M, W, S)
         if is_rbf:
             np.exp(T, out=T)
-        coef = nb["coef"][S][nb["pos"][qm]]
-        dec = np.matmul(T, coef[:, :, None])[:, :, 0].astype(np.float64) + c["intercept"][qm, None]
+        coef = blocks.coef[S][blocks.position[qm]]
+        dec = np.matmul(T, coef[:, :, None])[:, :, 0].astype(np.float64) + svm.intercept[qm, None]
         out[idx[valid]] = dec[valid]
 
 
@@ -293,77 +358,153 @@ def _use_numba(backend: str, evals: int) -> bool:
     return backend == "numba" or evals >= NUMBA_MIN_EVALS
 
 
-def _svm_decisions(cols: Sequence[np.ndarray], r0s: np.ndarray, ns: np.ndarray, q: np.ndarray,
-                   c: dict[str, Any], dtype: np.dtype, backend: str, out: np.ndarray) -> int:
-    """Decision values (float64 into ``out``) of the SVMs q over their row ranges, in ``dtype``. Returns the
-    rows the fused float32 kernel rechecked in float64 itself, or -1 when float32 rows still need the recheck."""
+def _svm_decisions(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarray, svms: np.ndarray,
+                   svm: SvmArrays, dtype: np.dtype, backend: str, out: np.ndarray) -> int:
+    """Decision values (float64 into ``out``) of the SVMs ``svms`` over their row ranges, in ``dtype``. Returns
+    the rows the fused float32 kernel rechecked in float64 itself, or -1 when float32 rows still need the
+    recheck."""
     F = len(cols)
-    rbf = c["rbf"][q]
+    rbf = svm.is_rbf[svms]
     lin = ~rbf
     if lin.any():  # linear kernels: no exp, always float64 (cheap; no recheck needed)
-        _svm_numpy(cols, r0s[lin], ns[lin], q[lin], c, np.dtype(np.float64), out)
+        _svm_numpy(cols, starts[lin], counts[lin], svms[lin], svm, np.dtype(np.float64), out)
     if not rbf.any():
         return 0
-    r0s, ns, q = r0s[rbf], ns[rbf], q[rbf]
-    evals = int((ns * c["svc"][q]).sum())
+    starts, counts, svms = starts[rbf], counts[rbf], svms[rbf]
+    evals = int((counts * svm.sv_count[svms]).sum())
     if F <= _kernels.FPAD and _use_numba(backend, evals):
-        r0s, ns, q = _split_ranges(r0s, ns, q, KERNEL_MAX_ROWS)
+        starts, counts, svms = _split_ranges(starts, counts, svms, KERNEL_MAX_ROWS)
         tup = tuple(np.ascontiguousarray(col, dtype=np.float64) for col in cols)
-        args = (tup, F, r0s.astype(np.int64), ns.astype(np.int64), q.astype(np.int64), c["mean"], c["scale"],
-                c["center"], c["gamma"], c["intercept"], c["sv0"], c["svc"])
+        args = (tup, F, starts.astype(np.int64), counts.astype(np.int64), svms.astype(np.int64), svm.scaler_mean,
+                svm.scaler_scale, svm.center, svm.gamma, svm.intercept, svm.sv_start, svm.sv_count)
         if dtype == np.float32:
-            f = _f32_arrays(c)
-            return int(_kernels.rbf_f32(*args, f["svp32"], f["bsv32"], f["coef32"], c["bound32"], c["svp"], c["bsv"],
-                                        c["coef"], out))
-        _kernels.rbf_f64(*args, c["svp"], c["bsv"], c["coef"], out)
+            return int(_kernels.rbf_f32(*args, *svm.float32, svm.bound32, svm.sv_prime, svm.sv_bias, svm.dual_coef,
+                                        out))
+        _kernels.rbf_f64(*args, svm.sv_prime, svm.sv_bias, svm.dual_coef, out)
         return 0
     # the numpy path (also for models with more than FPAD features: the fused kernel is written for FPAD)
-    _svm_numpy(cols, r0s, ns, q, c, dtype, out)
+    _svm_numpy(cols, starts, counts, svms, svm, dtype, out)
     return -1 if dtype == np.float32 else 0
 
 
-def _svm_scores(cols: Sequence[np.ndarray], r0s: np.ndarray, ns: np.ndarray, q: np.ndarray, c: dict[str, Any],
-                dtype: str, backend: str, out: np.ndarray) -> int:
+def _svm_scores(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarray, svms: np.ndarray,
+                svm: SvmArrays, dtype: str, backend: str, out: np.ndarray) -> int:
     """Fast-path decision values into ``out``; in float32 mode, rows whose value is not clearly away from 0
     (beyond :func:`float32_bound`, NaN included) are recomputed in float64. Returns the number rechecked."""
     if dtype == "float64":
-        _svm_decisions(cols, r0s, ns, q, c, np.dtype(np.float64), backend, out)
+        _svm_decisions(cols, starts, counts, svms, svm, np.dtype(np.float64), backend, out)
         return 0
-    done = _svm_decisions(cols, r0s, ns, q, c, np.dtype(np.float32), backend, out)
+    done = _svm_decisions(cols, starts, counts, svms, svm, np.dtype(np.float32), backend, out)
     if done >= 0:  # the fused kernel rechecked its near-zero rows itself
         return done
-    rbf = c["rbf"][q]
-    rq, rs, rn = q[rbf], r0s[rbf], ns[rbf]
+    return _recheck_near_zero(cols, starts, counts, svms, svm, backend, out)
+
+
+def _recheck_near_zero(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarray, svms: np.ndarray,
+                       svm: SvmArrays, backend: str, out: np.ndarray) -> int:
+    """Recompute in float64 the RBF rows of ``out`` whose float32 value is within the model's bound of 0 (or
+    NaN); returns how many."""
+    rbf = svm.is_rbf[svms]
+    rq, rs, rn = svms[rbf], starts[rbf], counts[rbf]
     if len(rq) == 0:
         return 0
     owner = np.repeat(np.arange(len(rq)), rn)
     first = np.cumsum(rn) - rn
     rows = np.arange(int(rn.sum())) - first[owner] + rs[owner]
-    flag = ~(np.abs(out[rows]) > c["bound32"][rq][owner])
+    flag = ~(np.abs(out[rows]) > svm.bound32[rq][owner])
     if not flag.any():
         return 0
     check, who = rows[flag], owner[flag]  # ascending rows, each model's rows contiguous
     run_start = np.concatenate([[0], np.flatnonzero(np.diff(who) != 0) + 1]).astype(np.int64)
     run_len = np.diff(np.concatenate([run_start, [len(check)]])).astype(np.int64)
     dec = np.empty(len(check))
-    _svm_decisions([col[check] for col in cols], run_start, run_len, rq[who[run_start]], c,
+    _svm_decisions([col[check] for col in cols], run_start, run_len, rq[who[run_start]], svm,
                    np.dtype(np.float64), backend, dec)
     out[check] = dec
     return len(check)
 
 
 # ------------------------------------------------------------------------------------------- the engine
+@dataclasses.dataclass(frozen=True)
+class ScoreStats:
+    """What one :func:`score` call did."""
+
+    rows: int  # feature rows in (= prediction rows out)
+    models: int  # (device, sensor) pairs of the input that have a model in the pack
+    svm_models: int  # of those, scored on the array fast path
+    other_models: int  # scored through their own decision_function
+    no_model_windows: int  # rows whose pair has no model (status "no_model")
+    failures: dict[Key, str]  # (device, sensor) -> why its model could not score its rows (status "error")
+    rechecks: int  # float32 mode: rows recomputed in float64 because their value was near 0
+    sorted_input: bool  # the rows came sorted by (device, sensor, window_end): none was moved
+
+
+class Scored(NamedTuple):
+    """:func:`score`'s result: the prediction rows (columns :data:`contract.PREDICTION_COLUMNS`) and the stats."""
+
+    predictions: pd.DataFrame
+    stats: ScoreStats
+
+
+@dataclasses.dataclass(frozen=True)
+class _Runs:
+    """The feature rows as output rows: sorted by (device, sensor) string and window_end, in runs of one pair.
+    Keys are codes into ``device_names`` / ``sensor_names`` (-1: missing)."""
+
+    order: np.ndarray | None  # (rows,) the input row of each output row; None when the input is in order
+    start: np.ndarray  # (runs,) int64: the run's first output row
+    count: np.ndarray  # (runs,) int64: its rows
+    device: np.ndarray  # (runs,) int64: its device code
+    sensor: np.ndarray  # (runs,) int64: its sensor code
+    model: np.ndarray  # (runs,) int64: its model's pack-table row, -1 when the pack has none
+    device_names: list[str]
+    sensor_names: list[str]
+    window_end: pd.Series  # (rows,) datetime64[ms, UTC], in input order
+
+    def take(self, values: Any) -> Any:
+        """Input-ordered values in output order."""
+        return values if self.order is None else values[self.order]
+
+    def rows(self, run: int) -> slice:
+        return slice(self.start[run], self.start[run] + self.count[run])
+
+    def key(self, run: int) -> Key:
+        return self.device_names[self.device[run]], self.sensor_names[self.sensor[run]]
+
+
+@dataclasses.dataclass
+class _RowStatus:
+    """Per output row: the status (an index into WINDOW_STATUSES) and the error reason, filled in step by step."""
+
+    status: np.ndarray  # (rows,) int8
+    errors: list[str] = dataclasses.field(default_factory=list)  # distinct reasons, in order of first use
+    error_code: np.ndarray | None = None  # (rows,) int32 index into errors, -1 for none; None until an error
+    failures: dict[Key, str] = dataclasses.field(default_factory=dict)  # a model's reason for its whole run
+    not_ok: int = 0  # rows whose status is not "ok" so far
+
+    def mark_error(self, rows: Any, reason: str) -> None:
+        if self.error_code is None:
+            self.error_code = np.full(len(self.status), -1, dtype=np.int32)
+        if reason not in self.errors:
+            self.errors.append(reason)
+        self.status[rows] = _ERROR
+        self.error_code[rows] = self.errors.index(reason)
+
+    def fail_run(self, runs: _Runs, run: int, reason: str) -> None:
+        """Every row of ``run`` an error: its model could not score them."""
+        self.failures[runs.key(run)] = reason
+        rows = runs.rows(run)
+        self.not_ok += int((self.status[rows] == _OK).sum())
+        self.mark_error(rows, reason)
+
+
 def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
     """(codes, categories as str) of a key column; code -1 for missing."""
-    arr = col.array
     if isinstance(col.dtype, pd.CategoricalDtype):
         cats = col.cat.categories.to_numpy(dtype=object).tolist()
         return np.asarray(col.cat.codes), cats if all(type(v) is str for v in cats) else [str(v) for v in cats]
-    pa_arr = getattr(arr, "_pa_array", None)
+    pa_arr = getattr(col.array, "_pa_array", None)
     if pa_arr is not None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         enc = pc.dictionary_encode(pa_arr).combine_chunks() if isinstance(pa_arr, pa.ChunkedArray) else \
             pc.dictionary_encode(pa_arr)
         codes = enc.indices.to_numpy(zero_copy_only=False)
@@ -375,12 +516,37 @@ def _codes(col: pd.Series) -> tuple[np.ndarray, list[str]]:
 
 
 def _rank(cats: list[str]) -> np.ndarray:
+    """Each category's rank in string order."""
     r = np.empty(len(cats), dtype=np.int64)
     r[np.argsort(np.asarray(cats, dtype=object), kind="stable")] = np.arange(len(cats))
     return r
 
 
+@dataclasses.dataclass(frozen=True)
+class _PairOrder:
+    """Ranks (device, sensor) code pairs by their strings; a pair with a missing key ranks last."""
+
+    device_rank: np.ndarray
+    sensor_rank: np.ndarray
+    stride: int  # sensor ranks per device rank
+    missing: int  # the rank of a pair with a missing key
+
+    @classmethod
+    def of(cls, device_names: list[str], sensor_names: list[str]) -> _PairOrder:
+        stride = len(sensor_names) + 1
+        return cls(_rank(device_names) if device_names else np.zeros(1, dtype=np.int64),
+                   _rank(sensor_names) if sensor_names else np.zeros(1, dtype=np.int64),
+                   stride, (len(device_names) + 1) * stride)
+
+    def rank(self, device: np.ndarray, sensor: np.ndarray) -> np.ndarray:
+        d, s = device.astype(np.int64), sensor.astype(np.int64)
+        return np.where((d >= 0) & (s >= 0),
+                        self.device_rank[np.maximum(d, 0)] * self.stride + self.sensor_rank[np.maximum(s, 0)],
+                        self.missing)
+
+
 def _window_ms(col: pd.Series) -> pd.Series:
+    """window_end as datetime64[ms, UTC]."""
     if not isinstance(col.dtype, pd.DatetimeTZDtype):
         col = pd.to_datetime(col, utc=True)
     if str(col.dt.tz) != "UTC":
@@ -404,193 +570,210 @@ def _categorical(codes: np.ndarray, cats: Sequence[str]) -> pd.Categorical:
                                      validate=False)
 
 
-def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str = "float64", *,
-          backend: str = "auto", stats: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Score feature rows against a model pack; see the module docstring.
-
-    ``features``: columns device, sensor, window_end (UTC), n and the pack's features (``pack.features``;
-    default mean, min, max, std). Extra columns are ignored. ``backend``: "auto" (numba when installed and the
-    batch is large enough), "numba" or "numpy". ``stats``, when given, receives counts (models, rechecks, ...).
-    Returns columns :data:`contract.PREDICTION_COLUMNS`; model_version, run_id, status and error are Categoricals
-    of strings.
-    """
+def _check_arguments(features: pd.DataFrame, pack: ModelPack, dtype: str, backend: str) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    feat = list(pack.features)
-    missing = [k for k in ("device", "sensor", "window_end", "n", *feat) if k not in features.columns]
+    missing = [k for k in ("device", "sensor", "window_end", "n", *pack.features) if k not in features.columns]
     if missing:
         raise ValueError(f"features lack columns {missing}")
-    c = prepare(pack)
-    N = len(features)
 
-    dcodes, dcats = _codes(features["device"])
-    scodes, scats = _codes(features["sensor"])
-    we = _window_ms(features["window_end"])
-    we_i = we.array.asi8 if N else np.zeros(0, dtype=np.int64)
-    drank = _rank(dcats) if dcats else np.zeros(1, dtype=np.int64)
-    srank = _rank(scats) if scats else np.zeros(1, dtype=np.int64)
-    nsr = len(scats) + 1
 
-    def pair_of(d: np.ndarray, s: np.ndarray) -> np.ndarray:  # (device, sensor) rank; missing keys sort last
-        d, s = d.astype(np.int64), s.astype(np.int64)
-        return np.where((d >= 0) & (s >= 0), drank[np.maximum(d, 0)] * nsr + srank[np.maximum(s, 0)],
-                        (len(dcats) + 1) * nsr)
+def _sort_into_runs(device: np.ndarray, sensor: np.ndarray, end_ms: np.ndarray, pairs: _PairOrder
+                    ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(order, run starts): the input is already sorted when its runs of equal (device, sensor) codes have
+    strictly increasing pairs and window_end does not decrease inside a run (what the export writes); then no
+    row is moved and ``order`` is None."""
+    n = len(device)
+    if n <= 1:
+        return None, np.zeros(n, dtype=np.int64)
+    change = (device[1:] != device[:-1]) | (sensor[1:] != sensor[:-1])
+    starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
+    run_pair = pairs.rank(device[starts], sensor[starts])
+    if (np.diff(run_pair) > 0).all() and ((np.diff(end_ms) >= 0) | change).all():
+        return None, starts
+    row_pair = pairs.rank(device, sensor)
+    order = np.lexsort((end_ms, row_pair))
+    sorted_pair = row_pair[order]
+    return order, np.concatenate([[0], np.flatnonzero(np.diff(sorted_pair) != 0) + 1]).astype(np.int64)
 
-    # runs of equal (device, sensor) codes; the input is sorted when the runs' keys strictly increase and
-    # window_end does not decrease inside a run (what the export writes) - then no row is moved
-    order = None
-    if N > 1:
-        change = (dcodes[1:] != dcodes[:-1]) | (scodes[1:] != scodes[:-1])
-        starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
-        run_pair = pair_of(dcodes[starts], scodes[starts])
-        if not ((np.diff(run_pair) > 0).all() and ((np.diff(we_i) >= 0) | change).all()):
-            order = np.lexsort((we_i, pair_of(dcodes, scodes)))
-            ps = pair_of(dcodes, scodes)[order]
-            starts = np.concatenate([[0], np.flatnonzero(np.diff(ps) != 0) + 1]).astype(np.int64)
-    else:
-        starts = np.zeros(min(N, 1), dtype=np.int64)
 
-    def take(a: Any) -> Any:
-        return a if order is None else a[order]
+def _model_rows(pack: ModelPack, device: np.ndarray, sensor: np.ndarray, device_names: list[str],
+                sensor_names: list[str]) -> np.ndarray:
+    """The pack-table row of each (device, sensor) code pair's model, -1 where the pack has none: the pack's
+    keys turned into the input's codes, then one sorted lookup."""
+    model = np.full(len(device), -1, dtype=np.int64)
+    if not (len(pack) and device_names and sensor_names):
+        return model
+    di = pd.Index(device_names, dtype=object).get_indexer(_key_index(pack, "device"))
+    si = pd.Index(sensor_names, dtype=object).get_indexer(_key_index(pack, "sensor"))
+    known = np.flatnonzero((di >= 0) & (si >= 0))
+    pack_key = di[known] * len(sensor_names) + si[known]
+    by_key = np.argsort(pack_key, kind="stable")
+    pack_key, known = pack_key[by_key], known[by_key]
+    want = np.where((device >= 0) & (sensor >= 0), device * len(sensor_names) + sensor, -1)
+    at = np.minimum(np.searchsorted(pack_key, want), max(len(pack_key) - 1, 0))
+    if len(pack_key):
+        model = np.where((want >= 0) & (pack_key[at] == want), known[at], -1).astype(np.int64)
+    return model
 
-    counts = np.diff(np.concatenate([starts, [N]])).astype(np.int64)
-    G = len(starts)
-    first = starts if order is None else order[starts]
-    gd, gs = dcodes[first].astype(np.int64), scodes[first].astype(np.int64)
 
-    # one model (pack table row) per run: the pack's keys as (device, sensor) category codes, then a lookup
-    model = np.full(G, -1, dtype=np.int64)
-    if len(pack) and dcats and scats:
-        di = pd.Index(dcats, dtype=object).get_indexer(_key_index(pack, "device"))
-        si = pd.Index(scats, dtype=object).get_indexer(_key_index(pack, "sensor"))
-        known = np.flatnonzero((di >= 0) & (si >= 0))
-        pack_key = di[known] * len(scats) + si[known]
-        by_key = np.argsort(pack_key, kind="stable")
-        pack_key, known = pack_key[by_key], known[by_key]
-        want = np.where((gd >= 0) & (gs >= 0), gd * len(scats) + gs, -1)
-        at = np.minimum(np.searchsorted(pack_key, want), max(len(pack_key) - 1, 0))
-        if len(pack_key):
-            model = np.where((want >= 0) & (pack_key[at] == want), known[at], -1).astype(np.int64)
+def _group_runs(features: pd.DataFrame, pack: ModelPack) -> _Runs:
+    """The rows' output order, their runs of one (device, sensor) and each run's model."""
+    device, device_names = _codes(features["device"])
+    sensor, sensor_names = _codes(features["sensor"])
+    window_end = _window_ms(features["window_end"])
+    end_ms = window_end.array.asi8 if len(features) else np.zeros(0, dtype=np.int64)
+    order, start = _sort_into_runs(device, sensor, end_ms, _PairOrder.of(device_names, sensor_names))
+    count = np.diff(np.concatenate([start, [len(features)]])).astype(np.int64)
+    first = start if order is None else order[start]
+    run_device, run_sensor = device[first].astype(np.int64), sensor[first].astype(np.int64)
+    return _Runs(order=order, start=start, count=count, device=run_device, sensor=run_sensor,
+                 model=_model_rows(pack, run_device, run_sensor, device_names, sensor_names),
+                 device_names=device_names, sensor_names=sensor_names, window_end=window_end)
 
-    cols = [take(features[f].to_numpy(dtype=np.float64, copy=False)) for f in feat]
-    finite = None
-    if N and not all(np.isfinite(col.min()) and np.isfinite(col.max()) for col in cols):  # NaN/inf propagate
-        finite = np.ones(N, dtype=bool)
-        for col in cols:
-            finite &= np.isfinite(col)
-        cols = [np.where(finite, col, 0.0) for col in cols]
 
-    dec = np.full(N, -np.nan)  # negated below: unscored rows get a plain NaN (no sign bit)
-    status = np.zeros(N, dtype=np.int8)  # codes into WINDOW_STATUSES: 0 ok, 1 no_model, 2 error
-    errors: list[str] = []
-    err_code: np.ndarray | None = None
-    failures: dict[tuple[str, str], str] = {}
-    not_ok = 0  # rows whose status is not "ok" (so far)
+def _feature_columns(features: pd.DataFrame, names: Sequence[str], runs: _Runs
+                     ) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """(the feature columns as float64 in output order, each (rows,), the (rows,) mask of rows whose features
+    are all finite or None when every row's are). Non-finite values are replaced by 0 so that they cannot
+    propagate into other rows' sums; their rows are marked as errors at the end."""
+    cols = [runs.take(features[f].to_numpy(dtype=np.float64, copy=False)) for f in names]
+    if not len(features) or all(np.isfinite(col.min()) and np.isfinite(col.max()) for col in cols):
+        return cols, None
+    finite = np.ones(len(features), dtype=bool)
+    for col in cols:
+        finite &= np.isfinite(col)
+    return [np.where(finite, col, 0.0) for col in cols], finite
 
-    def mark_error(rows: Any, reason: str) -> None:
-        nonlocal err_code
-        if err_code is None:
-            err_code = np.full(N, -1, dtype=np.int32)
-        if reason not in errors:
-            errors.append(reason)
-        status[rows] = 2
-        err_code[rows] = errors.index(reason)
 
-    def fail(g: int, reason: str) -> None:
-        nonlocal not_ok
-        failures[(dcats[gd[g]], scats[gs[g]])] = reason
-        rows = slice(starts[g], starts[g] + counts[g])
-        not_ok += int((status[rows] == 0).sum())
-        mark_error(rows, reason)
-
+def _route_runs(runs: _Runs, pack: ModelPack, n_features: int, outcome: _RowStatus
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(runs for the SVM fast path, runs for their own decision_function). Runs without a model become
+    "no_model"; a model fitted on another feature count fails its run."""
     t = pack.table if len(pack) else {k: np.zeros(1, dtype=np.int64) for k in ("n_features", "is_svm", "index")}
-    F = len(feat)
-    has = model >= 0
-    safe = np.maximum(model, 0)
+    has = runs.model >= 0
+    safe = np.maximum(runs.model, 0)
     for g in np.flatnonzero(~has):
-        status[starts[g]:starts[g] + counts[g]] = 1
-        not_ok += int(counts[g])
+        outcome.status[runs.rows(g)] = _NO_MODEL
+        outcome.not_ok += int(runs.count[g])
     nf = np.where(has, t["n_features"][safe], -1)
-    wrong = has & (nf >= 0) & (nf != F)
+    wrong = has & (nf >= 0) & (nf != n_features)
     for g in np.flatnonzero(wrong):
-        fail(int(g), f"model expects {nf[g]} features, the pack provides {F} ({', '.join(feat)})")
+        outcome.fail_run(runs, int(g), f"model expects {nf[g]} features, the pack provides {n_features} "
+                                       f"({', '.join(pack.features)})")
     ok = has & ~wrong
-    svm_g = np.flatnonzero(ok & t["is_svm"][safe])
-    other_g = np.flatnonzero(ok & ~t["is_svm"][safe])
+    return np.flatnonzero(ok & t["is_svm"][safe]), np.flatnonzero(ok & ~t["is_svm"][safe])
 
-    rechecks = 0
-    if len(svm_g):
+
+def _score_svm_runs(cols: list[np.ndarray], runs: _Runs, svm_runs: np.ndarray, prepared: PreparedPack, dtype: str,
+                    backend: str, decision: np.ndarray, outcome: _RowStatus) -> int:
+    """Decision values of the SVM runs into ``decision``, all in one batch; if the batch raises, one model at a
+    time so that a bad model fails only its own run. Returns the float32 rows rechecked."""
+    if not len(svm_runs):
+        return 0
+    svms = prepared.svm_row[runs.model[svm_runs]]
+    try:
+        return _svm_scores(cols, runs.start[svm_runs], runs.count[svm_runs], svms, prepared.svm, dtype, backend,
+                           decision)
+    except Exception as exc:  # noqa: BLE001 - retried model by model below
+        log.warning("batched SVM scoring failed (%s: %s); scoring %d model(s) one at a time", type(exc).__name__,
+                    exc, len(svm_runs))
+    for g in svm_runs:
         try:
-            rechecks = _svm_scores(cols, starts[svm_g], counts[svm_g], c["svm_row"][model[svm_g]], c, dtype,
-                                   backend, dec)
-        except Exception as exc:  # noqa: BLE001 - retry one model at a time so a bad model fails only its own rows
-            log.warning("batched SVM scoring failed (%s: %s); scoring %d model(s) one at a time", type(exc).__name__,
-                        exc, len(svm_g))
-            for g in svm_g:
-                try:
-                    _svm_scores(cols, starts[[g]], counts[[g]], c["svm_row"][model[[g]]], c, "float64", "numpy",
-                                dec)
-                except Exception as exc:  # noqa: BLE001
-                    fail(int(g), f"{type(exc).__name__}: {exc}")
+            _svm_scores(cols, runs.start[[g]], runs.count[[g]], prepared.svm_row[runs.model[[g]]], prepared.svm,
+                        "float64", "numpy", decision)
+        except Exception as exc:  # noqa: BLE001
+            outcome.fail_run(runs, int(g), f"{type(exc).__name__}: {exc}")
+    return 0
 
-    for g in other_g:
-        est = pack.others[int(t["index"][model[g]])]
-        sl = slice(starts[g], starts[g] + counts[g])
-        X = np.column_stack([col[sl] for col in cols])
+
+def _score_other_runs(cols: list[np.ndarray], runs: _Runs, other_runs: np.ndarray, pack: ModelPack,
+                      decision: np.ndarray, outcome: _RowStatus) -> None:
+    """Decision values of the skops detectors' runs into ``decision``, one ``decision_function`` call each."""
+    names = list(pack.features)
+    for g in other_runs:
+        est = pack.others[int(pack.table["index"][runs.model[g]])]
+        rows = runs.rows(g)
+        X = np.column_stack([col[rows] for col in cols])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                Xin = pd.DataFrame(X, columns=feat) if hasattr(est, "feature_names_in_") else X
+                Xin = pd.DataFrame(X, columns=names) if hasattr(est, "feature_names_in_") else X
                 d = np.asarray(est.decision_function(Xin), dtype=np.float64).reshape(-1)
-            if d.shape != (counts[g],):
-                raise ValueError(f"decision_function returned {d.shape[0]} values for {counts[g]} rows")
-            dec[sl] = d
+            if d.shape != (runs.count[g],):
+                raise ValueError(f"decision_function returned {d.shape[0]} values for {runs.count[g]} rows")
+            decision[rows] = d
         except Exception as exc:  # noqa: BLE001 - one model's failure is recorded, the others are scored
-            fail(int(g), f"{type(exc).__name__}: {exc}")
+            outcome.fail_run(runs, int(g), f"{type(exc).__name__}: {exc}")
 
+
+def _scores(decision: np.ndarray, runs: _Runs, pack: ModelPack, finite: np.ndarray | None,
+            outcome: _RowStatus) -> np.ndarray:
+    """The (rows,) scores: decision values negated in place, NaN for every row whose status is not "ok" (rows
+    with non-finite features or decision values are marked here)."""
     if finite is not None:
-        bad = ~finite & (status == 0)
-        not_ok += int(bad.sum())
-        mark_error(bad, "non-finite feature values")
-    zero = np.flatnonzero(dec == 0.0)
+        bad = ~finite & (outcome.status == _OK)
+        outcome.not_ok += int(bad.sum())
+        outcome.mark_error(bad, "non-finite feature values")
+    zero = np.flatnonzero(decision == 0.0)
     if len(zero):  # libsvm: an exact 0 is an outlier (sum > 0 ? 1 : -1)
-        g_of = np.searchsorted(starts, zero, side="right") - 1
-        algo = pack.table["algorithm"][np.maximum(model[g_of], 0)] if len(pack) else np.zeros(0, dtype=object)
+        run_of = np.searchsorted(runs.start, zero, side="right") - 1
+        algo = pack.table["algorithm"][np.maximum(runs.model[run_of], 0)] if len(pack) else \
+            np.zeros(0, dtype=object)
         svm_zero = zero[[str(a).startswith("ocsvm-") for a in algo]]
-        dec[svm_zero] = -np.nextafter(0.0, 1.0)
-    sc = np.negative(dec, out=dec)
-    if int(np.count_nonzero(np.isnan(sc))) != not_ok:  # a scored row came out NaN (e.g. from a skops model)
-        nan_dec = (status == 0) & np.isnan(sc)
-        mark_error(nan_dec, "non-finite decision value")
-    if not_ok:
-        sc[status != 0] = np.nan
-    if err_code is None:
-        err_code = np.full(N, -1, dtype=np.int8)
+        decision[svm_zero] = -np.nextafter(0.0, 1.0)
+    score = np.negative(decision, out=decision)
+    if int(np.count_nonzero(np.isnan(score))) != outcome.not_ok:  # a scored row came out NaN (e.g. a skops model)
+        outcome.mark_error((outcome.status == _OK) & np.isnan(score), "non-finite decision value")
+    if outcome.not_ok:
+        score[outcome.status != _OK] = np.nan
+    return score
 
-    def col_of(name: str) -> Any:
-        s = features[name]
-        if order is None:
-            return s.array
-        return s.array.take(order)
 
-    data = {
-        "device": col_of("device"),
-        "sensor": col_of("sensor"),
-        "window_end": we.array if order is None else we.array.take(order),
-        "n": take(features["n"].to_numpy(dtype=np.int64)),
-        **{k: (take(features[k].to_numpy(dtype=np.float64)) if k in features.columns else np.full(N, np.nan))
+def _prediction_frame(features: pd.DataFrame, runs: _Runs, score: np.ndarray, outcome: _RowStatus,
+                      model_version: str, run_id: str) -> pd.DataFrame:
+    """The prediction rows in output order (columns :data:`contract.PREDICTION_COLUMNS`)."""
+    N = len(features)
+    error_code = outcome.error_code if outcome.error_code is not None else np.full(N, -1, dtype=np.int8)
+    return pd.DataFrame({
+        "device": runs.take(features["device"].array),
+        "sensor": runs.take(features["sensor"].array),
+        "window_end": runs.take(runs.window_end.array),
+        "n": runs.take(features["n"].to_numpy(dtype=np.int64)),
+        **{k: (runs.take(features[k].to_numpy(dtype=np.float64)) if k in features.columns else np.full(N, np.nan))
            for k in ("mean", "min", "max", "std")},
-        "score": sc,
-        "is_anomaly": sc > 0,
-        "model_version": _categorical(np.zeros(N, dtype=np.int8), [pack.version]),
+        "score": score,
+        "is_anomaly": score > 0,
+        "model_version": _categorical(np.zeros(N, dtype=np.int8), [model_version]),
         "run_id": _categorical(np.zeros(N, dtype=np.int8), [str(run_id)]),
-        "status": _categorical(status, WINDOW_STATUSES),
-        "error": _categorical(err_code, errors),
-    }
-    if stats is not None:
-        stats.update(rows=N, models=int(has.sum()), svm_models=len(svm_g), other_models=len(other_g),
-                     no_model_windows=int((status == 1).sum()), failures=failures, rechecks=rechecks,
-                     sorted_input=order is None)
-    return pd.DataFrame(data, copy=False)
+        "status": _categorical(outcome.status, WINDOW_STATUSES),
+        "error": _categorical(error_code, outcome.errors),
+    }, copy=False)
+
+
+def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str = "float64", *,
+          backend: str = "auto") -> Scored:
+    """Score feature rows against a model pack; see the module docstring.
+
+    ``features``: columns device, sensor, window_end (UTC), n and the pack's features (``pack.features``;
+    default mean, min, max, std). Extra columns are ignored. ``backend``: "auto" (numba when installed and the
+    batch is large enough), "numba" or "numpy". Returns the predictions (columns
+    :data:`contract.PREDICTION_COLUMNS`; model_version, run_id, status and error are Categoricals of strings)
+    and the call's :class:`ScoreStats`.
+    """
+    _check_arguments(features, pack, dtype, backend)
+    prepared = prepare(pack)
+    runs = _group_runs(features, pack)
+    cols, finite = _feature_columns(features, pack.features, runs)
+    outcome = _RowStatus(status=np.zeros(len(features), dtype=np.int8))
+    svm_runs, other_runs = _route_runs(runs, pack, len(cols), outcome)
+    decision = np.full(len(features), -np.nan)  # negated at the end: unscored rows get a plain NaN (no sign bit)
+    rechecks = _score_svm_runs(cols, runs, svm_runs, prepared, dtype, backend, decision, outcome)
+    _score_other_runs(cols, runs, other_runs, pack, decision, outcome)
+    scores = _scores(decision, runs, pack, finite, outcome)
+    stats = ScoreStats(rows=len(features), models=int((runs.model >= 0).sum()), svm_models=len(svm_runs),
+                       other_models=len(other_runs), no_model_windows=int((outcome.status == _NO_MODEL).sum()),
+                       failures=outcome.failures, rechecks=rechecks, sorted_input=runs.order is None)
+    return Scored(_prediction_frame(features, runs, scores, outcome, pack.version, run_id), stats)

@@ -130,13 +130,12 @@ def score_partition(path: str, pack: ModelPack, output: Path, run_id: str = "", 
                            "failures": 0, "failure_detail": "{}", "status": "error", "error": None}
     try:
         feats = window_features(read_partition(os.fspath(path)))
-        stats: dict[str, Any] = {}
-        pred = engine.score(feats, pack, run_id=run_id, dtype=dtype, stats=stats)
+        pred, stats = engine.score(feats, pack, run_id=run_id, dtype=dtype)
         write_atomic(to_arrow(pred), output / name)
-        failures = stats["failures"]
+        failures = stats.failures
         errors = int((pred["status"] == "error").sum())
-        row.update(rows=len(pred), models=stats["models"], anomalies=int(pred["is_anomaly"].sum()),
-                   windows_no_model=stats["no_model_windows"], failures=len(failures),
+        row.update(rows=len(pred), models=stats.models, anomalies=int(pred["is_anomaly"].sum()),
+                   windows_no_model=stats.no_model_windows, failures=len(failures),
                    failure_detail=json.dumps({f"{d}/{s}": r for (d, s), r in sorted(failures.items())},
                                              sort_keys=True),
                    status="partial" if failures or errors else "ok")

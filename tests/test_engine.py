@@ -106,9 +106,8 @@ def test_engine_matches_sklearn_on_random_fleets(F, specs, seed, shard_bytes):
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, names, tmp, shard_bytes)
         for backend in BACKENDS:
-            out64 = engine.score(feats, pack, run_id="r", dtype="float64", backend=backend)
-            stats: dict = {}
-            out32 = engine.score(feats, pack, run_id="r", dtype="float32", backend=backend, stats=stats)
+            out64 = engine.score(feats, pack, run_id="r", dtype="float64", backend=backend).predictions
+            out32, stats = engine.score(feats, pack, run_id="r", dtype="float32", backend=backend)
             assert (out64["status"] == "ok").all() and len(out64) == len(feats)
             c = engine.prepare(pack)
             for key, est in models.items():
@@ -122,10 +121,10 @@ def test_engine_matches_sklearn_on_random_fleets(F, specs, seed, shard_bytes):
                 labels32 = by_key(out32, key)["is_anomaly"].to_numpy()
                 assert np.array_equal(labels32, labels), (backend, key, stats)
                 # the float32 error bound holds for every row (rechecked rows carry float64 values)
-                row = c["svm_row"][pack.index_of(key)]
-                if c["rbf"][row]:
+                row = c.svm_row[pack.index_of(key)]
+                if c.svm.is_rbf[row]:
                     diff = np.abs(by_key(out32, key)["score"].to_numpy() + got)
-                    assert np.all(diff <= c["bound32"][row]), (backend, key, diff.max(), c["bound32"][row])
+                    assert np.all(diff <= c.svm.bound32[row]), (backend, key, diff.max(), c.svm.bound32[row])
 
 
 def test_float32_mode_rechecks_windows_near_zero_and_keeps_labels():
@@ -140,10 +139,9 @@ def test_float32_mode_rechecks_windows_near_zero_and_keeps_labels():
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, names, tmp)
         for backend in BACKENDS:
-            s32: dict = {}
-            out64 = engine.score(feats, pack, backend=backend)
-            out32 = engine.score(feats, pack, dtype="float32", backend=backend, stats=s32)
-            assert s32["rechecks"] > 0
+            out64 = engine.score(feats, pack, backend=backend).predictions
+            out32, s32 = engine.score(feats, pack, dtype="float32", backend=backend)
+            assert s32.rechecks > 0
             assert np.array_equal(out32["is_anomaly"].to_numpy(), out64["is_anomaly"].to_numpy())
             assert np.allclose(out32["score"], out64["score"], rtol=0, atol=1e-3)
 
@@ -159,8 +157,8 @@ def test_numba_kernel_and_numpy_path_agree():
     feats = frame(rows, names)
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, names, tmp)
-        a = engine.score(feats, pack, backend="numba")
-        b = engine.score(feats, pack, backend="numpy")
+        a = engine.score(feats, pack, backend="numba").predictions
+        b = engine.score(feats, pack, backend="numpy").predictions
     assert np.allclose(a["score"], b["score"], rtol=1e-12, atol=1e-12)
     assert np.array_equal(a["is_anomaly"].to_numpy(), b["is_anomaly"].to_numpy())
 
@@ -191,10 +189,10 @@ def test_chunks_and_row_blocks_give_the_same_values(monkeypatch):
     feats = frame(rows, names)
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, names, tmp)
-        whole = {b: engine.score(feats, pack, backend=b)["score"].to_numpy() for b in BACKENDS}
+        whole = {b: engine.score(feats, pack, backend=b).predictions["score"].to_numpy() for b in BACKENDS}
         monkeypatch.setattr(engine, "CHUNK_BYTES", 1)  # one model per chunk, 16 rows per piece
         monkeypatch.setattr(engine, "KERNEL_MAX_ROWS", 8)  # 8-row blocks in the fused kernel
-        pieces = {b: engine.score(feats, pack, backend=b)["score"].to_numpy() for b in BACKENDS}
+        pieces = {b: engine.score(feats, pack, backend=b).predictions["score"].to_numpy() for b in BACKENDS}
     ref = np.concatenate([-models[k].decision_function(rows[k]) for k in sorted(models)])
     for b in BACKENDS:
         np.testing.assert_allclose(whole[b], ref, rtol=1e-12, atol=1e-13)
@@ -229,13 +227,12 @@ def test_a_fleet_mixing_svms_and_skops_detectors():
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, NAMES, tmp)
         for backend in BACKENDS:
-            stats: dict = {}
-            out = engine.score(feats, pack, run_id="run-7", backend=backend, stats=stats)
+            out, stats = engine.score(feats, pack, run_id="run-7", backend=backend)
             assert list(out.columns) == list(PREDICTION_COLUMNS)
             assert len(out) == len(feats) and (out["status"] == "ok").all() and out["error"].isna().all()
             keys = list(zip(out["device"], out["sensor"], out["window_end"], strict=True))
             assert keys == sorted(keys)
-            assert stats["svm_models"] == 3 and stats["other_models"] == 4 and stats["failures"] == {}
+            assert stats.svm_models == 3 and stats.other_models == 4 and stats.failures == {}
             for key, est in models.items():
                 got = by_key(out, key)
                 ref = est.decision_function(rows[key])
@@ -257,15 +254,14 @@ def test_a_broken_model_fails_only_its_own_rows():
     feats = frame(rows, NAMES)
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, NAMES, tmp)
-        stats: dict = {}
-        out = engine.score(feats, pack, stats=stats)
+        out, stats = engine.score(feats, pack)
     bad = out["device"].isin(["c-01", "c-02"])
     assert (out.loc[bad, "status"] == "error").all() and out.loc[bad, "score"].isna().all()
     assert not out.loc[bad, "is_anomaly"].any()
-    assert set(stats["failures"]) == {("c-01", "temp"), ("c-02", "temp")}
-    assert "expects 3 features" in stats["failures"][("c-01", "temp")]
+    assert set(stats.failures) == {("c-01", "temp"), ("c-02", "temp")}
+    assert "expects 3 features" in stats.failures[("c-01", "temp")]
     assert "expects 3 features" in by_key(out, ("c-01", "temp"))["error"].iloc[0]
-    assert "2 features" in stats["failures"][("c-02", "temp")]
+    assert "2 features" in stats.failures[("c-02", "temp")]
     assert (out.loc[~bad, "status"] == "ok").all() and out.loc[~bad, "score"].notna().all()
 
 
@@ -276,10 +272,9 @@ def test_windows_without_a_model_are_flagged_not_dropped():
     feats = frame(rows, NAMES)
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, NAMES, tmp)
-        stats: dict = {}
-        out = engine.score(feats, pack, stats=stats)
+        out, stats = engine.score(feats, pack)
     none = out["status"] == "no_model"
-    assert none.sum() == 6 and stats["no_model_windows"] == 6
+    assert none.sum() == 6 and stats.no_model_windows == 6
     assert set(zip(out.loc[none, "device"], out.loc[none, "sensor"], strict=True)) == {
         ("zz-unknown", "temp"), ("a-01", "pressure")}
     assert out.loc[none, "score"].isna().all() and not out.loc[none, "is_anomaly"].any()
@@ -294,7 +289,7 @@ def test_non_finite_features_mark_only_those_rows():
     T[4, 3] = np.inf
     feats = frame({k: T for k in models}, NAMES)
     with tempfile.TemporaryDirectory() as tmp:
-        out = engine.score(feats, pack_of(models, NAMES, tmp))
+        out = engine.score(feats, pack_of(models, NAMES, tmp)).predictions
     err = out["status"] == "error"
     assert err.sum() == 2 * len(models)
     assert set(out.loc[err, "error"]) == {"non-finite feature values"}
@@ -309,8 +304,8 @@ def test_string_and_categorical_keys_and_empty_input_give_the_same_result():
     obj = feats.assign(device=feats["device"].astype(object), sensor=feats["sensor"].astype(object))
     with tempfile.TemporaryDirectory() as tmp:
         pack = pack_of(models, NAMES, tmp)
-        a, b, c = (engine.score(f, pack) for f in (feats, cat, obj))
-        empty = engine.score(feats.iloc[:0], pack)
+        a, b, c = (engine.score(f, pack).predictions for f in (feats, cat, obj))
+        empty = engine.score(feats.iloc[:0], pack).predictions
     for other in (b, c):
         assert np.array_equal(a["score"].to_numpy(), other["score"].to_numpy(), equal_nan=True)
         assert list(a["device"].astype(str)) == list(other["device"].astype(str))

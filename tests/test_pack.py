@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -139,7 +140,7 @@ def test_bring_your_own_estimators_then_score(tmp_path):
     feats = pd.DataFrame({"device": ["pump-7"] * 5, "sensor": "vibration", "n": 3,
                           "window_end": pd.date_range("2026-11-23", periods=5, freq="5min", tz="UTC"),
                           **dict(zip(FEATURES, X.T, strict=True))})
-    out = engine.score(feats, pack)
+    out = engine.score(feats, pack).predictions
     np.testing.assert_allclose(-out["score"], own[("pump-7", "vibration")].decision_function(X), rtol=1e-9)
 
 
@@ -165,16 +166,18 @@ def test_svms_are_split_into_shards_that_load_as_one_fleet(tmp_path):
     assert len(sharded.svm_shards) == len(shards) and len(single.svm_shards) == 1
     for k, whole in single.svm_shards[0].items():
         np.testing.assert_array_equal(np.concatenate([sh[k] for sh in sharded.svm_shards]), whole)
-    assert engine.prepare(sharded).keys() == engine.prepare(single).keys()
-    for k, v in engine.prepare(single).items():
-        np.testing.assert_array_equal(engine.prepare(sharded)[k], v)
+    np.testing.assert_array_equal(engine.prepare(sharded).svm_row, engine.prepare(single).svm_row)
+    for field in dataclasses.fields(engine.SvmArrays):
+        np.testing.assert_array_equal(getattr(engine.prepare(sharded).svm, field.name),
+                                      getattr(engine.prepare(single).svm, field.name))
     for key, est in models.items():
         X = rng.normal(size=(7, 4))
         np.testing.assert_allclose(sharded.model(key).decision_function(X), est.decision_function(X), rtol=1e-10)
         feats = pd.DataFrame({"device": key[0], "sensor": key[1], "n": 3,
                               "window_end": pd.date_range("2026-11-23", periods=7, freq="5min", tz="UTC"),
                               **dict(zip(FEATURES, X.T, strict=True))})
-        np.testing.assert_allclose(-engine.score(feats, sharded)["score"], est.decision_function(X), rtol=1e-9)
+        np.testing.assert_allclose(-engine.score(feats, sharded).predictions["score"], est.decision_function(X),
+                                   rtol=1e-9)
 
     last = tmp_path / "sharded" / shards[-1]["file"]
     data = bytearray(last.read_bytes())

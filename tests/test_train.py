@@ -69,7 +69,7 @@ def test_every_algorithm_trains_packs_and_scores():
         assert type(det) is cls, algorithm
         with tempfile.TemporaryDirectory() as tmp:
             write_pack(fit.models, tmp, version="t", training=fit.training)
-            out = engine.score(test, load_pack(tmp))
+            out = engine.score(test, load_pack(tmp)).predictions
         for key, model in fit.models.items():
             mine = out[(out["device"] == key[0]) & (out["sensor"] == key[1])]
             X = mine[FEATURES].to_numpy()
@@ -131,7 +131,7 @@ def test_a_simulated_fleet_trained_on_clean_days_flags_the_injected_faults():
     assert len(fit.models) == 60 and not fit.skipped
     with tempfile.TemporaryDirectory() as tmp:
         write_pack(fit.models, tmp, version="sim", training=fit.training)
-        pred = engine.score(feats[feats["window_end"] > clean_until], load_pack(tmp))
+        pred = engine.score(feats[feats["window_end"] > clean_until], load_pack(tmp)).predictions
 
     faults = sim.faults
     assert len(faults) >= 40 and set(faults["kind"]) == {"spike", "drift", "stuck", "noise"}
