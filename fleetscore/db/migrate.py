@@ -13,6 +13,7 @@ the newest one, or let Alembic draft it: `command.revision(config(), "what chang
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,16 @@ OFFLINE_DIALECTS: dict[str, dict[str, Any]] = {
 """The dialects `ddl` prints SQL for, each with what `migrations/env.py` reads in offline mode: the dialect's
 constructor options and the schema a connection would have had as its default."""
 LOCK_SQL = {
-    "postgresql": "SELECT pg_advisory_xact_lock(7262916203)",
+    "postgresql": "SELECT pg_advisory_xact_lock(7262916203)",  # an arbitrary key, fleetscore's own
     "sqlite": "BEGIN IMMEDIATE",
     "mssql": ("DECLARE @result int; EXEC @result = sp_getapplock @Resource = N'fleetscore_migrations', "
               "@LockMode = 'Exclusive', @LockOwner = 'Transaction', @LockTimeout = 60000; "
-              "IF @result < 0 THROW 51000, 'timed out waiting for the schema migration lock', 1;"),
+              "IF @result < 0 RAISERROR('timed out waiting for the schema migration lock', 16, 1);"),
 }
 """Per dialect, the statement that opens a migration's transaction holding a database-wide lock until it
 ends, so two processes starting at once migrate one after the other."""
 
+log = logging.getLogger(__name__)
 _in_process = threading.Lock()
 """Alembic's `context` and `op` are process-wide: one migration at a time per process."""
 
@@ -64,15 +66,16 @@ def config(output_buffer: io.StringIO | None = None) -> Config:
 def upgrade(engine: Engine) -> list[str]:
     """Bring `engine`'s database to the newest revision; returns the revisions applied now, oldest first
     (empty when it was current: one read of `alembic_version`, no lock). Safe to call on every start and from
-    several processes at once."""
-    heads = set(ScriptDirectory.from_config(config()).get_heads())
+    several processes at once. A database at a revision this code does not know (a newer fleetscore migrated
+    it) is left as it is, with a warning: the schema's changes add, so this code still finds its tables."""
+    script = ScriptDirectory.from_config(config())
     with engine.connect() as conn:
-        if _current(conn) == heads:
+        if _nothing_to_do(script, _current(conn)):
             return []
     with _in_process, engine.begin() as conn:
         _lock(conn)
         before = _current(conn)
-        if before == heads:
+        if _nothing_to_do(script, before):
             return []
         cfg = config()
         cfg.attributes["connection"] = conn
@@ -80,7 +83,7 @@ def upgrade(engine: Engine) -> list[str]:
             command.stamp(cfg, BASELINE)
             before = {BASELINE}
         command.upgrade(cfg, "head")
-    return _revisions_after(before)
+    return _revisions_after(script, before)
 
 
 def ddl(dialect_name: str) -> str:
@@ -108,8 +111,18 @@ def _lock(conn: Connection) -> None:
         conn.exec_driver_sql(statement)
 
 
-def _revisions_after(before: set[str]) -> list[str]:
+def _nothing_to_do(script: ScriptDirectory, current: set[str]) -> bool:
+    """True when the database is at the heads, or at a revision newer than this code knows (warned)."""
+    if current == set(script.get_heads()):
+        return True
+    unknown = current - {s.revision for s in script.walk_revisions()}
+    if unknown:
+        log.warning("the database is at revision %s, which this fleetscore does not know (a newer one migrated "
+                    "it): its schema is left as it is", ", ".join(sorted(unknown)))
+    return bool(unknown)
+
+
+def _revisions_after(script: ScriptDirectory, before: set[str]) -> list[str]:
     """The revisions from just after `before` (empty: the base) up to the heads, oldest first."""
-    script = ScriptDirectory.from_config(config())
     lower = next(iter(before)) if before else "base"
     return [s.revision for s in reversed(list(script.iterate_revisions("heads", lower)))]

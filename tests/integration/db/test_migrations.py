@@ -154,6 +154,15 @@ def test_downgrading_to_the_baseline_gives_the_old_code_its_database_back(empty_
     assert schema_diff(empty_engine) == []
 
 
+def test_a_database_a_newer_fleetscore_migrated_is_left_as_it_is(empty_engine, caplog):
+    db.upgrade(empty_engine)
+    with empty_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    assert db.upgrade(empty_engine) == []
+    assert version(empty_engine) == ["9999"]
+    assert "revision 9999, which this fleetscore does not know" in caplog.text
+
+
 def test_two_processes_upgrading_at_once_migrate_once(empty_url, tmp_path):
     go = tmp_path / "go"
     script = textwrap.dedent(f"""
