@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import tzinfo
 from pathlib import Path
@@ -39,11 +40,8 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts of plain Python values (timestamps become ISO strings, NaN stays NaN)."""
     out = []
     ts = frame["ts"]
-    if pd.api.types.is_datetime64_any_dtype(ts):
-        aware = getattr(ts.dt, "tz", None) is not None
+    if pd.api.types.is_datetime64_any_dtype(ts):  # Parquet: a naive timestamp becomes a naive string
         ts = ts.map(lambda t: t.isoformat() if pd.notna(t) else None)
-        if not aware:  # a naive Parquet timestamp: treat like a naive string
-            pass
     for device, sensor, t, value in zip(frame["device"].tolist(), frame["sensor"].tolist(), ts.tolist(),
                                         frame["value"].tolist(), strict=True):
         out.append({"device": device, "sensor": sensor, "ts": t, "value": value})
@@ -52,39 +50,46 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def read_chunks(path: Path, chunk_rows: int = 50_000) -> Iterator[list[dict]]:
     """Yield the file's rows as reading dicts, `chunk_rows` at a time."""
-    fmt = file_format(path)
-    if fmt == "csv":
-        reader = pd.read_csv(path, chunksize=chunk_rows, dtype={"device": str, "sensor": str, "Device": str,
-                                                              "Sensor": str, "ts": str, "TS": str},
-                             keep_default_na=False, na_values=[""])
-        for chunk in reader:
-            chunk = _normalise(chunk)
-            numeric = pd.to_numeric(chunk["value"], errors="coerce")
-            chunk["value"] = numeric.astype(object).where(numeric.notna(), chunk["value"])
-            chunk["ts"] = chunk["ts"].map(_csv_ts)
-            yield _records(chunk)
-    elif fmt == "jsonl":
-        import json
+    readers = {"csv": _csv_chunks, "jsonl": _jsonl_chunks, "parquet": _parquet_chunks}
+    return readers[file_format(path)](path, chunk_rows)
 
-        with path.open("r", encoding="utf-8") as fh:
-            batch: list[dict] = []
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    item = {"_unparsable_line": line.rstrip("\n")[:1000]}
-                batch.append(item if isinstance(item, dict) else {"_not_an_object": item})
-                if len(batch) >= chunk_rows:
-                    yield batch
-                    batch = []
-            if batch:
+
+def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[list[dict]]:
+    """CSV cells are text: a numeric `value` becomes a float (other text is left for validation to refuse),
+    a numeric `ts` epoch seconds/ms."""
+    reader = pd.read_csv(path, chunksize=chunk_rows, dtype={"device": str, "sensor": str, "Device": str,
+                                                          "Sensor": str, "ts": str, "TS": str},
+                         keep_default_na=False, na_values=[""])
+    for chunk in reader:
+        chunk = _normalise(chunk)
+        numeric = pd.to_numeric(chunk["value"], errors="coerce")
+        chunk["value"] = numeric.astype(object).where(numeric.notna(), chunk["value"])
+        chunk["ts"] = chunk["ts"].map(_csv_ts)
+        yield _records(chunk)
+
+
+def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[list[dict]]:
+    """One JSON object a line; a line that is not one becomes a record validation refuses (and keeps)."""
+    with path.open("r", encoding="utf-8") as fh:
+        batch: list[dict] = []
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                item = {"_unparsable_line": line.rstrip("\n")[:1000]}
+            batch.append(item if isinstance(item, dict) else {"_not_an_object": item})
+            if len(batch) >= chunk_rows:
                 yield batch
-    else:
-        parquet = pq.ParquetFile(path)
-        for record_batch in parquet.iter_batches(batch_size=chunk_rows):
-            yield _records(_normalise(record_batch.to_pandas()))
+                batch = []
+        if batch:
+            yield batch
+
+
+def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[list[dict]]:
+    for record_batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        yield _records(_normalise(record_batch.to_pandas()))
 
 
 def _csv_ts(text: object) -> object:
