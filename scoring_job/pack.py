@@ -239,6 +239,145 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ write
+@dataclasses.dataclass
+class _PackContents:
+    """A pack being assembled, model by model in table order: the per-model table's columns, the SVMs' arrays
+    (one list per name of :data:`SVM_ARRAYS`, one entry per SVM) and the detectors stored with skops."""
+
+    table: dict[str, list[Any]] = dataclasses.field(
+        default_factory=lambda: {f: [] for f in TABLE_FIELDS if f != "score_quantiles"})
+    quantiles: dict[str, list[float | None]] = dataclasses.field(
+        default_factory=lambda: {name: [] for name, _ in QUANTILES})
+    svm_parts: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: {k: [] for k in SVM_ARRAYS})
+    others: list[Any] = dataclasses.field(default_factory=list)
+
+    def add(self, key: Key, est: Any, training: Mapping[str, Any]) -> None:
+        """One fitted model's table row, its arrays (array-stored SVMs) or its place in the skops list."""
+        scaler, det = _fitted_detector(key, est)
+        row = self.table
+        row["device"].append(key[0])
+        row["sensor"].append(key[1])
+        row["algorithm"].append(algorithm_name(est))
+        row["scaled"].append(scaler is not None)
+        if is_fast_svm(est):
+            arrays = _svm_model_arrays(key, scaler, det)
+            for name, values in arrays.items():
+                self.svm_parts[name].append(values)
+            row["store"].append("svm")
+            row["sv_count"].append(len(arrays["dual_coef"]))
+            row["n_features"].append(len(arrays["scaler_mean"]))
+        else:
+            n_feat = getattr(est, "n_features_in_", None)
+            if n_feat is None:
+                n_feat = getattr(det, "n_features_in_", None)
+            row["store"].append("skops")
+            row["sv_count"].append(0)
+            row["n_features"].append(int(n_feat) if n_feat is not None else None)
+            self.others.append(est)
+        self._add_training(training)
+
+    def _add_training(self, record: Mapping[str, Any]) -> None:
+        self.table["train_from"].append(_iso(record.get("from")))
+        self.table["train_until"].append(_iso(record.get("until")))
+        self.table["train_size"].append(int(record["size"]) if record.get("size") is not None else None)
+        q = record.get("score_quantiles") or {}
+        for name, _ in QUANTILES:
+            v = q.get(name)
+            self.quantiles[name].append(float(v) if v is not None and np.isfinite(v) else None)
+
+    def manifest_table(self) -> dict[str, Any]:
+        """The manifest's ``models`` section (see the module docstring)."""
+        table = dict(self.table)
+        return {"count": len(table["device"]), "device": table.pop("device"), "sensor": table.pop("sensor"),
+                **{f: _one_or_all(values) for f, values in table.items()},
+                "score_quantiles": None if all(v is None for col in self.quantiles.values() for v in col)
+                else {name: _float64_base64(col) for name, col in self.quantiles.items()}}
+
+
+def _fitted_detector(key: Key, est: Any) -> tuple[Any | None, Any]:
+    """(scaler or None, detector) of a fitted estimator the pack can score; raises for any other."""
+    from sklearn.utils.validation import check_is_fitted  # scikit-learn is loaded only to write a pack
+
+    scaler, det = split_pipeline(est)
+    check_is_fitted(det)
+    if not hasattr(est, "decision_function"):
+        raise ValueError(f"{key}: {type(det).__name__} has no decision_function "
+                         "(LocalOutlierFactor needs novelty=True)")
+    return scaler, det
+
+
+def _svm_model_arrays(key: Key, scaler: Any | None, det: Any) -> dict[str, np.ndarray]:
+    """One fitted OneClassSVM (rbf or linear) as the 1-D float64 arrays of :data:`SVM_ARRAYS`."""
+    sv = np.ascontiguousarray(det.support_vectors_, dtype=np.float64)
+    coef = np.ascontiguousarray(det.dual_coef_, dtype=np.float64).reshape(-1)
+    n_sv, n_feat = sv.shape
+    if coef.shape != (n_sv,) or n_sv < 1:
+        raise ValueError(f"{key}: dual_coef_ {det.dual_coef_.shape} vs support vectors {sv.shape}")
+    mean, scale = np.zeros(n_feat), np.ones(n_feat)
+    if scaler is not None:
+        if scaler.with_mean:
+            mean = np.asarray(scaler.mean_, dtype=np.float64)
+        if scaler.with_std:
+            scale = np.asarray(scaler.scale_, dtype=np.float64)
+    return {"sv": sv.reshape(-1), "dual_coef": coef, "scaler_mean": mean, "scaler_scale": scale,
+            "intercept": np.asarray([det.intercept_[0]], dtype=np.float64),
+            "gamma": np.asarray([det._gamma if det.kernel == "rbf" else 0.0], dtype=np.float64)}
+
+
+def _write_svm_shards(folder: Path, parts: Mapping[str, list[np.ndarray]], shard_bytes: int,
+                      files: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Write the SVMs' arrays as shards of about ``shard_bytes`` each, record them in ``files``; return the
+    manifest's ``svm`` section (None without SVMs)."""
+    n_svm = len(parts["intercept"])
+    if not n_svm:
+        return None
+    shards = []
+    sizes = [8 * sum(len(parts[k][i]) for k in SVM_ARRAYS) for i in range(n_svm)]
+    for lo, hi in _shard_bounds(sizes, shard_bytes):
+        name = svm_shard_name(len(shards))
+        arrays = {k: np.concatenate(v[lo:hi]).astype(np.float64, copy=False) for k, v in parts.items()}
+        files[name] = _write_file(folder / name, _npz_bytes(arrays))
+        shards.append({"file": name, "models": hi - lo, "arrays": {k: [int(v.shape[0])] for k, v in arrays.items()}})
+    return {"models": n_svm, "shards": shards}
+
+
+def _write_skops(folder: Path, others: list[Any], files: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Write the other detectors as one skops list, record it in ``files``; return the manifest's ``skops``
+    section (None without such detectors)."""
+    if not others:
+        return None
+    import skops.io as sio  # loaded only for packs that hold such detectors
+
+    data = sio.dumps(others)
+    _check_skops_types(data, SKOPS_FILE)  # never write a file we would refuse to load
+    files[SKOPS_FILE] = _write_file(folder / SKOPS_FILE, data)
+    return {"file": SKOPS_FILE, "models": len(others)}
+
+
+def _write_file(path: Path, data: bytes) -> dict[str, Any]:
+    """Write ``data`` atomically; its manifest entry (SHA-256 and size)."""
+    _atomic_write(path, data)
+    return {"sha256": _sha256(data), "bytes": len(data)}
+
+
+def _sorted_keys(models: Mapping[Key, Any]) -> list[tuple[Key, Any]]:
+    """((device, sensor) as strings, the caller's key) pairs, sorted; refuses keys equal once stringified."""
+    keys = sorted(((str(k[0]), str(k[1])), k) for k in models)
+    if len({k for k, _ in keys}) != len(keys):
+        raise ValueError("two models map to the same (device, sensor) once turned into strings")
+    return keys
+
+
+def _pack_version(version: str | None, created: _dt.datetime, files: Mapping[str, Mapping[str, Any]]) -> str:
+    """The given version, checked, or ``<created>-<hash of the files' SHA-256s>``."""
+    if version is None:
+        digest = hashlib.sha256("".join(f["sha256"] for f in files.values()).encode()).hexdigest()[:8]
+        version = created.strftime("%Y%m%dT%H%M%SZ") + "-" + digest
+    if not _NAME_RE.match(version):
+        raise ValueError(f"pack version {version!r} must match {_NAME_RE.pattern}")
+    return version
+
+
 def write_pack(
     models: Mapping[Key, Any],
     folder: str | os.PathLike[str],
@@ -258,8 +397,6 @@ def write_pack(
     ``size`` (windows) and ``score_quantiles`` (see :func:`score_quantiles`); missing keys mean unknown.
     ``shard_bytes``: target size of one SVM array file (consecutive SVMs are grouped until it is reached).
     """
-    from sklearn.utils.validation import check_is_fitted
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / MANIFEST).exists() and not overwrite:
@@ -270,106 +407,23 @@ def write_pack(
     training = training or {}
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
 
-    keys = sorted(((str(k[0]), str(k[1])), k) for k in models)
-    if len({k for k, _ in keys}) != len(keys):
-        raise ValueError("two models map to the same (device, sensor) once turned into strings")
-    table: dict[str, list[Any]] = {f: [] for f in TABLE_FIELDS if f != "score_quantiles"}
-    quantiles: dict[str, list[float | None]] = {name: [] for name, _ in QUANTILES}
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in SVM_ARRAYS}
-    others: list[Any] = []
-
-    for (device, sensor), original_key in keys:
-        est = models[original_key]
-        scaler, det = split_pipeline(est)
-        check_is_fitted(det)
-        if not hasattr(est, "decision_function"):
-            raise ValueError(f"{(device, sensor)}: {type(det).__name__} has no decision_function "
-                             "(LocalOutlierFactor needs novelty=True)")
-        table["device"].append(device)
-        table["sensor"].append(sensor)
-        table["algorithm"].append(algorithm_name(est))
-        table["scaled"].append(scaler is not None)
-        if is_fast_svm(est):
-            sv = np.ascontiguousarray(det.support_vectors_, dtype=np.float64)
-            coef = np.ascontiguousarray(det.dual_coef_, dtype=np.float64).reshape(-1)
-            n_sv, n_feat = sv.shape
-            if coef.shape != (n_sv,) or n_sv < 1:
-                raise ValueError(f"{(device, sensor)}: dual_coef_ {det.dual_coef_.shape} vs support vectors {sv.shape}")
-            mean, scale = np.zeros(n_feat), np.ones(n_feat)
-            if scaler is not None:
-                if scaler.with_mean:
-                    mean = np.asarray(scaler.mean_, dtype=np.float64)
-                if scaler.with_std:
-                    scale = np.asarray(scaler.scale_, dtype=np.float64)
-            parts["sv"].append(sv.reshape(-1))
-            parts["dual_coef"].append(coef)
-            parts["scaler_mean"].append(mean)
-            parts["scaler_scale"].append(scale)
-            parts["intercept"].append(np.asarray([det.intercept_[0]], dtype=np.float64))
-            parts["gamma"].append(np.asarray([det._gamma if det.kernel == "rbf" else 0.0], dtype=np.float64))
-            table["store"].append("svm")
-            table["sv_count"].append(int(n_sv))
-            table["n_features"].append(int(n_feat))
-        else:
-            n_feat = getattr(est, "n_features_in_", None)
-            if n_feat is None:
-                n_feat = getattr(det, "n_features_in_", None)
-            table["store"].append("skops")
-            table["sv_count"].append(0)
-            table["n_features"].append(int(n_feat) if n_feat is not None else None)
-            others.append(est)
-        t = training.get(original_key) or training.get((device, sensor)) or {}
-        table["train_from"].append(_iso(t.get("from")))
-        table["train_until"].append(_iso(t.get("until")))
-        table["train_size"].append(int(t["size"]) if t.get("size") is not None else None)
-        q = t.get("score_quantiles") or {}
-        for name, _ in QUANTILES:
-            v = q.get(name)
-            quantiles[name].append(float(v) if v is not None and np.isfinite(v) else None)
-
+    contents = _PackContents()
+    for key, original_key in _sorted_keys(models):
+        contents.add(key, models[original_key], training.get(original_key) or training.get(key) or {})
     files: dict[str, dict[str, Any]] = {}
-    svm_meta: dict[str, Any] | None = None
-    if parts["intercept"]:
-        shards = []
-        for lo, hi in _shard_bounds([8 * sum(len(parts[k][i]) for k in SVM_ARRAYS)
-                                     for i in range(len(parts["intercept"]))], shard_bytes):
-            name = svm_shard_name(len(shards))
-            arrays = {k: np.concatenate(v[lo:hi]).astype(np.float64, copy=False) for k, v in parts.items()}
-            data = _npz_bytes(arrays)
-            _atomic_write(folder / name, data)
-            files[name] = {"sha256": _sha256(data), "bytes": len(data)}
-            shards.append({"file": name, "models": hi - lo,
-                           "arrays": {k: [int(v.shape[0])] for k, v in arrays.items()}})
-        svm_meta = {"models": len(parts["intercept"]), "shards": shards}
-    skops_meta: dict[str, Any] | None = None
-    if others:
-        import skops.io as sio
-
-        data = sio.dumps(others)
-        _check_skops_types(data, SKOPS_FILE)  # never write a file we would refuse to load
-        _atomic_write(folder / SKOPS_FILE, data)
-        files[SKOPS_FILE] = {"sha256": _sha256(data), "bytes": len(data)}
-        skops_meta = {"file": SKOPS_FILE, "models": len(others)}
-
-    if version is None:
-        digest = hashlib.sha256("".join(f["sha256"] for f in files.values()).encode()).hexdigest()[:8]
-        version = created.strftime("%Y%m%dT%H%M%SZ") + "-" + digest
-    if not _NAME_RE.match(version):
-        raise ValueError(f"pack version {version!r} must match {_NAME_RE.pattern}")
+    svm_section = _write_svm_shards(folder, contents.svm_parts, shard_bytes, files)
+    skops_section = _write_skops(folder, contents.others, files)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "version": version,
+        "version": _pack_version(version, created, files),
         "created": created.isoformat().replace("+00:00", "Z"),
         "features": features,
         "window_minutes": int(window_minutes),
         "files": files,
-        "svm": svm_meta,
-        "skops": skops_meta,
-        "models": {"count": len(keys), "device": table.pop("device"), "sensor": table.pop("sensor"),
-                   **{f: _one_or_all(values) for f, values in table.items()},
-                   "score_quantiles": None if all(v is None for col in quantiles.values() for v in col)
-                   else {name: _float64_base64(col) for name, col in quantiles.items()}},
+        "svm": svm_section,
+        "skops": skops_section,
+        "models": contents.manifest_table(),
     }
     _atomic_write(folder / MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
     return manifest
@@ -626,30 +680,48 @@ def _check_manifest(m: dict[str, Any]) -> dict[str, np.ndarray]:
     """Validate the per-model table and the 'svm'/'skops' sections against it (after :func:`_check_header`);
     return the table as arrays of ``count``: the fields (n_features and train_size -1 where null, quantiles as
     ``score_<name>`` float64), plus ``is_svm`` and ``index`` (position in the model's store)."""
+    svm, sk = _check_sections(m)
+    table = _table_columns(m["models"])
+    is_svm, index = _store_numbers(table, svm, sk)
+    if is_svm.any():
+        _check_svm_rows(table, is_svm, svm["shards"])
+    return {**table, "is_svm": is_svm, "index": index}
+
+
+def _check_sections(m: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The manifest's 'svm' and 'skops' sections, checked against its file list."""
     svm, sk = m.get("svm"), m.get("skops")
     shard_files = {name for name in m["files"] if name != SKOPS_FILE}
     if (sk is None) != (SKOPS_FILE not in m["files"]) or (svm is None) != (not shard_files):
         raise _fail("'svm'/'skops' sections do not match 'files'")
     if svm is not None:
-        shards = svm.get("shards") if isinstance(svm, dict) else None
-        if (not _is_int(svm.get("models")) or svm["models"] < 1 or not isinstance(shards, list) or not shards
-                or not all(isinstance(sh, dict) and set(sh) == {"file", "models", "arrays"} for sh in shards)):
-            raise _fail("malformed 'svm' section")
-        if [sh["file"] for sh in shards] != sorted(shard_files) or len(shards) != len(shard_files):
-            raise _fail("'svm.shards' must list every svm-NNN.npz file once, in name order")
-        for sh in shards:
-            if not _is_int(sh["models"]) or sh["models"] < 1 or not isinstance(sh["arrays"], dict) or set(
-                    sh["arrays"]) != set(SVM_ARRAYS):
-                raise _fail(f"malformed shard {sh['file']!r}")
-            for k, shape in sh["arrays"].items():
-                if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0]) and shape[0] >= 0):
-                    raise _fail(f"bad shape for array {k!r} of {sh['file']!r}")
-        if sum(sh["models"] for sh in shards) != svm["models"]:
-            raise _fail("the shards' model counts do not add up to svm.models")
+        _check_svm_section(svm, shard_files)
     if sk is not None and (not isinstance(sk, dict) or not _is_int(sk.get("models")) or sk["models"] < 1):
         raise _fail("malformed 'skops' section")
+    return svm, sk
 
-    t = m["models"]
+
+def _check_svm_section(svm: Any, shard_files: set[str]) -> None:
+    """The 'svm' section: a model count and every shard file once, in name order, with its arrays' sizes."""
+    shards = svm.get("shards") if isinstance(svm, dict) else None
+    if (not _is_int(svm.get("models")) or svm["models"] < 1 or not isinstance(shards, list) or not shards
+            or not all(isinstance(sh, dict) and set(sh) == {"file", "models", "arrays"} for sh in shards)):
+        raise _fail("malformed 'svm' section")
+    if [sh["file"] for sh in shards] != sorted(shard_files) or len(shards) != len(shard_files):
+        raise _fail("'svm.shards' must list every svm-NNN.npz file once, in name order")
+    for sh in shards:
+        if not _is_int(sh["models"]) or sh["models"] < 1 or not isinstance(sh["arrays"], dict) or set(
+                sh["arrays"]) != set(SVM_ARRAYS):
+            raise _fail(f"malformed shard {sh['file']!r}")
+        for k, shape in sh["arrays"].items():
+            if not (isinstance(shape, list) and len(shape) == 1 and _is_int(shape[0]) and shape[0] >= 0):
+                raise _fail(f"bad shape for array {k!r} of {sh['file']!r}")
+    if sum(sh["models"] for sh in shards) != svm["models"]:
+        raise _fail("the shards' model counts do not add up to svm.models")
+
+
+def _table_columns(t: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The per-model table (``manifest["models"]``) as checked arrays of ``count``, sorted by (device, sensor)."""
     n = t.get("count")
     if not _is_int(n) or n < 0:
         raise _fail("models.count must be a non-negative integer")
@@ -674,32 +746,41 @@ def _check_manifest(m: dict[str, Any]) -> dict[str, np.ndarray]:
     keys = list(zip(t["device"], t["sensor"], strict=True))
     if not all(map(operator.lt, keys, keys[1:])):
         raise _fail("models must be sorted by (device, sensor) without duplicates")
+    return table
 
+
+def _store_numbers(table: Mapping[str, np.ndarray], svm: dict[str, Any] | None, sk: dict[str, Any] | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(is_svm, index): whether each model is an array-stored SVM, and its number in its store (SVMs and skops
+    detectors are each numbered in table order), checked against the sections' model counts."""
     is_svm = table["store"] == "svm"
     if not (is_svm | (table["store"] == "skops")).all():
         raise _fail(f"models.store must be one of {STORES}")
-    n_svm, n_sk = int(is_svm.sum()), n - int(is_svm.sum())
+    n_svm = int(is_svm.sum())
+    n_sk = len(is_svm) - n_svm
     if n_svm != (svm["models"] if svm else 0) or n_sk != (sk["models"] if sk else 0):
         raise _fail("model counts per store do not match the 'svm'/'skops' sections")
-    index = np.empty(n, dtype=np.int64)  # SVMs and skops detectors are each numbered in table order
+    index = np.empty(len(is_svm), dtype=np.int64)
     index[is_svm] = np.arange(n_svm)
     index[~is_svm] = np.arange(n_sk)
-    if n_svm:
-        if not np.isin(table["algorithm"][is_svm], ["ocsvm-rbf", "ocsvm-linear"]).all():
-            raise _fail("only ocsvm-rbf / ocsvm-linear models can be stored as SVM arrays")
-        nf_svm, cnt = nf[is_svm], table["sv_count"][is_svm]
-        if (nf_svm < 1).any() or (cnt < 1).any():
-            raise _fail("SVM models need n_features >= 1 and sv_count >= 1")
-        bounds = np.cumsum([0] + [sh["models"] for sh in svm["shards"]])
-        for sh, lo, hi in zip(svm["shards"], bounds[:-1], bounds[1:], strict=True):
-            f, c = nf_svm[lo:hi], cnt[lo:hi]
-            sizes = {"sv": int(f @ c), "dual_coef": int(c.sum()), "scaler_mean": int(f.sum()),
-                     "scaler_scale": int(f.sum()), "intercept": int(hi - lo), "gamma": int(hi - lo)}
-            for k, size in sizes.items():
-                if sh["arrays"][k] != [size]:
-                    raise _fail(f"array {k!r} of {sh['file']!r} is declared {sh['arrays'][k]}, "
-                                f"the table needs [{size}]")
-    return {**table, "is_svm": is_svm, "index": index}
+    return is_svm, index
+
+
+def _check_svm_rows(table: Mapping[str, np.ndarray], is_svm: np.ndarray, shards: list[dict[str, Any]]) -> None:
+    """The SVM models' rows: their algorithm, and the array sizes each shard must hold for its models."""
+    if not np.isin(table["algorithm"][is_svm], ["ocsvm-rbf", "ocsvm-linear"]).all():
+        raise _fail("only ocsvm-rbf / ocsvm-linear models can be stored as SVM arrays")
+    nf_svm, cnt = table["n_features"][is_svm], table["sv_count"][is_svm]
+    if (nf_svm < 1).any() or (cnt < 1).any():
+        raise _fail("SVM models need n_features >= 1 and sv_count >= 1")
+    bounds = np.cumsum([0] + [sh["models"] for sh in shards])
+    for sh, lo, hi in zip(shards, bounds[:-1], bounds[1:], strict=True):
+        f, c = nf_svm[lo:hi], cnt[lo:hi]
+        sizes = {"sv": int(f @ c), "dual_coef": int(c.sum()), "scaler_mean": int(f.sum()),
+                 "scaler_scale": int(f.sum()), "intercept": int(hi - lo), "gamma": int(hi - lo)}
+        for k, size in sizes.items():
+            if sh["arrays"][k] != [size]:
+                raise _fail(f"array {k!r} of {sh['file']!r} is declared {sh['arrays'][k]}, the table needs [{size}]")
 
 
 def _column(t: dict[str, Any], f: str, n: int, per_model: bool) -> tuple[list[Any] | None, Any]:
@@ -913,9 +994,8 @@ def _verify_files(folder: Path, manifest: dict[str, Any]) -> tuple[dict[str, Buf
         return {name: fut.result() for name, fut in zip(names, futures, strict=True)}, table
 
 
-def load_pack(folder: str | os.PathLike[str]) -> ModelPack:
-    """Load and verify a pack folder: manifest shape, every SHA-256, array shapes, trusted types only."""
-    folder = Path(folder)
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    """The pack's manifest, parsed, its header checked (:func:`_check_header`)."""
     try:
         raw = (folder / MANIFEST).read_bytes()
     except FileNotFoundError:
@@ -927,35 +1007,47 @@ def load_pack(folder: str | os.PathLike[str]) -> ModelPack:
     except (ValueError, UnicodeDecodeError) as exc:
         raise PackError(f"{MANIFEST}: not valid JSON ({exc})") from exc
     _check_header(manifest)
+    return manifest
+
+
+def _svm_shard(data: Buffer, shard: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A verified shard file's arrays, checked against its manifest entry: the arrays of :data:`SVM_ARRAYS` with
+    the declared sizes, finite scalers and intercepts, non-zero scales and non-negative gammas."""
+    name = shard["file"]
+    arrays = _npz_float64(data, name)
+    if sorted(arrays) != sorted(SVM_ARRAYS):
+        raise PackError(f"{name}: arrays {sorted(arrays)} != {sorted(SVM_ARRAYS)}")
+    for k, a in arrays.items():
+        if [a.shape[0]] != shard["arrays"][k]:
+            raise PackError(f"{name}: array {k!r} has {a.shape[0]} values, the manifest says {shard['arrays'][k]}")
+    if not all(np.isfinite(arrays[k]).all() for k in ("scaler_mean", "scaler_scale", "intercept", "gamma")):
+        raise PackError(f"{name}: arrays hold non-finite values")
+    if (arrays["scaler_scale"] == 0).any() or (arrays["gamma"] < 0).any():
+        raise PackError(f"{name}: zero scaler scale or negative gamma")
+    return arrays
+
+
+def _skops_detectors(data: bytes, count: int) -> list[Any]:
+    """The verified skops file's ``count`` detectors, loaded with :data:`TRUSTED_TYPES` only."""
+    import skops.io as sio  # loaded only for packs that hold such detectors
+
+    _check_skops_types(data, SKOPS_FILE)
+    try:
+        others = sio.loads(data, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:
+        raise PackError(f"{SKOPS_FILE}: cannot be loaded ({exc})") from exc
+    if not isinstance(others, list) or len(others) != count:
+        raise PackError(f"{SKOPS_FILE}: expected a list of {count} detectors")
+    if not all(hasattr(est, "decision_function") for est in others):
+        raise PackError(f"{SKOPS_FILE}: every detector needs a decision_function")
+    return others
+
+
+def load_pack(folder: str | os.PathLike[str]) -> ModelPack:
+    """Load and verify a pack folder: manifest shape, every SHA-256, array shapes, trusted types only."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
     blobs, table = _verify_files(folder, manifest)
-
-    shards: list[dict[str, np.ndarray]] = []
-    for sh in (manifest["svm"] or {}).get("shards", []):
-        name = sh["file"]
-        arrays = _npz_float64(blobs[name], name)
-        if sorted(arrays) != sorted(SVM_ARRAYS):
-            raise PackError(f"{name}: arrays {sorted(arrays)} != {sorted(SVM_ARRAYS)}")
-        for k, a in arrays.items():
-            if [a.shape[0]] != sh["arrays"][k]:
-                raise PackError(f"{name}: array {k!r} has {a.shape[0]} values, the manifest says {sh['arrays'][k]}")
-        if not all(np.isfinite(arrays[k]).all() for k in ("scaler_mean", "scaler_scale", "intercept", "gamma")):
-            raise PackError(f"{name}: arrays hold non-finite values")
-        if (arrays["scaler_scale"] == 0).any() or (arrays["gamma"] < 0).any():
-            raise PackError(f"{name}: zero scaler scale or negative gamma")
-        shards.append(arrays)
-
-    others: list[Any] = []
-    if SKOPS_FILE in blobs:
-        import skops.io as sio
-
-        data = bytes(blobs[SKOPS_FILE])
-        _check_skops_types(data, SKOPS_FILE)
-        try:
-            others = sio.loads(data, trusted=list(TRUSTED_TYPES))
-        except Exception as exc:
-            raise PackError(f"{SKOPS_FILE}: cannot be loaded ({exc})") from exc
-        if not isinstance(others, list) or len(others) != manifest["skops"]["models"]:
-            raise PackError(f"{SKOPS_FILE}: expected a list of {manifest['skops']['models']} detectors")
-        if not all(hasattr(est, "decision_function") for est in others):
-            raise PackError(f"{SKOPS_FILE}: every detector needs a decision_function")
+    shards = [_svm_shard(blobs[sh["file"]], sh) for sh in (manifest["svm"] or {}).get("shards", [])]
+    others = _skops_detectors(bytes(blobs[SKOPS_FILE]), manifest["skops"]["models"]) if SKOPS_FILE in blobs else []
     return ModelPack(manifest, table, shards, others)
