@@ -5,9 +5,13 @@ The Alembic environment is the package folder `fleetscore/db/migrations/` (`env.
 here in code: no `alembic.ini`. A database created by fleetscore before Alembic (it has the hand-written
 `schema_migrations` table) is stamped at the baseline revision, whose tables it already has, then upgraded.
 
-A schema change: edit `schema.py`, then add the next revision under `migrations/versions/` (copy the shape of
-the newest one, or let Alembic draft it: `command.revision(config(), "what changes", autogenerate=True)` with
-`config().attributes["connection"]` set to a connection to a database at head).
+A schema change: edit `schema.py`, then add the next revision under `migrations/versions/`; Alembic drafts it
+from the difference between `schema.py` and a database at head:
+
+    with engine.begin() as conn:
+        cfg = config()
+        cfg.attributes["connection"] = conn
+        command.revision(cfg, "what changes", autogenerate=True, rev_id="0003")
 """
 
 from __future__ import annotations
