@@ -239,20 +239,3 @@ def test_timer_past_due_claims_the_missed_slot_once(fleet):
     with services.engine.connect() as conn:
         wm = conn.execute(sa.select(db.watermarks.c.value)).scalar()
     assert wm == runs["window_until"].iloc[0]
-
-
-def test_watermark_command_moves_forward_only(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from fleetscore.cli.main import app
-
-    monkeypatch.setenv("FLEETSCORE_SQL_URL", f"sqlite:///{tmp_path / 'w.db'}")
-    monkeypatch.setenv("FLEETSCORE_STORAGE", str(tmp_path / "blobs"))
-    runner = CliRunner()
-    assert "scoring watermark: -" in runner.invoke(app, ["db", "watermark"]).output
-    assert "2026-01-07T20:00:00Z" in runner.invoke(app, ["db", "watermark", "--set", "2026-01-07T20:00Z"]).output
-    assert "2026-01-07T20:00:00Z" in runner.invoke(app, ["db", "watermark", "--set", "2026-01-07T10:00Z"]).output
-    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'w.db'}")
-    with engine.connect() as conn:
-        assert db.read_watermark(conn) == ms("2026-01-07T20:00:00")
-    engine.dispose()
