@@ -25,7 +25,6 @@ from azure.functions.timer import TimerRequest
 
 from fleetscore import clock, db
 from fleetscore.cli.console import StageTick, console, progress_bar, stage_ticker
-from fleetscore.clock import iso_offset
 from fleetscore.context import Services, set_services
 from fleetscore.host.functions import app_functions
 from fleetscore.report.write import write_report
@@ -193,7 +192,7 @@ def replay_schedule(timer_fn: Callable[[TimerRequest], None], settings: Settings
     last_slot = sim.end_ms + settings.late_arrival_seconds * 1000
     slots = occurrences(settings.scoring_schedule, sim.clean_until_ms, last_slot)
     for i, slot in enumerate(slots, start=1):
-        timer_fn(TimerRequest(past_due=False, schedule_status={"Last": None, "Next": iso_offset(slot),
+        timer_fn(TimerRequest(past_due=False, schedule_status={"Last": None, "Next": clock.iso_offset(slot),
                                                                 "LastUpdated": None}))
         tick("runs", i, len(slots))
 
