@@ -156,7 +156,7 @@ def score_quantiles(scores: np.ndarray) -> dict[str, float] | None:
 
 def split_pipeline(est: Any) -> tuple[Any | None, Any]:
     """(StandardScaler or None, final detector) of a detector or a Pipeline([StandardScaler, detector])."""
-    from sklearn.pipeline import Pipeline
+    from sklearn.pipeline import Pipeline  # scikit-learn loads only to write a pack: Core imports this module
     from sklearn.preprocessing import StandardScaler
 
     if isinstance(est, Pipeline):
@@ -346,7 +346,7 @@ def _write_skops(folder: Path, others: list[Any], files: dict[str, dict[str, Any
     section (None without such detectors)."""
     if not others:
         return None
-    import skops.io as sio  # loaded only for packs that hold such detectors
+    import skops.io as sio  # loaded only for packs that hold skops detectors
 
     data = sio.dumps(others)
     _check_skops_types(data, SKOPS_FILE)  # never write a file we would refuse to load
@@ -943,7 +943,7 @@ def _schema_types(schema: Any) -> set[str]:
 
 def _check_skops_types(data: bytes, name: str) -> None:
     """Refuse a skops file naming any type outside :data:`TRUSTED_TYPES` (read from its schema, not loaded)."""
-    import skops.io as sio
+    import skops.io as sio  # loaded only for packs that hold skops detectors
 
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
@@ -1029,7 +1029,7 @@ def _svm_shard(data: Buffer, shard: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def _skops_detectors(data: bytes, count: int) -> list[Any]:
     """The verified skops file's ``count`` detectors, loaded with :data:`TRUSTED_TYPES` only."""
-    import skops.io as sio  # loaded only for packs that hold such detectors
+    import skops.io as sio  # loaded only for packs that hold skops detectors
 
     _check_skops_types(data, SKOPS_FILE)
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -47,7 +48,7 @@ _SCALED = {"ocsvm-rbf": True, "ocsvm-linear": True, "isolation-forest": False, "
 
 
 def _detector_class(algorithm: str) -> type:
-    from sklearn.covariance import EllipticEnvelope
+    from sklearn.covariance import EllipticEnvelope  # scikit-learn loads only to train: Core imports this module
     from sklearn.ensemble import IsolationForest
     from sklearn.neighbors import LocalOutlierFactor
     from sklearn.svm import OneClassSVM
@@ -58,7 +59,7 @@ def _detector_class(algorithm: str) -> type:
 
 def make_estimator(algorithm: str = "ocsvm-rbf", params: Mapping[str, Any] | None = None) -> Any:
     """An unfitted estimator of ``algorithm`` with ``params`` overriding the defaults (see module docstring)."""
-    from sklearn.pipeline import make_pipeline
+    from sklearn.pipeline import make_pipeline  # scikit-learn loads only to train
     from sklearn.preprocessing import StandardScaler
 
     if algorithm not in DEFAULT_PARAMS:
@@ -74,10 +75,8 @@ def make_estimator(algorithm: str = "ocsvm-rbf", params: Mapping[str, Any] | Non
     return make_pipeline(StandardScaler(), det) if scaler else det
 
 
-#: name -> factory(params) of an unfitted estimator
-ALGORITHMS: dict[str, Callable[[Mapping[str, Any] | None], Any]] = {
-    name: (lambda params=None, _name=name: make_estimator(_name, params)) for name in DEFAULT_PARAMS
-}
+#: The algorithms :func:`make_estimator` builds.
+ALGORITHMS: tuple[str, ...] = tuple(DEFAULT_PARAMS)
 
 
 @dataclasses.dataclass
@@ -92,8 +91,13 @@ class FitResult:
     features: tuple[str, ...] = FEATURES
 
 
-def _fit_batch(template: Any, batch: list[tuple[Key, np.ndarray, Any, Any]]) -> list[tuple[Key, Any, Any]]:
-    from sklearn.base import clone
+Work = list[tuple[Key, np.ndarray, Any, Any]]
+"""Pairs to fit: (key, X (windows, features) float64, first window_end, last window_end)."""
+
+
+def _fit_batch(template: Any, batch: Work) -> list[tuple[Key, Any, Any]]:
+    """(key, fitted estimator, its :func:`pack.training_info`) per pair, or (key, None, why the fit failed)."""
+    from sklearn.base import clone  # scikit-learn loads only to train: Core imports this module
 
     out = []
     for key, X, t_from, t_until in batch:
@@ -105,6 +109,61 @@ def _fit_batch(template: Any, batch: list[tuple[Key, np.ndarray, Any, Any]]) -> 
         except Exception as exc:  # noqa: BLE001 - one pair failing must not stop the fleet
             out.append((key, None, f"fit failed: {type(exc).__name__}: {exc}"))
     return out
+
+
+def _pairs_to_fit(features: pd.DataFrame, names: list[str], min_windows: int) -> tuple[Work, dict[Key, str]]:
+    """(the pairs with at least ``min_windows`` windows whose features are all finite, the skipped pairs with
+    the reason), in (device, sensor) order."""
+    X_all = features[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    usable = np.isfinite(X_all).all(axis=1)
+    ends = features["window_end"]
+    groups = features.groupby(["device", "sensor"], sort=True, observed=True).indices
+    skipped: dict[Key, str] = {}
+    work: Work = []
+    for (device, sensor), rows in groups.items():
+        key = (str(device), str(sensor))
+        rows = rows[usable[rows]]
+        if len(rows) < min_windows:
+            skipped[key] = f"{len(rows)} usable windows < min_windows={min_windows}"
+            continue
+        w = ends.iloc[rows]
+        work.append((key, X_all[rows], w.min(), w.max()))
+    return work, skipped
+
+
+def _worker_count(n_jobs: int | None, pairs: int) -> int:
+    """Processes for ``n_jobs`` (joblib's convention: -1 all cores, -2 all but one, None/0/1 one), at most one
+    per pair."""
+    n_workers = 1 if n_jobs in (None, 0, 1) else (n_jobs if n_jobs > 0 else max(1, _cpu_count() + 1 + n_jobs))
+    return min(n_workers, pairs)
+
+
+def _fit_all(template: Any, work: Work, n_jobs: int | None, progress: Callable[[int, int], None] | None
+             ) -> list[list[tuple[Key, Any, Any]]]:
+    """Fit every pair of ``work`` in batches on ``n_jobs`` processes, calling ``progress(done, total)`` as
+    batches finish; every batch's :func:`_fit_batch` result, in the order they finished."""
+    from sklearn.utils.parallel import Parallel, delayed  # scikit-learn loads only to train
+
+    total = len(work)
+    if progress is not None:
+        progress(0, total)
+    if not total:
+        return []
+    n_workers = _worker_count(n_jobs, total)
+    size = max(1, min(64, math.ceil(total / (n_workers * 8))))
+    batches = [work[i:i + size] for i in range(0, total, size)]
+    if n_workers == 1:
+        results = (_fit_batch(template, b) for b in batches)
+    else:
+        results = Parallel(n_jobs=n_workers, return_as="generator_unordered")(
+            delayed(_fit_batch)(template, b) for b in batches)
+    done, finished = 0, []
+    for res in results:
+        finished.append(res)
+        done += len(res)
+        if progress is not None:
+            progress(done, total)
+    return finished
 
 
 def fit_fleet(
@@ -120,8 +179,6 @@ def fit_fleet(
     ``feature_names``). Rows with a non-finite feature are left out; pairs with fewer than ``min_windows`` usable
     windows are skipped with the reason. Runs on ``n_jobs`` processes (-1: all cores) and calls
     ``progress(done, total)`` as pairs finish."""
-    from sklearn.utils.parallel import Parallel, delayed
-
     template = make_estimator(algorithm, params)
     names = [str(f) for f in feature_names]
     missing = [c for c in ("device", "sensor", "window_end", *names) if c not in features.columns]
@@ -129,56 +186,22 @@ def fit_fleet(
         raise ValueError(f"features lack columns {missing}")
     if min_windows < 1:
         raise ValueError("min_windows must be >= 1")
-
-    X_all = features[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    usable = np.isfinite(X_all).all(axis=1)
-    ends = features["window_end"]
-    groups = features.groupby(["device", "sensor"], sort=True, observed=True).indices
-    skipped: dict[Key, str] = {}
-    work: list[tuple[Key, np.ndarray, Any, Any]] = []
-    for (device, sensor), rows in groups.items():
-        key = (str(device), str(sensor))
-        rows = rows[usable[rows]]
-        if len(rows) < min_windows:
-            skipped[key] = f"{len(rows)} usable windows < min_windows={min_windows}"
-            continue
-        w = ends.iloc[rows]
-        work.append((key, X_all[rows], w.min(), w.max()))
-
-    total = len(work)
+    work, skipped = _pairs_to_fit(features, names, min_windows)
     models: dict[Key, Any] = {}
     training: dict[Key, dict[str, Any]] = {}
-    if progress is not None:
-        progress(0, total)
-    if total:
-        n_workers = 1 if n_jobs in (None, 0, 1) else (n_jobs if n_jobs > 0 else max(1, _cpu_count() + 1 + n_jobs))
-        n_workers = min(n_workers, total)
-        size = max(1, min(64, math.ceil(total / (n_workers * 8))))
-        batches = [work[i:i + size] for i in range(0, total, size)]
-        done = 0
-        if n_workers == 1:
-            results = (_fit_batch(template, b) for b in batches)
-        else:
-            results = Parallel(n_jobs=n_workers, return_as="generator_unordered")(
-                delayed(_fit_batch)(template, b) for b in batches)
-        for res in results:
-            for key, est, info in res:
-                if est is None:
-                    skipped[key] = info
-                else:
-                    models[key] = est
-                    training[key] = info
-            done += len(res)
-            if progress is not None:
-                progress(done, total)
+    for batch in _fit_all(template, work, n_jobs, progress):
+        for key, est, info in batch:
+            if est is None:
+                skipped[key] = info
+            else:
+                models[key] = est
+                training[key] = info
     order = sorted(models)
     return FitResult(models={k: models[k] for k in order}, skipped=dict(sorted(skipped.items())),
                      training={k: training[k] for k in order}, algorithm=algorithm, features=tuple(names))
 
 
 def _cpu_count() -> int:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
