@@ -198,31 +198,46 @@ def publish_v1(settings: Any, log: Any = print) -> dict[str, str]:
     """Create the cluster, datastores and datasets in the workspace, publish the pipeline behind a
     PipelineEndpoint (a stable URL across versions) and return the REST endpoints."""
     definition = build_v1_definition(settings)
-    from azureml.core import Dataset, Datastore, Workspace
-    from azureml.core.compute import ComputeTarget
-    from azureml.core.compute_target import ComputeTargetException
-    from azureml.core.runconfig import RunConfiguration
-    from azureml.data import OutputFileDatasetConfig
-    from azureml.pipeline.core import Pipeline, PipelineEndpoint
-    from azureml.pipeline.steps import ParallelRunStep, PythonScriptStep
+    ws = _workspace(settings)
+    compute = _compute_cluster(ws, settings, definition["provisioning_configuration"], log)
+    stores = _datastores(ws, settings, definition["datastores"], log)
+    return _publish(ws, settings, _pipeline_steps(definition, stores, compute))
+
+
+def _workspace(settings: Any) -> Any:
+    from azureml.core import Workspace  # the SDK: lazy, so the cluster-side steps need the standard library alone
 
     missing = [n for n, v in (("AML_SUBSCRIPTION_ID", settings.aml_subscription_id),
                               ("AML_RESOURCE_GROUP", settings.aml_resource_group),
                               ("AML_WORKSPACE", settings.aml_workspace)) if not v]
     if missing:
         raise ValueError(f"set {', '.join(missing)} to publish")
-    ws = Workspace(subscription_id=settings.aml_subscription_id, resource_group=settings.aml_resource_group,
-                   workspace_name=settings.aml_workspace)
+    return Workspace(subscription_id=settings.aml_subscription_id, resource_group=settings.aml_resource_group,
+                     workspace_name=settings.aml_workspace)
+
+
+def _compute_cluster(ws: Any, settings: Any, provisioning: Any, log: Any) -> Any:
+    """The workspace's compute cluster ``settings.aml_compute``, created if missing."""
+    from azureml.core.compute import ComputeTarget  # the SDK: lazy (see _workspace)
+    from azureml.core.compute_target import ComputeTargetException
+
     try:
         compute = ComputeTarget(workspace=ws, name=settings.aml_compute)
         log(f"compute cluster {settings.aml_compute} exists")
     except ComputeTargetException:
         log(f"creating compute cluster {settings.aml_compute}")
-        compute = ComputeTarget.create(ws, settings.aml_compute, definition["provisioning_configuration"])
+        compute = ComputeTarget.create(ws, settings.aml_compute, provisioning)
         compute.wait_for_completion(show_output=False)
+    return compute
+
+
+def _datastores(ws: Any, settings: Any, names: dict[str, str], log: Any) -> dict[str, Any]:
+    """{container: datastore} for :data:`JOB_CONTAINERS`, registered on ``settings.aml_storage_account`` when
+    missing."""
+    from azureml.core import Datastore  # the SDK: lazy (see _workspace)
 
     stores = {}
-    for container, name in definition["datastores"].items():
+    for container, name in names.items():
         try:
             stores[container] = Datastore.get(ws, name)
         except Exception:
@@ -232,6 +247,16 @@ def publish_v1(settings: Any, log: Any = print) -> dict[str, str]:
             stores[container] = Datastore.register_azure_blob_container(
                 workspace=ws, datastore_name=name, container_name=container,
                 account_name=settings.aml_storage_account)
+    return stores
+
+
+def _pipeline_steps(definition: dict[str, Any], stores: dict[str, Any], compute: Any) -> list[Any]:
+    """The three steps (module docstring) on the workspace's datastores: stage-inputs, score-partitions,
+    copy-predictions."""
+    from azureml.core import Dataset  # the SDK: lazy (see _workspace)
+    from azureml.core.runconfig import RunConfiguration
+    from azureml.data import OutputFileDatasetConfig
+    from azureml.pipeline.steps import ParallelRunStep, PythonScriptStep
 
     params = definition["pipeline_parameters"]
     data_root = Dataset.File.from_files(path=(stores["data"], "/"), validate=False) \
@@ -267,8 +292,14 @@ def publish_v1(settings: Any, log: Any = print) -> dict[str, str]:
                    "--run_id", params["run_id"]],
         inputs=[scored_in], outputs=[predictions_root],
         compute_target=compute, runconfig=run_config, allow_reuse=False)
+    return [stage, score, copy]
 
-    pipeline = Pipeline(workspace=ws, steps=[stage, score, copy])
+
+def _publish(ws: Any, settings: Any, steps: list[Any]) -> dict[str, str]:
+    """Validate and publish the pipeline, make it the PipelineEndpoint's default; the REST endpoints."""
+    from azureml.pipeline.core import Pipeline, PipelineEndpoint  # the SDK: lazy (see _workspace)
+
+    pipeline = Pipeline(workspace=ws, steps=steps)
     pipeline.validate()
     published = pipeline.publish(name=settings.aml_pipeline_name, description="fleetscore scoring (SDK v1)",
                                  continue_on_step_failure=False)
