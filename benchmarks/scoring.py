@@ -22,6 +22,7 @@ Last line: RESULT vs_reference=... vs_sklearn=... vs_exp_bound=... f32_speedup=.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import pickle
@@ -140,6 +141,176 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
+@dataclasses.dataclass
+class Measurements:
+    """Seconds (best of the repeats) and the outputs the checks compare."""
+
+    pickles: float  # unpickle one file per model
+    pack_load: float  # load_pack, every SHA-256 verified
+    prepare: float  # engine.prepare, once
+    pack_bytes: int
+    reference: float
+    reference_note: str
+    sklearn: float
+    sklearn_out: dict  # {key: decision values}
+    f64: float
+    f32: float
+    f64_strings: float  # float64, keys as plain strings
+    out64: pd.DataFrame
+    out32: pd.DataFrame
+    rechecks: int
+
+
+def write_pack_and_pickles(models: dict, keys: list, tmp: Path) -> dict:
+    """The fleet as a pack in ``tmp/pack`` and as one pickle per model in ``tmp/models``; {key: pickle path}."""
+    write_pack(models, tmp / "pack", version="bench", training=training_record(keys))
+    pkl_dir = tmp / "models"
+    pkl_dir.mkdir()
+    paths = {}
+    for (d, s), est in models.items():
+        p = pkl_dir / f"model_{d}_{s}.pkl"
+        with p.open("wb") as f:
+            pickle.dump(est, f)
+        paths[(d, s)] = p
+    os.sync()  # write-back of the files just written must not run during the timings below
+    return paths
+
+
+def time_loading(paths: dict, pack_dir: Path, repeats: int) -> tuple[float, float, object, float, int]:
+    """(f): (unpickle every model, load_pack, the loaded pack, engine.prepare, the pack's bytes)."""
+    def load_pickles():
+        out = {}
+        for k, p in paths.items():
+            with p.open("rb") as f:
+                out[k] = pickle.load(f)
+        return out
+
+    # best of N estimates each time without this VM's scheduling noise; the short timings get more tries
+    # than the pickles' ~0.6 s, which average their noise over 10,000 files
+    t_pickles, _ = best_of(load_pickles, 3)
+    t_pack, pack = best_of(lambda: load_pack(pack_dir), repeats)
+    t_prepare, _ = best_of(lambda: (pack.cache.clear(), engine.prepare(pack)), 1)
+    pack_bytes = sum((pack_dir / n).stat().st_size for n in os.listdir(pack_dir))
+    return t_pickles, t_pack, pack, t_prepare, pack_bytes
+
+
+def time_reference(frame: pd.DataFrame, keys: list, paths: dict) -> tuple[float, str]:
+    """(a): the reference's way on its own shared DataFrame (string columns, as read from its CSV); measured
+    over every model when that fits REFERENCE_BUDGET_S, else extrapolated from a sample spread over the fleet."""
+    ref_df = frame.rename(columns={"device": "Device", "sensor": "Sensor"})
+
+    def reference(subset):
+        preds = []
+        for k in subset:
+            with paths[k].open("rb") as f:
+                est = pickle.load(f)
+            rows = ref_df[(ref_df["Device"] == k[0]) & (ref_df["Sensor"] == k[1])]
+            preds.append(est.predict(rows[list(FEATURES)].to_numpy()))
+        return preds
+
+    probe = keys[:: max(1, len(keys) // 40)][:40]
+    t_probe, _ = best_of(lambda: reference(probe), 1)
+    if t_probe / len(probe) * len(keys) <= REFERENCE_BUDGET_S:
+        t_ref, _ = best_of(lambda: reference(keys), 1)
+        return t_ref, f"measured over all {len(keys)} models"
+    sub = keys[:: max(1, len(keys) // 400)]
+    t_sub, _ = best_of(lambda: reference(sub), 1)
+    t_ref = t_sub / len(sub) * len(keys)
+    return t_ref, (f"EXTRAPOLATED: measured {len(sub)} models spread over the fleet ({t_sub:.1f} s), "
+                   f"x {len(keys)}/{len(sub)}; a full run would take ~{t_ref / 60:.0f} min")
+
+
+def time_sklearn(frame: pd.DataFrame, models: dict, keys: list) -> tuple[float, dict]:
+    """(b): preloaded scikit-learn, one decision_function per model."""
+    def sklearn_loop():
+        X = frame[list(FEATURES)].to_numpy()
+        groups = frame.groupby(["device", "sensor"], sort=False).indices
+        return {k: models[k].decision_function(X[groups[k]]) for k in keys}
+
+    return best_of(sklearn_loop, 1)
+
+
+def time_engine(frame: pd.DataFrame, pack, windows: int, repeats: int) -> tuple[float, float, float, object, object]:
+    """(c), (d): the engine on feature rows as the entry script reads them (keys dictionary-encoded), float64
+    and float32, then float64 on plain string keys; (t64, t32, t64 strings, Scored f64, Scored f32)."""
+    feats = frame.assign(device=frame["device"].astype("category"), sensor=frame["sensor"].astype("category"))
+    engine.score(feats.iloc[: windows * 4], pack, dtype="float64")  # compile (or load) the kernels
+    engine.score(feats.iloc[: windows * 4], pack, dtype="float32")
+    t64, scored64 = best_of(lambda: engine.score(feats, pack, run_id="bench", dtype="float64"), repeats)
+    t32, scored32 = best_of(lambda: engine.score(feats, pack, run_id="bench", dtype="float32"), repeats)
+    t64s, _ = best_of(lambda: engine.score(frame, pack, run_id="bench", dtype="float64"), 1)
+    return t64, t32, t64s, scored64, scored32
+
+
+def measure(models: dict, keys: list, frame: pd.DataFrame, windows: int, repeats: int) -> Measurements:
+    """Every timing of the module docstring but (e), on a pack and pickles written to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="fleetscore-bench-") as tmp:
+        paths = write_pack_and_pickles(models, keys, Path(tmp))
+        t_pickles, t_pack, pack, t_prepare, pack_bytes = time_loading(paths, Path(tmp) / "pack", repeats)
+        t_ref, ref_note = time_reference(frame, keys, paths)
+        t_sk, sk = time_sklearn(frame, models, keys)
+        t64, t32, t64s, scored64, scored32 = time_engine(frame, pack, windows, repeats)
+    return Measurements(pickles=t_pickles, pack_load=t_pack, prepare=t_prepare, pack_bytes=pack_bytes,
+                        reference=t_ref, reference_note=ref_note, sklearn=t_sk, sklearn_out=sk, f64=t64, f32=t32,
+                        f64_strings=t64s, out64=scored64.predictions, out32=scored32.predictions,
+                        rechecks=scored32.stats.rechecks)
+
+
+def exp_rates() -> tuple[float, float | None]:
+    """(e): (this machine's numpy float64 exp rate, the fused kernel's inlined exp rate or None without numba),
+    evaluations per second."""
+    rate = _kernels.numpy_exp_rate(n=1 << 16, repeats=200)
+    if not _kernels.HAVE_NUMBA:
+        return rate, None
+    x = -np.random.default_rng(0).random(1 << 16) * 20.0
+    o = np.empty_like(x)
+    _kernels.vexp64(x, o)
+    best = float("inf")
+    for _ in range(200):
+        t = time.perf_counter()
+        _kernels.vexp64(x, o)
+        best = min(best, time.perf_counter() - t)
+    return rate, x.size / best
+
+
+def line(label: str, seconds: float, ratio: str = "", note: str = "") -> None:
+    print(f"{label:60s} {seconds:10.4f} {ratio:>14s}   {note}".rstrip())
+
+
+def report(m: Measurements, keys: list, n: int, windows: int, evals: int, repeats: int) -> None:
+    """The table, the correctness checks on this fleet, and the RESULT line."""
+    rate, fused = exp_rates()
+    bound = evals / rate
+    t64 = m.f64
+    dec_sk = np.concatenate([m.sklearn_out[k] for k in keys])  # keys are sorted, like the engine's rows
+    dec64 = -m.out64["score"].to_numpy()
+    err = float(np.max(np.abs(dec64 - dec_sk)))
+    mism = int((m.out64["is_anomaly"].to_numpy() != (dec_sk < 0)).sum())
+    mism32 = int((m.out32["is_anomaly"].to_numpy() != m.out64["is_anomaly"].to_numpy()).sum())
+
+    print(f"\nwindows scored: {n:,} ({len(keys)} models x {windows}); kernel evaluations: {evals:,}; "
+          f"engine and pack times: best of {repeats}")
+    print(f"{'':60s} {'seconds':>10s} {'/ engine f64':>14s}")
+    line("(a) reference: per model unpickle + pandas mask + predict", m.reference, f"{m.reference / t64:.0f}x",
+         f"[{m.reference_note}]")
+    line("(b) preloaded scikit-learn, one decision_function per model", m.sklearn, f"{m.sklearn / t64:.1f}x")
+    line("(c) engine float64", t64, "1.0x", f"[{evals / t64 / 1e6:.0f} M kernel evaluations/s]")
+    line("(d) engine float32, float64 recheck near 0", m.f32, f"{m.f32 / t64:.2f}x",
+         f"[{m.rechecks:,} windows rechecked = {m.rechecks / n:.2%}]")
+    line("(e) exp bound = evaluations / numpy float64 exp rate", bound, f"{bound / t64:.2f}x",
+         f"[numpy exp {rate / 1e6:.0f} M/s" + (f"; the kernel's inlined exp {fused / 1e6:.0f} M/s]" if fused else "]"))
+    line("    engine float64, keys as plain strings (not dictionary)", m.f64_strings, f"{m.f64_strings / t64:.2f}x")
+    line(f"(f) unpickle {len(keys)} model files, best of 3", m.pickles)
+    line(f"    load_pack: manifest + SHA-256 of {m.pack_bytes / 1e6:.0f} MB, best of {repeats}", m.pack_load, "",
+         f"[pickles / pack = {m.pickles / m.pack_load:.1f}x]")
+    line("    engine.prepare, once per process (not in (c), (d))", m.prepare)
+    print(f"checks: max |engine f64 - sklearn| = {err:.1e}; label mismatches vs sklearn: {mism}; float32 vs float64 "
+          f"label mismatches: {mism32}; windows flagged: {int(m.out64['is_anomaly'].sum()):,}")
+    print(f"RESULT vs_reference={m.reference / t64:.1f} vs_sklearn={m.sklearn / t64:.1f} "
+          f"vs_exp_bound={t64 / bound:.2f} f32_speedup={t64 / m.f32:.2f} "
+          f"pack_load_speedup={m.pickles / m.pack_load:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=int, default=10000)
@@ -155,122 +326,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{int(np.median(svs))}/{svs.max()}, {args.windows} windows each; "
           f"numba kernel: {'yes' if _kernels.HAVE_NUMBA else 'no (numpy path)'}")
     frame = scoring_windows(keys, args.windows)
-    evals = int((svs * args.windows).sum())
-
-    with tempfile.TemporaryDirectory(prefix="fleetscore-bench-") as tmp:
-        tmp = Path(tmp)
-        write_pack(models, tmp / "pack", version="bench", training=training_record(keys))
-        pkl_dir = tmp / "models"
-        pkl_dir.mkdir()
-        paths = {}
-        for (d, s), est in models.items():
-            p = pkl_dir / f"model_{d}_{s}.pkl"
-            with p.open("wb") as f:
-                pickle.dump(est, f)
-            paths[(d, s)] = p
-        os.sync()  # write-back of the files just written must not run during the timings below
-
-        # (f) loading: one pickle per model vs the pack
-        def load_pickles():
-            out = {}
-            for k, p in paths.items():
-                with p.open("rb") as f:
-                    out[k] = pickle.load(f)
-            return out
-
-        # best of N estimates each time without this VM's scheduling noise; the short timings get more tries
-        # than the pickles' ~0.6 s, which average their noise over 10,000 files
-        t_pickles, _ = best_of(load_pickles, 3)
-        t_pack, pack = best_of(lambda: load_pack(tmp / "pack"), args.repeats)
-        t_prepare, _ = best_of(lambda: (pack.cache.clear(), engine.prepare(pack)), 1)
-        pack_bytes = sum((tmp / "pack" / n).stat().st_size for n in os.listdir(tmp / "pack"))
-
-        # (a) the reference's way, on its own shared DataFrame (string columns, as read from its CSV)
-        ref_df = frame.rename(columns={"device": "Device", "sensor": "Sensor"})
-
-        def reference(subset):
-            preds = []
-            for k in subset:
-                with paths[k].open("rb") as f:
-                    est = pickle.load(f)
-                rows = ref_df[(ref_df["Device"] == k[0]) & (ref_df["Sensor"] == k[1])]
-                preds.append(est.predict(rows[list(FEATURES)].to_numpy()))
-            return preds
-
-        probe = keys[:: max(1, len(keys) // 40)][:40]
-        t_probe, _ = best_of(lambda: reference(probe), 1)
-        estimate = t_probe / len(probe) * len(keys)
-        if estimate <= REFERENCE_BUDGET_S:
-            t_ref, _ = best_of(lambda: reference(keys), 1)
-            ref_note = f"measured over all {len(keys)} models"
-        else:
-            sub = keys[:: max(1, len(keys) // 400)]
-            t_sub, _ = best_of(lambda: reference(sub), 1)
-            t_ref = t_sub / len(sub) * len(keys)
-            ref_note = (f"EXTRAPOLATED: measured {len(sub)} models spread over the fleet ({t_sub:.1f} s), "
-                        f"x {len(keys)}/{len(sub)}; a full run would take ~{t_ref / 60:.0f} min")
-
-        # (b) preloaded scikit-learn, one decision_function per model
-        def sklearn_loop():
-            X = frame[list(FEATURES)].to_numpy()
-            groups = frame.groupby(["device", "sensor"], sort=False).indices
-            return {k: models[k].decision_function(X[groups[k]]) for k in keys}
-
-        t_sk, sk = best_of(sklearn_loop, 1)
-
-        # (c), (d) the engine, on feature rows as the entry script reads them (keys dictionary-encoded)
-        feats = frame.assign(device=frame["device"].astype("category"), sensor=frame["sensor"].astype("category"))
-        engine.score(feats.iloc[: args.windows * 4], pack, dtype="float64")  # compile (or load) the kernels
-        engine.score(feats.iloc[: args.windows * 4], pack, dtype="float32")
-        t64, (out64, _) = best_of(lambda: engine.score(feats, pack, run_id="bench", dtype="float64"), args.repeats)
-        t32, (out32, st32) = best_of(lambda: engine.score(feats, pack, run_id="bench", dtype="float32"), args.repeats)
-        t64s, _ = best_of(lambda: engine.score(frame, pack, run_id="bench", dtype="float64"), 1)
-
-    # (e) the exp bound
-    rate = _kernels.numpy_exp_rate(n=1 << 16, repeats=200)
-    bound = evals / rate
-    fused = None
-    if _kernels.HAVE_NUMBA:
-        x = -np.random.default_rng(0).random(1 << 16) * 20.0
-        o = np.empty_like(x)
-        _kernels.vexp64(x, o)
-        best = float("inf")
-        for _ in range(200):
-            t = time.perf_counter()
-            _kernels.vexp64(x, o)
-            best = min(best, time.perf_counter() - t)
-        fused = x.size / best
-
-    # correctness on this fleet
-    dec_sk = np.concatenate([sk[k] for k in keys])  # keys are sorted, like the engine's rows
-    dec64 = -out64["score"].to_numpy()
-    err = float(np.max(np.abs(dec64 - dec_sk)))
-    mism = int((out64["is_anomaly"].to_numpy() != (dec_sk < 0)).sum())
-    mism32 = int((out32["is_anomaly"].to_numpy() != out64["is_anomaly"].to_numpy()).sum())
-
-    def line(label: str, seconds: float, ratio: str = "", note: str = "") -> None:
-        print(f"{label:60s} {seconds:10.4f} {ratio:>14s}   {note}".rstrip())
-
-    n = len(frame)
-    print(f"\nwindows scored: {n:,} ({len(keys)} models x {args.windows}); kernel evaluations: {evals:,}; "
-          f"engine and pack times: best of {args.repeats}")
-    print(f"{'':60s} {'seconds':>10s} {'/ engine f64':>14s}")
-    line("(a) reference: per model unpickle + pandas mask + predict", t_ref, f"{t_ref / t64:.0f}x", f"[{ref_note}]")
-    line("(b) preloaded scikit-learn, one decision_function per model", t_sk, f"{t_sk / t64:.1f}x")
-    line("(c) engine float64", t64, "1.0x", f"[{evals / t64 / 1e6:.0f} M kernel evaluations/s]")
-    line("(d) engine float32, float64 recheck near 0", t32, f"{t32 / t64:.2f}x",
-         f"[{st32.rechecks:,} windows rechecked = {st32.rechecks / n:.2%}]")
-    line("(e) exp bound = evaluations / numpy float64 exp rate", bound, f"{bound / t64:.2f}x",
-         f"[numpy exp {rate / 1e6:.0f} M/s" + (f"; the kernel's inlined exp {fused / 1e6:.0f} M/s]" if fused else "]"))
-    line("    engine float64, keys as plain strings (not dictionary)", t64s, f"{t64s / t64:.2f}x")
-    line(f"(f) unpickle {len(keys)} model files, best of 3", t_pickles)
-    line(f"    load_pack: manifest + SHA-256 of {pack_bytes / 1e6:.0f} MB, best of {args.repeats}", t_pack, "",
-         f"[pickles / pack = {t_pickles / t_pack:.1f}x]")
-    line("    engine.prepare, once per process (not in (c), (d))", t_prepare)
-    print(f"checks: max |engine f64 - sklearn| = {err:.1e}; label mismatches vs sklearn: {mism}; float32 vs float64 "
-          f"label mismatches: {mism32}; windows flagged: {int(out64['is_anomaly'].sum()):,}")
-    print(f"RESULT vs_reference={t_ref / t64:.1f} vs_sklearn={t_sk / t64:.1f} vs_exp_bound={t64 / bound:.2f} "
-          f"f32_speedup={t64 / t32:.2f} pack_load_speedup={t_pickles / t_pack:.1f}")
+    measurements = measure(models, keys, frame, args.windows, args.repeats)
+    report(measurements, keys, len(frame), args.windows, int((svs * args.windows).sum()), args.repeats)
     return 0
 
 
