@@ -14,7 +14,6 @@ except ImportError:  # the Azure ML code snapshot: this folder is the working di
 FEATURES: tuple[str, ...] = ("mean", "min", "max", "std")
 
 
-
 def window_features(windows: pd.DataFrame) -> pd.DataFrame:
     """Turn window aggregates into model features.
 
