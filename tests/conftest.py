@@ -13,7 +13,7 @@ from fleetscore.context import set_services
 from fleetscore.settings import load_settings
 from fleetscore.storage.folder import FolderStore
 
-pytest_plugins = ["tests.azurite"]
+pytest_plugins = ["tests.helpers.azurite"]
 
 PG_ADMIN_URL = os.environ.get("FLEETSCORE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

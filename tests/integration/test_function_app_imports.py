@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from fleetscore.settings import Settings, load_settings
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN_MODULES = ("azureml", "azure.ai.ml")
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 PROJECT = ("fleetscore", "functions", "scoring_job", "function_app")
 OUTER = ("fleetscore.cli", "fleetscore.host")
 """The outermost layer: the CLI and the local host may import `azure.functions` and `function_app`."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fleetscore import db
 from fleetscore.alerts.episodes import alert_id_for
 from fleetscore.settings import load_settings
-from tests.helpers import (
+from tests.helpers.fleet import (
     RUN_A,
     RUN_B,
     RUN_C,

@@ -12,7 +12,7 @@ from fleetscore import db
 from fleetscore.alerts import webhook
 from fleetscore.context import Services
 from fleetscore.settings import load_settings
-from tests.helpers import (
+from tests.helpers.fleet import (
     RUN_A,
     RUN_B,
     RUN_C,

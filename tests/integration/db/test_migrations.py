@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,11 +18,11 @@ from sqlalchemy.engine import Engine, make_url
 
 from fleetscore import db
 from fleetscore.db import migrate
+from tests.helpers import REPO
 from tests.integration.db import legacy_v1
 
 HEAD = ["0001", "0002"]
 """Every revision, oldest first: what a fresh database applies."""
-REPO = Path(__file__).resolve().parents[3]
 
 SAMPLE_ROWS = {
     "readings": [{"device": "d-1", "sensor": "temp", "ts": 1_000, "value": 21.5, "ingested_at": 2_000,

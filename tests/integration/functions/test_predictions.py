@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from fleetscore import db
 from fleetscore.context import Services, set_services
 from fleetscore.settings import load_settings
-from tests.appfuncs import function
-from tests.helpers import (
+from tests.helpers.appfuncs import function
+from tests.helpers.fleet import (
     RUN_A,
     T0,
     W,

@@ -17,7 +17,8 @@ import pytest
 
 from fleetscore.host.app import LocalHost
 from fleetscore.host.bindings import HostConfigError
-from tests.host_helpers import REPO, YEARLY, app_with, host_settings, request, wait_for
+from tests.helpers import REPO
+from tests.helpers.host import YEARLY, app_with, host_settings, request, wait_for
 
 
 def test_one_host_per_state_folder(tmp_path):

@@ -9,7 +9,7 @@ import azure.functions as func
 from fleetscore.host.app import LocalHost
 from fleetscore.host.receipts import DONE, FAILED, POISON
 from fleetscore.storage import open_store
-from tests.host_helpers import app_with, host_settings, request, wait_for
+from tests.helpers.host import app_with, host_settings, request, wait_for
 
 
 def test_blob_trigger_fires_once_per_version_survives_restart_and_poisons(tmp_path):

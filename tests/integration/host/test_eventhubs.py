@@ -8,7 +8,7 @@ import azure.functions as func
 
 from fleetscore.host.app import LocalHost
 from fleetscore.host.spool import Spool
-from tests.host_helpers import app_with, host_settings, request, wait_for
+from tests.helpers.host import app_with, host_settings, request, wait_for
 
 
 def test_events_are_batched_retried_and_checkpointed_after_the_invocation(tmp_path):

@@ -10,7 +10,7 @@ from fleetscore.clock import iso_offset
 from fleetscore.host.app import LocalHost
 from fleetscore.host.schedule_status import ScheduleStatus, TimerStatusStore, next_occurrence
 from fleetscore.runs.slots import latest_occurrence, parse_status_time
-from tests.host_helpers import YEARLY, app_with, host_settings, request, wait_for
+from tests.helpers.host import YEARLY, app_with, host_settings, request, wait_for
 
 
 def test_timer_fires_past_due_once_at_start_and_admin_fires_a_slot(tmp_path):

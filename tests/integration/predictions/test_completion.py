@@ -8,7 +8,7 @@ import threading
 
 from fleetscore import clock, db
 from fleetscore.predictions.index import index_prediction_file
-from tests.helpers import (
+from tests.helpers.fleet import (
     RUN_A,
     RUN_B,
     T0,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fleetscore import db
 from fleetscore.predictions.index import index_prediction_file
 from fleetscore.settings import load_settings
-from tests.helpers import (
+from tests.helpers.fleet import (
     RUN_A,
     RUN_B,
     T0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fleetscore.alerts.documents import alert_document
-from tests.helpers import (
+from tests.helpers.fleet import (
     T0,
     W,
     run_pure,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from fleetscore.alerts.episodes import alert_id_for, close_stale
-from tests.helpers import (
+from tests.helpers.fleet import (
     T0,
     W,
     run_pure,

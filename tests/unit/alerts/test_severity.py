@@ -9,7 +9,7 @@ from sklearn.svm import OneClassSVM
 
 from fleetscore.alerts.severity import quantiles_from_manifest, severity
 from scoring_job.pack import write_pack
-from tests.helpers import (
+from tests.helpers.fleet import (
     Q,
 )
 

@@ -6,7 +6,7 @@ import json
 
 from fleetscore.cli.status import model_status
 from fleetscore.storage.folder import FolderStore
-from tests.helpers import put_pack
+from tests.helpers.fleet import put_pack
 
 
 def test_model_status_counts_the_algorithms_of_the_current_pack(tmp_path):

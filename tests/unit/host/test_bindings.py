@@ -18,8 +18,9 @@ from fleetscore.host.bindings import (
 )
 from fleetscore.host.functions import app_functions
 from fleetscore.settings import Settings, load_settings
-from tests.appfuncs import functions
-from tests.host_helpers import REPO, YEARLY, app_with, host_settings
+from tests.helpers import REPO
+from tests.helpers.appfuncs import functions
+from tests.helpers.host import YEARLY, app_with, host_settings
 
 
 def test_setting_source_reads_settings_by_alias_then_environment_then_local_settings(tmp_path):

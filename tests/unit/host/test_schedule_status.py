@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fleetscore.host.schedule_status import ScheduleStatus, check_past_due, next_occurrence
-from tests.host_helpers import YEARLY, ms
+from tests.helpers.host import YEARLY, ms
 
 
 def test_schedule_monitor_semantics():

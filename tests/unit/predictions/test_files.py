@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetscore.predictions.files import read_predictions
-from tests.helpers import (
+from tests.helpers.fleet import (
     RUN_A,
     T0,
     W,

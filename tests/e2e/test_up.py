@@ -24,7 +24,7 @@ from fleetscore.runs.slots import latest_occurrence, run_id_for_slot
 from fleetscore.settings import load_settings
 from fleetscore.storage import open_store
 from fleetscore.training import train
-from tests.host_helpers import YEARLY, ms, request, wait_for
+from tests.helpers.host import YEARLY, ms, request, wait_for
 
 DEVICES = [f"d-{i:04d}" for i in range(1, 9)]
 SENSORS = ["temp", "hum"]

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,7 @@ from fleetscore.storage import open_store
 from fleetscore.storage.azure import AZURITE_ACCOUNT_KEY, AzureBlobStore
 from fleetscore.storage.base import TMP_PREFIX, BlobConflict, BlobInfo, BlobNotFound, BlobStore, split_key
 from fleetscore.storage.folder import FolderStore
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 # ------------------------------------------------------------------------------- both stores
 
@@ -382,7 +380,7 @@ def test_import_does_not_load_the_azure_sdk(tmp_path):
         "s.put('data/x/y', b'1'); s.list('data/'); s.get('data/x/y')\n"
         "print([m for m in sys.modules if m.startswith(('azure.storage', 'azure.identity', 'azure.core'))])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 

@@ -27,7 +27,7 @@ from fleetscore.runs.slots import latest_occurrence, run_id_for_slot, slot_of_ru
 from fleetscore.settings import load_settings
 from fleetscore.sim.simulate import simulate_fleet, write_simulation
 from fleetscore.training import train
-from tests.appfuncs import function
+from tests.helpers.appfuncs import function
 
 W = 300_000
 HOUR = 3_600_000

@@ -22,9 +22,9 @@ import pytest
 
 from fleetscore.settings import load_settings
 from scoring_job import pipeline_v1
-from tests.snapshot import SCORING_DIR, SNAPSHOT_ONLY, copy_snapshot, drive, run_script
+from tests.helpers import REPO
+from tests.helpers.snapshot import SCORING_DIR, SNAPSHOT_ONLY, copy_snapshot, drive, run_script
 
-REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {"AML_COMPUTE": "score-cpu", "AML_VM_SIZE": "Standard_F8s_v2", "AML_MAX_NODES": "6",
              "AML_NODE_COUNT": "3", "AML_LOW_PRIORITY": "true", "AML_PROCESS_COUNT_PER_NODE": "4",
              "AML_MINI_BATCH_SIZE": "2", "AML_ERROR_THRESHOLD": "1", "AML_MAX_RETRIES": "2",

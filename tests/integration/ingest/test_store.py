@@ -18,7 +18,7 @@ from fleetscore import db
 from fleetscore.ingest.readings import RawEvent
 from fleetscore.ingest.store import TransientIngestError, ingest_events
 from fleetscore.ingest.windows import aggregate
-from tests.appfuncs import function as _function
+from tests.helpers.appfuncs import function as _function
 
 W_MS = 300_000
 T0 = int(datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc).timestamp() * 1000)

@@ -22,7 +22,7 @@ from sklearn.svm import OneClassSVM
 
 from scoring_job.contract import PREDICTION_SCHEMA, RESULT_COLUMNS
 from scoring_job.pack import write_pack
-from tests.snapshot import copy_snapshot, drive
+from tests.helpers.snapshot import copy_snapshot, drive
 
 
 def window_rows(rng, device, sensor, windows, level, bad_from=None):

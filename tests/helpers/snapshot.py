@@ -11,7 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-SCORING_DIR = Path(__file__).resolve().parents[1] / "scoring_job"
+from tests.helpers import REPO
+
+SCORING_DIR = REPO / "scoring_job"
 
 #: Prepended to every snapshot script: importing fleetscore, scoring_job, functions or function_app fails.
 SNAPSHOT_ONLY = textwrap.dedent("""

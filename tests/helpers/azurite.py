@@ -24,9 +24,9 @@ import pytest
 from fleetscore.storage.azure import AzureBlobStore, azurite_connection_string
 from fleetscore.storage.base import BlobStore
 from fleetscore.storage.folder import FolderStore
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_BIN = REPO / "node_modules" / ".bin" / "azurite-blob"
 STORE_KINDS = ["folder", pytest.param("azurite", marks=pytest.mark.azurite)]
 START_TIMEOUT = 60.0
 
@@ -66,7 +66,7 @@ def _start(location: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
             proc = subprocess.Popen(
                 [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
                  "--silent", "--skipApiVersionCheck", "--loose"],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -86,7 +86,7 @@ def _start(location: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
 def azurite(tmp_path_factory) -> Iterator[str]:
     """A running Azurite blob service for the session; yields its connection string."""
     if not os.access(AZURITE_BIN, os.X_OK):
-        pytest.fail(f"Azurite is not installed ({AZURITE_BIN} is missing): run `npm ci` in {ROOT} "
+        pytest.fail(f"Azurite is not installed ({AZURITE_BIN} is missing): run `npm ci` in {REPO} "
                     f"(or `make node`), then run the tests again")
     location = tmp_path_factory.mktemp("azurite")
     proc, port = _start(location, location.parent / f"{location.name}.log")

@@ -15,7 +15,6 @@ import azure.functions as func
 
 from fleetscore.settings import Settings, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
 YEARLY = "0 0 0 1 1 *"
 """A schedule whose next occurrence is months away: only past-due and manual fires happen in a test."""
 
