@@ -6,6 +6,7 @@ holds the version runs use. Versions are UTC timestamps (`v20261123T100500Z`), s
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from fleetscore import db
 from fleetscore.storage.base import BlobNotFound, BlobStore
-from fleetscore.storage.paths import CURRENT_POINTER, model_pack_prefix
+from fleetscore.storage.paths import CURRENT_POINTER, model_manifest_key, model_pack_prefix
 from scoring_job.features import window_features
 from scoring_job.pack import write_pack
 from scoring_job.train import fit_fleet
@@ -58,6 +59,13 @@ def publish_pack(store: BlobStore, folder: Path, version: str, *, activate: bool
     store.upload_dir(folder, model_pack_prefix(version))
     if activate:
         store.put(CURRENT_POINTER, version.encode())
+
+
+def read_pack_manifest(store: BlobStore, version: str) -> dict:
+    """The manifest JSON of model pack `version`, the document alone (no array file is read or verified):
+    BlobNotFound when the pack is missing, ValueError when it is not JSON. Check it with
+    `scoring_job.pack.manifest_training_table`."""
+    return json.loads(store.get(model_manifest_key(version)))
 
 
 def current_model_version(store: BlobStore) -> str | None:

@@ -14,7 +14,6 @@ An unknown pack, pair or quantile gives ``medium``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from fleetscore.storage.paths import model_manifest_key
+from fleetscore.training import read_pack_manifest
 from scoring_job.pack import QUANTILES, manifest_training_table
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def pack_quantiles(store: Any, version: str) -> QuantileTable | None:
             _TABLES.move_to_end(cache_key)
             return _TABLES[cache_key]
     try:
-        table = quantiles_from_manifest(json.loads(store.get(model_manifest_key(version))))
+        table = quantiles_from_manifest(read_pack_manifest(store, version))
     except Exception as exc:  # missing or unreadable pack: severity falls back to "medium"
         log.warning("model pack %s: no readable manifest (%s); severity of its alerts is %s",
                     version, type(exc).__name__, UNKNOWN_SEVERITY)

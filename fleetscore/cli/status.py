@@ -16,8 +16,7 @@ from sqlalchemy.engine import Engine
 from fleetscore import db
 from fleetscore.cli.console import console, fmt_count, fmt_ms, services
 from fleetscore.storage.base import BlobNotFound, BlobStore
-from fleetscore.storage.paths import model_manifest_key
-from fleetscore.training import current_model_version
+from fleetscore.training import current_model_version, read_pack_manifest
 from scoring_job.pack import manifest_training_table
 
 
@@ -88,7 +87,7 @@ def model_status(store: BlobStore) -> dict[str, Any]:
     if version is None:
         return {"version": None}
     try:
-        manifest = json.loads(store.get(model_manifest_key(version)))
+        manifest = read_pack_manifest(store, version)
         table = manifest_training_table(manifest)
     except (BlobNotFound, ValueError) as exc:  # PackError is a ValueError
         return {"version": version, "error": f"manifest unreadable: {exc}"}
