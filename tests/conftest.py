@@ -65,7 +65,7 @@ def pg_engine(pg_url):
     engine = db.create_db_engine(pg_url)
     db.upgrade(engine)
     with engine.begin() as conn:
-        names = ", ".join(t.name for t in db.metadata.sorted_tables if t.name != "schema_migrations")
+        names = ", ".join(t.name for t in db.metadata.sorted_tables)
         conn.execute(sa.text(f"TRUNCATE {names}"))
     yield engine
     engine.dispose()

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from fleetscore.clock import now_ms
 
 DONE, FAILED, POISON = "done", "failed", "poison"
 FINAL = (DONE, POISON)
@@ -79,7 +80,7 @@ class BlobReceipts:
         """Persist the outcome for one blob version (append + fsync) before returning it."""
         if status not in (DONE, FAILED, POISON):
             raise ValueError(f"unknown receipt status {status!r}")
-        receipt = Receipt(blob, etag, status, attempts, int(time.time() * 1000), (error or None) and error[:2000])
+        receipt = Receipt(blob, etag, status, attempts, now_ms(), (error or None) and error[:2000])
         line = json.dumps(asdict(receipt)).encode() + b"\n"
         with self._lock:
             self._fh.write(line)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from croniter import croniter
 
-from fleetscore.clock import iso_offset
+from fleetscore.clock import iso_offset, to_datetime
 from fleetscore.host.spool import write_json_atomic
 from fleetscore.runs.slots import latest_occurrence, parse_status_time
 from fleetscore.settings import ncrontab_to_croniter
@@ -30,7 +30,7 @@ NEVER = "0001-01-01T00:00:00+00:00"
 
 def next_occurrence(ncrontab: str, after_ms: int) -> int:
     """The first occurrence of the schedule strictly after `after_ms`."""
-    start = datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc)
+    start = to_datetime(after_ms)
     nxt = croniter(ncrontab_to_croniter(ncrontab), start).get_next(datetime)
     ms = int(round(nxt.timestamp() * 1000))
     if ms <= after_ms:  # croniter works in whole seconds; step past a sub-second `after`

@@ -25,11 +25,12 @@ import json
 import os
 import re
 import threading
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from fleetscore.clock import now_ms
 
 SEGMENT_RE = re.compile(r"^segment-(\d{20})-(\d{20})\.log$")
 MAX_HEADER = 128
@@ -192,7 +193,7 @@ class Spool:
     def append(self, body: bytes, enqueued_ms: int | None = None) -> SpoolRecord:
         """Write one event durably (write + fsync) and return its record; only then may it be acknowledged."""
         body = bytes(body)
-        enqueued = int(time.time() * 1000) if enqueued_ms is None else int(enqueued_ms)
+        enqueued = now_ms() if enqueued_ms is None else int(enqueued_ms)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the spool is closed")
@@ -279,7 +280,7 @@ class Spool:
             if sequence_number <= self._checkpoints[consumer]:
                 return
             write_json_atomic(self._checkpoint_path(consumer),
-                              {"sequence_number": sequence_number, "updated_at": int(time.time() * 1000)},
+                              {"sequence_number": sequence_number, "updated_at": now_ms()},
                               fsync=self.fsync)
             self._checkpoints[consumer] = sequence_number
             done = min(self._checkpoints.values())

@@ -5,8 +5,7 @@ Keys are `<container>/<path>`; the scoring job's containers come from :mod:`scor
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
+from fleetscore.clock import to_datetime
 from scoring_job.contract import DATA_CONTAINER, MODELS_CONTAINER, PREDICTIONS_CONTAINER
 
 DATA = DATA_CONTAINER
@@ -73,5 +72,5 @@ def run_id_of(key: str) -> str | None:
 
 def alert_document_key(alert_id: str, first_window_end_ms: int) -> str:
     """`alerts/<yyyy>/<mm>/<dd>/<alert_id>.json`, dated by the episode's first window (UTC)."""
-    day = datetime.fromtimestamp(int(first_window_end_ms) / 1000, tz=timezone.utc)
+    day = to_datetime(first_window_end_ms)
     return f"{ALERTS}/{day:%Y/%m/%d}/{alert_id}.json"

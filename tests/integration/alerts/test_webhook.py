@@ -7,9 +7,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
 from fleetscore import db
 from fleetscore.alerts import webhook
+from fleetscore.cli.alerts import alerts_app
 from fleetscore.context import Services
 from fleetscore.settings import load_settings
 from tests.helpers.fleet import (
@@ -121,10 +123,6 @@ def test_redeliver_sends_what_indexing_did_not(sqlite_engine, folder, monkeypatc
 
 
 def test_alerts_command_lists_and_redelivers(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from fleetscore.cli.alerts import alerts_app
-
     monkeypatch.setattr(webhook, "BACKOFF_SECONDS", 0.01)
     hook = Hook()
     hook.status = 503
