@@ -281,6 +281,8 @@ class _RestBackend:
     """An Azure ML job started over REST: no feed (the job takes the run whole), nothing to cancel in this
     process; the prediction files reach the blob trigger."""
 
+    in_process = False
+
     def __init__(self, settings: Any, credential: Any = None) -> None:
         self.settings = settings
         self.credential = credential

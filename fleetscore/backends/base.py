@@ -71,7 +71,10 @@ class Feed(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """Scores the partitions of one run."""
+    """Scores the partitions of one run. `in_process`: `submit` scores in this process and returns when done
+    (the run is then "running" while it waits); otherwise it returns once a remote job is accepted."""
+
+    in_process: bool
 
     def open_feed(self, req: SubmitRequest) -> Feed | None:
         """Start scoring before the export ends, or None when this backend takes the run whole."""

@@ -107,8 +107,8 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
         outcome.status = "succeeded"
         return
     request = dataclasses.replace(request, partitions=tuple(p.name for p in manifest.partitions))
-    in_process = getattr(backend, "in_process", False)
-    update_run(engine, claim.run_id, status="running" if in_process else "submitted", submitted_at=clock.now_ms())
+    update_run(engine, claim.run_id, status="running" if backend.in_process else "submitted",
+               submitted_at=clock.now_ms())
     submission = _timed(outcome, "submit", lambda: backend.submit(request))
     outcome.backend_run_id = submission.backend_run_id
     update_run(engine, claim.run_id, backend_run_id=submission.backend_run_id, timings=json.dumps(outcome.timings))
