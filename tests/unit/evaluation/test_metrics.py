@@ -1,4 +1,4 @@
-"""Detection quality: fault windows, episodes from window flags, alerts matched to faults."""
+"""Detection quality: fault windows, episodes from window flags, alerts matched to events, event-level figures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetscore.sim.evaluate import episodes_from_flags, fault_windows, match_alerts
+from fleetscore.evaluation.metrics import (
+    detect,
+    episodes_from_flags,
+    events_in_range,
+    fault_windows,
+    match_alerts,
+    pair_days,
+    time_to_detect,
+)
 
 W = 300_000  # 5-minute windows
 T0 = 1_767_571_200_000  # 2026-01-05T00:00Z, a multiple of W
@@ -151,3 +159,79 @@ def test_simulated_faults_are_found_by_an_oracle_detector():
     assert len(sim.faults) > 5
     assert m.recall == 1.0 and m.precision == 1.0
     assert episodes["windows"].min() >= 3  # every fault spans several 5-minute windows
+
+
+# ------------------------------------------------------------------------------------------ detect
+def _events(*rows):
+    return pd.DataFrame(rows, columns=["device", "sensor", "start", "end"])
+
+
+def test_detect_counts_caught_and_missed_events_true_and_false_alerts():
+    events = _events(
+        ("d1", "temp", T0 + 10 * W + 60_000, T0 + 14 * W),  # windows 11..14: caught
+        ("d1", "temp", T0 + 40 * W + 1, T0 + 42 * W),  # windows 41..42: missed
+    )
+    alerts = _alerts(
+        ("d1", "temp", T0 + 12 * W, T0 + 15 * W),  # true: raised at its first window (no raised_window_end)
+        ("d1", "temp", T0 + 80 * W, T0 + 81 * W),  # false
+        ("d2", "temp", T0 + 41 * W, T0 + 41 * W),  # false: another pair
+    )
+    d = detect(alerts, events, window_ms=W, pair_days=2.0)
+    assert (d.events, d.caught, d.alerts, d.true_alerts, d.false_alerts) == (2, 1, 3, 1, 2)
+    assert d.recall == 0.5 and d.precision == pytest.approx(1 / 3)
+    assert d.false_per_1000_pair_days == pytest.approx(2 * 1000 / 2.0)
+    assert d.median_ttd_minutes == pytest.approx((12 * W - 10 * W - 60_000) / 60_000)  # 9 minutes
+    assert d.as_dict()["median_ttd_minutes"] == pytest.approx(9.0)
+
+
+def test_detect_uses_the_raise_window_and_the_median_over_caught_events():
+    start = T0 + 60_000  # one minute into window 1; windows 1..6
+    events = _events(("d1", "temp", start, T0 + 6 * W), ("d2", "temp", start, T0 + 6 * W),
+                     ("d3", "temp", start, T0 + 6 * W))
+    alerts = pd.DataFrame({
+        "device": ["d1", "d2", "d3", "d3"], "sensor": ["temp"] * 4,
+        "first_window_end": [T0 + W, T0 + W, T0 + 5 * W, T0 + 2 * W],
+        "last_window_end": [T0 + 6 * W, T0 + 6 * W, T0 + 6 * W, T0 + 3 * W],
+        # d1 raised at its 3rd window, d2 at its 1st; d3: the earlier of its two alerts' raise windows
+        "raised_window_end": [T0 + 3 * W, T0 + W, T0 + 5 * W, T0 + 3 * W],
+    })
+    ttd = time_to_detect(alerts, events, W)
+    assert ttd.to_dict() == {0: 14.0, 1: 4.0, 2: 14.0}
+    assert detect(alerts, events, window_ms=W, pair_days=1.0).median_ttd_minutes == 14.0
+
+
+def test_an_alert_open_before_the_event_detects_it_at_the_events_first_window():
+    events = _events(("d1", "temp", T0 + 10 * W + 120_000, T0 + 12 * W))  # first window ends T0 + 11 W
+    alerts = pd.DataFrame({"device": ["d1"], "sensor": ["temp"], "first_window_end": [T0 + 2 * W],
+                           "last_window_end": [T0 + 20 * W], "raised_window_end": [T0 + 3 * W]})
+    assert time_to_detect(alerts, events, W).tolist() == [3.0]  # 11 W − (10 W + 2 min), never negative
+
+
+def test_detect_tolerance_edge_after_the_event():
+    events = _events(("d1", "temp", T0 + 10 * W + 1, T0 + 12 * W))  # windows 11..12
+    late = _alerts(("d1", "temp", T0 + 14 * W, T0 + 15 * W))  # two windows after the last
+    assert detect(late, events, window_ms=W, pair_days=1.0, tolerance_windows=1).recall == 0.0
+    caught = detect(late, events, window_ms=W, pair_days=1.0, tolerance_windows=2)
+    assert (caught.recall, caught.precision) == (1.0, 1.0)
+    assert caught.median_ttd_minutes == pytest.approx((14 * W - 10 * W - 1) / 60_000)
+
+
+def test_detect_without_alerts_events_or_exposure():
+    events = _events(("d1", "temp", T0 + 1, T0 + W))
+    nothing = detect(_alerts(), events, window_ms=W, pair_days=10.0)
+    assert (nothing.precision, nothing.recall, nothing.false_per_1000_pair_days) == (1.0, 0.0, 0.0)
+    assert math.isnan(nothing.median_ttd_minutes) and nothing.as_dict()["median_ttd_minutes"] is None
+    no_exposure = detect(_alerts(("d1", "temp", T0, T0)), events.head(0), window_ms=W, pair_days=0.0)
+    assert no_exposure.false_alerts == 1 and math.isnan(no_exposure.false_per_1000_pair_days)
+
+
+def test_pair_days_and_events_in_range():
+    day = 86_400_000
+    assert pair_days(120, T0, T0 + 4 * day) == 480.0
+    assert pair_days(3, T0, T0 + day // 2) == 1.5
+    assert pair_days(5, T0 + day, T0) == 0.0
+    events = _events(("a", "s", T0 - 2 * W, T0 - W),  # ends before the range: out
+                     ("b", "s", T0 - W, T0 + 1),  # ends inside: in
+                     ("c", "s", T0 + day, T0 + day + W),  # starts at the range's last window end: in
+                     ("d", "s", T0 + day + 1, T0 + day + W))  # starts after: out
+    assert events_in_range(events, T0, T0 + day)["device"].tolist() == ["b", "c"]
