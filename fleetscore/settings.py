@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from croniter import croniter
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
+DEFAULT_ALERT_PERSISTENCE = "2/3"
+"""k/n of the alert rules when neither ALERT_PERSISTENCE nor ALERT_MIN_WINDOWS is set (measured: see README)."""
 BACKENDS = ("local", "aml-pipeline", "aml-batch-endpoint")
 
 
@@ -31,6 +33,14 @@ def ncrontab_to_croniter(expr: str) -> str:
     if len(fields) != 6:
         raise ValueError(f"NCRONTAB needs 6 fields (second minute hour day month day-of-week), got {expr!r}")
     return " ".join(fields[1:] + fields[:1])
+
+
+def _k_of_n(text: str) -> tuple[int, int]:
+    """ "k/n" → (k, n) with 1 <= k <= n; ValueError otherwise."""
+    k, sep, n = str(text).strip().partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"want 'k/n' with integers 1 <= k <= n (e.g. '2/3'), got {text!r}")
+    return int(k), int(n)
 
 
 class LocalSettingsSource(PydanticBaseSettingsSource):
@@ -96,7 +106,15 @@ class Settings(BaseSettings):
     )
 
     alert_close_after_windows: int = Field(3, alias="ALERT_CLOSE_AFTER_WINDOWS", ge=1)
-    alert_min_windows: int = Field(1, alias="ALERT_MIN_WINDOWS", ge=1)
+    alert_min_windows: int | None = Field(
+        None, alias="ALERT_MIN_WINDOWS", ge=1,
+        description="deprecated: the same as ALERT_PERSISTENCE=k/k (k anomalous windows in a row)",
+    )
+    alert_persistence: str | None = Field(
+        None, alias="ALERT_PERSISTENCE",
+        description=f"k/n: a marginal anomalous window opens an alert when k of the pair's last n windows are "
+                    f"anomalous (a strong one at once); default {DEFAULT_ALERT_PERSISTENCE}",
+    )
     alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
     poison_blob_threshold: int = Field(5, alias="POISON_BLOB_THRESHOLD", ge=1)
 
@@ -173,6 +191,24 @@ class Settings(BaseSettings):
         if not names or bad:
             raise ValueError(f"features must be a comma list from {sorted(allowed)}, got {value!r}")
         return ",".join(names)
+
+    @field_validator("alert_persistence")
+    @classmethod
+    def _valid_persistence(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("alert_min_windows") is not None:
+            raise ValueError("set ALERT_PERSISTENCE or the older ALERT_MIN_WINDOWS (= k/k), not both")
+        return "{}/{}".format(*_k_of_n(value))
+
+    @property
+    def alert_k_of_n(self) -> tuple[int, int]:
+        """(k, n) of the alert persistence rule: ALERT_PERSISTENCE, else ALERT_MIN_WINDOWS as k/k, else the default."""
+        if self.alert_persistence is not None:
+            return _k_of_n(self.alert_persistence)
+        if self.alert_min_windows is not None:
+            return self.alert_min_windows, self.alert_min_windows
+        return _k_of_n(DEFAULT_ALERT_PERSISTENCE)
 
     @property
     def features(self) -> tuple[str, ...]:

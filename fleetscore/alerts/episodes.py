@@ -1,18 +1,30 @@
 """Alert episodes (pure): one alert per run of anomalous windows of a device+sensor, updated while it lasts,
-closed after it ends.
+closed after it ends. The rules weigh evidence: a far-out window alerts at once, a marginal one needs company.
 
-An *episode* is a run of consecutive anomalous windows of one pair. :func:`update_alerts` walks a prediction
-file's scored windows (status ``ok``) pair by pair, only those newer than the pair's latest alert's
-``last_seen_window_end`` (so indexing a file again changes nothing):
+A window is *anomalous* when its score is above its model's ``threshold`` (the file's ``is_anomaly``) and
+*strong* when it is also above ``threshold_strong`` (files without these columns: threshold 0, strong never).
+An *episode* is a run of anomalous windows of one pair. :func:`update_alerts` walks a prediction file's scored
+windows (status ``ok``) pair by pair, only those newer than the pair's latest alert's ``last_seen_window_end``
+(so indexing a file again changes nothing):
 
 - an anomalous window extends the pair's open alert (``last_window_end``, ``windows`` + 1, ``max_score``,
-  ``severity``, ``model_version``, ``run_id``), or, with no open alert, opens a new one once the pair has
-  ``ALERT_MIN_WINDOWS`` consecutive anomalous windows ending there (earlier files' windows come from the
-  ``anomalies`` table, so this works across files and runs); ``first_window_end`` is the first of them;
-- a normal window — or a missing one: windows without a score count as normal — closes the open alert once
-  its last anomalous window is ``ALERT_CLOSE_AFTER_WINDOWS`` windows behind. A later anomaly opens a new alert.
+  ``severity``, ``model_version``, ``run_id``), or, with no open alert, opens a new one when it is strong or
+  when it is the k-th anomalous window of the pair's last n (``ALERT_PERSISTENCE`` = "k/n"; earlier files'
+  windows come from the ``anomalies`` table, so this works across files and runs). The new alert's
+  ``first_window_end`` is the first anomalous window of those n (the evidence), ``windows`` their count.
+  "k/k" is the old ``ALERT_MIN_WINDOWS`` = k (k anomalous windows in a row); "1/1" alerts on every anomaly;
+- a missing window (no score: no reading, no model, a failed model) counts as a normal one, for persistence
+  as for closing: an alert needs evidence that was scored, and a silent sensor does not keep one open;
+- a normal (or missing) window closes the open alert once its last anomalous window is
+  ``ALERT_CLOSE_AFTER_WINDOWS`` windows behind. A later anomaly opens a new alert.
   When a run completes as succeeded, open alerts of pairs that had no window in it are closed the same way
   (:func:`close_stale`), so a sensor that stops reporting does not keep its alert open forever.
+
+Files indexed out of order: when a pair's newer windows were indexed first and made no alert decision (no
+alert past this file), its anomalous windows after this file (from the ``anomalies`` table) are walked again
+after the file's own, as far as they are within reach of it (n − 1 or ``ALERT_CLOSE_AFTER_WINDOWS`` windows
+apart), so persistence straddling the two files opens the same alert as in time order. An alert already
+raised from newer windows is never re-keyed or retracted by an older file; that file's anomalies are stored.
 
 ``alert_id`` is ``"al-"`` + 16 hex digits of SHA-256 over (device, sensor, first_window_end): a replayed file can
 never raise a duplicate. Severity (:mod:`fleetscore.alerts.severity`) never goes down within an episode: each
@@ -38,10 +50,27 @@ from fleetscore.alerts.severity import SeverityOf, worse
 Alert = dict[str, Any]
 Pair = tuple[str, str]
 
-SCORED_WINDOW_COLUMNS = ("device", "sensor", "window_end", "score", "is_anomaly", "model_version", "run_id")
-"""What :func:`update_alerts` reads of a file's scored windows (window_end int epoch ms)."""
-HISTORY_COLUMNS = ("device", "sensor", "window_end", "score")
-"""Earlier anomalous windows of the pairs (from the anomalies table)."""
+SCORED_WINDOW_COLUMNS = ("device", "sensor", "window_end", "score", "is_anomaly", "threshold", "threshold_strong",
+                         "model_version", "run_id")
+"""What :func:`update_alerts` reads of a file's scored windows (window_end int epoch ms; a missing `threshold`
+is 0.0 and a missing or NaN `threshold_strong` +inf, as prediction files were before calibrated thresholds)."""
+HISTORY_COLUMNS = ("device", "sensor", "window_end", "score", "model_version", "run_id")
+"""The pairs' anomalous windows of other files (from the anomalies table), before and after this one."""
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """Marginal evidence needed to open an alert: `k` anomalous windows among a pair's last `n` (1 <= k <= n)."""
+
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n:
+            raise ValueError(f"persistence needs 1 <= k <= n, got {self.k}/{self.n}")
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
 
 
 def alert_id_for(device: str, sensor: str, first_window_end: int) -> str:
@@ -69,7 +98,7 @@ class AlertUpdate:
 @dataclass(frozen=True)
 class _Rules:
     window_ms: int
-    min_windows: int
+    persistence: Persistence
     close_after: int
     severity_of: SeverityOf
     now: int
@@ -77,11 +106,12 @@ class _Rules:
 
 @dataclass(frozen=True)
 class _Window:
-    """One scored window of a pair; `is_anomaly` only with a finite score."""
+    """One scored window of a pair; `is_anomaly` only with a finite score, `strong` only when anomalous."""
 
     end: int
     score: float
     is_anomaly: bool
+    strong: bool
     model_version: str | None
     run_id: str | None
 
@@ -108,14 +138,15 @@ def _text(value: Any) -> str | None:
 
 # ------------------------------------------------------------------------------------------ one file
 def update_alerts(windows: pd.DataFrame, latest: pd.DataFrame, history: pd.DataFrame, *, window_ms: int,
-                  min_windows: int, close_after: int, severity_of: SeverityOf, now: int) -> AlertUpdate:
+                  persistence: Persistence, close_after: int, severity_of: SeverityOf, now: int) -> AlertUpdate:
     """The alert changes one file's scored windows make (pure).
 
-    - `windows`: the file's scored rows (status ok), at least :data:`SCORED_WINDOW_COLUMNS`.
+    - `windows`: the file's scored rows (status ok), :data:`SCORED_WINDOW_COLUMNS` (thresholds optional).
     - `latest`: per pair at most one alert row (columns of the alerts table): its open alert, else its most
       recent closed one. Windows up to its `last_seen_window_end` are skipped.
-    - `history`: earlier anomalous windows (:data:`HISTORY_COLUMNS`) from the anomalies table, for the
-      ALERT_MIN_WINDOWS look-back (rows at or after a pair's first window in `windows` are ignored).
+    - `history`: the pairs' anomalous windows of other files (:data:`HISTORY_COLUMNS`) from the anomalies
+      table: those before a pair's first window here are the persistence look-back (n − 1 windows suffice),
+      those after its last window here are walked after it (files out of order); rows in between are ignored.
     """
     out = AlertUpdate()
     if windows.empty:
@@ -125,13 +156,14 @@ def update_alerts(windows: pd.DataFrame, latest: pd.DataFrame, history: pd.DataF
     if frame.empty:
         return out
     history_by_pair = _history_by_pair(history)
-    rules = _Rules(window_ms=window_ms, min_windows=min_windows, close_after=close_after, severity_of=severity_of,
+    rules = _Rules(window_ms=window_ms, persistence=persistence, close_after=close_after, severity_of=severity_of,
                    now=now)
     for (device, sensor), rows in frame.groupby(["device", "sensor"], sort=False):
         pair = (str(device), str(sensor))
-        walk = _PairWalk.start(pair, rows, state.get(pair), history_by_pair.get(pair, {}))
+        walk = _PairWalk.start(pair, rows, state.get(pair), history_by_pair.get(pair, []))
         for window in _new_windows(rows, walk.seen):
             walk.step(window, rules)
+        walk.walk_later(rules)
         walk.report(out, now)
     return out
 
@@ -155,31 +187,49 @@ def _candidate_windows(windows: pd.DataFrame, state: Mapping[Pair, Alert]) -> pd
     candidates = set(zip(hot["device"], hot["sensor"], strict=True))
     candidates |= {k for k, rec in state.items() if rec["status"] == "open"}
     keep = [(d, s) in candidates for d, s in zip(windows["device"], windows["sensor"], strict=True)]
-    frame = windows.loc[keep, list(SCORED_WINDOW_COLUMNS)]
+    frame = with_thresholds(windows.loc[keep])[list(SCORED_WINDOW_COLUMNS)]
     frame = frame.sort_values(["device", "sensor", "window_end"], kind="stable")
     return frame.drop_duplicates(["device", "sensor", "window_end"], keep="last")
 
 
-def _history_by_pair(history: pd.DataFrame | None) -> dict[Pair, dict[int, float]]:
-    """{pair: {window_end: score}} of the earlier anomalous windows."""
-    by_pair: dict[Pair, dict[int, float]] = {}
+def with_thresholds(windows: pd.DataFrame) -> pd.DataFrame:
+    """`windows` with float `threshold` and `threshold_strong` columns: missing ones (prediction files written
+    before calibrated thresholds) as 0.0 and +inf, NaN strong thresholds as +inf (never strong)."""
+    out = windows.copy()
+    if "threshold" not in out.columns:
+        out["threshold"] = 0.0
+    strong = out["threshold_strong"] if "threshold_strong" in out.columns else pd.Series(np.inf, index=out.index)
+    out["threshold_strong"] = pd.to_numeric(strong, errors="coerce").astype(np.float64).fillna(np.inf)
+    out["threshold"] = pd.to_numeric(out["threshold"], errors="coerce").astype(np.float64)
+    return out
+
+
+def _history_by_pair(history: pd.DataFrame | None) -> dict[Pair, list[_Window]]:
+    """{pair: anomalous windows of other files in time order} (none of them strong: only scores are stored)."""
+    by_pair: dict[Pair, list[_Window]] = {}
     if history is None or history.empty:
         return by_pair
-    for d, s, w, sc in zip(history["device"], history["sensor"], history["window_end"], history["score"],
-                           strict=True):
-        by_pair.setdefault((str(d), str(s)), {})[int(w)] = float(sc)
+    ordered = history.sort_values("window_end", kind="stable")
+    missing = pd.Series([None] * len(ordered), index=ordered.index, dtype=object)  # ids are optional
+    for d, s, w, sc, mv, rid in zip(ordered["device"], ordered["sensor"], ordered["window_end"], ordered["score"],
+                                    ordered.get("model_version", missing), ordered.get("run_id", missing),
+                                    strict=True):
+        by_pair.setdefault((str(d), str(s)), []).append(
+            _Window(int(w), float(sc), True, False, _text(mv), _text(rid)))
     return by_pair
 
 
 def _new_windows(rows: pd.DataFrame, seen: int | None) -> Iterator[_Window]:
     """The pair's windows after `seen` (all when None), in time order."""
-    columns = zip(rows["window_end"].to_numpy(dtype=np.int64), rows["score"].to_numpy(dtype=np.float64),
-                  rows["is_anomaly"].to_numpy(dtype=bool), rows["model_version"], rows["run_id"], strict=True)
-    for end, score, is_anomaly, model_version, run_id in columns:
+    scores = rows["score"].to_numpy(dtype=np.float64)
+    anomalous = rows["is_anomaly"].to_numpy(dtype=bool) & np.isfinite(scores)
+    strong = anomalous & (scores > rows["threshold_strong"].to_numpy(dtype=np.float64))
+    columns = zip(rows["window_end"].to_numpy(dtype=np.int64), scores, anomalous, strong, rows["model_version"],
+                  rows["run_id"], strict=True)
+    for end, score, is_anomaly, is_strong, model_version, run_id in columns:
         if seen is not None and end <= seen:
             continue
-        score = float(score)
-        yield _Window(int(end), score, bool(is_anomaly) and math.isfinite(score), _text(model_version),
+        yield _Window(int(end), float(score), bool(is_anomaly), bool(is_strong), _text(model_version),
                       _text(run_id))
 
 
@@ -194,6 +244,8 @@ class _PairWalk:
     """Windows up to this end were handled by earlier files (None: no alert yet)."""
     anomalous: dict[int, float]
     """window_end → score of the pair's anomalous windows after `seen` (earlier files', then this file's)."""
+    later: list[_Window]
+    """The pair's anomalous windows of other files after its last window here, after `seen` (out of order)."""
     existing: Alert | None
     """The pair's open alert before this file (a copy, changed in place)."""
     current: Alert | None
@@ -205,12 +257,14 @@ class _PairWalk:
     """`existing`'s bookkeeping moved."""
 
     @classmethod
-    def start(cls, pair: Pair, rows: pd.DataFrame, state: Alert | None, history: Mapping[int, float]) -> _PairWalk:
+    def start(cls, pair: Pair, rows: pd.DataFrame, state: Alert | None, history: list[_Window]) -> _PairWalk:
         seen = int(state["last_seen_window_end"]) if state is not None else None
-        first_here = int(rows["window_end"].iloc[0])
-        anomalous = {w: s for w, s in history.items() if w < first_here and (seen is None or w > seen)}
+        first_here, last_here = int(rows["window_end"].iloc[0]), int(rows["window_end"].iloc[-1])
+        fresh = [w for w in history if seen is None or w.end > seen]
+        anomalous = {w.end: w.score for w in fresh if w.end < first_here}
+        later = [w for w in fresh if w.end > last_here]
         existing = dict(state) if state is not None and state["status"] == "open" else None
-        return cls(*pair, seen=seen, anomalous=anomalous, existing=existing, current=existing)
+        return cls(*pair, seen=seen, anomalous=anomalous, later=later, existing=existing, current=existing)
 
     def step(self, window: _Window, rules: _Rules) -> None:
         """Apply one window: to the open alert if there is one; an anomaly it does not take may open one."""
@@ -220,6 +274,33 @@ class _PairWalk:
             return
         if window.is_anomaly:
             self._open_if_due(window, rules)
+
+    def walk_later(self, rules: _Rules) -> None:
+        """Walk the newer files' anomalous windows after this file's, while they are within reach of the last
+        anomalous window walked (beyond, this file cannot change what those files decided)."""
+        reach = max(rules.persistence.n - 1, rules.close_after) * rules.window_ms
+        last = max(self.anomalous, default=None)
+        if self.current is not None:
+            last = max(last or 0, int(self.current["last_window_end"]))
+        for window in self.later:
+            if last is None or window.end - last > reach:
+                self._close_before(window, rules)
+                return
+            self.step(window, rules)
+            last = window.end
+
+    def _close_before(self, window: _Window, rules: _Rules) -> None:
+        """An alert still open when a newer file's anomaly is out of reach closed in between (the windows
+        between were normal or missing): closed where time order closed it, `close_after` windows after its end."""
+        alert = self.current
+        if alert is None:
+            return
+        last_seen = int(alert["last_window_end"]) + rules.close_after * rules.window_ms
+        if last_seen >= window.end:
+            return
+        _close(alert, last_seen=last_seen, normal_after=rules.close_after, now=rules.now)
+        self.visible = self.visible or alert is self.existing
+        self.current = None
 
     def _follow_open_alert(self, alert: Alert, window: _Window, rules: _Rules) -> bool:
         """Extend the open `alert`, count a normal window on it, or close it. True when the window is used up
@@ -245,16 +326,16 @@ class _PairWalk:
         return False
 
     def _open_if_due(self, window: _Window, rules: _Rules) -> None:
-        """Open an alert when `window` ends at least `min_windows` consecutive anomalous windows."""
-        scores = self._episode_scores(window.end, rules.window_ms)
-        if len(scores) < rules.min_windows:
+        """Open an alert when `window` is strong or the k-th anomalous window of the pair's last n."""
+        evidence = self._evidence(window.end, rules)
+        if not window.strong and len(evidence) < rules.persistence.k:
             return
-        start = window.end - (len(scores) - 1) * rules.window_ms
-        top = max(scores)
+        start = min(evidence)
+        top = max(evidence.values())
         self.current = {
             "alert_id": alert_id_for(self.device, self.sensor, start), "device": self.device, "sensor": self.sensor,
             "status": "open", "first_window_end": start, "last_window_end": window.end,
-            "last_seen_window_end": window.end, "normal_after": 0, "windows": len(scores), "max_score": top,
+            "last_seen_window_end": window.end, "normal_after": 0, "windows": len(evidence), "max_score": top,
             "severity": rules.severity_of(window.model_version, self.device, self.sensor, top),
             "model_version": window.model_version, "run_id": window.run_id, "raised_at": rules.now,
             "updated_at": rules.now, "revision": 1, "delivered_revision": 0, "delivery_attempts": 0,
@@ -262,12 +343,13 @@ class _PairWalk:
         }
         self.created.append(self.current)
 
-    def _episode_scores(self, end: int, window_ms: int) -> list[float]:
-        """Scores of the consecutive anomalous windows ending at `end` (oldest first), none at or before `seen`."""
-        start = end
-        while (start - window_ms) in self.anomalous and (self.seen is None or start - window_ms > self.seen):
-            start -= window_ms
-        return [self.anomalous[w] for w in range(start, end + 1, window_ms)]
+    def _evidence(self, end: int, rules: _Rules) -> dict[int, float]:
+        """{window_end: score} of the anomalous windows among the n ending at `end`, none at or before `seen`
+        (a missing window is not anomalous)."""
+        lo = end - (rules.persistence.n - 1) * rules.window_ms
+        if self.seen is not None:
+            lo = max(lo, self.seen + 1)
+        return {w: s for w, s in self.anomalous.items() if lo <= w <= end}
 
     def report(self, out: AlertUpdate, now: int) -> None:
         """Add what the walk did to `out`: the existing alert (changed or bookkeeping) and the new ones."""

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
-from fleetscore.alerts.episodes import HISTORY_COLUMNS, AlertUpdate, close_stale, update_alerts
+from fleetscore.alerts.episodes import HISTORY_COLUMNS, AlertUpdate, Persistence, close_stale, update_alerts
 from fleetscore.alerts.severity import SeverityOf
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,8 @@ ALERT_COLUMNS = tuple(c.name for c in db.alerts.columns)
 CHANGED_COLUMNS = ("status", "last_window_end", "last_seen_window_end", "normal_after", "windows", "max_score",
                    "severity", "model_version", "run_id", "updated_at", "revision")
 """What a visible change of an alert rewrites."""
+LOOKAHEAD_WINDOWS = 288
+"""How far past a file the episode rules look for newer files' anomalies (a file indexed out of order), windows."""
 
 
 def _of_pairs(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
@@ -86,18 +88,18 @@ def save(conn: Connection, update: AlertUpdate) -> None:
                              "b_normal_after": r["normal_after"]} for r in update.bookkeeping])
 
 
-def apply_file(conn: Connection, scored: pd.DataFrame, *, window_ms: int, min_windows: int, close_after: int,
-               severity_of: SeverityOf, now: int) -> AlertUpdate:
-    """Alerts for one file's scored windows, inside the caller's transaction (after its anomalies are stored)."""
+def apply_file(conn: Connection, scored: pd.DataFrame, *, window_ms: int, persistence: Persistence,
+               close_after: int, severity_of: SeverityOf, now: int) -> AlertUpdate:
+    """Alerts for one file's scored windows, inside the caller's transaction (after its anomalies are stored):
+    the pairs' latest alerts, their anomalous windows of the n − 1 windows before the file (persistence) and of
+    the :data:`LOOKAHEAD_WINDOWS` after it (newer files indexed first)."""
     if scored.empty:
         return AlertUpdate()
     pairs = scored[["device", "sensor"]].drop_duplicates()
-    lo = int(scored["window_end"].min())
-    latest = load_latest(conn, pairs, since=lo - min_windows * window_ms)
-    history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    if min_windows > 1:
-        history = load_history(conn, pairs, lo - (min_windows - 1) * window_ms, int(scored["window_end"].max()) + 1)
-    update = update_alerts(scored, latest, history, window_ms=window_ms, min_windows=min_windows,
+    lo, hi = int(scored["window_end"].min()), int(scored["window_end"].max())
+    latest = load_latest(conn, pairs, since=lo - persistence.n * window_ms)
+    history = load_history(conn, pairs, lo - (persistence.n - 1) * window_ms, hi + LOOKAHEAD_WINDOWS * window_ms + 1)
+    update = update_alerts(scored, latest, history, window_ms=window_ms, persistence=persistence,
                            close_after=close_after, severity_of=severity_of, now=now)
     save(conn, update)
     return update

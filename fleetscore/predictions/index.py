@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from fleetscore import clock, db
 from fleetscore.alerts import store as alert_store
 from fleetscore.alerts.documents import write_blobs
+from fleetscore.alerts.episodes import Persistence
 from fleetscore.alerts.severity import SeverityOf, severity_lookup
 from fleetscore.alerts.webhook import deliver_pending
 from fleetscore.predictions.completion import complete_if_done
@@ -231,7 +232,7 @@ def _record_rows(conn: Connection, blob: _Blob, existing: dict[str, Any] | None,
         "error": json.dumps(detail) if detail else None, "indexed_at": now})
     _store_anomalies(conn, blob.key, frame, replace_file=existing is not None)
     update = alert_store.apply_file(conn, frame.loc[scored(frame)], window_ms=settings.window_ms,
-                                    min_windows=settings.alert_min_windows,
+                                    persistence=Persistence(*settings.alert_k_of_n),
                                     close_after=settings.alert_close_after_windows, severity_of=severity_of, now=now)
     result.status, result.error = "indexed", None
     result.rows, result.anomalies = counts["rows"], counts["anomalies"]

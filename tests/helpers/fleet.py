@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sklearn.svm import OneClassSVM
 
 from fleetscore import clock, db
-from fleetscore.alerts.episodes import AlertUpdate, update_alerts
+from fleetscore.alerts.episodes import AlertUpdate, Persistence, update_alerts
 from fleetscore.predictions.index import IndexResult, index_prediction_file
 from scoring_job.contract import PREDICTION_SCHEMA
 from scoring_job.pack import MANIFEST, write_pack
@@ -37,6 +37,20 @@ def series(device: str, sensor: str, first: int, count: int, hot: set[int] = fro
         s = float("nan") if status != "ok" else (score if i in hot else -0.5)
         rows.append({"device": device, "sensor": sensor, "window_end": first + i * W, "score": s,
                      "status": status, "error": "model failed" if status == "error" else None})
+    return rows
+
+
+STRONG = 5.0
+"""A `graded` window's score far above its strong threshold (2.0); marginal ones score 0.5 (threshold 0.1)."""
+
+
+def graded(first: int, count: int, marginal: set[int] = frozenset(), strong: set[int] = frozenset(),
+           device: str = "d-1") -> list[dict]:
+    """`count` windows of (device, temp) from `first` with a calibrated threshold 0.1 and strong threshold 2.0:
+    indexes in `marginal` score 0.5 (above the threshold only), in `strong` :data:`STRONG`, the others -0.5."""
+    rows = series(device, "temp", first, count, set(marginal) | set(strong))
+    for i, row in enumerate(rows):
+        row.update(threshold=0.1, threshold_strong=2.0, score=STRONG if i in strong else row["score"])
     return rows
 
 
@@ -62,6 +76,13 @@ def prediction_file(rows: list[dict], run_id: str, model_version: str = "v1") ->
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+def _column(frame: pd.DataFrame, name: str, default: float) -> np.ndarray:
+    """A float column of `rows` (a row without the key: `default`)."""
+    if name not in frame.columns:
+        return np.full(len(frame), default, dtype=np.float64)
+    return frame[name].fillna(default).to_numpy(dtype=np.float64)
 
 
 def put_run(engine, store, run_id: str, window_from: int, window_until: int, partitions: dict[str, int],
@@ -110,22 +131,24 @@ def watermark(engine) -> int | None:
 # ------------------------------------------------------------------------------ alerts
 Q = {"q50": -1.0, "q90": -0.5, "q95": -0.3, "q99": 0.0, "max": 0.2}
 """One model's training-score quantiles (critical from 2.2 = max + 2 · (q99 − q50))."""
-NO_HISTORY = pd.DataFrame(columns=["device", "sensor", "window_end", "score"])
+NO_HISTORY = pd.DataFrame(columns=["device", "sensor", "window_end", "score", "model_version", "run_id"])
 
 
 def scored_frame(rows: list[dict], model_version: str = "v1", run_id: str = RUN_A) -> pd.DataFrame:
     """`series` rows as the index hands them to the episode rules: scored windows only."""
     df = pd.DataFrame(rows)
-    df["is_anomaly"] = df["score"] > 0
+    df["threshold"] = _column(df, "threshold", 0.0)
+    df["threshold_strong"] = _column(df, "threshold_strong", np.nan)
+    df["is_anomaly"] = df["score"] > df["threshold"]
     df["model_version"], df["run_id"] = model_version, run_id
-    return df[df["status"] == "ok"][["device", "sensor", "window_end", "score", "is_anomaly", "model_version",
-                                     "run_id"]]
+    return df[df["status"] == "ok"][["device", "sensor", "window_end", "score", "threshold", "threshold_strong",
+                                     "is_anomaly", "model_version", "run_id"]]
 
 
-def run_pure(rows, latest=None, history=NO_HISTORY, *, min_windows=1, close_after=3, now=1) -> AlertUpdate:
-    """One file's alert changes from the pure episode rules (every severity "low")."""
+def run_pure(rows, latest=None, history=NO_HISTORY, *, persistence=(1, 1), close_after=3, now=1) -> AlertUpdate:
+    """One file's alert changes from the pure episode rules (every severity "low"); `persistence` (k, n)."""
     latest = pd.DataFrame(latest or [])
-    update = update_alerts(scored_frame(rows), latest, history, window_ms=W, min_windows=min_windows,
+    update = update_alerts(scored_frame(rows), latest, history, window_ms=W, persistence=Persistence(*persistence),
                            close_after=close_after, severity_of=lambda mv, d, s, score: "low", now=now)
     return update
 

@@ -63,7 +63,8 @@ def test_closing_after_the_configured_normal_windows(engine, folder, monkeypatch
     assert alert["status"] == "open" and alert["normal_after"] == 4 and alert["last_seen_window_end"] == T0 + 4 * W
 
 
-def test_min_windows_two_through_the_index(engine, folder, monkeypatch):
+def test_the_older_min_windows_setting_is_persistence_k_of_k(engine, folder, monkeypatch):
+    monkeypatch.delenv("ALERT_PERSISTENCE")
     monkeypatch.setenv("ALERT_MIN_WINDOWS", "2")
     settings = load_settings()
     fire(engine, folder, settings, RUN_A, series("d-1", "temp", T0, 6, {2, 5}))  # isolated anomalies

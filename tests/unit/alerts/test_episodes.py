@@ -7,8 +7,10 @@ import pandas as pd
 
 from fleetscore.alerts.episodes import alert_id_for, close_stale
 from tests.helpers.fleet import (
+    STRONG,
     T0,
     W,
+    graded,
     run_pure,
     series,
 )
@@ -54,11 +56,11 @@ def test_a_gap_counts_as_normal_windows():
 
 
 def test_min_windows_two_needs_consecutive_anomalies_even_across_files():
-    assert not run_pure(series("d-1", "temp", T0, 4, {0, 2}), min_windows=2).visible
-    (alert,) = run_pure(series("d-1", "temp", T0, 4, {1, 2}), min_windows=2).new
+    assert not run_pure(series("d-1", "temp", T0, 4, {0, 2}), persistence=(2, 2)).visible
+    (alert,) = run_pure(series("d-1", "temp", T0, 4, {1, 2}), persistence=(2, 2)).new
     assert (alert["first_window_end"], alert["windows"]) == (T0 + W, 2)
     history = pd.DataFrame({"device": ["d-1"], "sensor": ["temp"], "window_end": [T0 + 3 * W], "score": [0.9]})
-    (alert,) = run_pure(series("d-1", "temp", T0 + 4 * W, 2, {0}), history=history, min_windows=2).new
+    (alert,) = run_pure(series("d-1", "temp", T0 + 4 * W, 2, {0}), history=history, persistence=(2, 2)).new
     assert (alert["first_window_end"], alert["last_window_end"], alert["max_score"]) == (T0 + 3 * W, T0 + 4 * W, 0.9)
 
 
@@ -67,3 +69,94 @@ def test_close_stale_closes_open_alerts_of_pairs_without_windows():
     assert close_stale([alert], until=T0 + 2 * W, window_ms=W, close_after=3, now=5) == []
     (closed,) = close_stale([alert], until=T0 + 3 * W, window_ms=W, close_after=3, now=5)
     assert closed["status"] == "closed" and closed["revision"] == 2 and closed["last_seen_window_end"] == T0 + 3 * W
+
+
+# ------------------------------------------------------------------------------------------ evidence rules
+def history_of(*ends: int, score: float = 0.5) -> pd.DataFrame:
+    """Earlier files' anomalous windows of (d-1, temp) at these window ends, as the anomalies table gives them."""
+    return pd.DataFrame({"device": "d-1", "sensor": "temp", "window_end": list(ends), "score": score,
+                         "model_version": "v1", "run_id": "run-x"})
+
+
+def test_one_strong_window_alerts_at_once():
+    (alert,) = run_pure(graded(T0, 4, strong={2}), persistence=(2, 3)).new
+    assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + 2 * W, T0 + 2 * W, 1)
+    assert alert["max_score"] == STRONG
+
+
+def test_one_marginal_window_does_not_alert_and_k_of_n_do():
+    assert not run_pure(graded(T0, 6, marginal={1}), persistence=(2, 3)).visible
+    assert not run_pure(graded(T0, 8, marginal={1, 4}), persistence=(2, 3)).visible  # 3 windows apart: not 2 of 3
+    (alert,) = run_pure(graded(T0, 6, marginal={1, 3}), persistence=(2, 3)).new  # not in a row, but 2 of 3
+    assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + W, T0 + 3 * W, 2)
+
+
+def test_a_score_above_zero_but_below_the_threshold_is_normal():
+    rows = graded(T0, 4, marginal={0, 1, 2})
+    for row in rows:
+        row["threshold"] = 1.0  # 0.5 > 0 (today's rule) but below this model's threshold
+    assert not run_pure(rows, persistence=(1, 1)).visible
+
+
+def test_a_marginal_window_before_a_strong_one_is_part_of_its_alert():
+    (alert,) = run_pure(graded(T0, 5, marginal={1}, strong={2}), persistence=(3, 3)).new
+    assert (alert["first_window_end"], alert["windows"], alert["max_score"]) == (T0 + W, 2, STRONG)
+
+
+def test_files_without_thresholds_keep_todays_rule():
+    rows = series("d-1", "temp", T0, 4, {1})  # no threshold columns: threshold 0, never strong
+    assert run_pure(rows, persistence=(1, 1)).new
+    assert not run_pure(rows, persistence=(2, 3)).visible
+    assert not run_pure(series("d-1", "temp", T0, 4, {1}, score=1e9), persistence=(2, 2)).visible
+
+
+def test_persistence_across_files_uses_the_earlier_files_anomalies():
+    # the previous file ended with one marginal window (T0 + 5W); this file's first window is the second of 3
+    (alert,) = run_pure(graded(T0 + 6 * W, 4, marginal={0}), history=history_of(T0 + 5 * W, score=0.7),
+                        persistence=(2, 3)).new
+    assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + 5 * W, T0 + 6 * W, 2)
+    assert alert["max_score"] == 0.7 and alert["alert_id"] == alert_id_for("d-1", "temp", T0 + 5 * W)
+    # too far back to count
+    assert not run_pure(graded(T0 + 6 * W, 4, marginal={0}), history=history_of(T0 + 3 * W),
+                        persistence=(2, 3)).visible
+
+
+def test_gaps_count_as_not_anomalous():
+    rows = [r for i, r in enumerate(graded(T0, 5, marginal={0, 2})) if i != 1]  # window 1 missing
+    (alert,) = run_pure(rows, persistence=(2, 3)).new  # 2 of 3 with the gap between: still 2 of 3
+    assert alert["first_window_end"] == T0
+    rows = [r for i, r in enumerate(graded(T0, 5, marginal={0, 3})) if i not in (1, 2)]  # 2 missing windows
+    assert not run_pure(rows, persistence=(2, 3)).visible  # the missing windows are not evidence
+    rows = [r for i, r in enumerate(graded(T0, 3, marginal={0, 1})) if i != 1]  # the missing one is not counted
+    assert not run_pure(rows, persistence=(2, 2)).visible
+
+
+def test_windows_of_a_closed_alert_are_not_evidence_again():
+    (alert,) = run_pure(graded(T0, 1, strong={0}), persistence=(2, 3)).new
+    closed = run_pure(graded(T0 + W, 3), latest=[alert], persistence=(2, 3)).changed[0]
+    assert closed["status"] == "closed" and closed["last_seen_window_end"] == T0 + 3 * W
+    # T0 was the closed alert's: a marginal window at T0 + 4W is alone among its 3
+    assert not run_pure(graded(T0 + 4 * W, 2, marginal={0}), latest=[closed], history=history_of(T0),
+                        persistence=(2, 3)).visible
+
+
+def test_an_older_file_indexed_late_opens_the_alert_time_order_opens():
+    older, newer = graded(T0, 6, marginal={5}), graded(T0 + 6 * W, 6, marginal={0})
+    in_order = run_pure(older, persistence=(2, 3)).new + run_pure(newer, history=history_of(T0 + 5 * W),
+                                                                   persistence=(2, 3)).new
+    # the newer file first: one marginal window, no alert; then the older one, with the newer's anomaly stored
+    assert not run_pure(newer, persistence=(2, 3)).visible
+    late = run_pure(older, history=history_of(T0 + 6 * W), persistence=(2, 3)).new
+    keys = ("alert_id", "first_window_end", "last_window_end", "windows", "max_score")
+    assert [tuple(a[k] for k in keys) for a in late] == [tuple(a[k] for k in keys) for a in in_order]
+    assert late[0]["first_window_end"] == T0 + 5 * W
+    # time order closed it on the newer file's normal windows, which the anomalies table does not hold: open
+    # until the next file or the run's completion closes it (bookkeeping only)
+    assert (in_order[0]["status"], late[0]["status"]) == ("closed", "open")
+
+
+def test_a_late_file_closes_the_alert_it_opens_where_a_newer_anomaly_shows_the_gap():
+    older = graded(T0, 6, marginal={4, 5})
+    (alert,) = run_pure(older, history=history_of(T0 + 11 * W), persistence=(2, 3)).new
+    assert alert["status"] == "closed" and alert["last_window_end"] == T0 + 5 * W
+    assert (alert["last_seen_window_end"], alert["normal_after"]) == (T0 + 8 * W, 3)
