@@ -12,7 +12,14 @@ import typer
 from fleetscore.cli.console import console, err, progress_bar, services, settings_or_exit
 from fleetscore.ingest.files import count_rows, ingest_file
 from fleetscore.ingest.store import IngestResult
-from fleetscore.sim.simulate import Simulation, send_to_eventhub, simulate_fleet, to_event_bodies, write_simulation
+from fleetscore.sim.simulate import (
+    SCENARIOS,
+    Simulation,
+    send_to_eventhub,
+    simulate_fleet,
+    to_event_bodies,
+    write_simulation,
+)
 
 
 def ingest(
@@ -43,23 +50,35 @@ def ingest(
 
 def simulate(
     out: Annotated[Path, typer.Option(help="readings file: .csv, .jsonl or .parquet")] = Path("fleet.parquet"),
-    devices: int = 100, sensors: int = 5, days: float = 4.0,
+    devices: int = 100,
+    sensors: Annotated[int, typer.Option(help="measured sensors per device (varied adds a setpoint sensor)")] = 5,
+    days: Annotated[float | None, typer.Option(help="days simulated (default: classic 4, varied 7)")] = None,
     interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
     seed: int = 0,
-    fault_rate: Annotated[float, typer.Option(help="faults per device+sensor per faulty day")] = 0.075,
-    clean_days: Annotated[float, typer.Option(help="days at the start without faults")] = 2.0,
+    fault_rate: Annotated[float | None, typer.Option(
+        help="faults per device+sensor per faulty day (default: classic 0.075, varied 0.1)")] = None,
+    clean_days: Annotated[float | None, typer.Option(
+        help="days at the start without faults (default: classic 2, varied 4)")] = None,
+    scenario: Annotated[str, typer.Option(
+        help="classic (one daily cycle, normal noise) or varied (weekly cycles, setpoint changes, heavy tails, "
+             "irregular and intermittent sensors, gaps, subtle to gross faults)")] = "classic",
     to: Annotated[str, typer.Option(help="file or eventhub")] = "file",
 ) -> None:
-    """Simulate a fleet (baselines, daily cycles, noise, injected faults) with a ground-truth file."""
+    """Simulate a fleet (baselines, cycles, noise, injected faults) with a ground-truth file."""
     if to not in ("file", "eventhub"):
         raise typer.BadParameter("--to must be file or eventhub")
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"--scenario must be one of {', '.join(SCENARIOS)}")
     sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
-                         seed=seed, fault_rate=fault_rate, clean_days=clean_days)
+                         seed=seed, fault_rate=fault_rate, clean_days=clean_days, scenario=scenario)
     if to == "eventhub":
         _send_to_eventhub(sim)
         return
     readings_path, faults_path = write_simulation(sim, out)
     console.print(f"{len(sim.readings):,} readings → {readings_path}\n{len(sim.faults):,} faults → {faults_path}")
+    if len(sim.changes) or len(sim.outliers):
+        console.print(f"{len(sim.changes):,} normal setpoint changes, {len(sim.outliers):,} unlabelled training "
+                      f"outliers → beside them (.changes.csv, .outliers.csv)")
 
 
 def _send_to_eventhub(sim: Simulation) -> None:

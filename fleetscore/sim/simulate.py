@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,23 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from fleetscore.clock import DAY_MS, iso_array, to_ms
+from fleetscore.clock import DAY_MS, iso_array
+from fleetscore.sim import varied
+from fleetscore.sim.fleet import (
+    DEFAULT_START,
+    FAULT_COLUMNS,
+    READING_COLUMNS,
+    Grid,
+    SensorProfile,
+    Simulation,
+    device_names,
+    profiles_for,
+    readings_frame,
+    sensor_names,
+    time_order,
+    typed_faults,
+)
 
-DEFAULT_START = "2026-01-05T00:00:00Z"
-"""The default first reading time (a Monday, midnight UTC): fixed, so a seed alone reproduces a fleet."""
-MINUTE_MS = 60_000
-READING_COLUMNS = ("device", "sensor", "ts", "value")
-FAULT_COLUMNS = ("device", "sensor", "start", "end", "kind")
 FAULT_KINDS = ("spike", "drift", "stuck", "noise")
 FAULT_MINUTES = {"spike": (15, 30), "drift": (60, 180), "stuck": (30, 120), "noise": (15, 60)}
 """Fault duration range per kind (minutes, uniform): every fault spans several 5-minute windows."""
@@ -48,90 +57,56 @@ DEFAULT_FAULT_RATE = 0.075
 """Expected faults per pair per faulty day: with the default 2 faulty days ≈ 14 % of pairs get a fault."""
 
 
-@dataclass(frozen=True)
-class SensorProfile:
-    """One sensor type: level, daily amplitude, noise sd, sd of per-device offsets, resolution (decimals),
-    hour of the daily peak, and the physical range values are clipped to."""
-
-    name: str
-    base: float
-    daily: float
-    noise: float
-    device_sd: float
-    decimals: int
-    peak_hour: float
-    low: float = -math.inf
-    high: float = math.inf
-
-    @property
-    def spread(self) -> float:
-        """The signal's typical sd (daily cycle and noise): the unit fault magnitudes are measured in."""
-        return math.sqrt(self.daily**2 / 2 + self.noise**2)
+SCENARIOS = {
+    "classic": {"days": 4.0, "clean_days": 2.0, "fault_rate": DEFAULT_FAULT_RATE, "missing_rate": 0.002,
+                "outage_rate": 0.25},
+    "varied": {"days": varied.DAYS, "clean_days": varied.CLEAN_DAYS, "fault_rate": varied.FAULT_RATE,
+               "missing_rate": varied.MISSING_RATE, "outage_rate": varied.OUTAGES_PER_DAY},
+}
+"""Each scenario's defaults for the options left unset (None). `classic` is the default scenario."""
 
 
-SENSOR_PROFILES = (
-    SensorProfile("temp", 21.0, 3.0, 0.25, 1.5, 2, 15.0),
-    SensorProfile("humidity", 45.0, 8.0, 1.0, 5.0, 1, 5.0, 0.0, 100.0),
-    SensorProfile("pressure", 1013.0, 1.5, 0.3, 4.0, 2, 10.0, 0.0),
-    SensorProfile("vibration", 0.8, 0.15, 0.05, 0.1, 4, 14.0, 0.0),
-    SensorProfile("current", 12.0, 2.5, 0.3, 1.0, 3, 13.0, 0.0),
-    SensorProfile("voltage", 230.0, 1.5, 0.6, 2.0, 2, 19.0, 0.0),
-    SensorProfile("rpm", 1450.0, 80.0, 10.0, 30.0, 1, 12.0, 0.0),
-    SensorProfile("flow", 32.0, 5.0, 0.8, 2.5, 2, 11.0, 0.0),
-    SensorProfile("co2", 600.0, 150.0, 15.0, 50.0, 0, 16.0, 0.0),
-    SensorProfile("power", 2.7, 0.6, 0.08, 0.3, 3, 13.0, 0.0),
-)
-
-
-def sensor_names(count: int) -> list[str]:
-    """`count` sensor names: the profiles' names, cycled with `-2`, `-3`, … suffixes beyond the list."""
-    n = len(SENSOR_PROFILES)
-    return [SENSOR_PROFILES[i % n].name + (f"-{i // n + 1}" if i >= n else "") for i in range(count)]
-
-
-def device_names(count: int) -> list[str]:
-    return [f"d-{i:04d}" for i in range(1, count + 1)]
-
-
-@dataclass(frozen=True)
-class Simulation:
-    """Readings (device, sensor: str; ts: int64 epoch ms UTC; value: float64), in time order, and the
-    ground-truth faults (device, sensor, start, end: int64 epoch ms of the first/last affected reading; kind).
-
-    `start_ms` is the first nominal reading time, `clean_until_ms` the end of the fault-free training
-    period (every reading at or before it is clean, so is every window ending at or before it; faults start
-    after it), `end_ms` the end of the simulated span (exclusive). Readings come 1 ms to 5 s after each
-    nominal tick `start_ms + k · interval_ms`.
-    """
-
-    readings: pd.DataFrame
-    faults: pd.DataFrame
-    start_ms: int
-    clean_until_ms: int
-    end_ms: int
-    interval_ms: int
-
-
-def _str_series(codes: np.ndarray, names: list[str]) -> pd.Series:
-    """A pandas `str` column from integer codes into `names` (via Arrow: ~10x faster than object arrays)."""
-    arr = pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(names, pa.string()))
-    return arr.cast(pa.string()).to_pandas(types_mapper={pa.string(): pd.StringDtype(na_value=np.nan)}.get)
-
-
-def simulate_fleet(devices: int = 100, sensors: int = 5, days: float = 4, interval_seconds: float = 60,
-                   seed: int = 0, fault_rate: float = DEFAULT_FAULT_RATE,
-                   start: datetime | pd.Timestamp | str | int | None = None, clean_days: float = 2,
-                   missing_rate: float = 0.002, outage_rate: float = 0.25) -> Simulation:
+def simulate_fleet(devices: int = 100, sensors: int = 5, days: float | None = None, interval_seconds: float = 60,
+                   seed: int = 0, fault_rate: float | None = None,
+                   start: datetime | pd.Timestamp | str | int | None = None, clean_days: float | None = None,
+                   missing_rate: float | None = None, outage_rate: float | None = None,
+                   scenario: str = "classic") -> Simulation:
     """Simulate `devices` × `sensors` pairs reporting every `interval_seconds` for `days` days.
 
+    scenario: `classic` (this module: one daily cycle, normal noise, four fault kinds) or `varied`
+    (`fleetscore.sim.varied`: weekly and daily cycles, setpoint changes, heavy tails, irregular and
+    intermittent sampling, six fault kinds from 2 σ up; each device also sends a `setpoint` sensor).
+    Unset options take the scenario's defaults (`SCENARIOS`; classic: 4 days, 2 clean; varied: 7 days, 4
+    clean, and clean_days at most `days`).
     start: first nominal reading time (default `DEFAULT_START`, 2026-01-05T00:00Z; an int is epoch ms).
     fault_rate: expected faults per pair per faulty day (the days after `clean_days`); 0 gives no faults.
     missing_rate: chance that any one reading is lost; outage_rate: expected outages per device per day
-    (5–30 minutes with no readings from any of its sensors). Deterministic for a seed.
+    (classic: 5–30 minutes, varied: 5 minutes to 6 hours with no readings from any of its sensors).
+    Deterministic for a seed.
     """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
+    preset = SCENARIOS[scenario]
+    days = preset["days"] if days is None else days
+    clean_days = min(preset["clean_days"], days) if clean_days is None else clean_days
+    fault_rate = preset["fault_rate"] if fault_rate is None else fault_rate
+    missing_rate = preset["missing_rate"] if missing_rate is None else missing_rate
+    outage_rate = preset["outage_rate"] if outage_rate is None else outage_rate
     _check_arguments(devices, sensors, days, interval_seconds, clean_days, fault_rate, missing_rate, outage_rate)
-    grid = _Grid.of(devices, sensors, days, interval_seconds, clean_days, DEFAULT_START if start is None else start)
-    profiles = [SENSOR_PROFILES[i % len(SENSOR_PROFILES)] for i in range(sensors)]
+    start = DEFAULT_START if start is None else start
+    if scenario == "varied":
+        return varied.simulate_varied(Grid.of(devices, sensors + 1, days, interval_seconds, clean_days, start),
+                                      seed, fault_rate, missing_rate, outage_rate)
+    return _simulate_classic(Grid.of(devices, sensors, days, interval_seconds, clean_days, start), seed,
+                             fault_rate, missing_rate, outage_rate)
+
+
+def _simulate_classic(grid: Grid, seed: int, fault_rate: float, missing_rate: float,
+                      outage_rate: float) -> Simulation:
+    """The classic fleet (module doc) on `grid`."""
+    days = grid.steps * grid.interval_ms / DAY_MS
+    clean_days = grid.clean_steps * grid.interval_ms / DAY_MS
+    profiles = profiles_for(grid.sensors)
     signal_ss, fault_ss = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(signal_ss)  # draws in this order: signal, arrivals, outages
     values, noise_sd = _clean_signal(rng, grid, profiles)
@@ -139,11 +114,10 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float = 4, interv
     faults = _inject_faults(np.random.default_rng(fault_ss), values, grid,
                             fault_rate * max(days - clean_days, 0.0), profiles, noise_sd)
     _physical_range(values, profiles)
-    order, ts, values, present = _time_order(grid, jitter, values, present)
-    return Simulation(readings=_readings_frame(grid, order, ts, values, present),
+    order, ts, values, present = time_order(grid, jitter, values, present)
+    return Simulation(readings=readings_frame(grid, order, ts, values, present, sensor_names(grid.sensors)),
                       faults=_fault_frame(faults, ts, present, order, grid), start_ms=grid.start_ms,
-                      clean_until_ms=grid.start_ms + grid.clean_steps * grid.interval_ms,
-                      end_ms=grid.start_ms + grid.steps * grid.interval_ms, interval_ms=grid.interval_ms)
+                      clean_until_ms=grid.clean_until_ms, end_ms=grid.end_ms, interval_ms=grid.interval_ms)
 
 
 def _check_arguments(devices: int, sensors: int, days: float, interval_seconds: float, clean_days: float,
@@ -158,41 +132,7 @@ def _check_arguments(devices: int, sensors: int, days: float, interval_seconds: 
         raise ValueError("fault_rate and outage_rate must be ≥ 0 and missing_rate in [0, 1)")
 
 
-@dataclass(frozen=True)
-class _Grid:
-    """The simulated (steps × pairs) grid: `steps` nominal ticks `interval_ms` apart from `start_ms` (epoch ms),
-    the first `clean_steps` of them fault-free, for pair p = device · sensors + sensor."""
-
-    devices: int
-    sensors: int
-    start_ms: int
-    interval_ms: int
-    steps: int
-    clean_steps: int
-
-    @classmethod
-    def of(cls, devices: int, sensors: int, days: float, interval_seconds: float, clean_days: float,
-           start: datetime | pd.Timestamp | str | int) -> _Grid:
-        interval_ms = int(round(interval_seconds * 1000))
-        return cls(devices=devices, sensors=sensors, start_ms=to_ms(start), interval_ms=interval_ms,
-                   steps=int(round(days * DAY_MS / interval_ms)),
-                   clean_steps=int(math.ceil(clean_days * DAY_MS / interval_ms)))
-
-    @property
-    def pairs(self) -> int:
-        return self.devices * self.sensors
-
-    @property
-    def nominal(self) -> np.ndarray:
-        """(steps,) int64: the nominal tick times, epoch ms."""
-        return self.start_ms + np.arange(self.steps, dtype=np.int64) * self.interval_ms
-
-    def steps_of(self, minutes: float) -> float:
-        """A duration in minutes as a (fractional) number of ticks."""
-        return minutes * MINUTE_MS / self.interval_ms
-
-
-def _clean_signal(rng: np.random.Generator, grid: _Grid,
+def _clean_signal(rng: np.random.Generator, grid: Grid,
                   profiles: list[SensorProfile]) -> tuple[np.ndarray, np.ndarray]:
     """Fault-free values (steps × pairs, sensor unit): per-pair level, daily cycle and noise; and each pair's
     noise sd (pairs,)."""
@@ -208,7 +148,7 @@ def _clean_signal(rng: np.random.Generator, grid: _Grid,
     return values, noise_sd
 
 
-def _arrivals(rng: np.random.Generator, grid: _Grid, missing_rate: float,
+def _arrivals(rng: np.random.Generator, grid: Grid, missing_rate: float,
               expected_outages: float) -> tuple[np.ndarray, np.ndarray]:
     """When each reading arrives after its tick (jitter, ms) and whether it arrives at all (present), both
     steps × pairs.
@@ -222,7 +162,7 @@ def _arrivals(rng: np.random.Generator, grid: _Grid, missing_rate: float,
     return jitter, present
 
 
-def _outages(rng: np.random.Generator, present: np.ndarray, grid: _Grid, expected: float) -> None:
+def _outages(rng: np.random.Generator, present: np.ndarray, grid: Grid, expected: float) -> None:
     """Blank out a few 5–30 minute spans of a whole device (all its sensors), in place; `expected` outages
     per device."""
     counts = rng.poisson(expected, grid.devices)
@@ -233,7 +173,7 @@ def _outages(rng: np.random.Generator, present: np.ndarray, grid: _Grid, expecte
             present[first:first + length, device * grid.sensors:(device + 1) * grid.sensors] = False
 
 
-def _inject_faults(rng: np.random.Generator, values: np.ndarray, grid: _Grid, expected: float,
+def _inject_faults(rng: np.random.Generator, values: np.ndarray, grid: Grid, expected: float,
                    profiles: list[SensorProfile], noise_sd: np.ndarray) -> list[tuple[int, int, int, str]]:
     """Add faults to `values` (steps × pairs) in place, `expected` per pair, after the clean steps and at least
     FAULT_GAP_MINUTES apart; returns (pair, first step, last step, kind)."""
@@ -287,31 +227,8 @@ def _physical_range(values: np.ndarray, profiles: list[SensorProfile]) -> None:
         np.round(cols, profile.decimals, out=cols)
 
 
-def _time_order(grid: _Grid, jitter: np.ndarray, values: np.ndarray,
-                present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Each step's pairs in arrival order: (order, ts, values, present), all steps × pairs, `order[k, i]` the pair
-    of column i at step k and `ts` the arrival time (epoch ms). A step's jitter is < interval, so sorting within
-    each step sorts the whole fleet."""
-    order = np.argsort(jitter, axis=1, kind="stable")
-    ts = grid.nominal[:, None] + np.take_along_axis(jitter, order, axis=1)
-    return order, ts, np.take_along_axis(values, order, axis=1), np.take_along_axis(present, order, axis=1)
-
-
-def _readings_frame(grid: _Grid, order: np.ndarray, ts: np.ndarray, values: np.ndarray,
-                    present: np.ndarray) -> pd.DataFrame:
-    """The present readings, in time order: device, sensor (str), ts (int64 epoch ms), value (float64)."""
-    keep = present.ravel()
-    pair_kept = order.ravel()[keep]
-    return pd.DataFrame({
-        "device": _str_series(pair_kept // grid.sensors, device_names(grid.devices)),
-        "sensor": _str_series(pair_kept % grid.sensors, sensor_names(grid.sensors)),
-        "ts": ts.ravel()[keep],
-        "value": values.ravel()[keep],
-    })
-
-
 def _fault_frame(faults: list[tuple[int, int, int, str]], ts: np.ndarray, present: np.ndarray,
-                 order: np.ndarray, grid: _Grid) -> pd.DataFrame:
+                 order: np.ndarray, grid: Grid) -> pd.DataFrame:
     """Faults with the timestamps of their first and last *present* reading (invisible faults dropped)."""
     # position of each pair within a step, after the time-order shuffle: column of pair p at step k
     position = np.empty_like(order)
@@ -327,17 +244,7 @@ def _fault_frame(faults: list[tuple[int, int, int, str]], ts: np.ndarray, presen
         stamps = ts[k, cols][seen]
         rows.append((names_d[p // grid.sensors], names_s[p % grid.sensors], int(stamps[0]), int(stamps[-1]), kind))
     frame = pd.DataFrame(rows, columns=list(FAULT_COLUMNS))
-    return _typed_faults(frame).sort_values(["start", "device", "sensor"], ignore_index=True)
-
-
-def _typed_faults(frame: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "device": frame["device"].astype("str"),
-        "sensor": frame["sensor"].astype("str"),
-        "start": frame["start"].astype(np.int64),
-        "end": frame["end"].astype(np.int64),
-        "kind": frame["kind"].astype("str"),
-    })
+    return typed_faults(frame).sort_values(["start", "device", "sensor"], ignore_index=True)
 
 
 # ── timestamps and reading objects ────────────────────────────────────────────────────────────────────────
@@ -410,7 +317,8 @@ def write_simulation(sim: Simulation, out: Path) -> tuple[Path, Path]:
 
     `.parquet`: ts as timestamp[ms, UTC]. `.csv` / `.jsonl`: ts as ISO-8601 UTC 'Z' with milliseconds
     (CSV columns device, sensor, ts, value; JSON lines in the reading contract). Faults: CSV with start/end
-    as ISO-8601 'Z' (`read_faults` turns them back into epoch ms).
+    as ISO-8601 'Z' (`read_faults` turns them back into epoch ms). A varied simulation also writes its normal
+    setpoint changes and training outliers, when it has any, to `<stem>.changes.csv` / `<stem>.outliers.csv`.
     """
     out = Path(out)
     fmt = _format(out)
@@ -436,14 +344,22 @@ def write_simulation(sim: Simulation, out: Path) -> tuple[Path, Path]:
         else:
             _write_csv(table, out)
     target = faults_path(out)
-    faults = sim.faults
-    pd.DataFrame({
-        "device": faults["device"].astype(str), "sensor": faults["sensor"].astype(str),
-        "start": iso_array(faults["start"].to_numpy(np.int64)).astype("U24"),
-        "end": iso_array(faults["end"].to_numpy(np.int64)).astype("U24"),
-        "kind": faults["kind"].astype(str),
-    }, columns=list(FAULT_COLUMNS)).to_csv(target, index=False)
+    _iso_times(sim.faults[list(FAULT_COLUMNS)]).to_csv(target, index=False)
+    for suffix, frame in (("changes", sim.changes), ("outliers", sim.outliers)):
+        if len(frame):
+            _iso_times(frame).to_csv(faults_path(out).with_name(target.name.replace(".faults.", f".{suffix}.")),
+                                     index=False)
     return out, target
+
+
+def _iso_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with device, sensor, kind as str and start, end (epoch ms) as ISO-8601 'Z' strings."""
+    out = frame.copy()
+    for column in ("device", "sensor", "kind"):
+        out[column] = frame[column].astype(str)
+    for column in ("start", "end"):
+        out[column] = iso_array(frame[column].to_numpy(np.int64)).astype("U24")
+    return out
 
 
 def _write_csv(table: pa.Table, out: Path) -> None:
@@ -478,7 +394,7 @@ def read_faults(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: missing fault column(s) {sorted(missing)}")
     frame["start"] = _parse_ms(frame["start"]) if len(frame) else frame["start"]
     frame["end"] = _parse_ms(frame["end"]) if len(frame) else frame["end"]
-    return _typed_faults(frame)
+    return typed_faults(frame)
 
 
 def read_readings(path: Path) -> pd.DataFrame:

@@ -11,10 +11,10 @@ import pytest
 from fleetscore.clock import to_ms
 from fleetscore.ingest.readings import RawEvent, decode_events
 from fleetscore.sim.evaluate import fault_windows
+from fleetscore.sim.fleet import SENSOR_PROFILES
 from fleetscore.sim.simulate import (
     DAY_MS,
     FAULT_KINDS,
-    SENSOR_PROFILES,
     OversizeEventError,
     faults_path,
     fill_batches,
