@@ -1,12 +1,15 @@
 """A fleet simulator: realistic sensor readings with labelled, injected faults (we generate data, never download it).
 
-`simulate_fleet` builds every (device, sensor) pair's signal at once with numpy: a per-sensor baseline and
-scale, a daily cycle, noise, small per-device offsets, a few seconds of timestamp jitter and occasional
-missing readings. After the first `clean_days` (the training period, always clean) it injects faults —
-`spike`, `drift`, `stuck`, `noise` — each long enough to span several 5-minute windows, and returns their
-ground truth next to the readings.
+`simulate_fleet` has two scenarios. `classic` (the default, this module) builds every (device, sensor) pair's
+signal at once with numpy: a per-sensor baseline and scale, a daily cycle, noise, small per-device offsets, a
+few seconds of timestamp jitter and occasional missing readings. After the first `clean_days` (the training
+period, always clean) it injects faults — `spike`, `drift`, `stuck`, `noise` — each long enough to span several
+5-minute windows, and returns their ground truth next to the readings. `varied` (`fleetscore.sim.varied`) is
+the harder fleet: weekly and daily cycles, trends, normal level shifts announced by a `setpoint` sensor,
+heavy-tailed noise, quantised, intermittent and irregularly sampled sensors, gaps of minutes to hours, faults of
+six kinds from 2 σ up, and unlabelled outliers in the training days.
 
-The signal and the faults draw from two independent random streams of the same seed, so
+The signal and the faults draw from independent random streams of the same seed, so
 `simulate_fleet(seed=s, fault_rate=0)` is exactly the fault-free version of `simulate_fleet(seed=s)`: same
 timestamps, same missing readings, same values outside the faults.
 
