@@ -24,12 +24,14 @@ on the clean days and are scored on the faulty days after them. Three ways to tu
 Metrics, per seed and their mean: event-level recall (a fault is caught when an alert overlaps the windows it
 touches, widened by one window each side), precision (an alert is true when it overlaps a fault that way),
 false alerts per 1,000 pair-days (pair-days = the fleet's pairs x the faulty days), and the median time to
-detect over caught faults: the end of the window whose score raised the alert (for (c) the flagged reading's
-time) minus the fault's first reading, in minutes, 0 when the alert was already open. Schedule latency (a run
-every hour) is not in it.
+detect over caught faults (`fleetscore.evaluation.metrics.detect`): the end of the window whose score raised the
+alert (for (c) the window holding the flagged reading; not before the fault's first window) minus the fault's
+first reading, in minutes. Finding the raising window replays the rules on growing prefixes of the pair's windows.
+Schedule latency (a run every hour) is not in it.
 
-Last line: RESULT recall=... precision=... false_per_1000_pair_days=... vs_reference_false=...  for (a), means
-over the seeds; vs_reference_false = reference (c) false alerts / library (a) false alerts (summed over seeds).
+Last line: RESULT recall=... precision=... false_per_1000_pair_days=... vs_reference_false=...  for (a), the mean
+of the seeds' figures; vs_reference_false = reference (c) false alerts / library (a) false alerts, summed over the
+seeds.
 Seeds 1, 2, 3 are the measurement seeds: tuning uses 101-110, never these.
 """
 
@@ -290,18 +292,20 @@ def _row(label: str, d: Detection) -> str:
             f"{d.alerts:9,d} {d.false_alerts:9,d} {d.caught:4d}/{d.events:<4d}")
 
 
-def pooled(rows: list[Detection]) -> Detection:
-    """The seeds together: counts summed (so recall, precision and the false rate are pooled over the seeds) and
-    the median time to detect as the mean of the seeds' medians."""
-    alerts, false, events, caught = (sum(getattr(d, f) for d in rows)
-                                     for f in ("alerts", "false_alerts", "events", "caught"))
-    exposure = sum(d.pair_days for d in rows)
-    ttd = [d.median_ttd_minutes for d in rows if not math.isnan(d.median_ttd_minutes)]
-    return Detection(events=events, caught=caught, alerts=alerts, true_alerts=alerts - false, false_alerts=false,
-                     precision=(alerts - false) / alerts if alerts else 1.0,
-                     recall=caught / events if events else 1.0, pair_days=exposure,
-                     false_per_1000_pair_days=false * 1000.0 / exposure if exposure else math.nan,
-                     median_ttd_minutes=float(np.mean(ttd)) if ttd else math.nan)
+def seed_mean(rows: list[Detection]) -> Detection:
+    """The seeds together: recall, precision, false alerts per 1,000 pair-days and the median time to detect as
+    the mean of the seeds' figures; the counts summed over the seeds."""
+    alerts, true, false, events, caught = (sum(getattr(d, f) for d in rows)
+                                           for f in ("alerts", "true_alerts", "false_alerts", "events", "caught"))
+
+    def mean(field: str) -> float:
+        values = [getattr(d, field) for d in rows if not math.isnan(getattr(d, field))]
+        return float(np.mean(values)) if values else math.nan
+
+    return Detection(events=events, caught=caught, alerts=alerts, true_alerts=true, false_alerts=false,
+                     precision=mean("precision"), recall=mean("recall"), pair_days=sum(d.pair_days for d in rows),
+                     false_per_1000_pair_days=mean("false_per_1000_pair_days"),
+                     median_ttd_minutes=mean("median_ttd_minutes"))
 
 
 def report(results: dict[int, dict[str, Detection]], notes: dict[int, str]) -> None:
@@ -312,8 +316,8 @@ def report(results: dict[int, dict[str, Detection]], notes: dict[int, str]) -> N
               f"{notes.get(seed, '')}\n{HEADER}")
         for label, d in rows.items():
             print(_row(label, d))
-    means = {label: pooled([rows[label] for rows in results.values()]) for label in APPROACHES}
-    print(f"\nall seeds ({', '.join(map(str, results))}): counts pooled, TTD the mean of the medians\n{HEADER}")
+    means = {label: seed_mean([rows[label] for rows in results.values()]) for label in APPROACHES}
+    print(f"\nmean of seeds {', '.join(map(str, results))} (counts: the sum)\n{HEADER}")
     for label, d in means.items():
         print(_row(label, d))
     lib, ref = means[APPROACHES[0]], means[APPROACHES[2]]
