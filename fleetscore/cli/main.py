@@ -14,6 +14,7 @@ from fleetscore.cli.alerts import alerts_app
 from fleetscore.cli.aml import aml_app
 from fleetscore.cli.db import db_app
 from fleetscore.cli.demo import demo
+from fleetscore.cli.evaluate import evaluate
 from fleetscore.cli.ingest import ingest, simulate
 from fleetscore.cli.report import report
 from fleetscore.cli.runs import run, runs
@@ -31,7 +32,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at I
     configure_logging(logging.INFO if verbose else logging.WARNING)
 
 
-for command in (ingest, simulate, status, train, run, demo, report, runs, up):  # the order `--help` lists
+for command in (ingest, simulate, status, train, run, demo, evaluate, report, runs, up):  # the order `--help` lists
     app.command()(command)
 app.add_typer(db_app, name="db")
 app.add_typer(aml_app, name="aml")

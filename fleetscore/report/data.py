@@ -314,9 +314,18 @@ def _runs_in(runs: pd.DataFrame, span: Span | None) -> list[str] | None:
     return sorted(runs.loc[(end > lo) & (start < hi), "run_id"].astype(str))
 
 
+def load_scored_windows(store: BlobLister, run_ids: list[str] | None, extra: tuple[str, ...] = (),
+                        notes: list[str] | None = None) -> tuple[pd.DataFrame, int]:
+    """Every pair's scored windows from the prediction files of `run_ids` (None: all): SCORE_COLUMNS plus the
+    `extra` prediction-file columns that a file has (window_end as int epoch ms); (frame, files read).
+    Unreadable files are skipped with a note in `notes`."""
+    return _load_scores(store, run_ids, [], [] if notes is None else notes, extra)
+
+
 def _load_scores(store: BlobLister, run_ids: list[str] | None, pairs: list[tuple[str, str]],
-                 notes: list[str]) -> tuple[pd.DataFrame, int]:
-    """Scores of the chosen pairs from the prediction files of `run_ids` (None: all); (frame, files read).
+                 notes: list[str], extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, int]:
+    """Scores of the chosen pairs (all when none is chosen) from the prediction files of `run_ids` (None: all),
+    with the `extra` columns a file has; (frame, files read).
 
     A window scored again (a re-run) keeps the score of the file read last."""
     prefixes = [f"{PREDICTIONS}/"] if run_ids is None else [f"{predictions_prefix(rid)}/" for rid in run_ids]
@@ -324,7 +333,7 @@ def _load_scores(store: BlobLister, run_ids: list[str] | None, pairs: list[tuple
     frames = []
     files = 0
     for name in (name for prefix in prefixes for name in _prediction_file_names(store, prefix, notes)):
-        frame = _read_scores_file(store, name, notes)
+        frame = _read_scores_file(store, name, notes, extra)
         if frame is None:
             continue
         files += 1
@@ -348,11 +357,13 @@ def _prediction_file_names(store: BlobLister, prefix: str, notes: list[str]) -> 
         return []
 
 
-def _read_scores_file(store: BlobLister, name: str, notes: list[str]) -> pd.DataFrame | None:
-    """The SCORE_COLUMNS a prediction file has; None (and a note) when it cannot be read or lacks a key column."""
+def _read_scores_file(store: BlobLister, name: str, notes: list[str],
+                      extra: tuple[str, ...] = ()) -> pd.DataFrame | None:
+    """The SCORE_COLUMNS (and `extra` columns) a prediction file has; None (and a note) when it cannot be read or
+    lacks a key column."""
     try:
         source = pq.ParquetFile(io.BytesIO(store.get(name)))
-        cols = [c for c in SCORE_COLUMNS if c in source.schema_arrow.names]
+        cols = [c for c in dict.fromkeys(SCORE_COLUMNS + tuple(extra)) if c in source.schema_arrow.names]
         if not set(SCORE_KEY_COLUMNS) <= set(cols):
             raise ValueError(f"not a prediction file (columns {source.schema_arrow.names})")
         return source.read(columns=cols).to_pandas()

@@ -14,8 +14,15 @@ import pandas as pd
 
 from fleetscore import clock
 from fleetscore.alerts.severity import SEVERITY_RANK
+from fleetscore.evaluation.stored import Evaluation
 from fleetscore.report.data import ReportData
-from fleetscore.report.plots import plot_dead_letters, plot_pair, plot_runs, plot_stage_times
+from fleetscore.report.plots import (
+    plot_dead_letters,
+    plot_pair,
+    plot_precision_recall,
+    plot_runs,
+    plot_stage_times,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1240px;
@@ -38,8 +45,8 @@ SUMMARY_CARDS = (("runs", "runs"), ("windows_scored", "windows scored"), ("anoma
 RUNS_TABLE_ROWS = 15
 
 
-def render_report(data: ReportData) -> str:
-    """The report as one self-contained HTML page."""
+def render_report(data: ReportData, evaluation: Evaluation | None = None) -> str:
+    """The report as one self-contained HTML page; with `evaluation` (labels given), its detection section."""
     title = "fleetscore report" + (f" — run {data.run_id}" if data.run_id else "")
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -49,6 +56,8 @@ def render_report(data: ReportData) -> str:
         parts.append('<div class="empty" id="no-runs">No runs yet — nothing has been scored. '
                      "Ingest readings and let the scoring schedule fire (or run <code>fleetscore demo</code>).</div>")
     else:
+        if evaluation is not None:
+            parts += _evaluation_section(evaluation)
         parts += _pairs_section(data)
         parts += _runs_section(data)
     parts += _dead_letters_section(data)
@@ -95,6 +104,43 @@ def _pairs_section(data: ReportData) -> list[str]:
         parts.append('<p class="note">No alerts and no anomalies.</p>')
     parts.append("</section>")
     return parts
+
+
+def _evaluation_section(ev: Evaluation) -> list[str]:
+    """The deployed alerts against the labelled events (cards), the threshold sweep (plot and table)."""
+    d = ev.deployed
+    cards = [(f"{d.precision:.2f}", "precision"), (f"{d.recall:.2f}", "recall"),
+             (_number(d.false_per_1000_pair_days, ".1f"), "false alerts / 1,000 pair-days"),
+             (_number(d.median_ttd_minutes, ".0f"), "median minutes to detect"),
+             (f"{d.caught}/{d.events}", "labelled events caught"), (f"{d.true_alerts}/{d.alerts}", "alerts true")]
+    parts = ['<section id="evaluation"><h2>Detection against the labels</h2>',
+             f'<p class="note">Scored windows ({_e(_iso(ev.from_ms))}, {_e(_iso(ev.until_ms))}] of {ev.runs} run(s): '
+             f"{ev.pairs} pairs, {ev.pair_days:.1f} pair-days. An alert is true when it overlaps a labelled event of "
+             f"its pair (widened by {ev.tolerance_windows} window(s)); time to detect runs from the event's start "
+             "to the window that raised the alert.</p>",
+             '<div class="cards" id="evaluation-cards">', *(_card(v, label) for v, label in cards), "</div>",
+             _img(plot_precision_recall(ev.sweep), "precision and false alerts against recall per threshold shift"),
+             _sweep_table(ev.sweep)]
+    parts += [f'<p class="note">{_e(note)}</p>' for note in ev.notes]
+    parts.append("</section>")
+    return parts
+
+
+def _sweep_table(sweep: pd.DataFrame) -> str:
+    head = ("shift", "windows flagged", "alerts", "true", "false", "caught / events", "precision", "recall",
+            "false / 1,000 pair-days", "median TTD (min)")
+    rows = []
+    for r in sweep.itertuples():
+        cells = (f"{r.point:+.4g}", f"{r.flagged_share:.3%}", r.alerts, r.true_alerts, r.false_alerts,
+                 f"{r.caught} / {r.events}", f"{r.precision:.3f}", f"{r.recall:.3f}",
+                 _number(r.false_per_1000_pair_days, ".1f"), _number(r.median_ttd_minutes, ".0f"))
+        style = ' style="font-weight:600"' if r.point == 0 else ""
+        rows.append(f"<tr{style}>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
+    return _table(head, rows)
+
+
+def _number(value: float, spec: str) -> str:
+    return "-" if value is None or np.isnan(value) else format(value, spec)
 
 
 def _runs_section(data: ReportData) -> list[str]:

@@ -194,3 +194,43 @@ def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plot_precision_recall(sweep: pd.DataFrame) -> str:
+    """The threshold sweep (`fleetscore.evaluation.sweep`): precision against recall (left) and false alerts per
+    1,000 pair-days against recall (right), one point per shift, labelled with it; the deployed point (shift 0)
+    ringed."""
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    order = sweep.sort_values("recall", kind="stable")
+    _sweep_curve(left, order, "precision")
+    left.set_ylabel("precision (alerts that match a labelled event)")
+    left.set_ylim(-0.03, 1.03)
+    _sweep_curve(right, order, "false_per_1000_pair_days")
+    right.set_ylabel("false alerts per 1,000 pair-days")
+    right.set_yscale("symlog", linthresh=1.0)
+    right.set_ylim(bottom=0)
+    for ax in (left, right):
+        ax.set_xlabel("recall (labelled events alerted)")
+        ax.set_xlim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Operating points: the alert threshold shifted (score units; 0 = deployed)", x=0.01, ha="left",
+                 fontsize=11)
+    return _png(fig)
+
+
+def _sweep_curve(ax: Axes, sweep: pd.DataFrame, column: str) -> None:
+    """One column of the sweep against recall: a line through the points, each labelled with its shift, the
+    deployed one (shift 0) ringed in red."""
+    x = sweep["recall"].to_numpy(dtype=float)
+    y = sweep[column].to_numpy(dtype=float)
+    ax.plot(x, y, color="#1565c0", lw=1.2, marker="o", ms=4)
+    for xi, yi, point in zip(x, y, sweep["point"], strict=True):
+        if np.isfinite(yi):
+            ax.annotate(f"{point:+.3g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color="#424242")
+    deployed = sweep["point"].to_numpy(dtype=float) == 0
+    if deployed.any():
+        ax.scatter(x[deployed], y[deployed], s=110, facecolors="none", edgecolors=ANOMALY_RED, lw=1.8, zorder=5,
+                   label="deployed (shift 0)")
+        ax.legend(loc="best", fontsize=8, frameon=False)

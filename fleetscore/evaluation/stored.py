@@ -1,0 +1,122 @@
+"""Evaluate what the deployment did: the alerts in SQL and the scored windows of the prediction files of the runs
+in a range, against a user's labelled events (`fleetscore evaluate`, the report's evaluation section).
+
+The range is the scored windows' (window_from, window_until] of the runs that overlap the asked range, clipped
+to it. Pair-days = pairs with a scored window in the range × the range's days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from fleetscore import clock, db
+from fleetscore.evaluation.metrics import DEFAULT_TOLERANCE_WINDOWS, Detection, detect, events_in_range, pair_days
+from fleetscore.evaluation.sweep import (
+    EpisodeRules,
+    default_points,
+    flagged_share,
+    raise_windows,
+    scored_only,
+    shift_scores,
+    shifted_episodes,
+    sweep,
+)
+from fleetscore.report.data import BlobLister, load_scored_windows
+
+EXTRA_COLUMNS = ("threshold", "threshold_strong", "model_version", "status")
+"""Prediction-file columns read besides the report's: the thresholds the rules compare with, and what was scored."""
+
+
+class NothingScored(ValueError):
+    """No run, or no scored window, in the range."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The deployed alerts' figures and the threshold sweep over one scored range (times epoch ms)."""
+
+    from_ms: int
+    until_ms: int
+    runs: int
+    pairs: int
+    pair_days: float
+    tolerance_windows: int
+    deployed: Detection
+    """The alerts in SQL that overlap the range."""
+    sweep: pd.DataFrame
+    """`sweep.SWEEP_COLUMNS` + `flagged_share`, one row per threshold shift (score units), ascending."""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for JSON (times as ISO-8601, NaN as None)."""
+        table = self.sweep.astype(object).where(self.sweep.notna(), None)
+        return {"from": clock.iso_exact(self.from_ms), "until": clock.iso_exact(self.until_ms), "runs": self.runs,
+                "pairs": self.pairs, "pair_days": self.pair_days, "tolerance_windows": self.tolerance_windows,
+                "deployed": self.deployed.as_dict(), "sweep": table.to_dict("records"), "notes": self.notes}
+
+
+def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rules: EpisodeRules, *,
+                    from_ms: int | None = None, until_ms: int | None = None, points: list[float] | None = None,
+                    tolerance_windows: int = DEFAULT_TOLERANCE_WINDOWS) -> Evaluation:
+    """The deployed alerts and a threshold sweep (`points`, default `sweep.default_points`) against `events`
+    (device, sensor, start, end) over the scored range within [from_ms, until_ms]. Raises `NothingScored`."""
+    notes: list[str] = []
+    lo, hi, run_ids = scored_range(engine, from_ms, until_ms)
+    scored, _ = load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes)
+    scored = scored_only(scored[(scored["window_end"] > lo) & (scored["window_end"] <= hi)])
+    if scored.empty:
+        raise NothingScored(f"no scored window in the prediction files of the {len(run_ids)} run(s) in "
+                            f"({clock.iso_exact(lo)}, {clock.iso_exact(hi)}]")
+    pairs = len(scored[["device", "sensor"]].drop_duplicates())
+    exposure = pair_days(pairs, lo, hi)
+    events = events_in_range(events, lo, hi)
+    deployed = load_alerts(engine, lo, hi)
+    deployed = deployed.assign(raised_window_end=raise_windows(deployed, shift_scores(scored, 0.0), rules))
+    found = detect(deployed, events, window_ms=rules.window_ms, pair_days=exposure,
+                   tolerance_windows=tolerance_windows)
+    points = sorted(set(points)) if points is not None else default_points(scored)
+    table = sweep(shifted_episodes(scored, rules), points, events, window_ms=rules.window_ms, pair_days=exposure,
+                  tolerance_windows=tolerance_windows)
+    table["flagged_share"] = flagged_share(scored, points)
+    return Evaluation(from_ms=lo, until_ms=hi, runs=len(run_ids), pairs=pairs, pair_days=exposure,
+                      tolerance_windows=tolerance_windows, deployed=found, sweep=table, notes=notes)
+
+
+def scored_range(engine: Engine, from_ms: int | None, until_ms: int | None) -> tuple[int, int, list[str]]:
+    """(lo, hi, run ids): the window range (lo, hi] the runs overlapping [from_ms, until_ms] scored, clipped to
+    it, and those runs. Raises `NothingScored` when there is none."""
+    r = db.runs.c
+    query = sa.select(r.run_id, r.window_from, r.window_until).where(r.window_from.is_not(None),
+                                                                      r.window_until.is_not(None))
+    if from_ms is not None:
+        query = query.where(r.window_until > from_ms)
+    if until_ms is not None:
+        query = query.where(r.window_from < until_ms)
+    with engine.connect() as conn:
+        runs = conn.execute(query.order_by(r.window_from)).all()
+    if not runs:
+        raise NothingScored("no run scored windows in the range" if from_ms is not None or until_ms is not None
+                            else "no run has scored windows yet")
+    lo = min(int(row.window_from) for row in runs)
+    hi = max(int(row.window_until) for row in runs)
+    lo = lo if from_ms is None else max(lo, int(from_ms))
+    hi = hi if until_ms is None else min(hi, int(until_ms))
+    return lo, hi, [str(row.run_id) for row in runs]
+
+
+def load_alerts(engine: Engine, lo: int, hi: int) -> pd.DataFrame:
+    """The alerts whose window span overlaps (lo, hi]: device, sensor, first_window_end, last_window_end, status."""
+    a = db.alerts.c
+    query = (sa.select(a.device, a.sensor, a.first_window_end, a.last_window_end, a.status)
+             .where(a.last_window_end > lo, a.first_window_end <= hi)
+             .order_by(a.device, a.sensor, a.first_window_end))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    frame = pd.DataFrame(rows, columns=["device", "sensor", "first_window_end", "last_window_end", "status"])
+    return frame.astype({"first_window_end": np.int64, "last_window_end": np.int64})
