@@ -26,6 +26,8 @@ SHARE_FACTORS = (16.0, 8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
 """Default points: the shifts that flag these multiples of the share of windows flagged at point 0."""
 FALLBACK_SHARES = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 """Default points' flagged shares when nothing is flagged at point 0."""
+GAP_FRACTIONS = (0.125, 0.25, 0.5)
+"""Default points between 0 and the smallest positive share-based shift, as fractions of it."""
 _NO_ALERTS = pd.DataFrame()
 _NO_HISTORY = pd.DataFrame({c: pd.Series(dtype=object) for c in HISTORY_COLUMNS})
 
@@ -84,13 +86,17 @@ def flagged_share(scored: pd.DataFrame, points: Iterable[float]) -> list[float]:
 
 def default_points(scored: pd.DataFrame) -> list[float]:
     """Shifts around the deployed setting (0): those that flag SHARE_FACTORS times the windows flagged at 0
-    (FALLBACK_SHARES of them when none is), ascending, 0 included."""
+    (FALLBACK_SHARES of them when none is), and GAP_FRACTIONS of the smallest positive one (normal windows'
+    margins often end far below the faults', leaving a gap the shares jump over); ascending, 0 included."""
     m = margins(scored)
     if not len(m):
         return [0.0]
     share = float((m > 0).mean())
     shares = [f * share for f in SHARE_FACTORS if 0 < f * share < 1] if share > 0 else list(FALLBACK_SHARES)
     points = {0.0} | {float(np.quantile(m, 1.0 - s)) for s in shares if s != share}
+    first_up = min((p for p in points if p > 0), default=None)
+    if first_up is not None:
+        points |= {first_up * f for f in GAP_FRACTIONS}
     return sorted(points)
 
 

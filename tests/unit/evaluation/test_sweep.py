@@ -87,6 +87,9 @@ def test_default_points_bracket_the_deployed_setting():
     at_zero = shares[points.index(0.0)]
     assert at_zero == pytest.approx((scored["score"] > 0).mean())
     assert shares[0] == pytest.approx(min(16 * at_zero, 1.0), rel=0.05)
+    # between 0 and the first shift that halves the flagged share: 1/8, 1/4 and 1/2 of it
+    half = min(p for p, sh in zip(points, shares, strict=True) if sh <= at_zero / 2 + 1e-3)
+    assert [p for p in points if 0 < p < half] == pytest.approx([half / 8, half / 4, half / 2])
     nothing_flagged = scored.assign(score=-5.0 - rng.random(2000))
     assert default_points(nothing_flagged)[-1] == 0.0 and len(default_points(nothing_flagged)) == 7
 
