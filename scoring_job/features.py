@@ -1,4 +1,11 @@
-"""Per-window features from tumbling-window aggregates (pure, vectorised)."""
+"""Per-window features from tumbling-window aggregates (pure, vectorised).
+
+Besides the window's own statistics (mean, min, max, std) every window carries where it falls in the day and
+the week, so a model learns what is normal *at that time*: ``tod_sin``/``tod_cos`` (time of day) and
+``dow_sin``/``dow_cos`` (day of week, the week starting Monday 00:00 UTC) are the sine and cosine of the
+window's end as a phase of its cycle (UTC). Any of them can be named in ``MODEL_FEATURES``; the pack records the
+features its models were fitted on.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,38 @@ except ImportError:  # the Azure ML code snapshot: this folder is the working di
 
 #: Default feature columns, in the order the models see them.
 FEATURES: tuple[str, ...] = ("mean", "min", "max", "std")
+#: The window statistics.
+STAT_FEATURES: tuple[str, ...] = ("mean", "min", "max", "std")
+#: The calendar encodings of ``window_end`` (UTC).
+TIME_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos")
+#: What training uses by default (``MODEL_FEATURES``): the statistics and the time of day. Measured on the
+#: simulator (seeds 101-103, 2 clean days, 2 faulty): at the same calibrated rate, fewer false windows and a higher
+#: window recall than the statistics alone. The day of week needs weeks of training (a weekday never seen in
+#: training looks anomalous: 11 % false windows after 2 days), so it is opt-in.
+DEFAULT_MODEL_FEATURES: tuple[str, ...] = STAT_FEATURES + ("tod_sin", "tod_cos")
+#: Every feature :func:`window_features` computes (what ``MODEL_FEATURES`` may name).
+FEATURE_NAMES: tuple[str, ...] = STAT_FEATURES + TIME_FEATURES
+
+_DAY_MS = 86_400_000
+_WEEK_MS = 7 * _DAY_MS
+_MONDAY_MS = 4 * _DAY_MS  # 1970-01-01 was a Thursday: the first Monday 00:00 UTC is 1970-01-05
+
+
+def time_features(window_end_ms: np.ndarray) -> dict[str, np.ndarray]:
+    """The :data:`TIME_FEATURES` of window ends (n,) int64 epoch ms UTC: sin/cos of the phase 2π·(time of day)/day
+    and 2π·(time since Monday 00:00)/week, each (n,) float64 in [-1, 1]."""
+    ms = np.asarray(window_end_ms, dtype=np.int64)
+    day = (2.0 * np.pi / _DAY_MS) * (ms % _DAY_MS).astype(np.float64)
+    week = (2.0 * np.pi / _WEEK_MS) * ((ms - _MONDAY_MS) % _WEEK_MS).astype(np.float64)
+    return {"tod_sin": np.sin(day), "tod_cos": np.cos(day), "dow_sin": np.sin(week), "dow_cos": np.cos(week)}
+
+
+def _epoch_ms(window_end: pd.Series) -> np.ndarray:
+    """(n,) int64 epoch ms of a tz-aware (or naive UTC) datetime column, or of integer epoch ms."""
+    if pd.api.types.is_integer_dtype(window_end.dtype):
+        return window_end.to_numpy(dtype=np.int64)
+    col = pd.to_datetime(window_end, utc=True)
+    return col.dt.as_unit("ms").array.asi8.astype(np.int64, copy=False) if len(col) else np.zeros(0, np.int64)
 
 
 def window_features(windows: pd.DataFrame) -> pd.DataFrame:
@@ -19,9 +58,9 @@ def window_features(windows: pd.DataFrame) -> pd.DataFrame:
 
     Input columns: device, sensor, window_end (tz-aware UTC), n (readings, int), sum, sumsq, min, max
     (float64, in the sensor's unit). Output columns: device, sensor, window_end, n, mean, min, max, std,
-    one row per input row in the same order. ``std`` is the sample standard deviation (ddof=1, like
-    Azure Stream Analytics ``STDEV``), 0.0 when n < 2; a tiny negative variance from rounding is clipped
-    to 0. ``mean`` is NaN when n == 0.
+    and the :data:`TIME_FEATURES`, one row per input row in the same order. ``std`` is the sample standard
+    deviation (ddof=1, like Azure Stream Analytics ``STDEV``), 0.0 when n < 2; a tiny negative variance from
+    rounding is clipped to 0. ``mean`` is NaN when n == 0.
     """
     missing = [c for c in WINDOW_COLUMNS if c not in windows.columns]
     if missing:
@@ -46,6 +85,7 @@ def window_features(windows: pd.DataFrame) -> pd.DataFrame:
             "min": windows["min"].to_numpy(dtype=np.float64),
             "max": windows["max"].to_numpy(dtype=np.float64),
             "std": std,
+            **time_features(_epoch_ms(windows["window_end"])),
         },
         index=windows.index,
     )
