@@ -17,6 +17,9 @@ from croniter import croniter
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from scoring_job.features import DEFAULT_MODEL_FEATURES, FEATURE_NAMES
+from scoring_job.thresholds import FALSE_RATE
+
 LOCAL_SETTINGS_FILE = "local.settings.json"
 DEFAULT_ALERT_PERSISTENCE = "2/3"
 """k/n of the alert rules when neither ALERT_PERSISTENCE nor ALERT_MIN_WINDOWS is set (measured: see README)."""
@@ -98,8 +101,12 @@ class Settings(BaseSettings):
     )
 
     model_algorithm: str = Field("ocsvm-rbf", alias="MODEL_ALGORITHM")
-    model_features: str = Field("mean,min,max,std", alias="MODEL_FEATURES")
-    model_min_windows: int = Field(48, alias="MODEL_MIN_WINDOWS", ge=2)
+    model_features: str = Field(",".join(DEFAULT_MODEL_FEATURES), alias="MODEL_FEATURES")
+    model_min_windows: int = Field(48, alias="MODEL_MIN_WINDOWS", ge=5)
+    alert_false_rate: float = Field(
+        FALSE_RATE, alias="ALERT_FALSE_RATE", gt=0, lt=0.5,
+        description="target false-alarm rate per window of each model's calibrated alert threshold (training)",
+    )
     model_params: dict[str, float | int | str | bool] = Field(
         default_factory=dict, alias="MODEL_PARAMS",
         description='JSON object overriding the detector\'s parameters, e.g. {"nu": 0.01}',
@@ -185,7 +192,7 @@ class Settings(BaseSettings):
     @field_validator("model_features")
     @classmethod
     def _valid_features(cls, value: str) -> str:
-        allowed = {"mean", "min", "max", "std"}
+        allowed = set(FEATURE_NAMES)
         names = [f.strip() for f in value.split(",") if f.strip()]
         bad = [f for f in names if f not in allowed]
         if not names or bad:

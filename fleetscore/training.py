@@ -23,6 +23,7 @@ from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.storage.paths import CURRENT_POINTER, model_manifest_key, model_pack_prefix
 from scoring_job.features import window_features
 from scoring_job.pack import write_pack
+from scoring_job.thresholds import FALSE_RATE
 from scoring_job.train import fit_fleet
 
 
@@ -79,14 +80,15 @@ def current_model_version(store: BlobStore) -> str | None:
 def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: int | None, min_windows: int,
           algorithm: str, features: tuple[str, ...], window_minutes: int, activate: bool,
           params: dict | None = None, n_jobs: int = -1,
-          progress: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Fit one model per (device, sensor) on its windows in the range and publish one pack version."""
+          progress: Callable[[int, int], None] | None = None, false_rate: float = FALSE_RATE) -> TrainResult:
+    """Fit one model per (device, sensor) on its windows in the range and publish one pack version; each model's
+    alert thresholds are calibrated on its training windows at ``false_rate`` per window (ALERT_FALSE_RATE)."""
     windows = load_windows(engine, from_ms, until_ms)
     if windows.empty:
         raise ValueError("no windows in the training range: ingest readings first (fleetscore ingest)")
     feats = window_features(windows)
     fit = fit_fleet(feats, algorithm=algorithm, params=params, feature_names=features, min_windows=min_windows,
-                    n_jobs=n_jobs, progress=progress)
+                    n_jobs=n_jobs, progress=progress, false_rate=false_rate)
     if not fit.models:
         raise ValueError(f"no pair has {min_windows} windows in the range; lower --min-windows")
     version = new_version()

@@ -322,9 +322,10 @@ if HAVE_NUMBA:
 
     @_njit
     def rbf_f32(cols, nfeat, r0s, ns, rows, mean4, scale4, center4, gamma, intercept, sv0, svc, svp32, bsv32,
-                coef32, bound, svp, bsv, coef, out):
+                coef32, bound, near, near2, svp, bsv, coef, out):
         """float32 bulk of :func:`rbf_f64` (svp32/bsv32/coef32); every row whose float32 value is not beyond the
-        model's ``bound`` (NaN included) is recomputed in float64 (svp/bsv/coef). Returns the rows rechecked."""
+        model's ``bound`` of its decision values ``near`` or ``near2`` (the negated alert thresholds; NaN values
+        included) is recomputed in float64 (svp/bsv/coef). Returns the rows rechecked."""
         nmax = 0
         for m in range(r0s.shape[0]):
             nmax = max(nmax, ns[m])
@@ -345,14 +346,16 @@ if HAVE_NUMBA:
             _acc(blk, st, npad, sv0[q], sv0[q] + svc[q], svp32, bsv32, coef32)
             b = intercept[q]
             lim = bound[q]
+            c1 = near[q]
+            c2 = near2[q]
             k = 0
             for i in range(n):
                 d = np.float64(blk[5 * st + i]) + b
                 out[r0 + i] = d
-                if not abs(d) > lim:
+                if not (abs(d - c1) > lim and abs(d - c2) > lim):
                     sel[k] = r0 + i
                     k += 1
-            if k > 0:  # near 0: recompute these rows in float64 so the labels are the float64 path's
+            if k > 0:  # near a threshold: recompute these rows in float64 so the labels are the float64 path's
                 kpad = (k + 7) // 8 * 8
                 st64 = _stride(kpad, 8, 8)
                 _fill_block(blk64, a64, st64, cols, sel[:k], nfeat, r0, k, kpad, mean4[q], scale4[q], center4[q],

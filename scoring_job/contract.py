@@ -7,8 +7,11 @@ uploads this folder alone (so this module imports pyarrow only).
   `window_end` the window's end (epoch ms UTC; the window is (end − W, end]), `n` readings and their `sum`,
   `sumsq`, `min`, `max` in the sensor's unit.
 * A **prediction file** (`predictions/<run_id>/part-NNNNN.parquet`) has one row per scored window:
-  :data:`PREDICTION_SCHEMA`. `score` is the negated decision function (higher is more anomalous) and
-  `is_anomaly` ⇔ score > 0; `status` is one of :data:`WINDOW_STATUSES`.
+  :data:`PREDICTION_SCHEMA`. `score` is the negated decision function (higher is more anomalous);
+  `threshold` and `threshold_strong` are the window's model's calibrated alert thresholds on that score (from
+  the model pack, learned from training windows only; NaN when the window has no model or failed); `is_anomaly`
+  ⇔ score > threshold, and score > threshold_strong marks a window far above it; `status` is one of
+  :data:`WINDOW_STATUSES`.
 * The entry script's `run(mini_batch)` returns one row per partition: :data:`RESULT_COLUMNS`, `status` one of
   :data:`PARTITION_STATUSES`.
 """
@@ -34,6 +37,8 @@ PREDICTION_SCHEMA = pa.schema([
     ("max", pa.float64()),
     ("std", pa.float64()),
     ("score", pa.float64()),
+    ("threshold", pa.float64()),
+    ("threshold_strong", pa.float64()),
     ("is_anomaly", pa.bool_()),
     ("model_version", pa.string()),
     ("run_id", pa.string()),

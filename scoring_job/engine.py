@@ -11,15 +11,18 @@ schema, sorted by (device, sensor, window_end), and the call's :class:`ScoreStat
 * a model that cannot be scored (wrong feature count, a detector raising) marks only its rows
   ``status="error"`` with the reason; windows whose pair has no model come back ``status="no_model"``.
 
-``score`` is the negated decision function (higher = more anomalous) and ``is_anomaly`` is ``score > 0``:
-scikit-learn's ``predict == -1``. libsvm's predict calls a decision value of exactly 0 an outlier (the other
-detectors call it an inlier), so a one-class SVM's exact 0 is reported as the smallest positive score
-(5e-324) to keep both statements true.
+``score`` is the negated decision function (higher = more anomalous); ``threshold`` and ``threshold_strong`` are
+the row's model's calibrated alert thresholds from the pack (NaN for a row without a score), and ``is_anomaly``
+is ``score > threshold``. With a threshold of 0 (a pack written without calibration) that is scikit-learn's
+``predict == -1``: libsvm's predict calls a decision value of exactly 0 an outlier (the other detectors call it
+an inlier), so a one-class SVM's exact 0 is reported as the smallest positive score (5e-324) to keep both
+statements true.
 
 float64 decision values match scikit-learn's ``decision_function`` to ~1e-13 of the kernel-sum magnitude
 (tests assert 1e-9 relative + 1e-11 absolute of sum |coef| + |intercept|). ``dtype="float32"`` runs the RBF
 bulk in float32 and recomputes in float64 every window whose float32 decision value is within a rigorous
-per-model error bound of 0 (:func:`float32_bound`), so its labels are those of the float64 path.
+per-model error bound of the model's negated thresholds (:func:`float32_bound`), so its labels (against
+``threshold`` and ``threshold_strong``) are those of the float64 path.
 
 Notation (as in ``_kernels``): per SVM with support vectors s_j, centre c and ``gamma`` g, x' = x - c (x in the
 scaled feature space), A = -g |x'|^2, s' = 2 g (s - c), B = -g |s - c|^2, so -g |x - s|^2 = A + B + x'.s'.
@@ -107,6 +110,8 @@ class SvmArrays:
     dual_coef: np.ndarray  # (n_sv,) float64
     coef_abs_sum: np.ndarray  # (n_svm,) float64: sum |dual_coef|
     sv_sq_max: np.ndarray  # (n_svm,) float64: max_j |s_j - c|^2
+    near: np.ndarray  # (n_svm,) float64: -threshold, the decision value the labels turn at (float32 rechecks)
+    near_strong: np.ndarray  # (n_svm,) float64: -threshold_strong (-threshold where unknown)
     bound32: np.ndarray = dataclasses.field(init=False)  # (n_svm,) float64: :func:`float32_bound`
     numpy_blocks: dict[str, _NumpyBlocks] = dataclasses.field(default_factory=dict, repr=False)  # per dtype
 
@@ -191,6 +196,9 @@ def _svm_arrays(pack: ModelPack, rows: np.ndarray) -> SvmArrays:
         sv_bias=np.multiply(sq_norm, -0.5 * two_gamma[owner]),  # B = -g |s - c|^2
         dual_coef=coef, coef_abs_sum=np.add.reduceat(np.abs(coef), sv_start),
         sv_sq_max=np.maximum.reduceat(sq_norm, sv_start),
+        near=-table["threshold"][rows],
+        near_strong=-np.where(np.isnan(table["threshold_strong"][rows]), table["threshold"][rows],
+                              table["threshold_strong"][rows]),
     )
 
 
@@ -378,8 +386,8 @@ def _svm_decisions(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.nd
         args = (tup, F, starts.astype(np.int64), counts.astype(np.int64), svms.astype(np.int64), svm.scaler_mean,
                 svm.scaler_scale, svm.center, svm.gamma, svm.intercept, svm.sv_start, svm.sv_count)
         if dtype == np.float32:
-            return int(_kernels.rbf_f32(*args, *svm.float32, svm.bound32, svm.sv_prime, svm.sv_bias, svm.dual_coef,
-                                        out))
+            return int(_kernels.rbf_f32(*args, *svm.float32, svm.bound32, svm.near, svm.near_strong, svm.sv_prime,
+                                        svm.sv_bias, svm.dual_coef, out))
         _kernels.rbf_f64(*args, svm.sv_prime, svm.sv_bias, svm.dual_coef, out)
         return 0
     # the numpy path (also for models with more than FPAD features: the fused kernel is written for FPAD)
@@ -389,8 +397,9 @@ def _svm_decisions(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.nd
 
 def _svm_scores(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarray, svms: np.ndarray,
                 svm: SvmArrays, dtype: str, backend: str, out: np.ndarray) -> int:
-    """Fast-path decision values into ``out``; in float32 mode, rows whose value is not clearly away from 0
-    (beyond :func:`float32_bound`, NaN included) are recomputed in float64. Returns the number rechecked."""
+    """Fast-path decision values into ``out``; in float32 mode, rows whose value is not clearly away from the
+    model's thresholds (beyond :func:`float32_bound` of -threshold and -threshold_strong, NaN included) are
+    recomputed in float64. Returns the number rechecked."""
     if dtype == "float64":
         _svm_decisions(cols, starts, counts, svms, svm, np.dtype(np.float64), backend, out)
         return 0
@@ -402,8 +411,8 @@ def _svm_scores(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarr
 
 def _recheck_near_zero(cols: Sequence[np.ndarray], starts: np.ndarray, counts: np.ndarray, svms: np.ndarray,
                        svm: SvmArrays, backend: str, out: np.ndarray) -> int:
-    """Recompute in float64 the RBF rows of ``out`` whose float32 value is within the model's bound of 0 (or
-    NaN); returns how many."""
+    """Recompute in float64 the RBF rows of ``out`` whose float32 value is within the model's bound of its
+    negated thresholds (or NaN); returns how many."""
     rbf = svm.is_rbf[svms]
     rq, rs, rn = svms[rbf], starts[rbf], counts[rbf]
     if len(rq) == 0:
@@ -411,7 +420,8 @@ def _recheck_near_zero(cols: Sequence[np.ndarray], starts: np.ndarray, counts: n
     owner = np.repeat(np.arange(len(rq)), rn)
     first = np.cumsum(rn) - rn
     rows = np.arange(int(rn.sum())) - first[owner] + rs[owner]
-    flag = ~(np.abs(out[rows]) > svm.bound32[rq][owner])
+    lim, m = svm.bound32[rq][owner], rq[owner]
+    flag = ~((np.abs(out[rows] - svm.near[m]) > lim) & (np.abs(out[rows] - svm.near_strong[m]) > lim))
     if not flag.any():
         return 0
     check, who = rows[flag], owner[flag]  # ascending rows, each model's rows contiguous
@@ -435,7 +445,7 @@ class ScoreStats:
     other_models: int  # scored through their own decision_function
     no_model_windows: int  # rows whose pair has no model (status "no_model")
     failures: dict[Key, str]  # (device, sensor) -> why its model could not score its rows (status "error")
-    rechecks: int  # float32 mode: rows recomputed in float64 because their value was near 0
+    rechecks: int  # float32 mode: rows recomputed in float64 because their value was near a threshold
     sorted_input: bool  # the rows came sorted by (device, sensor, window_end): none was moved
 
 
@@ -732,10 +742,24 @@ def _scores(decision: np.ndarray, runs: _Runs, pack: ModelPack, finite: np.ndarr
     return score
 
 
+def _row_thresholds(runs: _Runs, pack: ModelPack, outcome: _RowStatus) -> tuple[np.ndarray, np.ndarray]:
+    """(threshold, threshold_strong), each (rows,) float64 in output order: the row's model's values, NaN for
+    rows whose status is not "ok" (one gather per run, then one repeat)."""
+    out = []
+    for name in ("threshold", "threshold_strong"):
+        per_run = pack.table[name][np.maximum(runs.model, 0)] if len(pack) else np.zeros(len(runs.model))
+        col = np.repeat(per_run, runs.count)
+        if outcome.not_ok:
+            col[outcome.status != _OK] = np.nan
+        out.append(col)
+    return out[0], out[1]
+
+
 def _prediction_frame(features: pd.DataFrame, runs: _Runs, score: np.ndarray, outcome: _RowStatus,
-                      model_version: str, run_id: str) -> pd.DataFrame:
+                      pack: ModelPack, run_id: str) -> pd.DataFrame:
     """The prediction rows in output order (columns :data:`contract.PREDICTION_COLUMNS`)."""
     N = len(features)
+    threshold, strong = _row_thresholds(runs, pack, outcome)
     error_code = outcome.error_code if outcome.error_code is not None else np.full(N, -1, dtype=np.int8)
     return pd.DataFrame({
         "device": runs.take(features["device"].array),
@@ -745,8 +769,10 @@ def _prediction_frame(features: pd.DataFrame, runs: _Runs, score: np.ndarray, ou
         **{k: (runs.take(features[k].to_numpy(dtype=np.float64)) if k in features.columns else np.full(N, np.nan))
            for k in ("mean", "min", "max", "std")},
         "score": score,
-        "is_anomaly": score > 0,
-        "model_version": _categorical(np.zeros(N, dtype=np.int8), [model_version]),
+        "threshold": threshold,
+        "threshold_strong": strong,
+        "is_anomaly": score > threshold,
+        "model_version": _categorical(np.zeros(N, dtype=np.int8), [pack.version]),
         "run_id": _categorical(np.zeros(N, dtype=np.int8), [str(run_id)]),
         "status": _categorical(outcome.status, WINDOW_STATUSES),
         "error": _categorical(error_code, outcome.errors),
@@ -776,4 +802,4 @@ def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str 
     stats = ScoreStats(rows=len(features), models=int((runs.model >= 0).sum()), svm_models=len(svm_runs),
                        other_models=len(other_runs), no_model_windows=int((outcome.status == _NO_MODEL).sum()),
                        failures=outcome.failures, rechecks=rechecks, sorted_input=runs.order is None)
-    return Scored(_prediction_frame(features, runs, scores, outcome, pack.version, run_id), stats)
+    return Scored(_prediction_frame(features, runs, scores, outcome, pack, run_id), stats)

@@ -23,9 +23,14 @@ every other field is either such a list or, when every model has the same value,
 ``algorithm`` ("ocsvm-rbf", "ocsvm-linear", "isolation-forest", "lof", "elliptic-envelope" or the class name),
 ``n_features`` (int or null), ``scaled`` (a StandardScaler in front), ``store`` ("svm" | "skops"; each store's
 models are numbered in table order), ``sv_count`` (0 for skops), ``train_from``, ``train_until`` (ISO-8601 UTC or
-null), ``train_size`` (windows or null) and ``score_quantiles``: null when unknown for every model, else
+null), ``train_size`` (windows or null), ``score_quantiles``: null when unknown for every model, else
 {"q50", "q90", "q95", "q99", "max"} each the base64 of ``count`` little-endian float64 (NaN where unknown;
-score = -decision_function). Base64 keeps the values exact and parses about 50x faster than JSON numbers.
+score = -decision_function), and ``thresholds`` (format 3): {"threshold", "threshold_strong"} each the base64
+of ``count`` little-endian float64: the model's calibrated alert thresholds on the score (a window is anomalous
+when score > threshold; see :mod:`thresholds`). ``threshold`` is finite (0.0, the detector's own boundary,
+when the pack was written without one); ``threshold_strong`` is finite or NaN (unknown: no window is strong).
+Base64 keeps the values exact and parses about 50x faster than JSON numbers. A format-2 pack (no thresholds) is
+refused: retrain (``fleetscore train --activate``).
 
 SVM arrays (float64, 1-D; each shard holds the next SVMs of the table, concatenated in table order; the
 manifest's ``svm.shards`` lists the shards in order with their model counts and array sizes):
@@ -64,11 +69,13 @@ import pandas as pd
 
 try:
     from .features import FEATURES
+    from .thresholds import FOLDS, calibrate, out_of_fold_margins
 except ImportError:  # imported as a top-level module: the Azure ML code snapshot is this folder alone
     from features import FEATURES
+    from thresholds import FOLDS, calibrate, out_of_fold_margins
 
 FORMAT = "fleetscore-model-pack"
-FORMAT_VERSION = 2  # 1 kept every SVM in one svm.npz
+FORMAT_VERSION = 3  # 1 kept every SVM in one svm.npz; 2 had no alert thresholds
 MANIFEST = "manifest.json"
 SKOPS_FILE = "detectors.skops"
 SVM_SHARD_BYTES = 8 << 20  # target size of one SVM array file (a shard holds at least one SVM)
@@ -77,7 +84,9 @@ SVM_ARRAYS = ("sv", "dual_coef", "scaler_mean", "scaler_scale", "intercept", "ga
 SVM_KERNELS = ("rbf", "linear")
 STORES = ("svm", "skops")
 TABLE_FIELDS = ("device", "sensor", "algorithm", "n_features", "scaled", "store", "sv_count",
-                "train_from", "train_until", "train_size", "score_quantiles")
+                "train_from", "train_until", "train_size", "score_quantiles", "thresholds")
+THRESHOLDS = ("threshold", "threshold_strong")
+"""The per-model alert thresholds on the score (``manifest["models"]["thresholds"]``, table columns)."""
 
 #: Every type a skops file in a pack may contain. Checked against the file's schema before loading and passed
 #: to ``skops.io.loads(trusted=...)`` explicitly; a file naming any other type is refused.
@@ -245,9 +254,10 @@ class _PackContents:
     (one list per name of :data:`SVM_ARRAYS`, one entry per SVM) and the detectors stored with skops."""
 
     table: dict[str, list[Any]] = dataclasses.field(
-        default_factory=lambda: {f: [] for f in TABLE_FIELDS if f != "score_quantiles"})
+        default_factory=lambda: {f: [] for f in TABLE_FIELDS if f not in ("score_quantiles", "thresholds")})
     quantiles: dict[str, list[float | None]] = dataclasses.field(
         default_factory=lambda: {name: [] for name, _ in QUANTILES})
+    thresholds: dict[str, list[float]] = dataclasses.field(default_factory=lambda: {k: [] for k in THRESHOLDS})
     svm_parts: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: {k: [] for k in SVM_ARRAYS})
     others: list[Any] = dataclasses.field(default_factory=list)
 
@@ -284,6 +294,10 @@ class _PackContents:
         for name, _ in QUANTILES:
             v = q.get(name)
             self.quantiles[name].append(float(v) if v is not None and np.isfinite(v) else None)
+        t, strong = record.get("threshold"), record.get("threshold_strong")
+        self.thresholds["threshold"].append(float(t) if t is not None and np.isfinite(t) else 0.0)
+        self.thresholds["threshold_strong"].append(float(strong) if strong is not None and np.isfinite(strong)
+                                                   else np.nan)
 
     def manifest_table(self) -> dict[str, Any]:
         """The manifest's ``models`` section (see the module docstring)."""
@@ -291,7 +305,8 @@ class _PackContents:
         return {"count": len(table["device"]), "device": table.pop("device"), "sensor": table.pop("sensor"),
                 **{f: _one_or_all(values) for f, values in table.items()},
                 "score_quantiles": None if all(v is None for col in self.quantiles.values() for v in col)
-                else {name: _float64_base64(col) for name, col in self.quantiles.items()}}
+                else {name: _float64_base64(col) for name, col in self.quantiles.items()},
+                "thresholds": {k: _float64_base64(col) for k, col in self.thresholds.items()}}
 
 
 def _fitted_detector(key: Key, est: Any) -> tuple[Any | None, Any]:
@@ -394,7 +409,8 @@ def write_pack(
     ``models``: {(device, sensor): fitted estimator}: a OneClassSVM (rbf or linear; stored as arrays), an
     IsolationForest, LocalOutlierFactor(novelty=True), EllipticEnvelope or other OneClassSVM (stored with skops),
     each bare or behind a StandardScaler in a Pipeline. ``training``: per key ``from``/``until`` (timestamps),
-    ``size`` (windows) and ``score_quantiles`` (see :func:`score_quantiles`); missing keys mean unknown.
+    ``size`` (windows), ``score_quantiles`` (see :func:`score_quantiles`), ``threshold`` and
+    ``threshold_strong`` (see :mod:`thresholds`); missing keys mean unknown (threshold 0.0, strong NaN).
     ``shard_bytes``: target size of one SVM array file (consecutive SVMs are grouped until it is reached).
     """
     folder = Path(folder)
@@ -441,7 +457,9 @@ def training_info(est: Any, X: np.ndarray, t_from: Any, t_until: Any) -> dict[st
 def training_summary(
     models: Mapping[Key, Any], train_windows: pd.DataFrame, features: Sequence[str] = FEATURES
 ) -> dict[Key, dict[str, Any]]:
-    """Per key: `training_info` over its rows of ``train_windows`` with finite features (as training uses)."""
+    """Per key: `training_info` over its rows of ``train_windows`` with finite features (as training uses), and
+    the alert thresholds from out-of-fold scores of unfitted clones of the estimator over time blocks of those
+    rows (when it has at least ``FOLDS`` of them)."""
     out: dict[Key, dict[str, Any]] = {}
     groups = train_windows.groupby(["device", "sensor"], sort=False, observed=True).indices
     for key, est in models.items():
@@ -449,10 +467,13 @@ def training_summary(
         if idx is None or len(idx) == 0:
             continue
         rows = train_windows.iloc[idx]
+        rows = rows.iloc[np.argsort(rows["window_end"].to_numpy(), kind="stable")]
         X = rows[list(features)].to_numpy(dtype=np.float64)
         finite = np.isfinite(X).all(axis=1)
         ends = rows["window_end"][finite]
         out[key] = training_info(est, X[finite], ends.min(), ends.max())
+        if finite.sum() >= FOLDS:
+            out[key].update(calibrate(out_of_fold_margins(est, X[finite]), est))
     return out
 
 
@@ -468,7 +489,8 @@ def pack_from_estimators(
     """Bring your own fitted scikit-learn detectors: write ``{(device, sensor): estimator}`` as a pack in one call.
 
     When ``train_windows`` (feature rows: device, sensor, window_end and ``features``) is given, each model's
-    training range, size and score quantiles are computed from its rows (severity needs the quantiles).
+    training range, size, score quantiles and alert thresholds are computed from its rows (severity needs the
+    quantiles; without rows a model's threshold is 0.0, the detector's own boundary).
     """
     training = training_summary(models, train_windows, features) if train_windows is not None else None
     return write_pack(models, folder, version=version, features=features,
@@ -544,11 +566,12 @@ class ModelPack:
 
     def __getitem__(self, key: Key) -> dict[str, Any]:
         """The model's table row: device, sensor, algorithm, n_features, scaled, store, index, sv_count,
-        train_from, train_until, train_size and score_quantiles ({name: value}; None when unknown)."""
+        train_from, train_until, train_size, threshold, threshold_strong and score_quantiles ({name: value};
+        None when unknown)."""
         i = self.index[key]
         t = self.table
         row: dict[str, Any] = {f: t[f][i].item() if isinstance(t[f][i], np.generic) else t[f][i]
-                               for f in (*TABLE_FIELDS[:-1], "index")}
+                               for f in (*TABLE_FIELDS[:-2], *THRESHOLDS, "index")}
         for f in ("n_features", "train_size"):
             row[f] = None if row[f] < 0 else row[f]
         q = {name: float(t[f"score_{name}"][i]) for name, _ in QUANTILES}
@@ -586,7 +609,8 @@ class ModelPack:
         )
 
     def training_table(self) -> pd.DataFrame:
-        """One row per model: device, sensor, algorithm, train_from, train_until, train_size, score_<q>."""
+        """One row per model: device, sensor, algorithm, train_from, train_until, train_size, score_<q>,
+        threshold, threshold_strong."""
         return _training_frame(self.table)
 
     def __repr__(self) -> str:
@@ -600,6 +624,7 @@ def _training_frame(t: Mapping[str, np.ndarray]) -> pd.DataFrame:
         "train_until": pd.to_datetime(pd.Series(t["train_until"], dtype=object), utc=True),
         "train_size": pd.array(np.where(t["train_size"] < 0, None, t["train_size"]), dtype="Int64"),
         **{f"score_{name}": t[f"score_{name}"] for name, _ in QUANTILES},
+        **{k: t[k] for k in THRESHOLDS},
     })
 
 
@@ -659,6 +684,10 @@ def _check_header(m: Any) -> None:
         v = m.get(k)
         if not isinstance(v, typ) or isinstance(v, bool):
             raise _fail(f"field {k!r} missing or not {typ.__name__}")
+    if m["format_version"] in (1, 2):
+        raise _fail(f"format_version {m['format_version']} has no calibrated alert thresholds; this code reads "
+                    f"format {FORMAT_VERSION}: retrain the fleet (`fleetscore train --activate`) or write the pack "
+                    "again with pack_from_estimators")
     if m["format_version"] != FORMAT_VERSION:
         raise _fail(f"unsupported format_version {m['format_version']!r} (this code reads {FORMAT_VERSION}; "
                     "write the pack again with this version's `fleetscore train` or pack_from_estimators)")
@@ -739,6 +768,7 @@ def _table_columns(t: dict[str, Any]) -> dict[str, np.ndarray]:
         "train_until": _str_column(t, "train_until", n, nullable=True),
         "train_size": _int_column(t, "train_size", n, nullable=True),
         **_quantile_columns(t["score_quantiles"], n),
+        **_threshold_columns(t["thresholds"], n),
     }
     nf = table["n_features"]
     if ((nf == 0) | (nf > 4096)).any():
@@ -857,6 +887,32 @@ def _quantile_columns(q: Any, n: int) -> dict[str, np.ndarray]:
         if np.isinf(col).any():
             raise _fail(f"models.score_quantiles.{name} must be finite or NaN")
         out[f"score_{name}"] = col
+    return out
+
+
+def _base64_float64(value: Any, n: int, label: str) -> np.ndarray:
+    """``n`` little-endian float64 from a base64 string (``label`` names the field in errors)."""
+    try:
+        if type(value) is not str:
+            raise TypeError("not a string")
+        raw = base64.b64decode(value, validate=True)
+    except (TypeError, ValueError) as exc:
+        raise _fail(f"{label} must be base64 of {n} float64 ({exc})") from None
+    if len(raw) != 8 * n:
+        raise _fail(f"{label} holds {len(raw)} bytes, {n} float64 need {8 * n}")
+    return np.frombuffer(raw, dtype="<f8")
+
+
+def _threshold_columns(t: Any, n: int) -> dict[str, np.ndarray]:
+    """The :data:`THRESHOLDS` float64 columns from the manifest's ``thresholds``: {name: base64 of ``n``
+    little-endian float64}; ``threshold`` finite, ``threshold_strong`` finite or NaN."""
+    if not isinstance(t, dict) or set(t) != set(THRESHOLDS):
+        raise _fail(f"models.thresholds must hold {list(THRESHOLDS)}")
+    out = {k: _base64_float64(t[k], n, f"models.thresholds.{k}") for k in THRESHOLDS}
+    if not np.isfinite(out["threshold"]).all():
+        raise _fail("models.thresholds.threshold must be finite")
+    if np.isinf(out["threshold_strong"]).any():
+        raise _fail("models.thresholds.threshold_strong must be finite or NaN")
     return out
 
 

@@ -13,6 +13,10 @@ Algorithms (``params`` override the detector's parameters; ``{"scaler": False}``
 
 The contamination of the last three is 0.05 (not scikit-learn's "auto"/0.1) so that every algorithm flags
 about the same 5 % of its training windows as the default SVM's nu does.
+
+Every pair also gets its calibrated alert thresholds (:mod:`thresholds`): out-of-fold scores of its training
+windows over ``folds`` contiguous time blocks, then the conformal quantile at 1 - ``false_rate`` (and the strong
+one); the pair's final model is fitted on all its windows.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import pandas as pd
 try:
     from .features import FEATURES
     from .pack import training_info
+    from .thresholds import FALSE_RATE, FOLDS, calibrate, out_of_fold_margins
 except ImportError:  # imported as a top-level module (the Azure ML code snapshot)
     from features import FEATURES
     from pack import training_info
+    from thresholds import FALSE_RATE, FOLDS, calibrate, out_of_fold_margins
 
 Key = tuple[str, str]
 
@@ -82,7 +88,8 @@ ALGORITHMS: tuple[str, ...] = tuple(DEFAULT_PARAMS)
 @dataclasses.dataclass
 class FitResult:
     """``models``: {(device, sensor): fitted estimator}; ``skipped``: {(device, sensor): reason};
-    ``training``: {(device, sensor): {"from", "until", "size", "score_quantiles"}} (what write_pack records)."""
+    ``training``: {(device, sensor): {"from", "until", "size", "score_quantiles", "threshold",
+    "threshold_strong"}} (what write_pack records)."""
 
     models: dict[Key, Any]
     skipped: dict[Key, str]
@@ -92,20 +99,32 @@ class FitResult:
 
 
 Work = list[tuple[Key, np.ndarray, Any, Any]]
-"""Pairs to fit: (key, X (windows, features) float64, first window_end, last window_end)."""
+"""Pairs to fit: (key, X (windows, features) float64 in time order, first window_end, last window_end)."""
 
 
-def _fit_batch(template: Any, batch: Work) -> list[tuple[Key, Any, Any]]:
-    """(key, fitted estimator, its :func:`pack.training_info`) per pair, or (key, None, why the fit failed)."""
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """How the alert thresholds are learned: the target false-alarm rate per window and the time blocks."""
+
+    false_rate: float = FALSE_RATE
+    folds: int = FOLDS
+
+
+def _fit_batch(template: Any, batch: Work, calibration: Calibration = Calibration()
+               ) -> list[tuple[Key, Any, Any]]:
+    """(key, fitted estimator, its :func:`pack.training_info` with its thresholds) per pair, or (key, None, why
+    the fit failed)."""
     from sklearn.base import clone  # scikit-learn loads only to train: Core imports this module
 
     out = []
     for key, X, t_from, t_until in batch:
         try:
+            oof = out_of_fold_margins(template, X, calibration.folds)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. convergence or duplicate-point warnings on flat sensors
                 est = clone(template).fit(X)
-            out.append((key, est, training_info(est, X, t_from, t_until)))
+            info = training_info(est, X, t_from, t_until)
+            out.append((key, est, {**info, **calibrate(oof, est, calibration.false_rate)}))
         except Exception as exc:  # noqa: BLE001 - one pair failing must not stop the fleet
             out.append((key, None, f"fit failed: {type(exc).__name__}: {exc}"))
     return out
@@ -127,6 +146,7 @@ def _pairs_to_fit(features: pd.DataFrame, names: list[str], min_windows: int) ->
             skipped[key] = f"{len(rows)} usable windows < min_windows={min_windows}"
             continue
         w = ends.iloc[rows]
+        rows = rows[np.argsort(w.to_numpy(), kind="stable")]  # time order: the folds are contiguous time blocks
         work.append((key, X_all[rows], w.min(), w.max()))
     return work, skipped
 
@@ -138,8 +158,8 @@ def _worker_count(n_jobs: int | None, pairs: int) -> int:
     return min(n_workers, pairs)
 
 
-def _fit_all(template: Any, work: Work, n_jobs: int | None, progress: Callable[[int, int], None] | None
-             ) -> list[list[tuple[Key, Any, Any]]]:
+def _fit_all(template: Any, work: Work, n_jobs: int | None, progress: Callable[[int, int], None] | None,
+             calibration: Calibration = Calibration()) -> list[list[tuple[Key, Any, Any]]]:
     """Fit every pair of ``work`` in batches on ``n_jobs`` processes, calling ``progress(done, total)`` as
     batches finish; every batch's :func:`_fit_batch` result, in the order they finished."""
     from sklearn.utils.parallel import Parallel, delayed  # scikit-learn loads only to train
@@ -153,10 +173,10 @@ def _fit_all(template: Any, work: Work, n_jobs: int | None, progress: Callable[[
     size = max(1, min(64, math.ceil(total / (n_workers * 8))))
     batches = [work[i:i + size] for i in range(0, total, size)]
     if n_workers == 1:
-        results = (_fit_batch(template, b) for b in batches)
+        results = (_fit_batch(template, b, calibration) for b in batches)
     else:
         results = Parallel(n_jobs=n_workers, return_as="generator_unordered")(
-            delayed(_fit_batch)(template, b) for b in batches)
+            delayed(_fit_batch)(template, b, calibration) for b in batches)
     done, finished = 0, []
     for res in results:
         finished.append(res)
@@ -174,11 +194,14 @@ def fit_fleet(
     min_windows: int = 48,
     n_jobs: int | None = -1,
     progress: Callable[[int, int], None] | None = None,
+    false_rate: float = FALSE_RATE,
+    folds: int = FOLDS,
 ) -> FitResult:
     """Fit one detector per (device, sensor) of ``features`` (columns device, sensor, window_end and
     ``feature_names``). Rows with a non-finite feature are left out; pairs with fewer than ``min_windows`` usable
-    windows are skipped with the reason. Runs on ``n_jobs`` processes (-1: all cores) and calls
-    ``progress(done, total)`` as pairs finish."""
+    windows are skipped with the reason. Each pair's alert thresholds come from out-of-fold scores over ``folds``
+    contiguous time blocks at the target ``false_rate`` per window (see :mod:`thresholds`). Runs on ``n_jobs``
+    processes (-1: all cores) and calls ``progress(done, total)`` as pairs finish."""
     template = make_estimator(algorithm, params)
     names = [str(f) for f in feature_names]
     missing = [c for c in ("device", "sensor", "window_end", *names) if c not in features.columns]
@@ -186,10 +209,13 @@ def fit_fleet(
         raise ValueError(f"features lack columns {missing}")
     if min_windows < 1:
         raise ValueError("min_windows must be >= 1")
+    if not 0 < false_rate < 1 or folds < 2 or min_windows < folds:
+        raise ValueError(f"need 0 < false_rate < 1 and 2 <= folds <= min_windows (false_rate={false_rate}, "
+                         f"folds={folds}, min_windows={min_windows})")
     work, skipped = _pairs_to_fit(features, names, min_windows)
     models: dict[Key, Any] = {}
     training: dict[Key, dict[str, Any]] = {}
-    for batch in _fit_all(template, work, n_jobs, progress):
+    for batch in _fit_all(template, work, n_jobs, progress, Calibration(false_rate, folds)):
         for key, est, info in batch:
             if est is None:
                 skipped[key] = info

@@ -36,7 +36,7 @@ def train(
                                  min_windows=min_windows or s.model_min_windows,
                                  algorithm=algorithm or s.model_algorithm, features=s.features,
                                  window_minutes=s.window_minutes, activate=activate, params=s.model_params,
-                                 progress=tick)
+                                 progress=tick, false_rate=s.alert_false_rate)
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None

@@ -43,12 +43,18 @@ def content_etag(data: bytes) -> str:
 
 # ------------------------------------------------------------------------------------------ reading
 def read_predictions(data: bytes) -> pd.DataFrame:
-    """Parse a prediction file into one row per window: window_end int64 epoch ms, score float64, is_anomaly
-    bool (null: False), the :data:`TEXT_COLUMNS` as str or None. Raises PredictionFileError."""
+    """Parse a prediction file into one row per window: window_end int64 epoch ms, score, threshold and
+    threshold_strong float64 (a file written before the thresholds: 0.0, the old ``score > 0`` rule, and NaN),
+    is_anomaly bool (null: False), the :data:`TEXT_COLUMNS` as str or None. Raises PredictionFileError."""
     columns = _columns(data)
     try:
-        frame = pd.DataFrame({"window_end": _window_end_ms(columns["window_end"]),
-                              "score": _floats(columns["score"]), "is_anomaly": _flags(columns["is_anomaly"])})
+        score = _floats(columns["score"])
+        frame = pd.DataFrame({"window_end": _window_end_ms(columns["window_end"]), "score": score,
+                              "threshold": _floats(columns["threshold"]) if "threshold" in columns
+                              else np.zeros(len(score)),
+                              "threshold_strong": _floats(columns["threshold_strong"])
+                              if "threshold_strong" in columns else np.full(len(score), np.nan),
+                              "is_anomaly": _flags(columns["is_anomaly"])})
     except PredictionFileError:
         raise
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError) as exc:

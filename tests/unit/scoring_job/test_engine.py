@@ -146,6 +146,41 @@ def test_float32_mode_rechecks_windows_near_zero_and_keeps_labels():
             assert np.allclose(out32["score"], out64["score"], rtol=0, atol=1e-3)
 
 
+def test_calibrated_thresholds_label_rows_exactly_as_the_sklearn_reference_in_both_dtypes():
+    """Each row carries its model's thresholds; is_anomaly is the scikit-learn score above the threshold, and the
+    float32 path rechecks rows near either threshold so its labels (and strong labels) are the float64 ones."""
+    rng = np.random.default_rng(9)
+    names = ["mean", "min", "max", "std"]
+    models, rows, training = {}, {}, {}
+    for i in range(5):
+        X = rng.standard_normal((300, 4))
+        key = (f"d{i}", "t")
+        models[key] = make_pipeline(StandardScaler(), OneClassSVM(nu=0.1, gamma="scale")).fit(X)
+        rows[key] = rng.standard_normal((200, 4)) * 1.6
+        ref = -models[key].decision_function(rows[key])
+        # thresholds at scores some rows sit on to float precision: the float32 bulk alone could flip their labels
+        t, strong = np.sort(ref)[120] + 1e-9, np.sort(ref)[180] - 1e-9
+        training[key] = {"threshold": t, "threshold_strong": strong}
+    feats = frame(rows, names)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pack(models, tmp, version="thr", features=names, training=training)
+        pack = load_pack(tmp)
+        for backend in BACKENDS:
+            out64 = engine.score(feats, pack, backend=backend).predictions
+            out32, s32 = engine.score(feats, pack, dtype="float32", backend=backend)
+            assert s32.rechecks > 0
+            for key, est in models.items():
+                mine = by_key(out64, key)
+                ref = -est.decision_function(rows[key])
+                assert (mine["threshold"] == training[key]["threshold"]).all()
+                assert (mine["threshold_strong"] == training[key]["threshold_strong"]).all()
+                assert np.array_equal(mine["is_anomaly"], ref > training[key]["threshold"]), backend
+                assert np.array_equal(mine["score"] > mine["threshold_strong"], ref > training[key]["threshold_strong"])
+            assert np.array_equal(out32["is_anomaly"], out64["is_anomaly"]), backend
+            strong32, strong64 = (o["score"] > o["threshold_strong"] for o in (out32, out64))
+            assert np.array_equal(strong32, strong64), backend
+
+
 def test_numba_kernel_and_numpy_path_agree():
     if not _kernels.HAVE_NUMBA:
         pytest.fail("numba is a dependency of the dev install; the fused kernel must be tested")
