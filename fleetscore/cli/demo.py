@@ -26,11 +26,11 @@ from azure.functions.timer import TimerRequest
 from fleetscore import clock, db
 from fleetscore.cli.console import StageTick, console, progress_bar, stage_ticker
 from fleetscore.context import Services, set_services
+from fleetscore.evaluation.metrics import match_alerts
 from fleetscore.host.functions import app_functions
 from fleetscore.report.write import write_report
 from fleetscore.runs.slots import occurrences
 from fleetscore.settings import Settings, load_settings
-from fleetscore.sim.evaluate import match_alerts
 from fleetscore.sim.simulate import Simulation, simulate_fleet, to_event_bodies
 from fleetscore.training import TrainResult, train
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from fleetscore.clock import to_ms
+from fleetscore.evaluation.metrics import fault_windows
 from fleetscore.ingest.readings import RawEvent, decode_events
-from fleetscore.sim.evaluate import fault_windows
 from fleetscore.sim.fleet import SENSOR_PROFILES
 from fleetscore.sim.simulate import (
     DAY_MS,
