@@ -59,6 +59,7 @@ def prediction_file(rows: list[dict], run_id: str, model_version: str = "v1") ->
     frame = pd.DataFrame(rows)
     n = len(frame)
     score = frame["score"].to_numpy(dtype=np.float64) if n else np.empty(0)
+    threshold = _column(frame, "threshold", 0.0)
     table = pa.table({
         "device": pa.array(frame["device"].tolist() if n else [], pa.string()),
         "sensor": pa.array(frame["sensor"].tolist() if n else [], pa.string()),
@@ -67,7 +68,9 @@ def prediction_file(rows: list[dict], run_id: str, model_version: str = "v1") ->
         "mean": pa.array([20.0] * n), "min": pa.array([19.0] * n), "max": pa.array([21.0] * n),
         "std": pa.array([0.5] * n),
         "score": pa.array(score, pa.float64()),
-        "is_anomaly": pa.array(score > 0, pa.bool_()),
+        "threshold": pa.array(threshold, pa.float64()),
+        "threshold_strong": pa.array(_column(frame, "threshold_strong", np.nan), pa.float64()),
+        "is_anomaly": pa.array(score > threshold, pa.bool_()),
         "model_version": pa.array([model_version] * n, pa.string()),
         "run_id": pa.array([run_id] * n, pa.string()),
         "status": pa.array(frame["status"].tolist() if n else [], pa.string()),
