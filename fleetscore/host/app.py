@@ -36,6 +36,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from fleetscore.backends.local import forkserver_preload
 from fleetscore.clock import iso_offset, now_ms
 from fleetscore.context import Services, forget_services, set_services
 from fleetscore.host.bindings import (
@@ -200,7 +201,7 @@ class LocalHost:
             from multiprocessing import forkserver  # POSIX only: checked just above
 
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["scoring_job.score"])  # as fleetscore.backends.local sets it
+            ctx.set_forkserver_preload(forkserver_preload())
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 forkserver.ensure_running()
