@@ -74,8 +74,9 @@ def demo(
     interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
     seed: int = 7,
     fault_rate: Annotated[float, typer.Option(help="injected faults per device+sensor per faulty day")] = 0.075,
-    nu: Annotated[float, typer.Option(help="one-class SVM nu (expected outlier share) for the demo's models")] = 0.01,
-    alert_min_windows: Annotated[int, typer.Option(help="anomalous windows in a row that open an alert")] = 3,
+    nu: Annotated[float | None, typer.Option(help="override the one-class SVM's nu (default: the library's)")] = None,
+    alert_persistence: Annotated[str | None, typer.Option(
+        help='override ALERT_PERSISTENCE, "k/n" (default: the library\'s)')] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """The main job: simulate a fleet, ingest, train, replay the schedule, alert, report."""
@@ -84,7 +85,7 @@ def demo(
     with progress_bar() as bar:
         summary = run_demo(folder, devices=devices, sensors=sensors, days=days, train_days=train_days,
                            interval_seconds=interval_seconds, seed=seed, fault_rate=fault_rate, nu=nu,
-                           alert_min_windows=alert_min_windows, progress=stage_ticker(bar))
+                           alert_persistence=alert_persistence, progress=stage_ticker(bar))
     if as_json:
         console.print_json(json.dumps(asdict(summary), default=str))
         return
@@ -119,16 +120,12 @@ def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
 
 def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float = 3.0, train_days: float = 2.0,
              interval_seconds: float = 60.0, per_event: int = 50, seed: int = 7, fault_rate: float = 0.075,
-             nu: float = 0.01, alert_min_windows: int = 3, progress: StageTick | None = None) -> DemoSummary:
-    """Run the demo in `folder` (wiped first) and return its summary.
-
-    The demo tunes two settings as an operator would for this fleet: `nu` = 0.01 (the one-class SVM's
-    expected outlier share; the library default 0.05 flags ~6 % of normal windows) and
-    ALERT_MIN_WINDOWS = 3 (the simulator's faults last ≥ 15 minutes, i.e. ≥ 3 windows, while an
-    isolated anomalous window is the models' noise).
-    """
+             nu: float | None = None, alert_persistence: str | None = None,
+             progress: StageTick | None = None) -> DemoSummary:
+    """Run the demo in `folder` (wiped first) with the library's defaults and return its summary. `nu` and
+    `alert_persistence` override MODEL_PARAMS' nu and ALERT_PERSISTENCE, as an operator tuning a fleet would."""
     tick = progress or (lambda stage, done, total: None)
-    services = _fresh_services(Path(folder), nu=nu, alert_min_windows=alert_min_windows)
+    services = _fresh_services(Path(folder), nu=nu, alert_persistence=alert_persistence)
     functions = app_functions()
     stages: dict[str, float] = {}
     with _timed(stages, "simulate"):
@@ -148,14 +145,16 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     return summary
 
 
-def _fresh_services(folder: Path, *, nu: float, alert_min_windows: int) -> Services:
-    """Wipe `folder` and install services over a SQLite file and a blob folder in it, with the demo's tuning."""
+def _fresh_services(folder: Path, *, nu: float | None, alert_persistence: str | None) -> Services:
+    """Wipe `folder` and install services over a SQLite file and a blob folder in it, with the overrides given."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    overrides: dict = {"MODEL_PARAMS": {"nu": nu}} if nu is not None else {}
+    if alert_persistence is not None:
+        overrides["ALERT_PERSISTENCE"] = alert_persistence
     settings = load_settings(FLEETSCORE_SQL_URL=f"sqlite:///{folder / 'fleet.db'}",
-                             FLEETSCORE_STORAGE=str(folder / "blobs"), MODEL_PARAMS={"nu": nu},
-                             ALERT_MIN_WINDOWS=alert_min_windows)
+                             FLEETSCORE_STORAGE=str(folder / "blobs"), **overrides)
     services = Services(settings)
     set_services(services)
     return services
