@@ -733,7 +733,7 @@ def _check_sections(m: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str,
 def _check_svm_section(svm: Any, shard_files: set[str]) -> None:
     """The 'svm' section: a model count and every shard file once, in name order, with its arrays' sizes."""
     shards = svm.get("shards") if isinstance(svm, dict) else None
-    if (not _is_int(svm.get("models")) or svm["models"] < 1 or not isinstance(shards, list) or not shards
+    if (not isinstance(shards, list) or not _is_int(svm.get("models")) or svm["models"] < 1 or not shards
             or not all(isinstance(sh, dict) and set(sh) == {"file", "models", "arrays"} for sh in shards)):
         raise _fail("malformed 'svm' section")
     if [sh["file"] for sh in shards] != sorted(shard_files) or len(shards) != len(shard_files):

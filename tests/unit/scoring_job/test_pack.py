@@ -253,6 +253,7 @@ MALFORMED = {
     "format 1 (one svm.npz)": lambda m: m.update(format_version=1),
     "other format": lambda m: m.update(format="zip"),
     "no features": lambda m: m.update(features=[]),
+    "svm section not an object": lambda m: m.update(svm=[]),
     "count mismatch": lambda m: m["models"].update(count=m["models"]["count"] + 1),
     "unsorted models": _swap_first_two,
     "duplicate model": lambda m: m["models"]["device"].__setitem__(1, m["models"]["device"][0])
