@@ -35,7 +35,7 @@ UNKNOWN_SEVERITY_RANK = -1
 
 SCORE_KEY_COLUMNS = tuple(c for c in PREDICTION_COLUMNS if c in ("device", "sensor", "window_end", "score"))
 """The prediction-file columns without which a file cannot be plotted."""
-SCORE_COLUMNS = SCORE_KEY_COLUMNS + tuple(c for c in PREDICTION_COLUMNS if c in ("is_anomaly", "run_id"))
+SCORE_COLUMNS = SCORE_KEY_COLUMNS + tuple(c for c in PREDICTION_COLUMNS if c in ("threshold", "is_anomaly", "run_id"))
 """The prediction-file columns the plots read; `is_anomaly` (else score > 0) and `run_id` may be absent."""
 
 Span = tuple[int, int]
@@ -286,7 +286,8 @@ def _load_pair_series(conn: sa.Connection, device: str, sensor: str,
 def _empty_scores() -> pd.DataFrame:
     return pd.DataFrame({"device": pd.Series(dtype=object), "sensor": pd.Series(dtype=object),
                          "window_end": pd.Series(dtype="int64"), "score": pd.Series(dtype=float),
-                         "is_anomaly": pd.Series(dtype=bool), "run_id": pd.Series(dtype=object)})
+                         "threshold": pd.Series(dtype=float), "is_anomaly": pd.Series(dtype=bool),
+                         "run_id": pd.Series(dtype=object)})
 
 
 def _scores_of_pairs(store: BlobLister | None, runs: pd.DataFrame, run_id: str | None,
@@ -375,8 +376,10 @@ def _read_scores_file(store: BlobLister, name: str, notes: list[str],
 
 def _newest_scores(scores: pd.DataFrame) -> pd.DataFrame:
     """Fill the optional columns and keep, per window, the row of the file read last (`_order`)."""
+    if "threshold" not in scores:  # a file written before calibrated thresholds: the old rule, score > 0
+        scores["threshold"] = 0.0
     if "is_anomaly" not in scores:
-        scores["is_anomaly"] = scores["score"] > 0
+        scores["is_anomaly"] = scores["score"] > scores["threshold"]
     if "run_id" not in scores:
         scores["run_id"] = None
     scores["score"] = pd.to_numeric(scores["score"], errors="coerce")

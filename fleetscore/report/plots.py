@@ -31,7 +31,8 @@ DEFAULT_SLOT_MS = 3_600_000.0
 
 
 def plot_pair(pair: PairData) -> str:
-    """The pair's window means with a min–max band, scores against the 0 threshold, anomalies and alert spans."""
+    """The pair's window means with a min–max band, scores against their model's threshold, anomalies and alert
+    spans."""
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
     _shade_alerts((top, bottom), pair)
@@ -77,7 +78,8 @@ def _draw_windows(ax: Axes, pair: PairData) -> None:
 
 
 def _draw_scores(ax: Axes, pair: PairData) -> None:
-    """Scores of the scored windows and of the anomalies against the threshold 0; the date axis."""
+    """Scores of the scored windows and of the anomalies against each window's model threshold (a step line; 0
+    where the prediction files are not read); the date axis."""
     scored = pair.scores.dropna(subset=["score"])
     if not scored.empty:
         ax.plot(_dt(scored["window_end"]), scored["score"], color="#6a1b9a", lw=1.0, marker=".", ms=3,
@@ -85,7 +87,12 @@ def _draw_scores(ax: Axes, pair: PairData) -> None:
     if not pair.anomalies.empty:
         ax.scatter(_dt(pair.anomalies["window_end"]), pair.anomalies["score"], s=22, color=ANOMALY_RED, zorder=5,
                    label="_nolegend_")
-    ax.axhline(0.0, color="#424242", lw=1, ls="--", label="threshold 0")
+    with_threshold = scored.dropna(subset=["threshold"]) if "threshold" in scored else scored.iloc[:0]
+    if with_threshold.empty:
+        ax.axhline(0.0, color="#424242", lw=1, ls="--", label="threshold 0")
+    else:
+        ax.step(_dt(with_threshold["window_end"]), with_threshold["threshold"], where="mid", color="#424242", lw=1,
+                ls="--", label="threshold")
     low, high = ax.get_ylim()
     ax.set_ylim(low, max(high, 0.15 * (high - low)))  # the threshold never sits on the frame
     ax.set_ylabel("score")

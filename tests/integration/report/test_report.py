@@ -171,7 +171,7 @@ def distinct_colours(rgb: np.ndarray) -> int:
 def test_the_report_reads_the_owners_columns_and_statuses():
     # taken from scoring_job.contract by name: a renamed contract column must not vanish from the plots silently
     assert SCORE_KEY_COLUMNS == ("device", "sensor", "window_end", "score")
-    assert SCORE_COLUMNS == SCORE_KEY_COLUMNS + ("is_anomaly", "run_id")
+    assert SCORE_COLUMNS == SCORE_KEY_COLUMNS + ("threshold", "is_anomaly", "run_id")
     assert set(STATUS_COLOURS) == set(db.RUN_TERMINAL)  # one colour per finished run's status
 
 
