@@ -25,8 +25,9 @@ from azure.functions.timer import TimerRequest
 
 from fleetscore import clock, db
 from fleetscore.cli.console import StageTick, console, progress_bar, stage_ticker
+from fleetscore.cli.evaluate import episode_rules
 from fleetscore.context import Services, set_services
-from fleetscore.evaluation.metrics import match_alerts
+from fleetscore.evaluation.stored import evaluate_stored
 from fleetscore.host.functions import app_functions
 from fleetscore.report.write import write_report
 from fleetscore.runs.slots import occurrences
@@ -62,6 +63,8 @@ class DemoSummary:
     recall: float
     true_alerts: int
     detected_faults: int
+    false_per_1000_pair_days: float
+    median_ttd_minutes: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
 
@@ -106,6 +109,8 @@ def summary_lines(s: DemoSummary) -> list[str]:
         f"injected faults in the scored span {s.faults} · precision {s.precision:.2f} "
         f"({s.true_alerts}/{s.alerts} alerts match a fault) · recall {s.recall:.2f} "
         f"({s.detected_faults}/{s.faults} faults alerted)",
+        f"false alerts {s.false_per_1000_pair_days:,.1f} per 1,000 pair-days · median time to detect "
+        f"{s.median_ttd_minutes:.0f} min",
         f"report: {s.report}",
     ]
 
@@ -198,7 +203,8 @@ def replay_schedule(timer_fn: Callable[[TimerRequest], None], settings: Settings
 
 def summarize(services: Services, sim: Simulation, trained: TrainResult, folder: Path, devices: int, sensors: int,
               days: float) -> DemoSummary:
-    """Counts from SQL and alert precision/recall against the simulator's faults in the scored span."""
+    """Counts from SQL, and the alerts against the simulator's faults in the scored span as `fleetscore evaluate`
+    measures them (recall, precision, false alerts per 1,000 pair-days, median time to detect)."""
     engine = services.engine
     with engine.connect() as conn:
         runs = pd.DataFrame(conn.execute(sa.select(db.runs.c.status, db.runs.c.windows, db.runs.c.windows_no_model,
@@ -211,14 +217,14 @@ def summarize(services: Services, sim: Simulation, trained: TrainResult, folder:
         anomalies = conn.execute(sa.select(sa.func.count()).select_from(db.anomalies)).scalar()
         readings = conn.execute(sa.select(sa.func.count()).select_from(db.readings)).scalar()
         dead = conn.execute(sa.select(sa.func.count()).select_from(db.dead_letters)).scalar()
-    scored_until = int(runs["window_until"].max()) if len(runs) else sim.clean_until_ms
-    faults = sim.faults[sim.faults["start"] <= scored_until]
-    match = match_alerts(alerts, faults, services.settings.window_ms)
+    found = evaluate_stored(engine, services.store, sim.faults, episode_rules(services.settings),
+                            points=[0.0]).deployed
     return DemoSummary(
         folder=folder, devices=devices, sensors=sensors, days=days, readings=int(readings), dead_letters=int(dead),
         models=trained.models, skipped_models=len(trained.skipped), runs=len(runs),
         runs_by_status=runs["status"].value_counts().to_dict(), windows_scored=int(runs["windows"].fillna(0).sum()),
         windows_no_model=int(runs["windows_no_model"].fillna(0).sum()), anomalies=int(anomalies),
-        alerts=len(alerts), open_alerts=int((alerts["status"] == "open").sum()), faults=len(faults),
-        precision=match.precision, recall=match.recall, true_alerts=match.true_alerts,
-        detected_faults=match.detected_faults)
+        alerts=len(alerts), open_alerts=int((alerts["status"] == "open").sum()), faults=found.events,
+        precision=found.precision, recall=found.recall, true_alerts=found.true_alerts,
+        detected_faults=found.caught, false_per_1000_pair_days=found.false_per_1000_pair_days,
+        median_ttd_minutes=found.median_ttd_minutes)
