@@ -26,7 +26,8 @@ touches, widened by one window each side), precision (an alert is true when it o
 false alerts per 1,000 pair-days (pair-days = the fleet's pairs x the faulty days), and the median time to
 detect over caught faults (`fleetscore.evaluation.metrics.detect`): the end of the window whose score raised the
 alert (for (c) the window holding the flagged reading; not before the fault's first window) minus the fault's
-first reading, in minutes. Finding the raising window replays the rules on growing prefixes of the pair's windows.
+first reading, in minutes. The raising window is found as `fleetscore evaluate` finds it
+(`fleetscore.evaluation.sweep.raise_windows`).
 Schedule latency (a run every hour) is not in it.
 
 Last line: RESULT recall=... precision=... false_per_1000_pair_days=... vs_reference_false=...  for (a), the mean
@@ -54,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, update_alerts  # noqa: E402
 from fleetscore.cli.console import progress_bar  # noqa: E402
+from fleetscore.cli.evaluate import episode_rules  # noqa: E402
 from fleetscore.evaluation.metrics import (  # noqa: E402
     Detection,
     detect,
@@ -61,6 +63,7 @@ from fleetscore.evaluation.metrics import (  # noqa: E402
     events_in_range,
     pair_days,
 )
+from fleetscore.evaluation.sweep import raise_windows  # noqa: E402
 from fleetscore.ingest.windows import aggregate, window_end  # noqa: E402
 from fleetscore.settings import Settings  # noqa: E402
 from fleetscore.sim.simulate import Simulation, simulate_fleet  # noqa: E402
@@ -77,8 +80,6 @@ REFERENCE_PARAMS = {"nu": 0.05, "gamma": "scale"}
 """The reference's OneClassSVM, as benchmarks/scoring.py models it (behind a StandardScaler)."""
 REFERENCE_MAX_TRAIN = 2880
 """Raw readings the reference fits per pair at most (evenly spaced); 2 days at 60 s = 2,880, all of them."""
-RAISE_CONTEXT = 24
-"""Windows before an alert's first window replayed to find when it was raised (2 hours: more than any look-back)."""
 Tick = Callable[[str, int, int], None]
 
 
@@ -145,50 +146,12 @@ def _run_rules(scored: pd.DataFrame, settings: Settings) -> list[dict]:
     return update.new
 
 
-def _alert_contexts(scored: pd.DataFrame, alerts: list[dict], window_ms: int) -> pd.DataFrame:
-    """Per alert i, its pair's scored windows from RAISE_CONTEXT windows before its first window to its last, as a
-    pair of its own (device "<device>|<i>"), with columns alert (i) and cut_rank (0 for its first window, 1 for
-    the next scored window, ...)."""
-    keys = pd.DataFrame({"device": [a["device"] for a in alerts], "sensor": [a["sensor"] for a in alerts],
-                         "first": [int(a["first_window_end"]) for a in alerts],
-                         "last": [int(a["last_window_end"]) for a in alerts], "alert": np.arange(len(alerts))})
-    rows = scored.merge(keys, on=["device", "sensor"])
-    rows = rows[(rows["window_end"] > rows["first"] - RAISE_CONTEXT * window_ms) & (rows["window_end"] <= rows["last"])]
-    rows = rows.sort_values(["alert", "window_end"], ignore_index=True)
-    inside = (rows["window_end"] >= rows["first"]).astype(np.int64)
-    rows["cut_rank"] = inside.groupby(rows["alert"]).cumsum() - 1
-    rows["device"] = rows["device"].astype(str) + "|" + rows["alert"].astype(str)
-    return rows
-
-
-def raised_at(scored: pd.DataFrame, alerts: list[dict], settings: Settings) -> np.ndarray:
-    """(alerts,) int64 epoch ms: the end of the window whose score raised each alert - the first prefix of its
-    pair's windows (from RAISE_CONTEXT windows before it) from which the rules raise an alert with the same first
-    window. All alerts at once, one rules pass per step; an alert not raised from its context (an earlier episode
-    reaching into it) falls back to its last window end."""
-    rows = _alert_contexts(scored, alerts, settings.window_ms)
-    out = np.array([int(a["last_window_end"]) for a in alerts], dtype=np.int64)
-    pending = np.ones(len(alerts), dtype=bool)
-    step = 0
-    while pending.any() and step <= int(rows["cut_rank"].to_numpy().max(initial=-1)):
-        live = pending[rows["alert"].to_numpy()]
-        cut = rows[live & (rows["cut_rank"].to_numpy() <= step)]
-        at_step = cut[cut["cut_rank"] == step].set_index("alert")["window_end"]
-        for a in _run_rules(cut.drop(columns=["first", "last", "alert", "cut_rank"]), settings):
-            i = int(str(a["device"]).rsplit("|", 1)[1])
-            if pending[i] and int(a["first_window_end"]) == int(alerts[i]["first_window_end"]) and i in at_step.index:
-                out[i], pending[i] = int(at_step[i]), False
-        step += 1
-    return out
-
-
 def library_alerts(scored: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """(a): the real alert rules with the default settings; one row per alert (device, sensor, first_window_end,
     last_window_end, raised_window_end)."""
     alerts = _run_rules(scored, settings)
     frame = pd.DataFrame(alerts, columns=["device", "sensor", "first_window_end", "last_window_end"])
-    raised = raised_at(scored, alerts, settings) if alerts else np.zeros(0, dtype=np.int64)
-    return frame.assign(raised_window_end=raised)
+    return frame.assign(raised_window_end=raise_windows(frame, scored, episode_rules(settings)))
 
 
 def today_alerts(scored: pd.DataFrame, window_ms: int) -> pd.DataFrame:
