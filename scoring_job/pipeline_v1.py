@@ -35,14 +35,16 @@ from typing import Any
 
 try:
     from .contract import JOB_CONTAINERS
-    from .pipeline_v2 import ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
+    from .pipeline_v2 import ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, cluster_role_commands, requirements
 except ImportError:  # on the cluster this file runs as a script in the scoring_job folder's snapshot
     from contract import JOB_CONTAINERS
-    from pipeline_v2 import ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, requirements
+    from pipeline_v2 import ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, cluster_role_commands, requirements
 
 THIS_SCRIPT = Path(__file__).name
 PARAMETERS = {"run_id": "unset", "data_path": "data/unset", "model_version": "unset"}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}$")
+CLUSTER_IDENTITY_TYPE = "SystemAssigned"
+"""``AmlCompute.provisioning_configuration(identity_type=...)``: the cluster's managed identity."""
 INSTALL_HINT = ("the Azure ML SDK v1 is not installed: pip install '.[aml-v1]' (azureml-core, "
                 "azureml-pipeline-core, azureml-pipeline-steps) in a separate venv, e.g. `make aml-v1`")
 
@@ -101,6 +103,7 @@ def build_v1_definition(settings: Any) -> dict[str, Any]:
         min_nodes=0,
         max_nodes=settings.aml_max_nodes,
         idle_seconds_before_scaledown=300,
+        identity_type=CLUSTER_IDENTITY_TYPE,  # the datastores are credential-less: jobs mount them as the cluster
     )
     return {
         "environment": environment,
@@ -118,6 +121,7 @@ def build_v1_definition(settings: Any) -> dict[str, Any]:
         "datastores": {c: f"{settings.aml_datastore}_{c}" for c in JOB_CONTAINERS},
         "compute_name": settings.aml_compute,
         "pipeline_name": settings.aml_pipeline_name,
+        "role_assignments": cluster_role_commands(settings),
     }
 
 
@@ -156,8 +160,11 @@ def describe_v1(definition: dict[str, Any]) -> dict[str, Any]:
         runner_arguments = [_arg(a) for a in build_v1_score_step_offline(definition)[1]]
     else:
         runner_arguments = f"(build the step once {prc.entry_script} exists)"
+    from azureml.core.compute import AmlCompute
+
     prov = definition["provisioning_configuration"]
     env = definition["environment"]
+    payload = AmlCompute._build_create_payload(prov, "<location>", "<subscription>")  # the SDK's own request body
     return {
         "parallel_run_config": {
             "entry_script": prc.entry_script, "source_directory": prc.source_directory,
@@ -182,7 +189,9 @@ def describe_v1(definition: dict[str, Any]) -> dict[str, Any]:
             "name": definition["compute_name"], "vm_size": prov.vm_size, "vm_priority": prov.vm_priority,
             "min_nodes": prov.scale_settings.minimum_node_count, "max_nodes": prov.scale_settings.maximum_node_count,
             "idle_seconds_before_scaledown": prov.scale_settings.idle_seconds_before_scaledown,
+            "identity_type": prov.identity_type, "create_payload_identity": payload.get("identity"),
         },
+        "role_assignments": definition["role_assignments"],
         "datastores": definition["datastores"],
         "pipeline_name": definition["pipeline_name"],
         "runner_arguments": runner_arguments,
@@ -224,8 +233,11 @@ def _compute_cluster(ws: Any, settings: Any, provisioning: Any, log: Any) -> Any
     try:
         compute = ComputeTarget(workspace=ws, name=settings.aml_compute)
         log(f"compute cluster {settings.aml_compute} exists")
+        if getattr(compute, "identity_type", None) is None:  # SDK v1 cannot add an identity to a cluster
+            log(f"WARNING: {settings.aml_compute} has no managed identity and cannot read the credential-less "
+                f"datastores: az ml compute update -n {settings.aml_compute} --identity-type system_assigned")
     except ComputeTargetException:
-        log(f"creating compute cluster {settings.aml_compute}")
+        log(f"creating compute cluster {settings.aml_compute} (system-assigned identity)")
         compute = ComputeTarget.create(ws, settings.aml_compute, provisioning)
         compute.wait_for_completion(show_output=False)
     return compute
@@ -310,7 +322,7 @@ def _publish(ws: Any, settings: Any, steps: list[Any]) -> dict[str, str]:
         endpoint = PipelineEndpoint.publish(workspace=ws, name=settings.aml_pipeline_name, pipeline=published,
                                             description="fleetscore scoring (SDK v1)")
     return {"published_pipeline_id": published.id, "published_pipeline_endpoint": published.endpoint,
-            "pipeline_endpoint": endpoint.endpoint}
+            "pipeline_endpoint": endpoint.endpoint, "role_assignments": cluster_role_commands(settings)}
 
 
 # --------------------------------------------------------------------------- cluster-side steps (stdlib only)

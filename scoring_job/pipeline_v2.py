@@ -155,11 +155,30 @@ def to_yaml(job: Any) -> str:
 
 
 def build_compute(settings: Any) -> Any:
-    from azure.ai.ml.entities import AmlCompute
+    """The compute cluster (0..AML_MAX_NODES nodes, scale-down after 300 s idle) with a system-assigned managed
+    identity: the datastores are credential-less, so the cluster mounts them with that identity."""
+    from azure.ai.ml.entities import AmlCompute, IdentityConfiguration
 
     return AmlCompute(name=settings.aml_compute, size=settings.aml_vm_size, min_instances=0,
                       max_instances=settings.aml_max_nodes, idle_time_before_scale_down=300,
-                      tier="low_priority" if settings.aml_low_priority else "dedicated")
+                      tier="low_priority" if settings.aml_low_priority else "dedicated",
+                      identity=IdentityConfiguration(type="system_assigned"))
+
+
+CLUSTER_STORAGE_ROLE = "Storage Blob Data Contributor"
+"""What the cluster's identity needs on the storage account: read ``data/`` and ``models/``, write ``predictions/``."""
+
+
+def cluster_role_commands(settings: Any, principal_id: str | None = None) -> list[str]:
+    """The ``az role assignment create`` commands the cluster's system-assigned identity needs (standard library
+    only, shared with SDK v1). Without ``principal_id`` the command reads it with ``az ml compute show``."""
+    principal = principal_id or (
+        f"$(az ml compute show -n {settings.aml_compute} -g {settings.aml_resource_group or '$RG'} "
+        f"-w {settings.aml_workspace or '$AML'} --query identity.principal_id -o tsv)")
+    account = settings.aml_storage_account or "$ST"
+    scope = f"$(az storage account show -n {account} --query id -o tsv)"
+    return [f'az role assignment create --assignee-object-id "{principal}" --assignee-principal-type ServicePrincipal '
+            f'--role "{CLUSTER_STORAGE_ROLE}" --scope "{scope}"']
 
 
 def ml_client(settings: Any, credential: Any = None) -> Any:
@@ -181,8 +200,10 @@ def publish_v2(settings: Any, credential: Any = None, log: Any = print) -> dict[
     from azure.ai.ml.entities import AzureBlobDatastore, BatchEndpoint, PipelineComponentBatchDeployment
 
     client = ml_client(settings, credential)
-    log(f"compute cluster {settings.aml_compute} ({settings.aml_vm_size}, 0..{settings.aml_max_nodes} nodes)")
-    client.compute.begin_create_or_update(build_compute(settings)).result()
+    log(f"compute cluster {settings.aml_compute} ({settings.aml_vm_size}, 0..{settings.aml_max_nodes} nodes, "
+        "system-assigned identity)")
+    compute = client.compute.begin_create_or_update(build_compute(settings)).result()
+    principal_id = getattr(getattr(compute, "identity", None), "principal_id", None)
     if settings.aml_storage_account:
         for container in JOB_CONTAINERS:
             name = f"{settings.aml_datastore}_{container}"
@@ -204,4 +225,5 @@ def publish_v2(settings: Any, credential: Any = None, log: Any = print) -> dict[
     endpoint.defaults.deployment_name = deployment_name
     endpoint = client.batch_endpoints.begin_create_or_update(endpoint).result()
     return {"endpoint": settings.aml_endpoint_name, "deployment": deployment_name,
-            "scoring_uri": str(endpoint.scoring_uri)}
+            "scoring_uri": str(endpoint.scoring_uri), "cluster_principal_id": principal_id or "",
+            "role_assignments": cluster_role_commands(settings, principal_id)}

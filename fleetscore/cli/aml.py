@@ -10,6 +10,7 @@ interpreter lacks it.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -81,8 +82,25 @@ def publish(
     settings = settings_or_exit()
     if dry_run:
         typer.echo(pipeline_v2.to_yaml(pipeline_v2.build_v2_job(settings)), nl=False)
+        typer.echo(f"# compute cluster that publish creates or updates:\n{_compute_yaml(settings)}", err=True, nl=False)
+        _print_roles(pipeline_v2.cluster_role_commands(settings))
         return
     result = pipeline_v2.publish_v2(settings, log=lambda message: err.print(message, markup=False))
     typer.echo(json.dumps(result, indent=2))
+    _print_roles(result["role_assignments"])
     err.print(f"set AML_BATCH_ENDPOINT={result['scoring_uri']} AML_BATCH_DEPLOYMENT={result['deployment']} "
               "and SCORING_BACKEND=aml-batch-endpoint")
+
+
+def _compute_yaml(settings: object) -> str:
+    buf = io.StringIO()
+    pipeline_v2.build_compute(settings).dump(buf)
+    return buf.getvalue()
+
+
+def _print_roles(commands: list[str]) -> None:
+    """The cluster identity's role assignments, one shell command a line on stderr (never wrapped)."""
+    typer.echo("# role assignments for the cluster's managed identity (run once, as an Owner of the storage "
+               "account):", err=True)
+    for command in commands:
+        typer.echo(command, err=True)

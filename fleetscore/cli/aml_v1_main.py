@@ -2,8 +2,9 @@
 
 ``fleetscore aml publish --sdk v1`` runs this in an interpreter with SDK v1 (usually ``.venv-aml-v1``, which has
 fleetscore installed with the ``aml-v1`` extra). ``describe`` prints the offline definition as JSON (no
-workspace, no credentials); ``publish`` creates the cluster, datastores and datasets and publishes the
-pipeline, logging to stderr and printing its REST endpoints as JSON. The definitions themselves live in
+workspace, no credentials); ``publish`` creates the cluster (system-assigned identity), datastores and datasets
+and publishes the pipeline, logging to stderr and printing its REST endpoints as JSON. Both print the
+``az role assignment create`` commands the cluster's identity needs on stderr. The definitions themselves live in
 :mod:`scoring_job.pipeline_v1`, which stays free of fleetscore (the cluster runs its ``stage-inputs`` and
 ``copy-predictions`` steps from the scoring_job folder alone).
 """
@@ -27,10 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = parser.parse_known_args(argv)
     settings = load_settings()
     if args.command == "describe":
-        print(json.dumps(pipeline_v1.describe_v1(pipeline_v1.build_v1_definition(settings)), indent=2, default=str))
+        result = pipeline_v1.describe_v1(pipeline_v1.build_v1_definition(settings))
+        print(json.dumps(result, indent=2, default=str))
     else:
-        print(json.dumps(pipeline_v1.publish_v1(settings, log=lambda m: print(m, file=sys.stderr)), indent=2))
+        result = pipeline_v1.publish_v1(settings, log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(result, indent=2))
+    print_role_commands(result["role_assignments"])
     return 0
+
+
+def print_role_commands(commands: list[str]) -> None:
+    """The cluster identity's role assignments on stderr, one shell command a line (stdout stays JSON)."""
+    print("# role assignments for the cluster's managed identity (run once, as an Owner of the storage account):",
+          file=sys.stderr)
+    for command in commands:
+        print(command, file=sys.stderr)
 
 
 if __name__ == "__main__":

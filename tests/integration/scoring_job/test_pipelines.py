@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from fleetscore.settings import load_settings
-from scoring_job import pipeline_v1
+from scoring_job import pipeline_v1, pipeline_v2
 from tests.helpers import REPO
 from tests.helpers.snapshot import SCORING_DIR, SNAPSHOT_ONLY, copy_snapshot, drive, run_script
 
@@ -97,6 +97,51 @@ def test_v2_default_output_is_the_job_name_and_cli_dry_run_prints_yaml(aml_setti
     assert doc["jobs"]["score_partitions"]["mini_batch_size"] == "2"
 
 
+def test_v2_cluster_has_a_system_assigned_identity_in_the_request_body(aml_settings):
+    import azure.ai.ml  # noqa: F401 - the aml extra is part of the dev install
+
+    compute = pipeline_v2.build_compute(aml_settings)
+    body = compute._to_rest_object().as_dict()  # what compute.begin_create_or_update PUTs
+    assert body["identity"] == {"type": "SystemAssigned"}
+    props = body["properties"]["properties"]
+    assert props["vmSize"] == "Standard_F8s_v2" and props["scaleSettings"]["minNodeCount"] == 0
+
+
+def test_role_commands_name_the_cluster_identity_and_the_storage_account(monkeypatch, aml_settings):
+    for key, value in {"AML_STORAGE_ACCOUNT": "fleetst", "AML_RESOURCE_GROUP": "fleet-rg",
+                       "AML_WORKSPACE": "fleet-ws"}.items():
+        monkeypatch.setenv(key, value)
+    aml_settings = load_settings()
+    (lookup,) = pipeline_v2.cluster_role_commands(aml_settings)
+    args = shlex.split(lookup)
+    assert args[:4] == ["az", "role", "assignment", "create"]
+    assert args[args.index("--role") + 1] == "Storage Blob Data Contributor"
+    assert args[args.index("--assignee-principal-type") + 1] == "ServicePrincipal"
+    assert args[args.index("--assignee-object-id") + 1] == (
+        "$(az ml compute show -n score-cpu -g fleet-rg -w fleet-ws --query identity.principal_id -o tsv)")
+    assert args[args.index("--scope") + 1] == "$(az storage account show -n fleetst --query id -o tsv)"
+    (known,) = pipeline_v2.cluster_role_commands(aml_settings, principal_id="0f1e2d3c")
+    assert '--assignee-object-id "0f1e2d3c"' in known
+
+
+def test_v2_dry_run_prints_the_cluster_and_its_role_assignments(aml_settings):
+    import azure.ai.ml  # noqa: F401 - the aml extra is part of the dev install
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from fleetscore.cli.aml import aml_app
+
+    app = typer.Typer()
+    app.add_typer(aml_app, name="aml")
+    result = CliRunner().invoke(app, ["aml", "publish", "--sdk", "v2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    cluster_yaml, _, roles = result.stderr.partition("# role assignments")
+    cluster = yaml.safe_load(cluster_yaml)
+    assert cluster["identity"] == {"type": "system_assigned"} and cluster["min_instances"] == 0
+    assert pipeline_v2.cluster_role_commands(aml_settings)[0] in roles.splitlines()
+
+
 # ----------------------------------------------------------------------------------------------------- v1
 
 
@@ -138,7 +183,9 @@ def test_v1_definition_offline(aml_settings):
     assert d["pipeline_parameters"] == {"run_id": "unset", "data_path": "data/unset", "model_version": "unset"}
     prov = d["provisioning_configuration"]
     assert prov == {"name": "score-cpu", "vm_size": "Standard_F8s_v2", "vm_priority": "lowpriority",
-                    "min_nodes": 0, "max_nodes": 6, "idle_seconds_before_scaledown": 300}
+                    "min_nodes": 0, "max_nodes": 6, "idle_seconds_before_scaledown": 300,
+                    "identity_type": "SystemAssigned", "create_payload_identity": {"type": "SystemAssigned"}}
+    assert d["role_assignments"] == pipeline_v2.cluster_role_commands(load_settings())
     score_args = d["steps"]["score-partitions"]["arguments"]
     assert score_args == ["--model_pack", "<model_pack side input>", "--run_id", "${run_id}", "--dtype", "float32"]
     stage = d["steps"]["stage-inputs"]["arguments"]
