@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: demo test install install-dev node postgres chromium aml-v1 lint bench clean
+.PHONY: demo test install install-dev node postgres odbc chromium aml-v1 lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "PostgreSQL did not start"; exit 1
 
+# pyodbc (the mssql extra) links libodbc.so.2 (unixODBC); the engine tests build mssql+pyodbc engines
+odbc:
+	@ldconfig -p | grep -q 'libodbc\.so\.2 ' || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends libodbc2; }
+
 chromium:
 	@test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
@@ -47,7 +52,7 @@ chromium:
 demo: install
 	$(BIN)/fleetscore demo $(DEMO_ARGS)
 
-test: install-dev node postgres chromium aml-v1
+test: install-dev odbc node postgres chromium aml-v1
 	FLEETSCORE_REQUIRE_AML_V1=1 $(BIN)/pytest
 
 lint: install-dev
