@@ -12,8 +12,8 @@ uploads this folder alone (so this module imports pyarrow only).
   the model pack, learned from training windows only; NaN when the window has no model or failed); `is_anomaly`
   ⇔ score > threshold, and score > threshold_strong marks a window far above it; `status` is one of
   :data:`WINDOW_STATUSES`.
-* The entry script's `run(mini_batch)` returns one row per partition: :data:`RESULT_COLUMNS`, `status` one of
-  :data:`PARTITION_STATUSES`.
+* The entry script's `run(mini_batch)` returns one row per partition scored or item skipped (none for a failed
+  partition): :data:`RESULT_COLUMNS`, `status` one of :data:`PARTITION_STATUSES`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,12 @@ WINDOW_STATUSES = ("ok", "no_model", "error")
 
 RESULT_COLUMNS = ("partition", "rows", "models", "anomalies", "windows_no_model", "failures", "failure_detail",
                   "status", "error")
-PARTITION_STATUSES = ("ok", "partial", "error")
-"""A partition's result `status`: every window scored, some windows failed, or no prediction file written."""
+PARTITION_STATUSES = ("ok", "partial", "error", "skipped")
+"""A mini-batch item's result `status`: every window scored, some windows failed (a model failed), no prediction
+file written (the partition failed: `run()` returns no row for it, so the parallel runners count it as a failed
+item), or not a partition file (skipped, e.g. the run manifest in the v2 input folder)."""
+PARTITION_SUFFIX = ".parquet"
+"""Partition files end with this; anything else in `data/<run_id>/` is not scored."""
 
 DATA_CONTAINER = "data"
 """Partitions to score: `data/<run_id>/part-NNNNN.parquet` and the run manifest `data/<run_id>/manifest.json`."""

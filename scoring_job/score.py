@@ -12,8 +12,17 @@ theirs; unknown ones are ignored) and loads the model pack once into module glob
 ``run(mini_batch)`` gets a list of partition Parquet paths (columns device, sensor, window_end, n, sum, sumsq, min,
 max), scores each whole partition with the vectorised engine, writes ``<output>/<basename>`` atomically (temp
 file + os.replace) and deterministically (sorted rows, fixed schema, no index: re-running writes identical
-bytes) and returns one result row per item. A partition that cannot be read or scored gives a row with
-status "error"; run() itself does not raise for it.
+bytes) and returns one result row per partition it scored. Failures count the way the parallel runners count
+them (ParallelRunStep, SDK v2 parallel job): an item without a result row is a failed item, and a mini-batch that
+returns fewer rows than items is a failed mini-batch, retried (``run_max_try`` / ``retry_settings.max_retries``)
+and then counted against ``error_threshold`` / ``allowed_failed_count`` / ``mini_batch_error_threshold``. So:
+
+* a partition that cannot be read or scored (or whose file cannot be written) gets no row, and is logged with
+  its reason; :func:`score_mini_batch` keeps its "error" row for callers that want it (the local backend);
+* a model that fails inside a good partition is not a failed item: its windows are "error" rows in the
+  prediction file and the partition's row says "partial" with the model's reason in ``failure_detail``;
+* an item that is not a ``.parquet`` file (the run manifest ``data/<run>/manifest.json``, which the v2 job's
+  input folder also holds) is not scored and gets a "skipped" row, so it never counts as a failure.
 
 Azure ML uploads this folder alone, so the sibling modules are imported as top-level modules there and as the
 ``scoring_job`` package in the repository.
@@ -37,12 +46,12 @@ import pyarrow.parquet as pq
 
 try:
     from . import engine
-    from .contract import PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from .contract import PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
     from .features import window_features
     from .pack import ModelPack, load_pack
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
     import engine
-    from contract import PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from contract import PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
     from features import window_features
     from pack import ModelPack, load_pack
 
@@ -147,15 +156,39 @@ def score_partition(path: str, pack: ModelPack, output: Path, run_id: str = "", 
     return row
 
 
-def run(mini_batch: list[str]) -> pd.DataFrame:
-    """Score every partition path of the mini-batch; one result row per item (see :data:`RESULT_COLUMNS`)."""
+def skipped_row(path: str) -> dict:
+    """The result row of a mini-batch item that is not a partition file (never scored, never a failure)."""
+    return {"partition": os.path.basename(os.fspath(path)), "rows": 0, "models": 0, "anomalies": 0,
+            "windows_no_model": 0, "failures": 0, "failure_detail": "{}", "status": "skipped",
+            "error": "not a .parquet partition"}
+
+
+def score_mini_batch(mini_batch: list[str]) -> pd.DataFrame:
+    """Every item's result row (see :data:`RESULT_COLUMNS`), failed partitions ("error") included."""
     if PACK is None or OUTPUT is None:
         raise RuntimeError("score.init() has not been called in this process")
-    rows = [score_partition(item, PACK, OUTPUT, RUN_ID, DTYPE) for item in mini_batch]
+    rows = [score_partition(item, PACK, OUTPUT, RUN_ID, DTYPE) if is_partition(item) else skipped_row(item)
+            for item in mini_batch]
     result = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     for k in ("rows", "models", "anomalies", "windows_no_model", "failures"):
         result[k] = result[k].astype(np.int64)
     result["error"] = pd.Series([r["error"] for r in rows], index=result.index, dtype=object)
-    log.info("score.run: %d partitions, %d rows, %d anomalies, statuses %s", len(result), int(result["rows"].sum()),
-             int(result["anomalies"].sum()), dict(result["status"].value_counts()))
     return result
+
+
+def is_partition(path: str) -> bool:
+    """A mini-batch item the job scores: a ``.parquet`` file (the v1 pipeline stages only those; v2 lists the
+    whole ``data/<run>/`` folder)."""
+    return os.fspath(path).endswith(PARTITION_SUFFIX)
+
+
+def run(mini_batch: list[str]) -> pd.DataFrame:
+    """Score the mini-batch; a row per partition scored or item skipped, none for a failed partition (the
+    runners count the missing rows as failed items; see the module docstring)."""
+    result = score_mini_batch(mini_batch)
+    failed = result["status"] == "error"
+    for row in result[failed].itertuples():
+        log.error("score.run: partition %s failed, no result row: %s", row.partition, row.error)
+    log.info("score.run: %d items, %d rows, %d anomalies, statuses %s", len(result), int(result["rows"].sum()),
+             int(result["anomalies"].sum()), dict(result["status"].value_counts()))
+    return result[~failed].reset_index(drop=True)

@@ -1,9 +1,10 @@
 """The `local` backend: the Azure ML entry script in a process pool on this machine.
 
 Same contract as Azure ML's parallel runners: each worker process calls `scoring_job.score.init()`
-once (it loads the model pack once) with the arguments the platform would pass, then `run(mini_batch)`
-with lists of partition paths. Paths are real files: the folder store's own files, or a staging folder
-downloaded from (and uploaded back to) Azurite / Azure Storage.
+once (it loads the model pack once) with the arguments the platform would pass, then scores lists of partition
+paths with `score.score_mini_batch` — `run(mini_batch)` plus the "error" rows of failed partitions, which
+run() leaves out so that Azure ML counts them as failed items. Paths are real files: the folder store's own
+files, or a staging folder downloaded from (and uploaded back to) Azurite / Azure Storage.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def _init_worker(argv: list[str]) -> None:
 
 
 def _run_batch(paths: list[str]) -> list[dict]:
-    return score.run(paths).to_dict("records")
+    """Every item's result row, failed partitions' "error" rows included (run() drops them for Azure ML's failure
+    count; here their reasons go into the run's record)."""
+    return score.score_mini_batch(paths).to_dict("records")
 
 
 class PartitionPool:
@@ -176,7 +179,8 @@ class LocalBackend:
         if len(bad):
             log.warning("run %s: %d partition(s) could not be scored: %s", req.run_id, len(bad),
                         "; ".join(f"{r.partition}: {r.error}" for r in bad.itertuples()))
-        written = [f"{req.output_path}/{n}" for n in sorted(self.results.loc[~failed, "partition"])]
+        scored = self.results["status"].isin(("ok", "partial"))
+        written = [f"{req.output_path}/{n}" for n in sorted(self.results.loc[scored, "partition"])]
         return Submission(f"local:{req.run_id}", in_process=True, written=written,
                           unscored=dict(zip(bad["partition"], bad["error"], strict=True)))
 

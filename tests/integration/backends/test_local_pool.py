@@ -46,3 +46,27 @@ def test_the_preload_is_this_module_and_the_project_modules_loaded():
     assert "scoring_job.score" in preload and "fleetscore.backends.local" in preload
     assert all(name.split(".")[0] in ("fleetscore", "scoring_job", "functions", "function_app") for name in preload)
     assert not any(name.startswith(("tests", "pytest", "numpy")) for name in preload)
+
+
+def test_a_partition_that_cannot_be_scored_keeps_its_reason(tmp_path):
+    """Azure ML's run() leaves a failed partition out (a failed item); the local pool keeps its reason."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.svm import OneClassSVM
+
+    from fleetscore.backends.local import score_partitions
+    from scoring_job.pack import write_pack
+
+    rng = np.random.default_rng(3)
+    write_pack({("d-1", "temp"): OneClassSVM(nu=0.1).fit(rng.normal(20.0, 0.5, size=(40, 4)))}, tmp_path / "pack",
+               version="v1")
+    values = rng.normal(20.0, 1.0, size=10)
+    pd.DataFrame([{"device": "d-1", "sensor": "temp", "window_end": pd.Timestamp("2026-11-23T10:05Z"), "n": 10,
+                   "sum": float(values.sum()), "sumsq": float((values**2).sum()), "min": float(values.min()),
+                   "max": float(values.max())}]).to_parquet(tmp_path / "part-00000.parquet", index=False)
+    (tmp_path / "part-00001.parquet").write_bytes(b"not parquet")
+    results = score_partitions([tmp_path / "part-00000.parquet", tmp_path / "part-00001.parquet"], tmp_path / "pack",
+                               tmp_path / "out", "r1", workers=1)
+    by_name = results.set_index("partition")
+    assert by_name.loc["part-00000.parquet", "status"] == "ok"
+    assert by_name.loc["part-00001.parquet", "status"] == "error" and by_name.loc["part-00001.parquet", "error"]

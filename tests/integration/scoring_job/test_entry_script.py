@@ -66,6 +66,7 @@ def fleet(tmp_path_factory):
         frame = pd.DataFrame(rows).sample(frac=1.0, random_state=part)  # any row order in the partition
         frame.to_parquet(data / f"part-{part:05d}.parquet", index=False)
     (data / "part-00004.parquet").write_bytes(b"PAR1 this is not parquet")
+    (data / "manifest.json").write_text('{"run_id": "run-1"}')  # the run manifest sits beside the partitions
     code = copy_snapshot(tmp / "snapshot")
     return {"tmp": tmp, "models": models, "pack": tmp / "models" / "v3", "data": data, "code": code}
 
@@ -75,14 +76,20 @@ PLATFORM_ARGS = ["--client_sdk_version", "1.61.0", "--scoring_module_name", "sco
                  "--run_invocation_timeout", "600", "--process_count_per_node", "2", "--input_fds_0", "partitions"]
 
 
-def run_job(fleet, out: Path, dtype: str = "float64") -> list[dict]:
-    files = sorted(str(p) for p in fleet["data"].glob("*.parquet"))
+def job_batches(fleet, out: Path, dtype: str = "float64") -> tuple[list[list[str]], list[dict]]:
+    """The v2 runner's view: every file of the input folder (manifest included) in mini-batches; run()'s results."""
+    files = sorted(str(p) for p in fleet["data"].iterdir())
     argv = [*PLATFORM_ARGS[:6], "--model_pack", str(fleet["pack"]), *PLATFORM_ARGS[6:], "--output", str(out),
             "--run_id", "run-1", "--dtype", dtype, "--unknown_flag_from_a_newer_runner", "x"]
-    batches = drive(fleet["code"], argv, [files[:2], files[2:]])
+    mini_batches = [files[:2], files[2:]]
+    batches = drive(fleet["code"], argv, mini_batches)
     for b in batches:
         assert b["columns"] == list(RESULT_COLUMNS)
-    return [r for b in batches for r in b["rows"]]
+    return mini_batches, batches
+
+
+def run_job(fleet, out: Path, dtype: str = "float64") -> list[dict]:
+    return [r for b in job_batches(fleet, out, dtype)[1] for r in b["rows"]]
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -92,10 +99,12 @@ def digests(folder: Path) -> dict[str, str]:
 def test_the_entry_script_scores_partitions_like_azure_ml(fleet):
     out = fleet["tmp"] / "out-a"
     rows = {r["partition"]: r for r in run_job(fleet, out)}
-    assert sorted(rows) == [f"part-{i:05d}.parquet" for i in range(5)]
+    # the unreadable part-00004 has no row (a failed item); the manifest is skipped, not scored, not failed
+    assert sorted(rows) == ["manifest.json", *(f"part-{i:05d}.parquet" for i in range(4))]
     assert sorted(p.name for p in out.iterdir()) == [f"part-{i:05d}.parquet" for i in range(4)]  # no temp files
+    assert rows["manifest.json"]["status"] == "skipped" and rows["manifest.json"]["rows"] == 0
 
-    r0, r1, r2, r3, bad = (rows[f"part-{i:05d}.parquet"] for i in range(5))
+    r0, r1, r2, r3 = (rows[f"part-{i:05d}.parquet"] for i in range(4))
     assert (r0["status"], r0["rows"], r0["models"], r0["failures"], r0["error"]) == ("ok", 24, 2, 0, None)
     assert r0["anomalies"] >= 6  # the last 3 windows of each pair are shifted by 15 sd
     assert (r1["status"], r1["windows_no_model"], r1["models"]) == ("ok", 12, 2)
@@ -103,10 +112,9 @@ def test_the_entry_script_scores_partitions_like_azure_ml(fleet):
     assert r3["status"] == "partial" and r3["failures"] == 1 and r3["models"] == 2
     detail = json.loads(r3["failure_detail"])
     assert list(detail) == ["dev-07/temp"] and "expects 3 features" in detail["dev-07/temp"]
-    assert bad["status"] == "error" and bad["rows"] == 0 and bad["error"]
 
     for name in rows:
-        if name == "part-00004.parquet":
+        if name == "manifest.json":
             continue
         path = out / name
         assert pq.read_schema(path).equals(PREDICTION_SCHEMA, check_metadata=False)
@@ -163,3 +171,32 @@ def test_init_needs_its_own_arguments_and_run_needs_init(fleet, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "RUN-BEFORE-INIT" in done.stdout and "INIT-EXIT 2" in done.stdout, done.stderr
     assert "--model_pack" in done.stderr
+
+
+def test_failures_count_as_the_parallel_runners_count_them(fleet):
+    """ParallelRunStep and the v2 parallel job count an item without a result row as failed, and a mini-batch that
+    returns fewer rows than items as a failed mini-batch: a bad partition must be one, a bad model must not."""
+    mini_batches, batches = job_batches(fleet, fleet["tmp"] / "out-f")
+    failed_items = [len(items) - len(b["rows"]) for items, b in zip(mini_batches, batches, strict=True)]
+    assert failed_items == [0, 1]  # [manifest, part-0] all processed; part-00004 (unreadable) failed
+    rows = [r for b in batches for r in b["rows"]]
+    assert "part-00004.parquet" not in {r["partition"] for r in rows}
+    assert any(r["partition"] == "part-00003.parquet" and r["status"] == "partial" for r in rows)  # the bad model
+
+
+def test_score_mini_batch_keeps_the_failed_partitions_reason(fleet, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(fleet["code"])!r})
+        import score
+        score.init(["--model_pack", {str(fleet["pack"])!r}, "--output", {str(tmp_path)!r}])
+        items = [{str(fleet["data"] / "part-00004.parquet")!r}, {str(fleet["data"] / "manifest.json")!r}]
+        print("ALL", score.score_mini_batch(items)[["partition", "status"]].to_dict("records"))
+        print("RUN", score.run(items)[["partition", "status"]].to_dict("records"))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("ALL [{'partition': 'part-00004.parquet', 'status': 'error'}, "
+            "{'partition': 'manifest.json', 'status': 'skipped'}]") in done.stdout
+    assert "RUN [{'partition': 'manifest.json', 'status': 'skipped'}]" in done.stdout
+    assert "partition part-00004.parquet failed, no result row" in done.stderr

@@ -311,6 +311,7 @@ def scoring_inputs(tmp_path):
                              "n": 10, "sum": float(values.sum()), "sumsq": float((values**2).sum()),
                              "min": float(values.min()), "max": float(values.max())})
         pd.DataFrame(rows).to_parquet(data / f"part-{i:05d}.parquet", index=False)
+    (data / "manifest.json").write_text('{"run_id": "r1"}')  # the run manifest beside the partitions
     code = copy_snapshot(tmp_path / "snapshot")  # the folder Azure ML uploads, under another name
     return {"code": code, "pack": str(pack), "data": data, "out": tmp_path / "out"}
 
@@ -325,7 +326,8 @@ def run_harness(inputs: dict, argv: list[str], mini_batches: list[list[str]]) ->
 
 def check_outputs(inputs: dict, rows: list[dict]) -> None:
     names = sorted(p.name for p in inputs["data"].glob("*.parquet"))
-    assert len(rows) == len(names)
+    assert sorted(r["partition"] for r in rows if r["status"] != "skipped") == names
+    assert all(r["status"] == "ok" for r in rows if r["partition"].endswith(".parquet"))
     written = sorted(p.name for p in inputs["out"].iterdir() if p.suffix == ".parquet")
     assert written == names  # one predictions file per partition, same basename
     for name in names:
@@ -349,9 +351,8 @@ def test_entry_script_under_the_v1_runner(scoring_inputs):
 
 
 def test_entry_script_under_the_v2_runner(scoring_inputs):
-    from scoring_job import pipeline_v2
-
-    files = sorted(str(p) for p in scoring_inputs["data"].glob("*.parquet"))
+    files = sorted(str(p) for p in scoring_inputs["data"].iterdir())  # a uri_folder input lists every file
+    assert any(f.endswith("manifest.json") for f in files)
     out = scoring_inputs["out"]
     out.mkdir()
     resolved = (pipeline_v2.PROGRAM_ARGUMENTS
@@ -364,3 +365,4 @@ def test_entry_script_under_the_v2_runner(scoring_inputs):
             "--mini_batch_error_threshold", "0"]
     rows = run_harness(scoring_inputs, argv, [[f] for f in files])
     check_outputs(scoring_inputs, rows)
+    assert [r["status"] for r in rows if r["partition"] == "manifest.json"] == ["skipped"]
