@@ -87,6 +87,10 @@ class Settings(BaseSettings):
 
     eventhub_name: str = Field("readings", alias="EVENTHUB_NAME", min_length=1)
     eventhub_connection: SecretStr | None = Field(None, alias="EVENTHUB_CONNECTION")
+    eventhub_consumer_group: str = Field(
+        "$Default", alias="EVENTHUB_CONSUMER_GROUP", min_length=1,
+        description="the ingest trigger's consumer group (%EVENTHUB_CONSUMER_GROUP% in its binding)",
+    )
 
     scoring_schedule: str = Field("0 5 * * * *", alias="SCORING_SCHEDULE")
     scoring_backend: Literal["local", "aml-pipeline", "aml-batch-endpoint"] = Field(

@@ -57,7 +57,8 @@ def test_local_settings_sample_lists_every_setting_with_safe_values(tmp_path, mo
     assert doc["IsEncrypted"] is False
     assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
-    assert values["AzureWebJobsFeatureFlags"] == "EnableWorkerIndexing"
+    assert "AzureWebJobsFeatureFlags" not in values  # worker indexing is the host's default since v4.28
+    assert values["EVENTHUB_CONSUMER_GROUP"]
     names = {field.alias or name for name, field in Settings.model_fields.items()}
     missing = sorted(names - set(values))
     assert not missing, f"add to local.settings.sample.json: {missing}"
@@ -74,5 +75,7 @@ def test_host_json_is_set_for_this_workload():
     assert host["extensionBundle"] == {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"}
     hubs = host["extensions"]["eventHubs"]
     assert hubs["maxEventBatchSize"] == 500 and hubs["batchCheckpointFrequency"] == 1 and hubs["prefetchCount"] >= 500
+    # maxWaitTime is only considered when minEventBatchSize > 1 (Event Hubs extension v5.3+): never one alone
+    assert hubs.get("minEventBatchSize", 1) > 1 or "maxWaitTime" not in hubs
     assert host["extensions"]["blobs"]["poisonBlobThreshold"] == 5
     assert "functionTimeout" in host and "retry" not in host
