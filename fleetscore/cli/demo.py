@@ -29,6 +29,7 @@ from fleetscore.cli.evaluate import episode_rules
 from fleetscore.context import Services, set_services
 from fleetscore.evaluation.stored import evaluate_stored
 from fleetscore.host.functions import app_functions
+from fleetscore.host.invocation import invocation_context
 from fleetscore.report.write import write_report
 from fleetscore.runs.slots import occurrences
 from fleetscore.settings import Settings, load_settings
@@ -165,7 +166,7 @@ def _fresh_services(folder: Path, *, nu: float | None, alert_persistence: str | 
     return services
 
 
-def ingest_events(ingest_fn: Callable[[list[func.EventHubEvent]], None], bodies: list[bytes],
+def ingest_events(ingest_fn: Callable[..., None], bodies: list[bytes],
                   tick: StageTick) -> None:
     """Call the Event Hub function `ingest_fn` on the event bodies, EVENTS_PER_BATCH events per invocation."""
     enqueued = datetime.now(timezone.utc)
@@ -173,7 +174,7 @@ def ingest_events(ingest_fn: Callable[[list[func.EventHubEvent]], None], bodies:
         events = [func.EventHubEvent(body=b, sequence_number=start + i, offset=str(start + i),
                                      enqueued_time=enqueued, partition_key=None)
                   for i, b in enumerate(bodies[start:start + EVENTS_PER_BATCH])]
-        ingest_fn(events)
+        ingest_fn(events, context=invocation_context("ingest"))
         tick("ingest", min(start + EVENTS_PER_BATCH, len(bodies)), len(bodies))
 
 

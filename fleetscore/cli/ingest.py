@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 
 from fleetscore.cli.console import console, err, progress_bar, services, settings_or_exit
+from fleetscore.context import Services
+from fleetscore.ingest.deadletter import replay_deadletters
 from fleetscore.ingest.files import count_rows, ingest_file
 from fleetscore.ingest.store import IngestResult
 from fleetscore.sim.simulate import (
@@ -23,17 +25,51 @@ from fleetscore.sim.simulate import (
 
 
 def ingest(
-    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="CSV, JSON lines or Parquet")],
+    files: Annotated[list[Path] | None, typer.Argument(exists=True, dir_okay=False,
+                                                       help="CSV, JSON lines or Parquet")] = None,
     timezone_name: Annotated[str, typer.Option("--timezone", help="zone of naive timestamps in files")] = "UTC",
     chunk_rows: Annotated[int, typer.Option(help="readings per transaction")] = 50_000,
+    replay_deadletter: Annotated[bool, typer.Option(
+        "--replay-deadletter", help="ingest the Event Hub batches the ingest function kept in deadletter/pending/ "
+                                    "(idempotent; each replayed batch moves to deadletter/replayed/)")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Load readings from files through the same validation and windowing as the ingest function."""
+    if not files and not replay_deadletter:
+        raise typer.BadParameter("give files to load, or --replay-deadletter")
     try:
         zone = ZoneInfo(timezone_name)
     except (ZoneInfoNotFoundError, ValueError):
         raise typer.BadParameter(f"unknown time zone {timezone_name!r}") from None
     svc = services()
+    if replay_deadletter:
+        _replay(svc, as_json)
+    if files:
+        _load_files(svc, files, zone, chunk_rows, as_json)
+
+
+def _replay(svc: Services, as_json: bool) -> None:
+    """Replay the pending dead-lettered batches; exit 1 when some stay pending."""
+    try:
+        summary = replay_deadletters(svc.engine, svc.store, window_ms=svc.settings.window_ms)
+    except Exception as exc:  # a transient database error stops the pass: nothing was moved that failed
+        err.print(f"[red]replay stopped: {type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    doc = {"replayed": len(summary.replayed), "failed": summary.failed, "read": summary.result.received,
+           "stored": summary.result.stored, "duplicates": summary.result.duplicates,
+           "dead_lettered": summary.result.dead_lettered, "windows": summary.result.windows}
+    if as_json:
+        console.print_json(json.dumps(doc))
+    else:
+        console.print(" ".join(f"{k}={v:,}" for k, v in doc.items() if k != "failed"))
+        for key, error in summary.failed.items():
+            err.print(f"[red]{key}: {error}[/red]")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _load_files(svc: Services, files: list[Path], zone: ZoneInfo, chunk_rows: int, as_json: bool) -> None:
+    """Ingest readings files, one progress bar each, and print the totals."""
     total = IngestResult()
     with progress_bar() as bar:
         for path in files:

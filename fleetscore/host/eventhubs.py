@@ -4,12 +4,12 @@
 reads its function's records in order, invokes the function with up to host.json `maxEventBatchSize`
 `EventHubEvent`s (one per invocation for cardinality one), applies the retry policy, and checkpoints only
 after the invocation returned (a crash redelivers the batch: at-least-once). When the retries are exhausted
-it moves on as the Event Hubs host does, but keeps the batch in `spool/<hub>/failed/`.
+it moves on as the Event Hubs host does and keeps nothing: a function that must not lose a batch keeps it
+itself on its final try (`context.retry_context`), as the ingest function does (`deadletter/` in blob storage).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -117,26 +117,11 @@ class EventHubs:
             if outcome is None:
                 return False  # stopping in a retry wait: not checkpointed
             if outcome is False:
-                self._keep_failed(fn, unit)
+                log.error("Functions.%s: retries exhausted for events %d..%d; checkpointing past them, as the "
+                          "Event Hubs host does (the batch is not kept by the host)", fn.name,
+                          unit[0].sequence_number, unit[-1].sequence_number)
             spool.checkpoint(fn.name, unit[-1].sequence_number)
         return True
-
-    def _keep_failed(self, fn: HostFunction, records: list[SpoolRecord]) -> None:
-        """Write a batch whose retries are exhausted to `<hub>/failed/<function>-<first>-<last>.jsonl`."""
-        assert self.folder is not None
-        folder = self.folder / hub_folder(fn.event_hub) / "failed"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{fn.name}-{records[0].sequence_number}-{records[-1].sequence_number}.jsonl"
-        with open(path, "w", encoding="utf-8") as fh:
-            for r in records:
-                doc: dict[str, Any] = {"sequence_number": r.sequence_number, "enqueued_ms": r.enqueued_ms}
-                try:
-                    doc["body"] = r.body.decode("utf-8")
-                except UnicodeDecodeError:
-                    doc["body_b64"] = base64.b64encode(r.body).decode()
-                fh.write(json.dumps(doc) + "\n")
-        log.error("Functions.%s: retries exhausted for events %d..%d; moving on (kept in %s)", fn.name,
-                  records[0].sequence_number, records[-1].sequence_number, path)
 
     def health(self, fn: HostFunction) -> dict[str, Any]:
         """`fn`'s part of `/health`: hub, batch size, checkpoint and backlog."""

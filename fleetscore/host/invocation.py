@@ -18,6 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import azure.functions as func
+from azure.functions import _abc as func_abc
+
 from fleetscore.clock import iso_offset, now_ms
 from fleetscore.host.bindings import HostFunction
 from fleetscore.logs import log_context
@@ -27,22 +30,69 @@ RECENT = 50
 """How many finished invocations `/health` lists."""
 
 
-class _RetryContext:
+class RetryContext(func_abc.RetryContext):
+    """`context.retry_context` as the Python worker fills it (azure-functions-python-worker builds it from the
+    host's `retry_context`): `retry_count` is 0 on the first try and equals `max_retry_count` on the last
+    (0 when the function has no retry policy, -1 for retry forever)."""
+
     def __init__(self, retry_count: int, max_retry_count: int, exception: Any = None) -> None:
-        self.retry_count, self.max_retry_count, self.exception = retry_count, max_retry_count, exception
+        self._retry_count, self._max_retry_count, self._exception = retry_count, max_retry_count, exception
+
+    @property
+    def retry_count(self) -> int:
+        return self._retry_count
+
+    @property
+    def max_retry_count(self) -> int:
+        return self._max_retry_count
+
+    @property
+    def exception(self) -> Any:
+        return self._exception
 
 
-class InvocationContext:
-    """What a function parameter named `context` receives (the `azure.functions.Context` properties)."""
+class InvocationContext(func.Context):
+    """What a function parameter named `context` receives: an `azure.functions.Context`."""
 
     def __init__(self, invocation_id: str, function_name: str, function_directory: str,
-                 retry_context: _RetryContext) -> None:
-        self.invocation_id = invocation_id
-        self.function_name = function_name
-        self.function_directory = function_directory
-        self.retry_context = retry_context
-        self.trace_context = None
-        self.thread_local_storage = threading.local()
+                 retry_context: RetryContext) -> None:
+        self._invocation_id = invocation_id
+        self._function_name = function_name
+        self._function_directory = function_directory
+        self._retry_context = retry_context
+        self._thread_local_storage = threading.local()
+
+    @property
+    def invocation_id(self) -> str:
+        return self._invocation_id
+
+    @property
+    def function_name(self) -> str:
+        return self._function_name
+
+    @property
+    def function_directory(self) -> str:
+        return self._function_directory
+
+    @property
+    def retry_context(self) -> RetryContext:
+        return self._retry_context
+
+    @property
+    def trace_context(self) -> Any:
+        return None
+
+    @property
+    def thread_local_storage(self) -> threading.local:
+        return self._thread_local_storage
+
+
+def invocation_context(function_name: str, *, retry_count: int = 0, max_retry_count: int = 0,
+                       function_directory: str = ".") -> InvocationContext:
+    """A context for calling a function outside the host (the demo, tests): a fresh invocation id; by default
+    the only try of a function without a retry policy."""
+    return InvocationContext(str(uuid.uuid4()), function_name, function_directory,
+                             RetryContext(retry_count, max_retry_count))
 
 
 class Invoker:
@@ -71,7 +121,7 @@ class Invoker:
                      f" retry {retry} of {max_retry}" if retry else "")
             self._running[invocation_id] = {"function": fn.name, "id": invocation_id, "started": iso_offset(started)}
             try:
-                error = self._call(fn, make_args, invocation_id, _RetryContext(retry, max_retry), t0)
+                error = self._call(fn, make_args, invocation_id, RetryContext(retry, max_retry), t0)
             finally:
                 self._running.pop(invocation_id, None)
         self._record({"function": fn.name, "id": invocation_id, "reason": reason, "started": iso_offset(started),
@@ -80,7 +130,7 @@ class Invoker:
                       "retry": retry})
         return error
 
-    def _call(self, fn: HostFunction, make_args: Callable[[], dict], invocation_id: str, retry: _RetryContext,
+    def _call(self, fn: HostFunction, make_args: Callable[[], dict], invocation_id: str, retry: RetryContext,
               t0: float) -> str | None:
         """Call the function (awaiting a coroutine) and log the outcome; None on success, else the error."""
         try:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import clock, db
-from fleetscore.ingest.readings import DeadLetter, Decoded, RawEvent, decode_events, payload_text
+from fleetscore.ingest.readings import DeadLetter, Decoded, RawEvent, decode_events
 from fleetscore.ingest.windows import WINDOW_COLUMNS, aggregate_arrays, window_end, window_end_of
 
 log = logging.getLogger(__name__)
@@ -345,35 +345,16 @@ def _replacing_windows(insert: postgresql.Insert | sqlite.Insert) -> sa.Executab
 def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, window_ms: int) -> IngestResult:
     """The ingest function's core: decode, store and window one delivered batch, all or nothing.
 
-    Transient database errors raise `TransientIngestError` (the host retries the batch). Any other
-    error dead-letters the whole batch with reason `ingest_error` so nothing is lost silently.
+    Bad events never raise (they become dead-letter rows in the same transaction). A transient database
+    error raises `TransientIngestError` (worth a redelivery); any other failure propagates unchanged, and
+    the caller keeps the raw batch (:mod:`fleetscore.ingest.deadletter`).
     """
-    decoded = None
+    decoded = decode_events(events)
     try:
-        decoded = decode_events(events)
         with engine.begin() as conn:
             return store_batch(conn, decoded, source=source, window_ms=window_ms, events=events)
     except Exception as exc:
         if db.is_transient(exc):
             raise TransientIngestError(f"transient database error, batch will be redelivered: "
                                        f"{type(exc).__name__}") from exc
-        log.exception("ingest failed for a batch of %d events; dead-lettering it", len(events))
-        dead_letter_batch(engine, events, exc, source=source)
-        received = len(decoded.ts) + len(decoded.dead) if decoded is not None else len(events)
-        return IngestResult(received=received, dead_lettered=len(events))
-
-
-def dead_letter_batch(engine: Engine, events: Sequence[RawEvent], error: Exception, *, source: str) -> None:
-    """Keep every event of a batch that failed with a non-transient `error` as an `ingest_error` dead letter,
-    in its own transaction."""
-    letters = [DeadLetter(payload=payload_text(e.body or b""), reason="ingest_error",
-                          detail=f"{type(error).__name__}: {error}"[:1000], partition=e.partition,
-                          sequence_number=e.sequence_number, offset=e.offset,
-                          enqueued_time_ms=e.enqueued_time_ms) for e in events]
-    try:
-        with engine.begin() as conn:
-            conn.execute(db.dead_letters.insert(), dead_letter_rows(letters, source, clock.now_ms()))
-    except Exception as exc:
-        if db.is_transient(exc):
-            raise TransientIngestError("transient database error while dead-lettering") from exc
         raise

@@ -13,6 +13,11 @@ MODELS = MODELS_CONTAINER
 PREDICTIONS = PREDICTIONS_CONTAINER
 ALERTS = "alerts"
 """Alert documents: `alerts/<yyyy>/<mm>/<dd>/<alert_id>.json`, dated by the episode's first window (UTC)."""
+DEADLETTER = "deadletter"
+"""Event batches the ingest function could not store: `deadletter/pending/…`, then `deadletter/replayed/…`."""
+DEADLETTER_PENDING = f"{DEADLETTER}/pending/"
+"""The list prefix of batches waiting for `fleetscore ingest --replay-deadletter`."""
+DEADLETTER_REPLAYED = f"{DEADLETTER}/replayed/"
 
 CURRENT_POINTER = f"{MODELS}/CURRENT"
 """Holds the version of the active model pack."""
@@ -74,3 +79,16 @@ def alert_document_key(alert_id: str, first_window_end_ms: int) -> str:
     """`alerts/<yyyy>/<mm>/<dd>/<alert_id>.json`, dated by the episode's first window (UTC)."""
     day = to_datetime(first_window_end_ms)
     return f"{ALERTS}/{day:%Y/%m/%d}/{alert_id}.json"
+
+
+def deadletter_key(written_ms: int, name: str) -> str:
+    """`deadletter/pending/<yyyy>/<mm>/<dd>/<name>.json`: a dead-lettered batch, dated by when it was written (UTC)."""
+    day = to_datetime(written_ms)
+    return f"{DEADLETTER_PENDING}{day:%Y/%m/%d}/{name}.json"
+
+
+def replayed_deadletter_key(pending_key: str) -> str:
+    """Where a replayed batch goes: its pending key with `pending/` replaced by `replayed/`."""
+    if not pending_key.startswith(DEADLETTER_PENDING):
+        raise ValueError(f"not a pending dead-letter key: {pending_key!r}")
+    return DEADLETTER_REPLAYED + pending_key[len(DEADLETTER_PENDING):]

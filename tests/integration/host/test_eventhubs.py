@@ -1,13 +1,20 @@
-"""Event Hub functions in a started host: batches, retries, checkpoints, kept failures, a dead dispatcher."""
+"""Event Hub functions in a started host: batches, retries, checkpoints, the final try, a dead dispatcher."""
 
 from __future__ import annotations
 
 import json
+import socket
 
 import azure.functions as func
+import sqlalchemy as sa
 
+from fleetscore.context import get_services
 from fleetscore.host.app import LocalHost
 from fleetscore.host.spool import Spool
+from fleetscore.ingest.deadletter import DeadLetterBatch, ingest_or_dead_letter
+from fleetscore.storage import paths
+from fleetscore.storage.folder import FolderStore
+from functions.ingest import is_final_try, to_raw_event
 from tests.helpers.host import app_with, host_settings, request, wait_for
 
 
@@ -56,7 +63,8 @@ def test_events_are_batched_retried_and_checkpointed_after_the_invocation(tmp_pa
     assert any(e["status"] == "failed" for e in health["last_invocations"])
 
 
-def test_exhausted_retries_move_on_and_keep_the_batch(tmp_path):
+def test_exhausted_retries_move_on_and_the_host_keeps_nothing(tmp_path):
+    """As the Event Hubs host: after the last try the checkpoint moves on; no spool copy hides the loss."""
     def hubs(app):
         @app.function_name("eat")
         @app.retry(strategy="fixed_delay", max_retry_count="1", delay_interval="00:00:00.01")
@@ -71,8 +79,46 @@ def test_exhausted_retries_move_on_and_keep_the_batch(tmp_path):
         wait_for(lambda: host.spools["hub"].checkpointed("eat") == 1, 10, "the checkpoint")
     finally:
         host.stop()
-    kept = list((tmp_path / "host" / "spool" / "hub" / "failed").glob("eat-1-1.jsonl"))
-    assert len(kept) == 1 and json.loads(kept[0].read_text())["body"] == '{"a": 1}'
+    assert not (tmp_path / "host" / "spool" / "hub" / "failed").exists()
+
+
+def test_the_final_try_dead_letters_the_batch_to_blob_storage(tmp_path):
+    """The function's own dead-letter path, driven by the host's RetryContext: the store is down on every try,
+    the last one writes the batch's exact bytes to deadletter/pending/ and returns, the checkpoint moves on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = sa.create_engine(f"postgresql+psycopg://x@127.0.0.1:{sock.getsockname()[1]}/x?connect_timeout=2")
+    tries: list[tuple[int, int]] = []
+    groups: list[str] = []
+
+    def hubs(app):
+        @app.function_name("eat")
+        @app.retry(strategy="fixed_delay", max_retry_count="2", delay_interval="00:00:00.01")
+        @app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="X",
+                                       cardinality=func.Cardinality.MANY, data_type=func.DataType.BINARY,
+                                       consumer_group="%EVENTHUB_CONSUMER_GROUP%")
+        def eat(events: list[func.EventHubEvent], context: func.Context) -> None:
+            tries.append((context.retry_context.retry_count, context.retry_context.max_retry_count))
+            groups.append(events[0].metadata["PartitionContext"]["ConsumerGroup"])
+            ingest_or_dead_letter(lambda: down, get_services().store, [to_raw_event(e) for e in events],
+                                  source="eventhub:hub", window_ms=300_000, final_try=is_final_try(context))
+
+    settings = host_settings(tmp_path, EVENTHUB_CONSUMER_GROUP="fleetscore")
+    host = LocalHost(settings, app=app_with(hubs), state_dir=tmp_path / "host").start()
+    try:
+        request(host.url, "POST", "/events", b"\xff not json")
+        wait_for(lambda: host.spools["hub"].checkpointed("eat") == 1, 20, "the checkpoint")
+        health = request(host.url, "GET", "/health")[1]
+    finally:
+        host.stop()
+    assert tries == [(0, 2), (1, 2), (2, 2)] and groups == ["fleetscore"] * 3
+    fn = next(f for f in health["functions"] if f["name"] == "eat")
+    assert fn["failures"] == 2  # the last try succeeded: it kept the batch
+    store = FolderStore(tmp_path / "blobs")
+    (kept,) = store.list(paths.DEADLETTER_PENDING)
+    batch = DeadLetterBatch.from_json(store.get(kept.name))
+    assert [e.body for e in batch.events] == [b"\xff not json"] and batch.reason == "retries_exhausted"
+    assert batch.events[0].sequence_number == 1 and batch.events[0].partition == "0"
 
 
 def test_a_dead_dispatcher_degrades_health_and_refuses_its_hubs_events(tmp_path, monkeypatch):

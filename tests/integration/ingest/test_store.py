@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetscore import db
+from fleetscore.host.invocation import invocation_context
 from fleetscore.ingest.readings import RawEvent
 from fleetscore.ingest.store import TransientIngestError, ingest_events
 from fleetscore.ingest.windows import aggregate
@@ -219,7 +220,8 @@ def test_database_failure_mid_batch_leaves_nothing_and_redelivery_completes(engi
     assert windows_df(engine)["n"].sum() == 200
 
 
-def test_non_transient_failure_dead_letters_the_batch(sqlite_engine, monkeypatch):
+def test_non_transient_failure_propagates_and_stores_nothing(sqlite_engine, monkeypatch):
+    """The caller keeps the raw batch (fleetscore.ingest.deadletter); nothing is half-stored in SQL."""
     import fleetscore.ingest.store as ingest_mod
 
     def broken(*a, **k):
@@ -227,11 +229,10 @@ def test_non_transient_failure_dead_letters_the_batch(sqlite_engine, monkeypatch
 
     monkeypatch.setattr(ingest_mod, "aggregate_arrays", broken)
     batch = [ev({"device": "d", "sensor": "s", "ts": T0, "value": 1.0})]
-    result = ingest_events(sqlite_engine, batch, source="t", window_ms=W_MS)
-    assert result.dead_lettered == 1
-    dead = table(sqlite_engine, db.dead_letters, ["id"])
-    assert dead["reason"].tolist() == ["ingest_error"] and "bug in window maths" in dead["detail"][0]
+    with pytest.raises(RuntimeError, match="bug in window maths"):
+        ingest_events(sqlite_engine, batch, source="t", window_ms=W_MS)
     assert readings_df(sqlite_engine).empty
+    assert table(sqlite_engine, db.dead_letters, ["id"]).empty
 
 
 # --- the Azure Functions trigger, through the SDK's own types ----------------------------------
@@ -260,8 +261,8 @@ def test_ingest_function_with_real_event_hub_events(monkeypatch, tmp_path):
     events = [func.EventHubEvent(body=json.dumps(GOOD[:2]).encode(), sequence_number=5, offset="500",
                                  enqueued_time=enq, partition_key="d-0001"),
               func.EventHubEvent(body=b"{oops", sequence_number=6, offset="600", enqueued_time=enq)]
-    assert fn(events) is None
-    fn(events)  # redelivered: nothing changes but another dead letter for the bad event
+    assert fn(events, context=invocation_context("ingest")) is None
+    fn(events, context=invocation_context("ingest"))  # redelivered: no change but another dead letter for the bad one
     engine = db.create_db_engine(url)
     assert len(readings_df(engine)) == 2
     dead = table(engine, db.dead_letters, ["id"])
@@ -286,11 +287,13 @@ def test_ingest_function_raises_only_transient_errors(monkeypatch, tmp_path):
     from fleetscore.context import get_services
 
     get_services().__dict__["engine"] = sa.create_engine(url, connect_args={"timeout": 0.1})
-    with pytest.raises(TransientIngestError):
-        fn([func.EventHubEvent(body=json.dumps(GOOD[0]).encode())])
+    with pytest.raises(TransientIngestError):  # not the last try: the host retries the batch
+        fn([func.EventHubEvent(body=json.dumps(GOOD[0]).encode())],
+           context=invocation_context("ingest", retry_count=0, max_retry_count=8))
     locker.rollback()
     locker.close()
-    fn([func.EventHubEvent(body=json.dumps(GOOD[0]).encode())])
+    fn([func.EventHubEvent(body=json.dumps(GOOD[0]).encode())],
+       context=invocation_context("ingest", retry_count=1, max_retry_count=8))
     assert len(readings_df(get_services().engine)) == 1
 
 
