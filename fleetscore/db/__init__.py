@@ -9,14 +9,14 @@ db` and `db.readings`, `db.iter_tuples`, `db.upgrade(engine)`:
 | `engine` | `create_db_engine` (SQLite pragmas, driver options) |
 | `reads` | `iter_tuples`, `read_frame`, `chunks` for `IN (...)` lists |
 | `watermark` | the scoring watermark: read, advance |
-| `errors` | `is_transient`: which database errors are worth a retry |
+| `errors` | `is_transient`: which database errors are worth a retry; `LockNotGranted` (`sp_getapplock`) |
 | `migrate` | `upgrade` (Alembic, `migrations/`) and `ddl` (the migrations as SQL per dialect) |
 """
 
 from __future__ import annotations
 
 from fleetscore.db.engine import create_db_engine
-from fleetscore.db.errors import is_transient
+from fleetscore.db.errors import LockNotGranted, is_transient
 from fleetscore.db.migrate import ddl, upgrade
 from fleetscore.db.reads import IN_CHUNK, chunks, iter_tuples, read_frame
 from fleetscore.db.schema import (
@@ -36,8 +36,8 @@ from fleetscore.db.schema import (
 from fleetscore.db.watermark import SCORING_WATERMARK, advance_watermark, read_watermark
 
 __all__ = [
-    "ID", "IN_CHUNK", "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "advance_watermark", "alerts",
-    "anomalies", "chunks", "create_db_engine", "dead_letters", "ddl", "is_transient", "iter_tuples",
+    "ID", "IN_CHUNK", "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "LockNotGranted", "advance_watermark",
+    "alerts", "anomalies", "chunks", "create_db_engine", "dead_letters", "ddl", "is_transient", "iter_tuples",
     "metadata", "prediction_files", "read_frame", "read_watermark", "readings", "runs", "upgrade",
     "watermarks", "windows",
 ]

@@ -78,16 +78,47 @@ def _time_clusters(window_ends: np.ndarray, window_ms: int, max_gap_windows: int
 
 
 def lock_pairs(conn: Connection, pairs: set[tuple[str, str]]) -> None:
-    """Serialise concurrent batches that touch the same device+sensor (PostgreSQL transaction-scoped
-    advisory locks, taken in sorted order so two batches cannot deadlock). Without it two batches could
-    each recompute a shared window from stored readings that miss the other's uncommitted ones. SQLite
-    serialises writers by itself."""
-    if conn.dialect.name != "postgresql" or not pairs:
+    """Serialise concurrent batches that touch the same device+sensor, each pair's lock held until the
+    transaction ends and taken in sorted order so two batches cannot deadlock: PostgreSQL transaction-scoped
+    advisory locks, SQL Server exclusive application locks (`sp_getapplock`, `LockNotGranted` if refused).
+    Without it two batches could each recompute a shared window from stored readings that miss the other's
+    uncommitted ones. SQLite serialises writers by itself."""
+    if not pairs or conn.dialect.name not in ("postgresql", "mssql"):
         return
-    keys = _pg_text(sorted(f"{d}/{s}" for d, s in pairs))  # "/" is in no id
+    keys = sorted(f"{d}/{s}" for d, s in pairs)  # "/" is in no id
+    if conn.dialect.name == "mssql":
+        for chunk in db.chunks(keys):
+            code = conn.execute(mssql_pair_locks([f"{APPLOCK_PREFIX}{k}" for k in chunk])).scalar_one()
+            if code < 0:
+                raise db.LockNotGranted(code)
+        return
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
                          "FROM unnest(string_to_array(:keys, ',')) WITH ORDINALITY AS t(k, i) ORDER BY i")
-                 .bindparams(keys=keys))
+                 .bindparams(keys=_pg_text(keys)))
+
+
+APPLOCK_PREFIX = "fleetscore/ingest/"
+"""`sp_getapplock` resource of a pair: this prefix + `device/sensor` (at most 147 of the 255 characters)."""
+APPLOCK_TIMEOUT_MS = 60_000
+"""How long a batch waits for a pair another batch holds before giving up (a transient error: redelivered)."""
+
+
+def mssql_pair_locks(resources: Sequence[str]) -> sa.TextClause:
+    """One T-SQL batch that takes an exclusive, transaction-owned application lock on each resource in order,
+    stops at the first refusal, and selects the last `sp_getapplock` return code (>= 0: all granted).
+
+    In manual-commit mode the ODBC driver runs with IMPLICIT_TRANSACTIONS ON, where EXEC opens no
+    transaction, so a zero-row SELECT from a table opens it first (a Transaction-owned lock needs one).
+    NOCOUNT is on inside the batch (the return code is its first result) and restored after it.
+    """
+    takes = "".join(f"IF @rc >= 0 EXEC @rc = sp_getapplock @Resource = :r{i}, @LockMode = 'Exclusive', "
+                    f"@LockOwner = 'Transaction', @LockTimeout = {APPLOCK_TIMEOUT_MS};\n"
+                    for i in range(len(resources)))
+    sql = (f"DECLARE @nocount int = @@OPTIONS & 512, @rc int = 0;\nSET NOCOUNT ON;\n"
+           f"SELECT TOP (0) @rc = 0 FROM {db.readings.name};\n{takes}"
+           f"IF @nocount = 0 SET NOCOUNT OFF;\nSELECT @rc AS rc")
+    return sa.text(sql).bindparams(*(sa.bindparam(f"r{i}", r, type_=sa.Unicode(255))
+                                     for i, r in enumerate(resources)))
 
 
 def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], window_ms: int) -> dict[Key, float]:
