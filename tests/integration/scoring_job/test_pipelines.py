@@ -366,3 +366,36 @@ def test_entry_script_under_the_v2_runner(scoring_inputs):
     rows = run_harness(scoring_inputs, argv, [[f] for f in files])
     check_outputs(scoring_inputs, rows)
     assert [r["status"] for r in rows if r["partition"] == "manifest.json"] == ["skipped"]
+
+
+def test_v2_publish_sends_the_identity_and_returns_the_role_for_its_principal(monkeypatch, aml_settings):
+    """publish_v2 against a stand-in MLClient (no workspace): the cluster it sends has the identity, and the role
+    command it returns names the principal the service gave that identity."""
+    from types import SimpleNamespace
+
+    from azure.ai.ml.entities import IdentityConfiguration
+
+    sent: dict = {}
+
+    def done(value):
+        return SimpleNamespace(result=lambda: value)
+
+    def create_compute(compute):
+        sent["compute"] = compute
+        compute.identity = IdentityConfiguration(type="system_assigned", principal_id="5a4b3c2d")
+        return done(compute)
+
+    endpoint = SimpleNamespace(defaults=SimpleNamespace(deployment_name=None),
+                               scoring_uri="https://fleet.westeurope.inference.ml.azure.com/jobs")
+    client = SimpleNamespace(
+        compute=SimpleNamespace(begin_create_or_update=create_compute),
+        datastores=SimpleNamespace(create_or_update=lambda store: store),
+        components=SimpleNamespace(create_or_update=lambda c: SimpleNamespace(name="fleetscore_scoring", version="1")),
+        batch_endpoints=SimpleNamespace(begin_create_or_update=lambda e: done(endpoint), get=lambda name: endpoint),
+        batch_deployments=SimpleNamespace(begin_create_or_update=lambda d: done(d)),
+    )
+    monkeypatch.setattr(pipeline_v2, "ml_client", lambda settings, credential=None: client)
+    result = pipeline_v2.publish_v2(aml_settings, log=lambda message: None)
+    assert sent["compute"]._to_rest_object().as_dict()["identity"]["type"] == "SystemAssigned"
+    assert result["cluster_principal_id"] == "5a4b3c2d"
+    assert result["role_assignments"] == pipeline_v2.cluster_role_commands(aml_settings, "5a4b3c2d")
