@@ -19,6 +19,8 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
+
+from fleetscore.db.errors import LockNotGranted
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 """The Alembic environment: `env.py`, `script.py.mako`, `versions/`."""
@@ -46,12 +50,26 @@ constructor options and the schema a connection would have had as its default.""
 LOCK_SQL = {
     "postgresql": "SELECT pg_advisory_xact_lock(7262916203)",  # an arbitrary key, fleetscore's own
     "sqlite": "BEGIN IMMEDIATE",
-    "mssql": ("DECLARE @result int; EXEC @result = sp_getapplock @Resource = N'fleetscore_migrations', "
-              "@LockMode = 'Exclusive', @LockOwner = 'Transaction', @LockTimeout = 60000; "
-              "IF @result < 0 RAISERROR('timed out waiting for the schema migration lock', 16, 1);"),
 }
 """Per dialect, the statement that opens a migration's transaction holding a database-wide lock until it
-ends, so two processes starting at once migrate one after the other."""
+ends, so two processes starting at once migrate one after the other (SQL Server: `MSSQL_LOCK`)."""
+MSSQL_LOCK_RESOURCE = "fleetscore_migrations"
+MSSQL_LOCK_TIMEOUT_MS = 60_000
+"""How long a migration waits for another process's migration before giving up (ms)."""
+MSSQL_LOCK = (
+    "DECLARE @nocount int = @@OPTIONS & 512, @rc int;\nSET NOCOUNT ON;\n"
+    f"EXEC @rc = sp_getapplock @Resource = N'{MSSQL_LOCK_RESOURCE}', @LockMode = 'Exclusive', "
+    f"@LockOwner = 'Session', @LockTimeout = {MSSQL_LOCK_TIMEOUT_MS};\n"
+    "IF @nocount = 0 SET NOCOUNT OFF;\nSELECT @rc AS rc")
+"""SQL Server's migration lock: an exclusive application lock owned by the session, taken before the
+migration's transaction and released after it ends (`MSSQL_UNLOCK`); selects `sp_getapplock`'s return code
+(>= 0: granted). Not owned by the transaction: in the ODBC driver's manual-commit mode (IMPLICIT_TRANSACTIONS
+ON) EXEC opens no transaction, and on an empty database there is no table a SELECT could open one with."""
+MSSQL_UNLOCK = (
+    "DECLARE @nocount int = @@OPTIONS & 512, @rc int;\nSET NOCOUNT ON;\n"
+    f"EXEC @rc = sp_releaseapplock @Resource = N'{MSSQL_LOCK_RESOURCE}', @LockOwner = 'Session';\n"
+    "IF @nocount = 0 SET NOCOUNT OFF;\nSELECT @rc AS rc")
+"""Releases `MSSQL_LOCK`; selects `sp_releaseapplock`'s return code (0: released)."""
 
 log = logging.getLogger(__name__)
 _in_process = threading.Lock()
@@ -76,8 +94,7 @@ def upgrade(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         if _nothing_to_do(script, _current(conn)):
             return []
-    with _in_process, engine.begin() as conn:
-        _lock(conn)
+    with _in_process, _locked_transaction(engine) as conn:
         before = _current(conn)
         if _nothing_to_do(script, before):
             return []
@@ -108,11 +125,54 @@ def _current(conn: Connection) -> set[str]:
     return set(MigrationContext.configure(conn).get_current_heads())
 
 
-def _lock(conn: Connection) -> None:
-    """Open `conn`'s transaction with the database-wide migration lock (`LOCK_SQL`), where the dialect has one."""
-    statement = LOCK_SQL.get(conn.dialect.name)
-    if statement is not None:
-        conn.exec_driver_sql(statement)
+@contextmanager
+def _locked_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction, holding the database-wide migration lock until the transaction ended:
+    PostgreSQL and SQLite lock as the transaction's first statement (`LOCK_SQL`); SQL Server takes a
+    session-owned lock before it begins and releases it after the commit or rollback (`MSSQL_LOCK`)."""
+    with engine.connect() as conn:
+        if conn.dialect.name != "mssql":
+            with conn.begin():
+                statement = LOCK_SQL.get(conn.dialect.name)
+                if statement is not None:
+                    conn.exec_driver_sql(statement)
+                yield conn
+            return
+        _mssql_applock(conn)
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            _mssql_release(conn)
+
+
+def _mssql_applock(conn: Connection) -> None:
+    """Take `MSSQL_LOCK` on `conn`'s session, leaving no transaction open; `LockNotGranted` when
+    `sp_getapplock` refuses it (< 0). On any other failure the DBAPI connection is closed, so a lock the server
+    may have granted ends with its session instead of staying with a pooled connection."""
+    try:
+        code = conn.exec_driver_sql(MSSQL_LOCK).scalar_one()
+        conn.commit()  # ends SQLAlchemy's autobegun transaction; the server has none open, the lock stays
+    except BaseException:
+        conn.invalidate()
+        raise
+    if code < 0:
+        raise LockNotGranted(code)
+
+
+def _mssql_release(conn: Connection) -> None:
+    """Release `MSSQL_LOCK`; if that fails, close the DBAPI connection instead (the server frees a session's
+    locks when it ends), so no pooled connection keeps holding it. Never raises: the migration's outcome wins."""
+    if conn.invalidated:
+        return  # the session is gone, and its lock with it
+    try:
+        code = conn.exec_driver_sql(MSSQL_UNLOCK).scalar_one()
+        conn.commit()
+    except Exception:  # noqa: BLE001 - any failure: fall back to ending the session
+        log.warning("could not release the schema migration lock: closing its connection", exc_info=True)
+        code = -999
+    if code < 0:
+        conn.invalidate()
 
 
 def _nothing_to_do(script: ScriptDirectory, current: set[str]) -> bool:
