@@ -3,9 +3,11 @@
 Core (`fleetscore`) imports these names from here; the scoring job uses them as they are, since Azure ML
 uploads this folder alone (so this module imports pyarrow only).
 
-* A **partition** (`data/<run_id>/part-NNNNN.parquet`) holds closed tumbling windows: :data:`WINDOW_SCHEMA`,
+* A **partition** (`data/<run_id>/part-NNNNN.parquet`) holds closed tumbling windows: :data:`PARTITION_SCHEMA`,
   `window_end` the window's end (epoch ms UTC; the window is (end − W, end]), `n` readings and their `sum`,
-  `sumsq`, `min`, `max` in the sensor's unit.
+  `sumsq`, `min`, `max` in the sensor's unit, and `context`: true for the windows before the run's range that
+  change features need (`change.LOOKBACK_WINDOWS`), read but never scored (a partition without the column has
+  none).
 * A **prediction file** (`predictions/<run_id>/part-NNNNN.parquet`) has one row per scored window:
   :data:`PREDICTION_SCHEMA`. `score` is the negated decision function (higher is more anomalous);
   `threshold` and `threshold_strong` are the window's model's calibrated alert thresholds on that score (from
@@ -26,6 +28,8 @@ WINDOW_SCHEMA = pa.schema([
     ("max", pa.float64()),
 ])
 WINDOW_COLUMNS: tuple[str, ...] = tuple(WINDOW_SCHEMA.names)
+CONTEXT_COLUMN = "context"
+PARTITION_SCHEMA = WINDOW_SCHEMA.append(pa.field(CONTEXT_COLUMN, pa.bool_()))
 
 PREDICTION_SCHEMA = pa.schema([
     ("device", pa.string()),
@@ -47,8 +51,9 @@ PREDICTION_SCHEMA = pa.schema([
 ])
 PREDICTION_COLUMNS: tuple[str, ...] = tuple(PREDICTION_SCHEMA.names)
 
-WINDOW_STATUSES = ("ok", "no_model", "error")
-"""A scored window's `status`: scored, no model for its pair, or its model or features failed."""
+WINDOW_STATUSES = ("ok", "no_model", "error", "settling")
+"""A scored window's `status`: scored, no model for its pair, its model or features failed, or not judged because
+it falls in an announced change of its device (`change.SETTLE_WINDOWS` after an announce sensor changed)."""
 
 RESULT_COLUMNS = ("partition", "rows", "models", "anomalies", "windows_no_model", "failures", "failure_detail",
                   "status", "error")

@@ -7,7 +7,11 @@ schema, sorted by (device, sensor, window_end), and the call's :class:`ScoreStat
   numba, a fused kernel per model (see ``_kernels``); without it, numpy: models grouped by support-vector count
   and rows per model (both padded up to a small step), one batched kernel expansion per group
   (``X @ S'^T + A + B``, ``exp``, ``@ coef``), in chunks of at most ``CHUNK_BYTES`` of temporaries;
+* change-z models (:mod:`change`) in one vectorised pass over all their rows, from the pack's parameters (a
+  window without a baseline has a NaN ``mean_change``: no evidence, not an error);
 * every other detector (skops) through its own ``decision_function``, one call per model;
+* rows whose ``settling`` column is true (an announced change of the device, :func:`change.change_features`) come
+  back ``status="settling"`` with no score;
 * a model that cannot be scored (wrong feature count, a detector raising) marks only its rows
   ``status="error"`` with the reason; windows whose pair has no model come back ``status="no_model"``.
 
@@ -46,11 +50,12 @@ import pyarrow.compute as pc
 log = logging.getLogger("fleetscore.engine")
 
 try:
-    from . import _kernels
+    from . import _kernels, change
     from .contract import WINDOW_STATUSES
     from .pack import ModelPack
 except ImportError:  # imported as a top-level module: the Azure ML code snapshot is this folder alone
     import _kernels
+    import change
     from contract import WINDOW_STATUSES
     from pack import ModelPack
 
@@ -66,7 +71,7 @@ NUMBA_MIN_EVALS = int(os.environ.get("FLEETSCORE_NUMBA_MIN_EVALS", "2000000"))
 KERNEL_MAX_ROWS = 4096
 
 _U32 = 2.0**-24  # float32 unit roundoff
-_OK, _NO_MODEL, _ERROR = (WINDOW_STATUSES.index(s) for s in ("ok", "no_model", "error"))
+_OK, _NO_MODEL, _ERROR, _SETTLING = (WINDOW_STATUSES.index(s) for s in ("ok", "no_model", "error", "settling"))
 
 Key = tuple[str, str]
 
@@ -447,6 +452,8 @@ class ScoreStats:
     failures: dict[Key, str]  # (device, sensor) -> why its model could not score its rows (status "error")
     rechecks: int  # float32 mode: rows recomputed in float64 because their value was near a threshold
     sorted_input: bool  # the rows came sorted by (device, sensor, window_end): none was moved
+    change_models: int = 0  # of the models, change-z ones (scored vectorised from the pack's parameters)
+    settling_windows: int = 0  # rows not judged: in an announced change of their device (status "settling")
 
 
 class Scored(NamedTuple):
@@ -659,10 +666,11 @@ def _feature_columns(features: pd.DataFrame, names: Sequence[str], runs: _Runs
 
 
 def _route_runs(runs: _Runs, pack: ModelPack, n_features: int, outcome: _RowStatus
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(runs for the SVM fast path, runs for their own decision_function). Runs without a model become
-    "no_model"; a model fitted on another feature count fails its run."""
-    t = pack.table if len(pack) else {k: np.zeros(1, dtype=np.int64) for k in ("n_features", "is_svm", "index")}
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(runs for the SVM fast path, runs of change-z models, runs for their own decision_function). Runs without a
+    model become "no_model"; a model fitted on another feature count fails its run."""
+    t = pack.table if len(pack) else {k: np.zeros(1, dtype=np.int64) for k in ("n_features", "is_svm", "is_change",
+                                                                                  "index")}
     has = runs.model >= 0
     safe = np.maximum(runs.model, 0)
     for g in np.flatnonzero(~has):
@@ -674,7 +682,35 @@ def _route_runs(runs: _Runs, pack: ModelPack, n_features: int, outcome: _RowStat
         outcome.fail_run(runs, int(g), f"model expects {nf[g]} features, the pack provides {n_features} "
                                        f"({', '.join(pack.features)})")
     ok = has & ~wrong
-    return np.flatnonzero(ok & t["is_svm"][safe]), np.flatnonzero(ok & ~t["is_svm"][safe])
+    is_svm, is_change = t["is_svm"][safe].astype(bool), t["is_change"][safe].astype(bool)
+    return (np.flatnonzero(ok & is_svm), np.flatnonzero(ok & is_change),
+            np.flatnonzero(ok & ~is_svm & ~is_change))
+
+
+def _mark_settling(features: pd.DataFrame, runs: _Runs, outcome: _RowStatus) -> int:
+    """Rows still "ok" whose ``settling`` column is true become "settling" (not judged); their count."""
+    if "settling" not in features.columns:
+        return 0
+    rows = runs.take(features["settling"].to_numpy(dtype=bool)) & (outcome.status == _OK)
+    outcome.status[rows] = _SETTLING
+    count = int(rows.sum())
+    outcome.not_ok += count
+    return count
+
+
+def _score_change_runs(features: pd.DataFrame, runs: _Runs, change_runs: np.ndarray, pack: ModelPack,
+                       decision: np.ndarray, finite: np.ndarray | None) -> None:
+    """Decision values (-score) of the change-z runs into ``decision``, in one vectorised pass over their rows
+    (:func:`change.change_scores` with each row's model's parameters). Their features are read again unfilled: a
+    NaN change (no baseline) is no evidence, not an error."""
+    if not len(change_runs):
+        return
+    rows = np.concatenate([np.arange(runs.start[g], runs.start[g] + runs.count[g]) for g in change_runs])
+    X = np.column_stack([runs.take(features[f].to_numpy(dtype=np.float64))[rows] for f in pack.features])
+    params = pack.change_params[np.repeat(pack.table["index"][runs.model[change_runs]], runs.count[change_runs])]
+    decision[rows] = -change.change_scores(X, params)
+    if finite is not None:
+        finite[rows] = True
 
 
 def _score_svm_runs(cols: list[np.ndarray], runs: _Runs, svm_runs: np.ndarray, prepared: PreparedPack, dtype: str,
@@ -794,12 +830,15 @@ def score(features: pd.DataFrame, pack: ModelPack, run_id: str = "", dtype: str 
     runs = _group_runs(features, pack)
     cols, finite = _feature_columns(features, pack.features, runs)
     outcome = _RowStatus(status=np.zeros(len(features), dtype=np.int8))
-    svm_runs, other_runs = _route_runs(runs, pack, len(cols), outcome)
+    svm_runs, change_runs, other_runs = _route_runs(runs, pack, len(cols), outcome)
+    settling = _mark_settling(features, runs, outcome)
     decision = np.full(len(features), -np.nan)  # negated at the end: unscored rows get a plain NaN (no sign bit)
     rechecks = _score_svm_runs(cols, runs, svm_runs, prepared, dtype, backend, decision, outcome)
+    _score_change_runs(features, runs, change_runs, pack, decision, finite)
     _score_other_runs(cols, runs, other_runs, pack, decision, outcome)
     scores = _scores(decision, runs, pack, finite, outcome)
     stats = ScoreStats(rows=len(features), models=int((runs.model >= 0).sum()), svm_models=len(svm_runs),
                        other_models=len(other_runs), no_model_windows=int((outcome.status == _NO_MODEL).sum()),
-                       failures=outcome.failures, rechecks=rechecks, sorted_input=runs.order is None)
+                       failures=outcome.failures, rechecks=rechecks, sorted_input=runs.order is None,
+                       change_models=len(change_runs), settling_windows=settling)
     return Scored(_prediction_frame(features, runs, scores, outcome, pack, run_id), stats)

@@ -10,6 +10,8 @@ Layout::
                                consecutive SVMs of about 8 MiB each, so that a loader verifies them in parallel
     <folder>/detectors.skops   every other detector (one skops list), loaded with an explicit trusted list
 
+change-z detectors (:mod:`change`) are five numbers each, kept in the manifest's ``change`` section (no file).
+
 ``load_pack`` checks the manifest's shape before it opens any other file, verifies every file's SHA-256 (the
 files are memory-mapped read-only and hashed on all cores while the per-model table is checked), loads arrays
 with the rules of ``allow_pickle=False`` and skops with :data:`TRUSTED_TYPES` only; anything else raises
@@ -20,10 +22,10 @@ after loading is outside the guarantee, as for any open file.
 The per-model table (``manifest["models"]``) is columnar, ``count`` rows sorted by (device, sensor), so that a
 fleet of 10,000 models parses in a few milliseconds. ``device`` and ``sensor`` are lists of ``count`` strings;
 every other field is either such a list or, when every model has the same value, that value once. Fields:
-``algorithm`` ("ocsvm-rbf", "ocsvm-linear", "isolation-forest", "lof", "elliptic-envelope" or the class name),
-``n_features`` (int or null), ``scaled`` (a StandardScaler in front), ``store`` ("svm" | "skops"; each store's
-models are numbered in table order), ``sv_count`` (0 for skops), ``train_from``, ``train_until`` (ISO-8601 UTC or
-null), ``train_size`` (windows or null), ``score_quantiles``: null when unknown for every model, else
+``algorithm`` ("change-z", "ocsvm-rbf", "ocsvm-linear", "isolation-forest", "lof", "elliptic-envelope" or the class
+name), ``n_features`` (int or null), ``scaled`` (a StandardScaler in front), ``store`` ("svm" | "skops" | "change";
+each store's models are numbered in table order), ``sv_count`` (0 but for SVMs), ``train_from``, ``train_until``
+(ISO-8601 UTC or null), ``train_size`` (windows or null), ``score_quantiles``: null when unknown for every model, else
 {"q50", "q90", "q95", "q99", "max"} each the base64 of ``count`` little-endian float64 (NaN where unknown;
 score = -decision_function), and ``thresholds`` (format 3): {"threshold", "threshold_strong"} each the base64
 of ``count`` little-endian float64: the model's calibrated alert thresholds on the score (a window is anomalous
@@ -31,6 +33,11 @@ when score > threshold; see :mod:`thresholds`). ``threshold`` is finite (0.0, th
 when the pack was written without one); ``threshold_strong`` is finite or NaN (unknown: no window is strong).
 Base64 keeps the values exact and parses about 50x faster than JSON numbers. A format-2 pack (no thresholds) is
 refused: retrain (``fleetscore train --activate``).
+
+The ``change`` section is null without change-z models, else {"models": their count, "announce_sensors": [names],
+"context_windows": int, "settle_windows": int, "params": {name: base64 of ``models`` little-endian float64} for
+each of :data:`change.PARAMS`} (the change-z models in table order; scales and the floor positive and finite).
+A manifest without the key reads as null.
 
 SVM arrays (float64, 1-D; each shard holds the next SVMs of the table, concatenated in table order; the
 manifest's ``svm.shards`` lists the shards in order with their model counts and array sizes):
@@ -68,9 +75,11 @@ import numpy as np
 import pandas as pd
 
 try:
+    from . import change
     from .features import FEATURES
     from .thresholds import FOLDS, calibrate, out_of_fold_margins
 except ImportError:  # imported as a top-level module: the Azure ML code snapshot is this folder alone
+    import change
     from features import FEATURES
     from thresholds import FOLDS, calibrate, out_of_fold_margins
 
@@ -82,7 +91,7 @@ SVM_SHARD_BYTES = 8 << 20  # target size of one SVM array file (a shard holds at
 QUANTILES: tuple[tuple[str, float], ...] = (("q50", 0.5), ("q90", 0.9), ("q95", 0.95), ("q99", 0.99), ("max", 1.0))
 SVM_ARRAYS = ("sv", "dual_coef", "scaler_mean", "scaler_scale", "intercept", "gamma")
 SVM_KERNELS = ("rbf", "linear")
-STORES = ("svm", "skops")
+STORES = ("svm", "skops", "change")
 TABLE_FIELDS = ("device", "sensor", "algorithm", "n_features", "scaled", "store", "sv_count",
                 "train_from", "train_until", "train_size", "score_quantiles", "thresholds")
 THRESHOLDS = ("threshold", "threshold_strong")
@@ -180,7 +189,9 @@ def split_pipeline(est: Any) -> tuple[Any | None, Any]:
 
 
 def algorithm_name(est: Any) -> str:
-    """The pack's algorithm name of an estimator ("ocsvm-rbf", "isolation-forest", ...)."""
+    """The pack's algorithm name of an estimator ("change-z", "ocsvm-rbf", "isolation-forest", ...)."""
+    if isinstance(est, change.ChangeDetector):
+        return "change-z"
     _, det = split_pipeline(est)
     name = type(det).__name__
     if name == "OneClassSVM":
@@ -260,16 +271,25 @@ class _PackContents:
     thresholds: dict[str, list[float]] = dataclasses.field(default_factory=lambda: {k: [] for k in THRESHOLDS})
     svm_parts: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=lambda: {k: [] for k in SVM_ARRAYS})
     others: list[Any] = dataclasses.field(default_factory=list)
+    change_params: list[np.ndarray] = dataclasses.field(default_factory=list)
 
     def add(self, key: Key, est: Any, training: Mapping[str, Any]) -> None:
         """One fitted model's table row, its arrays (array-stored SVMs) or its place in the skops list."""
-        scaler, det = _fitted_detector(key, est)
+        is_change = isinstance(est, change.ChangeDetector)
+        if is_change and not hasattr(est, "params_"):
+            raise ValueError(f"{key}: the change-z detector is not fitted")
+        scaler, det = (None, est) if is_change else _fitted_detector(key, est)
         row = self.table
         row["device"].append(key[0])
         row["sensor"].append(key[1])
         row["algorithm"].append(algorithm_name(est))
         row["scaled"].append(scaler is not None)
-        if is_fast_svm(est):
+        if is_change:
+            self.change_params.append(np.asarray(est.params_, dtype=np.float64))
+            row["store"].append("change")
+            row["sv_count"].append(0)
+            row["n_features"].append(len(change.FEATURES))
+        elif is_fast_svm(est):
             arrays = _svm_model_arrays(key, scaler, det)
             for name, values in arrays.items():
                 self.svm_parts[name].append(values)
@@ -307,6 +327,16 @@ class _PackContents:
                 "score_quantiles": None if all(v is None for col in self.quantiles.values() for v in col)
                 else {name: _float64_base64(col) for name, col in self.quantiles.items()},
                 "thresholds": {k: _float64_base64(col) for k, col in self.thresholds.items()}}
+
+
+    def change_section(self, announce: Sequence[str]) -> dict[str, Any] | None:
+        """The manifest's ``change`` section (see the module docstring), None without change-z models."""
+        if not self.change_params:
+            return None
+        params = np.vstack(self.change_params)
+        return {"models": len(params), "announce_sensors": [str(a) for a in announce],
+                "context_windows": change.CONTEXT_WINDOWS, "settle_windows": change.SETTLE_WINDOWS,
+                "params": {name: _float64_base64(params[:, i].tolist()) for i, name in enumerate(change.PARAMS)}}
 
 
 def _fitted_detector(key: Key, est: Any) -> tuple[Any | None, Any]:
@@ -403,6 +433,7 @@ def write_pack(
     training: Mapping[Key, Mapping[str, Any]] | None = None,
     overwrite: bool = False,
     shard_bytes: int = SVM_SHARD_BYTES,
+    announce: Sequence[str] = change.ANNOUNCE_SENSORS,
 ) -> dict[str, Any]:
     """Write fitted detectors as one pack into ``folder``; return the manifest.
 
@@ -412,6 +443,8 @@ def write_pack(
     ``size`` (windows), ``score_quantiles`` (see :func:`score_quantiles`), ``threshold`` and
     ``threshold_strong`` (see :mod:`thresholds`); missing keys mean unknown (threshold 0.0, strong NaN).
     ``shard_bytes``: target size of one SVM array file (consecutive SVMs are grouped until it is reached).
+    ``announce``: the sensors whose changes the change-z models were fitted to treat as announced (recorded with
+    them, so that scoring treats them the same way).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -439,6 +472,7 @@ def write_pack(
         "files": files,
         "svm": svm_section,
         "skops": skops_section,
+        "change": contents.change_section(announce),
         "models": contents.manifest_table(),
     }
     _atomic_write(folder / MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
@@ -539,6 +573,12 @@ class ModelPack:
         self.svm_shards = svm_shards
         self.others: list[Any] = others
         self.table = table
+        ch = manifest.get("change")
+        #: (change-z models, len(change.PARAMS)) float64 in table order, and what their features need
+        self.change_params = _check_change_section(ch, table)
+        self.announce_sensors: tuple[str, ...] = tuple(ch["announce_sensors"]) if ch else ()
+        self.context_windows: int = ch["context_windows"] if ch else change.CONTEXT_WINDOWS
+        self.settle_windows: int = ch["settle_windows"] if ch else change.SETTLE_WINDOWS
         nf_svm = np.where(table["is_svm"], table["n_features"], 0)
         sv_count = table["sv_count"]
         # offsets into the concatenated SVM arrays (cumulative over table order; 0 for skops rows)
@@ -588,9 +628,14 @@ class ModelPack:
         return self.index[key]
 
     def model(self, key: Key) -> Any:
-        """The model for ``key``: an :class:`SvmModel` (array-stored SVMs) or the loaded scikit-learn estimator."""
+        """The model for ``key``: an :class:`SvmModel` (array-stored SVMs), a fitted :class:`change.ChangeDetector`
+        or the loaded scikit-learn estimator."""
         i = self.index[key]
         t = self.table
+        if t["is_change"][i]:
+            det = change.ChangeDetector()
+            det.params_, det.n_features_in_ = self.change_params[int(t["index"][i])].copy(), len(change.FEATURES)
+            return det
         if not t["is_svm"][i]:
             return self.others[int(t["index"][i])]
         f, n, row = int(t["n_features"][i]), int(t["sv_count"][i]), int(t["index"][i])
@@ -626,6 +671,13 @@ def _training_frame(t: Mapping[str, np.ndarray]) -> pd.DataFrame:
         **{f"score_{name}": t[f"score_{name}"] for name, _ in QUANTILES},
         **{k: t[k] for k in THRESHOLDS},
     })
+
+
+def lookback_windows(manifest: Any) -> int:
+    """How many windows before a run's range the pack's features read (0 without change-z models): the context
+    the export sends with each pair."""
+    ch = manifest.get("change") if isinstance(manifest, dict) else None
+    return int(ch["context_windows"]) + int(ch["settle_windows"]) if isinstance(ch, dict) else 0
 
 
 def manifest_training_table(manifest: Any) -> pd.DataFrame:
@@ -711,10 +763,11 @@ def _check_manifest(m: dict[str, Any]) -> dict[str, np.ndarray]:
     ``score_<name>`` float64), plus ``is_svm`` and ``index`` (position in the model's store)."""
     svm, sk = _check_sections(m)
     table = _table_columns(m["models"])
-    is_svm, index = _store_numbers(table, svm, sk)
+    is_svm, is_change, index = _store_numbers(table, svm, sk, m.get("change"))
     if is_svm.any():
         _check_svm_rows(table, is_svm, svm["shards"])
-    return {**table, "is_svm": is_svm, "index": index}
+    _check_change_section(m.get("change"), table)
+    return {**table, "is_svm": is_svm, "is_change": is_change, "index": index}
 
 
 def _check_sections(m: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -779,21 +832,41 @@ def _table_columns(t: dict[str, Any]) -> dict[str, np.ndarray]:
     return table
 
 
-def _store_numbers(table: Mapping[str, np.ndarray], svm: dict[str, Any] | None, sk: dict[str, Any] | None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(is_svm, index): whether each model is an array-stored SVM, and its number in its store (SVMs and skops
-    detectors are each numbered in table order), checked against the sections' model counts."""
-    is_svm = table["store"] == "svm"
-    if not (is_svm | (table["store"] == "skops")).all():
+def _store_numbers(table: Mapping[str, np.ndarray], svm: dict[str, Any] | None, sk: dict[str, Any] | None,
+                   ch: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(is_svm, is_change, index): whether each model is an array-stored SVM or a change-z model, and its number in
+    its store (each store numbered in table order), checked against the sections' model counts."""
+    store = table["store"]
+    if not np.isin(store, STORES).all():
         raise _fail(f"models.store must be one of {STORES}")
-    n_svm = int(is_svm.sum())
-    n_sk = len(is_svm) - n_svm
-    if n_svm != (svm["models"] if svm else 0) or n_sk != (sk["models"] if sk else 0):
-        raise _fail("model counts per store do not match the 'svm'/'skops' sections")
-    index = np.empty(len(is_svm), dtype=np.int64)
-    index[is_svm] = np.arange(n_svm)
-    index[~is_svm] = np.arange(n_sk)
-    return is_svm, index
+    index = np.empty(len(store), dtype=np.int64)
+    for name, section in (("svm", svm), ("skops", sk), ("change", ch)):
+        mine = store == name
+        if int(mine.sum()) != (section["models"] if section else 0):
+            raise _fail("model counts per store do not match the 'svm'/'skops'/'change' sections")
+        index[mine] = np.arange(int(mine.sum()))
+    return store == "svm", store == "change", index
+
+
+def _check_change_section(ch: Any, table: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The 'change' section's parameters as a (models, len(change.PARAMS)) float64 array (None without one); the
+    change-z rows' algorithm and feature count."""
+    if ch is None:
+        return None
+    keys = {"models", "announce_sensors", "context_windows", "settle_windows", "params"}
+    if (not isinstance(ch, dict) or set(ch) != keys or not _is_int(ch["models"]) or ch["models"] < 1
+            or not isinstance(ch["announce_sensors"], list) or not _strings(ch["announce_sensors"])
+            or not all(_is_int(ch[k]) and 1 <= ch[k] <= 10_000 for k in ("context_windows", "settle_windows"))
+            or not isinstance(ch["params"], dict) or set(ch["params"]) != set(change.PARAMS)):
+        raise _fail("malformed 'change' section")
+    params = np.column_stack([_base64_float64(ch["params"][k], ch["models"], f"change.params.{k}")
+                              for k in change.PARAMS])
+    if not np.isfinite(params).all() or (params[:, [1, 2, 4]] <= 0).any():
+        raise _fail("change.params must be finite, with positive scales and floor")
+    rows = table["store"] == "change"
+    if (table["algorithm"][rows] != "change-z").any() or (table["n_features"][rows] != len(change.FEATURES)).any():
+        raise _fail(f"change-z models must have algorithm 'change-z' and {len(change.FEATURES)} features")
+    return params
 
 
 def _check_svm_rows(table: Mapping[str, np.ndarray], is_svm: np.ndarray, shards: list[dict[str, Any]]) -> None:

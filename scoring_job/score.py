@@ -46,13 +46,13 @@ import pyarrow.parquet as pq
 
 try:
     from . import engine
-    from .contract import PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
-    from .features import window_features
+    from .contract import CONTEXT_COLUMN, PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from .features import model_features
     from .pack import ModelPack, load_pack
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
     import engine
-    from contract import PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
-    from features import window_features
+    from contract import CONTEXT_COLUMN, PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from features import model_features
     from pack import ModelPack, load_pack
 
 log = logging.getLogger("fleetscore.score")
@@ -122,14 +122,26 @@ def write_atomic(table: pa.Table, path: Path) -> None:
 
 
 def read_partition(path: str) -> pd.DataFrame:
-    """A partition's window rows; device and sensor stay dictionary-encoded (pandas Categorical)."""
-    table = pq.read_table(path, columns=list(WINDOW_COLUMNS), read_dictionary=["device", "sensor"])
+    """A partition's window rows and their ``context`` flag (all false when the file has no such column); device and
+    sensor stay dictionary-encoded (pandas Categorical)."""
+    names = pq.read_schema(path).names
+    columns = list(WINDOW_COLUMNS) + ([CONTEXT_COLUMN] if CONTEXT_COLUMN in names else [])
+    table = pq.read_table(path, columns=columns, read_dictionary=["device", "sensor"])
     frame = table.to_pandas()
+    frame[CONTEXT_COLUMN] = frame[CONTEXT_COLUMN].fillna(False).astype(bool) if CONTEXT_COLUMN in names else False
     for k in ("device", "sensor"):
         if not isinstance(frame[k].dtype, pd.CategoricalDtype):
             frame[k] = frame[k].astype("category")
         frame[k] = frame[k].cat.rename_categories(lambda v: str(v))
     return frame
+
+
+def partition_features(windows: pd.DataFrame, pack: ModelPack) -> pd.DataFrame:
+    """The features ``pack`` scores, of a partition's windows: computed over all rows (context rows give the first
+    windows their baseline and announced changes), then the context rows dropped."""
+    feats = model_features(windows, pack.features, pack.window_minutes * 60_000, announce=pack.announce_sensors,
+                           context=pack.context_windows, settle=pack.settle_windows)
+    return feats[~windows[CONTEXT_COLUMN].to_numpy(dtype=bool)].reset_index(drop=True)
 
 
 def score_partition(path: str, pack: ModelPack, output: Path, run_id: str = "", dtype: str = "float64") -> dict:
@@ -138,7 +150,7 @@ def score_partition(path: str, pack: ModelPack, output: Path, run_id: str = "", 
     row: dict[str, Any] = {"partition": name, "rows": 0, "models": 0, "anomalies": 0, "windows_no_model": 0,
                            "failures": 0, "failure_detail": "{}", "status": "error", "error": None}
     try:
-        feats = window_features(read_partition(os.fspath(path)))
+        feats = partition_features(read_partition(os.fspath(path)), pack)
         pred, stats = engine.score(feats, pack, run_id=run_id, dtype=dtype)
         write_atomic(to_arrow(pred), output / name)
         failures = stats.failures

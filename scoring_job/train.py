@@ -5,7 +5,9 @@
 
 Algorithms (``params`` override the detector's parameters; ``{"scaler": False}`` drops the StandardScaler):
 
-* ``ocsvm-rbf`` (default): StandardScaler + OneClassSVM(kernel="rbf", nu=0.05, gamma="scale")
+* ``change-z`` (default): the window against its pair's recent windows as robust z-scores (:mod:`change`; no
+  parameters, features ``mean_change, std, n``, which :func:`fit_fleet` derives from the window features)
+* ``ocsvm-rbf``: StandardScaler + OneClassSVM(kernel="rbf", nu=0.05, gamma="scale")
 * ``ocsvm-linear``: StandardScaler + OneClassSVM(kernel="linear", nu=0.05)
 * ``isolation-forest``: IsolationForest(n_estimators=100, contamination=0.05, random_state=0)
 * ``lof``: StandardScaler + LocalOutlierFactor(novelty=True, n_neighbors=20, contamination=0.05)
@@ -32,10 +34,12 @@ import numpy as np
 import pandas as pd
 
 try:
+    from . import change
     from .features import FEATURES
     from .pack import training_info
     from .thresholds import FALSE_RATE, FOLDS, calibrate, out_of_fold_margins
 except ImportError:  # imported as a top-level module (the Azure ML code snapshot)
+    import change
     from features import FEATURES
     from pack import training_info
     from thresholds import FALSE_RATE, FOLDS, calibrate, out_of_fold_margins
@@ -43,13 +47,14 @@ except ImportError:  # imported as a top-level module (the Azure ML code snapsho
 Key = tuple[str, str]
 
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "change-z": {},
     "ocsvm-rbf": {"kernel": "rbf", "nu": 0.05, "gamma": "scale"},
     "ocsvm-linear": {"kernel": "linear", "nu": 0.05},
     "isolation-forest": {"n_estimators": 100, "contamination": 0.05, "random_state": 0},
     "lof": {"novelty": True, "n_neighbors": 20, "contamination": 0.05},
     "elliptic-envelope": {"contamination": 0.05, "random_state": 0},
 }
-_SCALED = {"ocsvm-rbf": True, "ocsvm-linear": True, "isolation-forest": False, "lof": True,
+_SCALED = {"change-z": False, "ocsvm-rbf": True, "ocsvm-linear": True, "isolation-forest": False, "lof": True,
            "elliptic-envelope": False}
 
 
@@ -70,6 +75,8 @@ def make_estimator(algorithm: str = "ocsvm-rbf", params: Mapping[str, Any] | Non
 
     if algorithm not in DEFAULT_PARAMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(DEFAULT_PARAMS)}")
+    if algorithm == "change-z":
+        return change.ChangeDetector().set_params(**dict(params or {}))
     p = dict(params or {})
     scaler = bool(p.pop("scaler", _SCALED[algorithm]))
     kwargs = {**DEFAULT_PARAMS[algorithm], **p}
@@ -196,14 +203,22 @@ def fit_fleet(
     progress: Callable[[int, int], None] | None = None,
     false_rate: float = FALSE_RATE,
     folds: int = FOLDS,
+    window_ms: int = 300_000,
+    announce: Sequence[str] = change.ANNOUNCE_SENSORS,
 ) -> FitResult:
     """Fit one detector per (device, sensor) of ``features`` (columns device, sensor, window_end and
     ``feature_names``). Rows with a non-finite feature are left out; pairs with fewer than ``min_windows`` usable
     windows are skipped with the reason. Each pair's alert thresholds come from out-of-fold scores over ``folds``
     contiguous time blocks at the target ``false_rate`` per window (see :mod:`thresholds`). Runs on ``n_jobs``
-    processes (-1: all cores) and calls ``progress(done, total)`` as pairs finish."""
+    processes (-1: all cores) and calls ``progress(done, total)`` as pairs finish. ``mean_change`` (and the settling
+    windows, left out as non-finite) is derived from the window features when asked for and absent, with windows of
+    ``window_ms`` and the ``announce`` sensors (:func:`change.change_features`)."""
     template = make_estimator(algorithm, params)
     names = [str(f) for f in feature_names]
+    if algorithm == "change-z" and tuple(names) != change.FEATURES:
+        raise ValueError(f"change-z reads the features {','.join(change.FEATURES)}, got {','.join(names)}")
+    if "mean_change" in names and "mean_change" not in features.columns:
+        features = change.change_features(features, window_ms, announce=announce)
     missing = [c for c in ("device", "sensor", "window_end", *names) if c not in features.columns]
     if missing:
         raise ValueError(f"features lack columns {missing}")

@@ -1,0 +1,202 @@
+"""The change-z detector: each window against its own pair's recent windows, as robust z-scores (pure numpy/pandas).
+
+A sensor's level moves for many normal reasons that a model of absolute values has to learn one by one (daily and
+weekly cycles, trends, slow wander, a new operating point): a window is judged instead by how it *changes* from the
+windows just before it, and by its spread.
+
+Features (:func:`change_features`, over window features sorted or not; times epoch ms or UTC datetimes):
+
+* ``mean_change``: the window's mean minus the median of the pair's means in the :data:`CONTEXT_WINDOWS` windows
+  before it (windows ending in [end - C·W, end - W]); NaN when none of them has a reading, and NaN while *settling*;
+* ``settling``: the window lies within :data:`SETTLE_WINDOWS` windows after an *announced change* of its device: a
+  window of one of the device's announce sensors (:data:`ANNOUNCE_SENSORS`, e.g. a setpoint) whose mean differs
+  from that sensor's previous window or whose readings differ within it. A new setpoint moves the sensors it
+  controls to a new level: that is not a fault, and the recent windows are a baseline again once they have settled.
+
+The detector (:class:`ChangeDetector`, ``MODEL_ALGORITHM=change-z``) fits five numbers per pair on its training
+windows (settling ones and those without a baseline left out): the median and robust scale of ``mean_change``, a
+floor for the spread (:data:`STD_FLOOR_SHARE` of the median window std) and the median and robust scale of
+log(std + floor). The score of a window is the larger of |z| of the two; a window without a baseline (no reading in
+the context) contributes no change, a window with fewer than 2 readings no spread. A robust scale is the larger of
+1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second does not collapse
+on quantised or mostly-constant sensors, whose MAD is 0). A sensor stuck on one value has std 0, log(floor) far
+below its usual spread; a spike, a step or a burst of noise moves the mean or the spread away from the recent past.
+
+The scoring job needs :data:`LOOKBACK_WINDOWS` windows before a run's first window to compute both (the export
+carries them as context rows, not scored).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CONTEXT_WINDOWS = 6
+"""Windows before a window that form its baseline (30 minutes at 5-minute windows)."""
+SETTLE_WINDOWS = 18
+"""Windows after an announced change (its own included) that are not judged (90 minutes at 5-minute windows)."""
+LOOKBACK_WINDOWS = CONTEXT_WINDOWS + SETTLE_WINDOWS
+"""Windows before a run's first window that its scoring reads (baselines and changes announced before it)."""
+ANNOUNCE_SENSORS: tuple[str, ...] = ("setpoint",)
+"""Sensors whose change announces a normal level change of their device's other sensors (default)."""
+FEATURES: tuple[str, ...] = ("mean_change", "std", "n")
+"""What the change-z detector reads, in this order (``n``: readings in the window)."""
+PARAMS: tuple[str, ...] = ("change_center", "change_scale", "std_floor", "log_std_center", "log_std_scale")
+"""A fitted detector's numbers, in this order (what the model pack stores per model)."""
+STD_FLOOR_SHARE = 0.1
+"""The spread's floor, as a share of the pair's median window std over windows with 2 readings or more."""
+_MAD_TO_SD = 1.4826
+_Q90_TO_SD = 1.0 / 1.645
+_TINY = 1e-12
+
+
+def _epoch_ms(col: pd.Series) -> np.ndarray:
+    if pd.api.types.is_integer_dtype(col.dtype):
+        return col.to_numpy(dtype=np.int64)
+    return pd.to_datetime(col, utc=True).dt.as_unit("ms").array.asi8.astype(np.int64, copy=False)
+
+
+def _pair_order(device: np.ndarray, sensor: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Row positions sorted by (device, sensor, end)."""
+    return np.lexsort((end, sensor, device))
+
+
+def baseline_change(mean: np.ndarray, same_pair: list[np.ndarray], gaps: list[np.ndarray], window_ms: int,
+                    context: int) -> np.ndarray:
+    """(rows,) mean minus the median of the earlier means of the same pair within ``context`` windows; rows sorted
+    by pair and time; ``same_pair[j-1]``/``gaps[j-1]`` say whether row i - j is the same pair and how far back
+    (ms) it ends. NaN where no earlier mean is in reach."""
+    rows = len(mean)
+    earlier = np.full((rows, context), np.nan)
+    for j in range(1, context + 1):
+        ok = same_pair[j - 1] & (gaps[j - 1] <= context * window_ms)
+        earlier[j:, j - 1] = np.where(ok[j:], mean[:-j], np.nan) if rows > j else earlier[j:, j - 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no baseline
+        return mean - np.nanmedian(earlier, axis=1) if rows else np.zeros(0)
+
+
+def announced_changes(frame: pd.DataFrame, end: np.ndarray, announce: Sequence[str]) -> pd.DataFrame:
+    """The announced changes (columns device, start: the window end of the change, epoch ms), sorted by start:
+    windows of an announce sensor whose mean differs from its previous window's or whose min differs from its
+    max."""
+    is_announce = frame["sensor"].astype(str).isin(list(announce)).to_numpy()
+    sub = pd.DataFrame({"device": frame["device"].astype(str).to_numpy()[is_announce],
+                        "sensor": frame["sensor"].astype(str).to_numpy()[is_announce], "start": end[is_announce],
+                        "mean": frame["mean"].to_numpy(dtype=np.float64)[is_announce],
+                        "spread": (frame["max"].to_numpy(dtype=np.float64)
+                                   - frame["min"].to_numpy(dtype=np.float64))[is_announce]})
+    sub = sub.sort_values(["device", "sensor", "start"], kind="stable")
+    previous = sub.groupby(["device", "sensor"], sort=False)["mean"].shift()
+    changed = (previous.notna() & (sub["mean"] != previous)) | (sub["spread"] != 0)
+    return sub.loc[changed, ["device", "start"]].sort_values("start", kind="stable", ignore_index=True)
+
+
+def settling_rows(frame: pd.DataFrame, end: np.ndarray, announce: Sequence[str], window_ms: int,
+                  settle: int) -> np.ndarray:
+    """(rows,) bool: the row's window ends within ``settle`` windows of its device's latest announced change (the
+    change's own window included)."""
+    changes = announced_changes(frame, end, announce)
+    if changes.empty or not len(frame):
+        return np.zeros(len(frame), dtype=bool)
+    rows = pd.DataFrame({"device": frame["device"].astype(str).to_numpy(), "end": end, "row": np.arange(len(frame))})
+    rows = rows.sort_values("end", kind="stable")
+    latest = pd.merge_asof(rows, changes.rename(columns={"start": "end_change"}), left_on="end",
+                           right_on="end_change", by="device", direction="backward")
+    out = np.zeros(len(frame), dtype=bool)
+    out[latest["row"].to_numpy()] = (latest["end"] - latest["end_change"] < settle * window_ms).fillna(False).to_numpy()
+    return out
+
+
+def change_features(features: pd.DataFrame, window_ms: int, *, announce: Sequence[str] = ANNOUNCE_SENSORS,
+                    context: int = CONTEXT_WINDOWS, settle: int = SETTLE_WINDOWS) -> pd.DataFrame:
+    """``features`` (window features: device, sensor, window_end, n, mean, min, max, std) with ``mean_change`` and
+    ``settling`` added (module docstring), in the same row order. Pure."""
+    end = _epoch_ms(features["window_end"])
+    device = features["device"].astype(str).to_numpy()
+    sensor = features["sensor"].astype(str).to_numpy()
+    order = _pair_order(device, sensor, end)
+    d, s, e = device[order], sensor[order], end[order]
+    same, gaps = [], []
+    for j in range(1, context + 1):
+        same.append(np.concatenate([np.zeros(min(j, len(e)), bool), (d[j:] == d[:-j]) & (s[j:] == s[:-j])]))
+        gaps.append(np.concatenate([np.full(min(j, len(e)), np.iinfo(np.int64).max), e[j:] - e[:-j]]))
+    change_sorted = baseline_change(features["mean"].to_numpy(dtype=np.float64)[order], same, gaps, window_ms,
+                                    context)
+    change = np.empty(len(features))
+    change[order] = change_sorted
+    settling = settling_rows(features, end, announce, window_ms, settle)
+    change[settling] = np.nan
+    return features.assign(mean_change=change, settling=settling)
+
+
+# ------------------------------------------------------------------------------------------ the detector
+def _robust(x: np.ndarray) -> tuple[float, float]:
+    """(median, robust scale) of the finite values of x (module docstring); (0, 1) for none."""
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return 0.0, 1.0
+    center = float(np.median(x))
+    dev = np.abs(x - center)
+    return center, max(_MAD_TO_SD * float(np.median(dev)), _Q90_TO_SD * float(np.quantile(dev, 0.9)), _TINY)
+
+
+def fit_params(X: np.ndarray) -> np.ndarray:
+    """(5,) :data:`PARAMS` fitted on X (windows, :data:`FEATURES`)."""
+    X = np.asarray(X, dtype=np.float64)
+    change, std, n = X[:, 0], X[:, 1], X[:, 2]
+    spread = std[(n >= 2) & np.isfinite(std)]
+    floor = max(STD_FLOOR_SHARE * float(np.median(spread)), _TINY) if len(spread) else _TINY
+    c_center, c_scale = _robust(change)
+    s_center, s_scale = _robust(np.log(spread + floor))
+    return np.array([c_center, c_scale, floor, s_center, s_scale])
+
+
+def change_scores(X: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """(rows,) score of each row of X (rows, :data:`FEATURES`) under its own params (rows, :data:`PARAMS`): the
+    larger of |z| of the change and of the log spread; a NaN change or n < 2 contributes 0."""
+    X = np.asarray(X, dtype=np.float64)
+    change, std, n = X[:, 0], X[:, 1], X[:, 2]
+    z_change = np.abs(change - params[:, 0]) / params[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z_spread = np.abs(np.log(np.maximum(std, 0.0) + params[:, 2]) - params[:, 3]) / params[:, 4]
+    z_change = np.where(np.isnan(change), 0.0, z_change)
+    z_spread = np.where((n >= 2) & np.isfinite(std), z_spread, 0.0)
+    return np.maximum(z_change, z_spread)
+
+
+class ChangeDetector:
+    """change-z as a scikit-learn style detector (fit, decision_function = -score, score_samples), for training,
+    calibration (:mod:`thresholds` clones it) and the reference computation of the engine's vectorised path."""
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {}
+
+    def set_params(self, **params: Any) -> ChangeDetector:
+        if params:
+            raise ValueError(f"change-z has no parameters, got {sorted(params)}")
+        return self
+
+    def fit(self, X: np.ndarray, y: Any = None) -> ChangeDetector:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(FEATURES):
+            raise ValueError(f"change-z reads {len(FEATURES)} features {FEATURES}, got shape {X.shape}")
+        self.params_ = fit_params(X)
+        self.n_features_in_ = len(FEATURES)
+        return self
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        """Negated scores (higher is more normal), as scikit-learn's detectors."""
+        X = np.asarray(X, dtype=np.float64)
+        return -change_scores(X, np.broadcast_to(self.params_, (len(X), len(PARAMS))))
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return self.score_samples(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """+1 normal / -1 beyond 3 robust sd, for scikit-learn compatibility; alerts use calibrated thresholds."""
+        return np.where(self.decision_function(X) < -3.0, -1, 1)

@@ -1,0 +1,174 @@
+"""change-z: its features against a row-by-row reference, the detector's robust fit, and the pack + engine path
+against the detector itself (exact), with settling and baseline-less windows."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scoring_job import change, engine
+from scoring_job.pack import PackError, load_pack, lookback_windows, write_pack
+from scoring_job.train import fit_fleet
+
+W = 300_000
+T0 = 1_795_000_000_000 // W * W
+
+
+def windows(rng: np.random.Generator, pairs: dict[tuple[str, str], int], *, drop: float = 0.1) -> pd.DataFrame:
+    """Window features of `pairs` ({(device, sensor): windows}) on a 5-minute grid from T0, a share `drop` of the
+    windows missing (gaps), rows shuffled."""
+    parts = []
+    for (d, s), count in pairs.items():
+        ends = T0 + W * np.arange(1, count + 1)
+        ends = ends[rng.random(count) >= drop]
+        mean = 20.0 + np.cumsum(rng.normal(0, 0.2, len(ends)))
+        std = np.abs(rng.normal(1.0, 0.2, len(ends)))
+        parts.append(pd.DataFrame({"device": d, "sensor": s, "window_end": ends, "n": 5, "mean": mean,
+                                   "min": mean - 2 * std, "max": mean + 2 * std, "std": std}))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.sample(frac=1.0, random_state=int(rng.integers(1 << 30))).reset_index(drop=True)
+
+
+def reference_change(frame: pd.DataFrame, context: int) -> np.ndarray:
+    """Row by row: mean minus the median of the same pair's means ending in [end - context·W, end - W]."""
+    out = np.full(len(frame), np.nan)
+    for i, row in enumerate(frame.itertuples()):
+        same = frame[(frame["device"] == row.device) & (frame["sensor"] == row.sensor)
+                     & (frame["window_end"] < row.window_end) & (frame["window_end"] >= row.window_end - context * W)]
+        if same["mean"].notna().any():  # windows without a mean (no reading) are no baseline
+            out[i] = row.mean - float(np.nanmedian(same["mean"]))
+    return out
+
+
+def test_mean_change_is_the_mean_minus_the_median_of_the_pairs_recent_windows():
+    rng = np.random.default_rng(5)
+    frame = windows(rng, {("d-1", "temp"): 60, ("d-1", "rpm"): 60, ("d-2", "temp"): 40})
+    frame.loc[rng.choice(len(frame), 5, replace=False), "mean"] = np.nan  # windows without a mean
+    out = change.change_features(frame, W, announce=())
+    assert list(out.index) == list(frame.index) and not out["settling"].any()
+    np.testing.assert_allclose(out["mean_change"], reference_change(frame, change.CONTEXT_WINDOWS), rtol=0,
+                               atol=1e-12)
+    first = frame.groupby(["device", "sensor"])["window_end"].transform("min") == frame["window_end"]
+    assert out.loc[first, "mean_change"].isna().all()  # no baseline yet
+
+
+def test_an_announced_change_settles_its_device_and_only_its_device():
+    rng = np.random.default_rng(6)
+    frame = windows(rng, {("d-1", "temp"): 60, ("d-1", "setpoint"): 60, ("d-2", "temp"): 60,
+                          ("d-2", "setpoint"): 60}, drop=0.0)
+    sp = frame["sensor"] == "setpoint"
+    frame.loc[sp, ["mean", "min", "max", "std"]] = [70.0, 70.0, 70.0, 0.0]
+    step = T0 + 20 * W  # d-1's setpoint steps to 80 in the window ending here (readings of both levels)
+    d1 = sp & (frame["device"] == "d-1")
+    frame.loc[d1 & (frame["window_end"] > step), ["mean", "min", "max"]] = 80.0
+    frame.loc[d1 & (frame["window_end"] == step), ["mean", "min", "max", "std"]] = [75.0, 70.0, 80.0, 5.0]
+    out = change.change_features(frame, W, settle=4)
+    settling = out.loc[out["settling"]]
+    assert set(settling["device"]) == {"d-1"} and set(settling["sensor"]) == {"temp", "setpoint"}
+    # the step's window (min != max) and the next, whose mean differs from the step window's: 4 windows each
+    assert sorted(set(settling["window_end"])) == [step + k * W for k in range(5)]
+    assert settling["mean_change"].isna().all()
+    assert out.loc[~out["settling"] & (out["window_end"] > T0 + 7 * W), "mean_change"].notna().all()
+    quiet = change.change_features(frame, W, announce=())
+    assert not quiet["settling"].any()
+
+
+def test_the_detector_fits_robust_centres_and_scales_that_do_not_collapse_on_quantised_sensors():
+    rng = np.random.default_rng(7)
+    n = 500
+    X = np.column_stack([rng.normal(0.5, 2.0, n), np.abs(rng.normal(1.0, 0.3, n)), np.full(n, 5.0)])
+    det = change.ChangeDetector().fit(X)
+    c_center, c_scale, floor, s_center, s_scale = det.params_
+    assert c_center == pytest.approx(0.5, abs=0.3) and c_scale == pytest.approx(2.0, rel=0.15)
+    assert floor == pytest.approx(0.1 * np.median(X[:, 1]))
+    # a quantised sensor: most changes exactly 0, its MAD is 0, its robust scale is not
+    Q = X.copy()
+    Q[:, 0] = np.where(rng.random(n) < 0.7, 0.0, rng.choice([-1.0, 1.0], n))
+    assert change.ChangeDetector().fit(Q).params_[1] > 0.3
+    scores = -det.decision_function(np.array([[0.5, 1.0, 5], [20.0, 1.0, 5], [0.5, 0.0, 5], [np.nan, 1.0, 5],
+                                              [0.5, 0.0, 1]]))
+    assert scores[0] < 1 and scores[1] > 8  # a jump of 10 robust sd
+    assert scores[2] > 5  # stuck: no spread at all
+    assert scores[3] < 1 and scores[4] < 1  # no baseline: no change evidence; one reading: no spread evidence
+
+
+def _fleet(rng: np.random.Generator) -> pd.DataFrame:
+    frame = windows(rng, {("d-1", "temp"): 300, ("d-1", "setpoint"): 300, ("d-2", "temp"): 300}, drop=0.05)
+    sp = frame["sensor"] == "setpoint"
+    frame.loc[sp, ["mean", "min", "max", "std"]] = [70.0, 70.0, 70.0, 0.0]
+    frame.loc[sp & (frame["window_end"] > T0 + 250 * W), ["mean", "min", "max"]] = 90.0
+    return frame
+
+
+def test_pack_and_engine_score_exactly_as_the_detector_with_settling_and_missing_baselines():
+    rng = np.random.default_rng(8)
+    frame = change.change_features(_fleet(rng), W)
+    train = frame[frame["window_end"] <= T0 + 200 * W]
+    fit = fit_fleet(train, algorithm="change-z", feature_names=change.FEATURES, n_jobs=1, window_ms=W)
+    assert sorted(fit.models) == [("d-1", "setpoint"), ("d-1", "temp"), ("d-2", "temp")]
+    test = frame[frame["window_end"] > T0 + 200 * W].copy()
+    test.loc[test.index[:3], "mean_change"] = np.nan  # windows without a baseline
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = write_pack(fit.models, tmp, version="cz", features=change.FEATURES, training=fit.training)
+        pack = load_pack(tmp)
+    assert manifest["change"]["models"] == 3 and manifest["files"] == {} and lookback_windows(manifest) == 24
+    assert pack.announce_sensors == change.ANNOUNCE_SENSORS
+    as_scored = test.assign(window_end=pd.to_datetime(test["window_end"], unit="ms", utc=True))  # as the job has it
+    out, stats = engine.score(as_scored, pack, run_id="r")
+    assert stats.change_models == 3 and stats.settling_windows == int(test["settling"].sum()) > 0
+    assert (out["status"] == "settling").sum() == stats.settling_windows
+    assert out.loc[out["status"] == "settling", "score"].isna().all()
+    ok = out[out["status"] == "ok"]
+    assert len(ok) + stats.settling_windows == len(test)  # a NaN change is scored, not an error
+    for key, model in fit.models.items():
+        mine = ok[(ok["device"] == key[0]) & (ok["sensor"] == key[1])]
+        rows = test.set_index(["device", "sensor", "window_end"]).loc[
+            [(key[0], key[1], int(t)) for t in mine["window_end"].dt.as_unit("ms").array.asi8]]
+        expected = -model.decision_function(rows[list(change.FEATURES)].to_numpy())
+        np.testing.assert_array_equal(mine["score"].to_numpy(), expected)
+        np.testing.assert_array_equal(pack.model(key).params_, model.params_)
+        assert (mine["threshold"] == fit.training[key]["threshold"]).all()
+
+
+def test_fit_fleet_derives_the_change_features_and_refuses_others_for_change_z():
+    rng = np.random.default_rng(9)
+    frame = _fleet(rng)
+    fit = fit_fleet(frame, algorithm="change-z", feature_names=change.FEATURES, n_jobs=1, window_ms=W)
+    derived = change.change_features(frame, W)
+    usable = derived["mean_change"].notna()
+    temp = (derived["device"] == "d-1") & (derived["sensor"] == "temp")
+    assert fit.training[("d-1", "temp")]["size"] == int((usable & temp).sum())  # settling windows left out
+    with pytest.raises(ValueError, match="change-z reads"):
+        fit_fleet(frame, algorithm="change-z", feature_names=("mean", "std"), n_jobs=1)
+    with pytest.raises(ValueError, match="no parameters"):
+        fit_fleet(frame, algorithm="change-z", params={"nu": 0.1}, feature_names=change.FEATURES, n_jobs=1)
+
+
+def _b64(values: list[float]) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f8").tobytes()).decode()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ch: ch["params"].update(change_scale=_b64([1.0, 0.0, 1.0])), "positive scales"),
+    (lambda ch: ch["params"].update(std_floor=_b64([1.0, np.inf, 1.0])), "finite"),
+    (lambda ch: ch.update(models=2), "model counts"),
+    (lambda ch: ch.pop("announce_sensors"), "malformed 'change'"),
+    (lambda ch: ch.update(context_windows=0), "malformed 'change'"),
+])
+def test_a_malformed_change_section_is_refused(edit, message):
+    rng = np.random.default_rng(10)
+    fit = fit_fleet(_fleet(rng), algorithm="change-z", feature_names=change.FEATURES, n_jobs=1, window_ms=W)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pack(fit.models, tmp, version="cz", features=change.FEATURES, training=fit.training)
+        path = Path(tmp) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        edit(manifest["change"])
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(PackError, match=message):
+            load_pack(tmp)
