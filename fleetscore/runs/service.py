@@ -36,7 +36,8 @@ from fleetscore.runs.claims import (
 from fleetscore.runs.export import export_run
 from fleetscore.runs.manifest import RunManifest
 from fleetscore.runs.slots import run_id_for_slot
-from fleetscore.training import current_model_version
+from fleetscore.training import current_model_version, read_pack_manifest
+from scoring_job.pack import lookback_windows
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,13 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
     version = current_model_version(store)
     if version is None:
         raise RunError("no active model pack: run `fleetscore train --activate` first")
+    lookback = lookback_windows(read_pack_manifest(store, version))
     request = SubmitRequest.for_run(claim.run_id, claim.slot_ms, version)
     feed: Feed | None = backend.open_feed(request)  # the local backend scores partitions while they export
     manifest = _timed(outcome, "export", lambda: export_run(
         engine, store, claim, model_version=version, window_ms=settings.window_ms,
         partition_models=settings.partition_models, progress=_stage(progress, "export"),
-        on_partition=feed.add if feed is not None else None))
+        on_partition=feed.add if feed is not None else None, lookback_windows=lookback))
     outcome.manifest = manifest
     update_run(engine, claim.run_id, model_version=version, partitions=len(manifest.partitions),
                models=manifest.pairs, windows=manifest.windows, timings=json.dumps(outcome.timings))

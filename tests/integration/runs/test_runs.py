@@ -239,3 +239,40 @@ def test_timer_past_due_claims_the_missed_slot_once(fleet):
     with services.engine.connect() as conn:
         wm = conn.execute(sa.select(db.watermarks.c.value)).scalar()
     assert wm == runs["window_until"].iloc[0]
+
+
+def test_a_change_z_run_exports_context_scores_only_its_range_and_scores_as_the_detector(fleet):
+    from fleetscore.training import load_windows
+    from scoring_job import change
+    from scoring_job.features import model_features
+    from scoring_job.pack import load_pack
+
+    services, sim, _ = fleet
+    trained = train(services.engine, services.store, from_ms=None, until_ms=sim.clean_until_ms, min_windows=48,
+                    algorithm="change-z", features=change.FEATURES, window_minutes=5, activate=True, n_jobs=1)
+    slot = sim.clean_until_ms + 3 * HOUR + 5 * 60_000
+    outcome = start_run(services, slot, trigger="test")
+    assert outcome.status == "succeeded", outcome.error
+    store, manifest = services.store, outcome.manifest
+    lo, hi = manifest.window_from, manifest.window_until
+    parts = pd.concat([pd.read_parquet(store.local_path(f"data/{outcome.run_id}/{p.name}"))
+                       for p in manifest.partitions], ignore_index=True)
+    ends = parts["window_end"].dt.as_unit("ms").array.asi8
+    context_from = lo - change.LOOKBACK_WINDOWS * W
+    assert (parts["context"] == (ends <= lo)).all() and parts["context"].any()
+    assert ends.min() > context_from and ends.max() <= hi
+    assert manifest.windows == int((~parts["context"]).sum())
+    preds = pd.concat([pd.read_parquet(store.local_path(b.name))
+                       for b in store.list(f"predictions/{outcome.run_id}/")], ignore_index=True)
+    pred_ends = preds["window_end"].dt.as_unit("ms").array.asi8
+    assert len(preds) == manifest.windows and pred_ends.min() > lo and pred_ends.max() <= hi
+    # independently: the features over every stored window, then the pack's own detector per pair
+    windows = load_windows(services.engine, None, hi)
+    windows["window_end"] = pd.to_datetime(windows["window_end"], unit="ms", utc=True)
+    feats = model_features(windows, change.FEATURES, W)
+    feats = feats[feats["window_end"] > pd.Timestamp(lo, unit="ms", tz="UTC")]
+    pack = load_pack(store.local_path(f"models/{trained.version}"))
+    for (device, sensor), mine in preds.groupby(["device", "sensor"]):
+        rows = feats[(feats["device"] == device) & (feats["sensor"] == sensor)].sort_values("window_end")
+        expected = -pack.model((device, sensor)).decision_function(rows[list(change.FEATURES)].to_numpy())
+        np.testing.assert_allclose(mine.sort_values("window_end")["score"], expected, rtol=1e-12, atol=1e-12)
