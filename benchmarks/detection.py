@@ -12,9 +12,10 @@ on the clean days and are scored on the faulty days after them. Three ways to tu
      real alert rules (`fleetscore.alerts.episodes.update_alerts`) over the scored windows - the same code the
      index runs, called directly (no SQL; the pack goes through a temporary folder because the engine loads packs
      from one);
- (b) today's default before issue 12, fixed here so it stays put while the library changes: the same scores,
-     a window is anomalous when score > 0, and every run of consecutive anomalous windows is one alert
-     (ALERT_MIN_WINDOWS = 1), raised at its first window;
+ (b) today's default before issue 12, fixed here so it stays put while the library changes: the one-class SVM
+     (ocsvm-rbf) on the window statistics mean, min, max, std, trained and scored the same way; a window is
+     anomalous when score > 0, and every run of consecutive anomalous windows is one alert (ALERT_MIN_WINDOWS = 1),
+     raised at its first window;
  (c) the reference architecture: per pair one StandardScaler + OneClassSVM(rbf, nu=0.05, gamma="scale") - the
      model `benchmarks/scoring.py` stands in for the reference with - fitted on the pair's RAW clean-day readings
      (one feature: the value) and predicting every faulty-day reading; every flagged reading is an alert. The row
@@ -68,7 +69,7 @@ from fleetscore.ingest.windows import aggregate, window_end  # noqa: E402
 from fleetscore.settings import Settings  # noqa: E402
 from fleetscore.sim.simulate import Simulation, simulate_fleet  # noqa: E402
 from scoring_job import engine  # noqa: E402
-from scoring_job.features import window_features  # noqa: E402
+from scoring_job.features import model_features  # noqa: E402
 from scoring_job.pack import load_pack, write_pack  # noqa: E402
 from scoring_job.train import fit_fleet, make_estimator  # noqa: E402
 
@@ -96,12 +97,13 @@ def scenario_name() -> str:
     return "varied" if "scenario" in inspect.signature(simulate_fleet).parameters else "default (no varied yet)"
 
 
-def window_rows(sim: Simulation, window_ms: int) -> pd.DataFrame:
-    """Every window's features (device, sensor, window_end UTC datetime, n, mean, min, max, std), as ingest and
-    export produce them, sorted by pair and time."""
-    windows = aggregate(sim.readings, window_ms)
+def window_rows(sim: Simulation, settings: Settings) -> pd.DataFrame:
+    """Every window's features for the library's models (device, sensor, window_end UTC datetime, n, mean, min,
+    max, std, time of day, and for change-z mean_change and settling), as ingest and the scoring job produce them,
+    over the whole simulated range (so the first scored windows have their baseline)."""
+    windows = aggregate(sim.readings, settings.window_ms)
     windows["window_end"] = pd.to_datetime(windows["window_end"], unit="ms", utc=True)
-    return window_features(windows)
+    return model_features(windows, settings.features, settings.window_ms, announce=settings.announce)
 
 
 def fleet_pair_days(sim: Simulation) -> float:
@@ -115,6 +117,11 @@ def default_settings() -> Settings:
     return Settings.model_construct()
 
 
+def before_issue_12() -> Settings:
+    """(b)'s models: the one-class SVM on the window statistics, the default before issue 12."""
+    return Settings.model_construct(model_algorithm="ocsvm-rbf", model_features="mean,min,max,std")
+
+
 def score_faulty_days(features: pd.DataFrame, sim: Simulation, settings: Settings, folder: Path,
                       tick: Tick) -> pd.DataFrame:
     """Train on the clean days' windows as `fleetscore train` does, then score the faulty days' windows with the
@@ -123,10 +130,10 @@ def score_faulty_days(features: pd.DataFrame, sim: Simulation, settings: Setting
     train = features[features["window_end"] <= clean_until]
     fit = fit_fleet(train, algorithm=settings.model_algorithm, params=settings.model_params,
                     feature_names=settings.features, min_windows=settings.model_min_windows,
-                    false_rate=settings.alert_false_rate,
-                    progress=lambda done, total: tick("(a) train the library's models", done, total))
+                    false_rate=settings.alert_false_rate, window_ms=settings.window_ms, announce=settings.announce,
+                    progress=lambda done, total: tick(f"train {settings.model_algorithm}", done, total))
     write_pack(fit.models, folder, version="bench", features=settings.features,
-               window_minutes=settings.window_minutes, training=fit.training)
+               window_minutes=settings.window_minutes, training=fit.training, announce=settings.announce)
     pack = load_pack(folder)
     predictions = engine.score(features[features["window_end"] > clean_until], pack, run_id="bench").predictions
     scored = predictions[predictions["status"] == "ok"].copy()
@@ -230,12 +237,13 @@ def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Ti
     W = settings.window_ms
     sim = simulate(seed, pairs, days, train_days)
     faults = events_in_range(sim.faults, sim.clean_until_ms, sim.end_ms)
-    features = window_rows(sim, W)
+    features = window_rows(sim, settings)
     with tempfile.TemporaryDirectory(prefix="fleetscore-detection-") as tmp:
         scored = score_faulty_days(features, sim, settings, Path(tmp) / "pack", tick)
+        scored_svm = score_faulty_days(features, sim, before_issue_12(), Path(tmp) / "svm", tick)
     flags, subsampled = reference_flags(sim, tick)
     exposure = fleet_pair_days(sim)
-    alerts = [library_alerts(scored, settings), today_alerts(scored, W), reference_alerts(flags, W, merged=False),
+    alerts = [library_alerts(scored, settings), today_alerts(scored_svm, W), reference_alerts(flags, W, merged=False),
               reference_alerts(flags, W, merged=True)]
     rows = {label: detect(a, faults, window_ms=W, pair_days=exposure)
             for label, a in zip(APPROACHES, alerts, strict=True)}

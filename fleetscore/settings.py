@@ -17,6 +17,7 @@ from croniter import croniter
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from scoring_job import change
 from scoring_job.features import DEFAULT_MODEL_FEATURES, FEATURE_NAMES
 from scoring_job.thresholds import FALSE_RATE
 
@@ -104,8 +105,17 @@ class Settings(BaseSettings):
         description="with no watermark yet, a run scores at most this far back from its slot",
     )
 
-    model_algorithm: str = Field("ocsvm-rbf", alias="MODEL_ALGORITHM")
-    model_features: str = Field(",".join(DEFAULT_MODEL_FEATURES), alias="MODEL_FEATURES")
+    model_algorithm: str = Field("change-z", alias="MODEL_ALGORITHM")
+    model_features: str | None = Field(
+        None, alias="MODEL_FEATURES",
+        description="comma list; unset: change-z reads mean_change,std,n, the others "
+                    + ",".join(DEFAULT_MODEL_FEATURES),
+    )
+    announce_sensors: str = Field(
+        ",".join(change.ANNOUNCE_SENSORS), alias="ANNOUNCE_SENSORS",
+        description="comma list of sensors whose change announces a normal level change of their device's other "
+                    "sensors (change-z does not judge the device for SETTLE windows after it); empty: none",
+    )
     model_min_windows: int = Field(48, alias="MODEL_MIN_WINDOWS", ge=5)
     alert_false_rate: float = Field(
         FALSE_RATE, alias="ALERT_FALSE_RATE", gt=0, lt=0.5,
@@ -195,7 +205,9 @@ class Settings(BaseSettings):
 
     @field_validator("model_features")
     @classmethod
-    def _valid_features(cls, value: str) -> str:
+    def _valid_features(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
         allowed = set(FEATURE_NAMES)
         names = [f.strip() for f in value.split(",") if f.strip()]
         bad = [f for f in names if f not in allowed]
@@ -223,7 +235,19 @@ class Settings(BaseSettings):
 
     @property
     def features(self) -> tuple[str, ...]:
-        return tuple(self.model_features.split(","))
+        """The features of MODEL_ALGORITHM's models (MODEL_FEATURES, else the algorithm's own default)."""
+        return self.features_for(self.model_algorithm)
+
+    def features_for(self, algorithm: str) -> tuple[str, ...]:
+        """MODEL_FEATURES when set, else what `algorithm` reads by default."""
+        if self.model_features is not None:
+            return tuple(self.model_features.split(","))
+        return change.FEATURES if algorithm == "change-z" else DEFAULT_MODEL_FEATURES
+
+    @property
+    def announce(self) -> tuple[str, ...]:
+        """ANNOUNCE_SENSORS as a tuple of names (empty: none)."""
+        return tuple(a.strip() for a in self.announce_sensors.split(",") if a.strip())
 
     @property
     def window_ms(self) -> int:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from fleetscore import db
 from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.storage.paths import CURRENT_POINTER, model_manifest_key, model_pack_prefix
+from scoring_job import change
 from scoring_job.features import window_features
 from scoring_job.pack import write_pack
 from scoring_job.thresholds import FALSE_RATE
@@ -80,7 +81,8 @@ def current_model_version(store: BlobStore) -> str | None:
 def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: int | None, min_windows: int,
           algorithm: str, features: tuple[str, ...], window_minutes: int, activate: bool,
           params: dict | None = None, n_jobs: int = -1,
-          progress: Callable[[int, int], None] | None = None, false_rate: float = FALSE_RATE) -> TrainResult:
+          progress: Callable[[int, int], None] | None = None, false_rate: float = FALSE_RATE,
+          announce: tuple[str, ...] = change.ANNOUNCE_SENSORS) -> TrainResult:
     """Fit one model per (device, sensor) on its windows in the range and publish one pack version; each model's
     alert thresholds are calibrated on its training windows at ``false_rate`` per window (ALERT_FALSE_RATE)."""
     windows = load_windows(engine, from_ms, until_ms)
@@ -88,14 +90,15 @@ def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: in
         raise ValueError("no windows in the training range: ingest readings first (fleetscore ingest)")
     feats = window_features(windows)
     fit = fit_fleet(feats, algorithm=algorithm, params=params, feature_names=features, min_windows=min_windows,
-                    n_jobs=n_jobs, progress=progress, false_rate=false_rate)
+                    n_jobs=n_jobs, progress=progress, false_rate=false_rate, window_ms=window_minutes * 60_000,
+                    announce=announce)
     if not fit.models:
         raise ValueError(f"no pair has {min_windows} windows in the range; lower --min-windows")
     version = new_version()
     with tempfile.TemporaryDirectory(prefix="fleetscore-pack-") as tmp:
         folder = Path(tmp) / version
         write_pack(fit.models, folder, version=version, features=features, window_minutes=window_minutes,
-                   training=fit.training)
+                   training=fit.training, announce=announce)
         publish_pack(store, folder, version, activate=activate)
     return TrainResult(version=version, models=len(fit.models), skipped=fit.skipped, windows=len(windows),
                        activated=activate)

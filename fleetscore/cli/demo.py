@@ -184,7 +184,8 @@ def train_on_clean_days(services: Services, sim: Simulation, tick: StageTick) ->
     trained = train(services.engine, services.store, from_ms=None, until_ms=sim.clean_until_ms,
                     min_windows=settings.model_min_windows, algorithm=settings.model_algorithm,
                     features=settings.features, window_minutes=settings.window_minutes, activate=True,
-                    params=settings.model_params, progress=lambda d, t: tick("train", d, t))
+                    params=settings.model_params, progress=lambda d, t: tick("train", d, t),
+                    announce=settings.announce, false_rate=settings.alert_false_rate)
     with services.engine.begin() as conn:
         db.advance_watermark(conn, sim.clean_until_ms, clock.now_ms())
     return trained

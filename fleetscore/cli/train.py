@@ -18,7 +18,7 @@ def train(
     from_: Annotated[str | None, typer.Option("--from", help="oldest window end (exclusive), ISO-8601")] = None,
     until: Annotated[str | None, typer.Option(help="newest window end (inclusive), ISO-8601")] = None,
     min_windows: Annotated[int | None, typer.Option(help="skip pairs with fewer windows")] = None,
-    algorithm: Annotated[str | None, typer.Option(help="ocsvm-rbf, ocsvm-linear, isolation-forest, lof, "
+    algorithm: Annotated[str | None, typer.Option(help="change-z, ocsvm-rbf, ocsvm-linear, isolation-forest, lof, "
                                                        "elliptic-envelope")] = None,
     activate: Annotated[bool, typer.Option(help="point models/CURRENT at the new pack")] = False,
 ) -> None:
@@ -34,9 +34,10 @@ def train(
         try:
             result = train_fleet(svc.engine, svc.store, from_ms=parse_time(from_), until_ms=parse_time(until),
                                  min_windows=min_windows or s.model_min_windows,
-                                 algorithm=algorithm or s.model_algorithm, features=s.features,
+                                 algorithm=algorithm or s.model_algorithm,
+                                 features=s.features_for(algorithm or s.model_algorithm),
                                  window_minutes=s.window_minutes, activate=activate, params=s.model_params,
-                                 progress=tick, false_rate=s.alert_false_rate)
+                                 progress=tick, false_rate=s.alert_false_rate, announce=s.announce)
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
