@@ -21,7 +21,8 @@ from fleetscore.db import migrate
 from tests.helpers import REPO
 from tests.integration.db import legacy_v1
 
-HEAD = ["0001", "0002"]
+HEAD = ["0001", "0002", "0003", "0004", "0005"]
+TIP = HEAD[-1]
 """Every revision, oldest first: what a fresh database applies."""
 
 SAMPLE_ROWS = {
@@ -102,7 +103,7 @@ def all_rows(engine: Engine, tables: list[sa.Table]) -> dict[str, list[tuple]]:
 
 def test_a_fresh_database_upgrades_to_head_and_matches_the_metadata(empty_engine):
     assert db.upgrade(empty_engine) == HEAD
-    assert version(empty_engine) == ["0002"]
+    assert version(empty_engine) == [TIP]
     assert table_names(empty_engine) == set(db.metadata.tables) | {"alembic_version"}
     assert schema_diff(empty_engine) == []
 
@@ -113,7 +114,7 @@ def test_upgrading_a_current_database_is_a_no_op(empty_engine):
         conn.execute(db.watermarks.insert().values(name="scoring", value=1, updated_at=2))
     assert db.upgrade(empty_engine) == []
     assert db.upgrade(empty_engine) == []
-    assert version(empty_engine) == ["0002"]
+    assert version(empty_engine) == [TIP]
     assert all_rows(empty_engine, [db.watermarks]) == {"watermarks": [("scoring", 1, 2)]}
 
 
@@ -125,9 +126,9 @@ def test_a_database_made_before_alembic_upgrades_in_place(empty_engine):
     before = all_rows(empty_engine, legacy_v1.TABLES)
     assert sum(map(len, before.values())) == sum(map(len, SAMPLE_ROWS.values()))
 
-    assert db.upgrade(empty_engine) == ["0002"]  # stamped at the baseline, its tables kept
+    assert db.upgrade(empty_engine) == HEAD[1:]  # stamped at the baseline, its tables kept
 
-    assert version(empty_engine) == ["0002"]
+    assert version(empty_engine) == [TIP]
     assert table_names(empty_engine) == set(db.metadata.tables) | {"alembic_version"}
     assert schema_diff(empty_engine) == []
     assert all_rows(empty_engine, db.metadata.sorted_tables) == before
@@ -138,7 +139,7 @@ def test_a_database_whose_version_table_is_empty_is_adopted_too(empty_engine):
     """The old `fleetscore db sql` printed `schema_migrations` without its row: a DBA's database, not yet
     started by the app, has the tables and an empty version table."""
     legacy_v1.metadata.create_all(empty_engine)
-    assert db.upgrade(empty_engine) == ["0002"]
+    assert db.upgrade(empty_engine) == HEAD[1:]
     assert schema_diff(empty_engine) == []
 
 
@@ -149,7 +150,7 @@ def test_downgrading_to_the_baseline_gives_the_old_code_its_database_back(empty_
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, migrate.BASELINE)
     assert legacy_v1.upgrade(empty_engine) == []  # the old code sees its version 1
-    assert db.upgrade(empty_engine) == ["0002"]
+    assert db.upgrade(empty_engine) == HEAD[1:]
     assert schema_diff(empty_engine) == []
 
 
@@ -181,9 +182,9 @@ def test_two_processes_upgrading_at_once_migrate_once(empty_url, tmp_path):
     go.touch()
     results = sorted(worker.communicate(timeout=120)[0].strip() for worker in workers)
     assert [w.returncode for w in workers] == [0, 0]
-    assert results == ["['0001', '0002']", "[]"]
+    assert results == [str(HEAD), "[]"]
     engine = db.create_db_engine(empty_url)
-    assert version(engine) == ["0002"] and schema_diff(engine) == []
+    assert version(engine) == [TIP] and schema_diff(engine) == []
     engine.dispose()
 
 
@@ -195,7 +196,7 @@ def test_the_offline_sql_for_mssql_has_every_table_in_go_batches():
     assert "payload NVARCHAR(max) NOT NULL" in text
     assert "CREATE INDEX ix_alerts_pair ON alerts (device, sensor)" in text
     assert "\nGO\n" in text and text.rstrip().endswith("GO")
-    assert "INSERT INTO alembic_version" in text and "'0002'" in text
+    assert "INSERT INTO alembic_version" in text and f"'{TIP}'" in text
 
 
 def test_the_offline_sql_builds_the_schema_when_a_dba_runs_it(empty_url):
@@ -211,7 +212,7 @@ def test_the_offline_sql_builds_the_schema_when_a_dba_runs_it(empty_url):
             conn.exec_driver_sql(text)
         raw.dispose()
     engine = db.create_db_engine(empty_url)
-    assert version(engine) == ["0002"] and schema_diff(engine) == []
+    assert version(engine) == [TIP] and schema_diff(engine) == []
     assert db.upgrade(engine) == []
     engine.dispose()
 

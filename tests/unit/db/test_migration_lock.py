@@ -31,6 +31,9 @@ ANSWERS = {
 """Rows for the dialect's first-connect queries (by a fragment of their SQL); other SELECTs find no rows:
 an empty database."""
 
+MIGRATIONS = [f"{i:04d}" for i in range(1, 6)]
+"""Every revision of the chain, oldest first (as `tests/integration/db/test_migrations.py` lists them)."""
+
 
 class Server:
     """What the stand-in connections saw, in order: `("sql", text)`, `("commit",)`, `("rollback",)`,
@@ -169,7 +172,7 @@ def test_the_lock_is_owned_by_the_session_and_checked():
 
 def test_an_empty_azure_sql_database_migrates_between_lock_and_release():
     server = Server()
-    assert db.upgrade(azure_engine(server)) == ["0001", "0002"]
+    assert db.upgrade(azure_engine(server)) == MIGRATIONS
     events = events_after_first_connect(server)
     steps = kinds(events)
     # the lock opens no transaction; the migration's DDL runs in one transaction, committed before release
@@ -206,7 +209,7 @@ def test_a_refused_lock_raises_and_migrates_nothing(code):
 def test_a_failed_release_closes_the_connection_instead_of_pooling_it_with_the_lock():
     for server in (Server(release=-999), Server(fail_on="sp_releaseapplock")):
         engine = azure_engine(server)
-        assert db.upgrade(engine) == ["0001", "0002"]
+        assert db.upgrade(engine) == MIGRATIONS
         steps = kinds(events_after_first_connect(server))
         assert steps[steps.index("release") + 1:].count("close") == 1
         opened = server.connections
