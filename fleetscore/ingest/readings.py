@@ -155,7 +155,8 @@ def parse_ts(value: object, *, naive_tz: tzinfo | None = None) -> int:
 
 
 def parse_value(value: object) -> float:
-    """A finite JSON number (booleans and numeric strings are refused)."""
+    """A finite JSON number (booleans and numeric strings are refused); -0.0 becomes 0.0, so that a window's
+    stored min/max/sum do not depend on which of two equal readings arrived first."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidReading("bad_value", f"value must be a number, got {type(value).__name__}")
     try:
@@ -164,7 +165,7 @@ def parse_value(value: object) -> float:
         raise InvalidReading("bad_value", f"value {str(value)[:40]}... is out of range") from None
     if not math.isfinite(number):
         raise InvalidReading("bad_value", f"value {value!r} is not finite")
-    return number
+    return number + 0.0  # IEEE 754: -0.0 + 0.0 == +0.0, every other value unchanged
 
 
 def parse_reading(item: object, *, naive_tz: tzinfo | None = None) -> tuple[str, str, int, float]:
@@ -213,7 +214,7 @@ def _well_formed(item: object) -> tuple[str, str, int, float] | None:
     if (type(device) is str and type(sensor) is str and type(ts) is int and type(value) is float
             and device in _VALID_IDS and sensor in _VALID_IDS and EPOCH_MS_THRESHOLD <= ts <= MAX_TS_MS
             and math.isfinite(value)):
-        return device, sensor, ts, value
+        return device, sensor, ts, value + 0.0  # -0.0 → 0.0, as parse_value
     return None
 
 
