@@ -83,6 +83,7 @@ runs = sa.Table(
     sa.Column("backend", sa.String(40)),
     sa.Column("backend_run_id", sa.String(200)),
     sa.Column("model_version", sa.String(80)),
+    sa.Column("model_sha256", sa.String(64), comment="SHA-256 of the pack's manifest.json"),
     sa.Column("window_from", _ms(), comment="exclusive"),
     sa.Column("window_until", _ms(), comment="inclusive"),
     sa.Column("partitions", sa.Integer()),
@@ -96,6 +97,10 @@ runs = sa.Table(
     sa.Column("submitted_at", _ms()),
     sa.Column("finished_at", _ms()),
     sa.Column("timings", sa.UnicodeText(), comment="JSON: seconds per stage"),
+    sa.Column("lease_owner", sa.String(120), comment="host:pid:token of the process running it locally"),
+    sa.Column("lease_until", _ms(), comment="epoch ms UTC; renewed by its owner; NULL once a remote job owns it"),
+    sa.Column("retry_reason", sa.UnicodeText(), comment="why this attempt was started (NULL: first attempt)"),
+    sa.Column("attempt_history", sa.UnicodeText(), comment="JSON: earlier attempts, how each ended"),
     sa.Index("ix_runs_slot", "slot"),
 )
 
@@ -160,4 +165,6 @@ watermarks = sa.Table(
 
 RUN_ACTIVE = ("claimed", "submitted", "running")
 RUN_TERMINAL = ("succeeded", "partial", "failed")
-"""Run statuses: a run is claimed, submitted to its backend, running, then ends in one of RUN_TERMINAL."""
+"""Run statuses: a run is claimed, submitted to its backend, running, then ends in one of RUN_TERMINAL.
+An active run is owned by the process holding its lease (`lease_until`), or, once submitted to Azure ML, by
+the remote job (`lease_until` NULL, `backend_run_id` set): `fleetscore.runs.recovery`."""
