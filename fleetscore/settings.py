@@ -101,9 +101,9 @@ class Settings(BaseSettings):
     scoring_workers: int = Field(0, alias="SCORING_WORKERS", ge=0, description="0 = one per core")
     scoring_dtype: Literal["float64", "float32"] = Field("float64", alias="SCORING_DTYPE")
     run_lease_seconds: int = Field(
-        60, alias="RUN_LEASE_SECONDS", ge=1, le=3600,
-        description="a run's owner renews its lease every third of this; a run whose lease lapsed is failed and "
-                    "retryable at once",
+        120, alias="RUN_LEASE_SECONDS", ge=1, le=3600,
+        description="the lease of the process running a run, renewed at each partition it exports, scores and "
+                    "indexes (at most every third of it); a run whose lease lapsed is failed and retryable at once",
     )
     run_max_attempts: int = Field(
         3, alias="RUN_MAX_ATTEMPTS", ge=1, description="tries of a slot's run, automatic retries by the timer included",
