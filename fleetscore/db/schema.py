@@ -58,6 +58,12 @@ windows = sa.Table(
     postgresql_with={"fillfactor": 70},
 )
 
+DEAD_LETTER_KEY_COMMENT = ("identity: SHA-256 (hex) of source, partition, sequence number, reason, payload and "
+                           "its ordinal in the event; NULL for rows from before migration 0004")
+"""A redelivered bad event maps to the same key and is recorded once (`fleetscore.ingest.store`)."""
+DOCUMENT_REVISION_COMMENT = "the revision whose JSON document is in blob storage (outbox: < revision is pending)"
+"""Alert documents are an outbox per revision (`fleetscore.alerts.outbox`), as `delivered_revision` is."""
+
 dead_letters = sa.Table(
     "dead_letters", metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
@@ -70,7 +76,10 @@ dead_letters = sa.Table(
     sa.Column("payload", sa.UnicodeText(), nullable=False),
     sa.Column("reason", sa.String(64), nullable=False),
     sa.Column("detail", sa.Unicode(1000), nullable=False),
+    sa.Column("letter_key", sa.String(64), comment=DEAD_LETTER_KEY_COMMENT),
     sa.Index("ix_dead_letters_reason", "reason"),
+    # SQL Server lets a unique index hold one NULL only: rows from before migration 0004 have none
+    sa.Index("ux_dead_letters_key", "letter_key", unique=True, mssql_where=sa.text("letter_key IS NOT NULL")),
 )
 
 runs = sa.Table(
@@ -152,6 +161,8 @@ alerts = sa.Table(
     sa.Column("delivered_revision", sa.Integer(), nullable=False, default=0),
     sa.Column("delivery_attempts", sa.Integer(), nullable=False, default=0),
     sa.Column("delivery_error", sa.UnicodeText()),
+    sa.Column("document_revision", sa.Integer(), nullable=False, default=0, server_default=sa.text("0"),
+              comment=DOCUMENT_REVISION_COMMENT),
     sa.Index("ix_alerts_pair", "device", "sensor"),
     sa.Index("ix_alerts_status", "status"),
 )
