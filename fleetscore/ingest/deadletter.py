@@ -16,9 +16,10 @@ deadlock, a lock or a lost connection. Everything else (a bug, a `DataError`, a 
 The blob is one JSON document, no pickle: `{"format": "fleetscore-deadletter/1", "source", "reason", "error",
 "written_at", "events": [{"body_b64", "partition", "offset", "sequence_number", "enqueued_time_ms"}]}`; bodies
 are base64 so the bytes the device sent come back exactly. `replay_deadletters` feeds each pending blob through
-the same ingest (idempotent: a reading stored twice is stored once), then writes it under `deadletter/replayed/`
-and deletes the pending one. A crash between those steps leaves the pending blob, whose replay is then a no-op
-that finishes the move, so no batch is lost or counted twice.
+the same ingest (idempotent: a reading stored twice is stored once, and a dead letter keeps the identity of its
+event's source, partition, sequence number and payload, so it is recorded once), then writes it under
+`deadletter/replayed/` and deletes the pending one. A crash between those steps leaves the pending blob, whose
+replay is then a no-op that finishes the move, so no batch is lost or counted twice.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 What an Azure Stream Analytics job would do in front of SQL, but idempotent: a batch delivered twice,
 in any order or split differently leaves the same `readings` and `windows` rows, because windows are
-recomputed from the stored readings rather than incremented.
+recomputed from the stored readings rather than incremented. Bad events are `dead_letters` rows with an
+identity (:func:`letter_keys`, unique in SQL), so a redelivered or replayed bad event is recorded once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -155,10 +157,60 @@ def _readings_of_pairs(conn: Connection, pairs: list[tuple[str, str]], after: in
         yield query.where(t.c.sensor.in_(sensors)) if len(sensors) <= db.IN_CHUNK else query
 
 
+def letter_keys(dead: Sequence[DeadLetter], source: str) -> list[str]:
+    """Each dead letter's identity (`dead_letters.letter_key`, 64 hex digits): SHA-256 over its source, partition,
+    sequence number, reason, payload and the ordinal of that (reason, payload) within its event, so a redelivered
+    or replayed event maps to the keys it had, however the batch is split, and two identical bad items of one
+    event stay two. A letter without a sequence number (bulk files) is identified by its payload alone: the same
+    bad payload from the same source is one dead letter."""
+    seen: dict[tuple, int] = {}
+    keys = []
+    for d in dead:
+        ordinal = 0
+        if d.sequence_number is not None:
+            what = (d.partition, d.sequence_number, d.reason, d.payload)
+            ordinal = seen.get(what, 0)
+            seen[what] = ordinal + 1
+        parts = (source, d.partition or "", "" if d.sequence_number is None else str(d.sequence_number), d.reason,
+                 d.payload, str(ordinal))
+        keys.append(hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest())
+    return keys
+
+
 def dead_letter_rows(dead: Sequence[DeadLetter], source: str, received_at: int) -> list[dict]:
-    return [dict(received_at=received_at, source=source, partition=d.partition,
-                 sequence_number=d.sequence_number, offset=d.offset, enqueued_time=d.enqueued_time_ms,
-                 payload=d.payload, reason=d.reason, detail=d.detail) for d in dead]
+    """The `dead_letters` rows of `dead`, each with its identity, one per key (the first)."""
+    rows: dict[str, dict] = {}
+    for d, key in zip(dead, letter_keys(dead, source), strict=True):
+        rows.setdefault(key, dict(received_at=received_at, source=source, partition=d.partition,
+                                  sequence_number=d.sequence_number, offset=d.offset,
+                                  enqueued_time=d.enqueued_time_ms, payload=d.payload, reason=d.reason,
+                                  detail=d.detail, letter_key=key))
+    return list(rows.values())
+
+
+def insert_dead_letters(conn: Connection, rows: Sequence[dict]) -> None:
+    """INSERT dead-letter rows whose key is not stored yet: `ON CONFLICT DO NOTHING` on PostgreSQL and SQLite;
+    elsewhere (SQL Server) the stored keys are read first (a concurrent writer's insert of the same key is an
+    IntegrityError, which is transient: the batch is retried and then finds it)."""
+    if not rows:
+        return
+    t = db.dead_letters
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        insert = postgresql.insert(t) if conn.dialect.name == "postgresql" else sqlite.insert(t)
+        conn.execute(insert.on_conflict_do_nothing(index_elements=[t.c.letter_key]), list(rows))
+        return
+    stored: set[str] = set()
+    for chunk in db.chunks([r["letter_key"] for r in rows]):
+        stored |= set(conn.execute(stored_letter_keys(chunk)).scalars())
+    fresh = [r for r in rows if r["letter_key"] not in stored]
+    if fresh:
+        conn.execute(t.insert(), fresh)
+
+
+def stored_letter_keys(keys: Sequence[str]) -> sa.Select:
+    """The query for which of `keys` are stored already."""
+    t = db.dead_letters
+    return sa.select(t.c.letter_key).where(t.c.letter_key.in_(list(keys)))
 
 
 def _conflict_letters(decoded: Decoded, rows: Sequence[int], events: Sequence[RawEvent] | None,
@@ -181,7 +233,8 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
 
     New readings are inserted, exact repeats of stored readings ignored, readings whose key is stored
     with another value dead-lettered (`conflict`); every window that gains a reading is recomputed from
-    all its stored readings.
+    all its stored readings. Dead letters whose identity is stored already are not inserted again;
+    `dead_lettered` counts the batch's bad items all the same.
     """
     now = clock.now_ms()
     result = IngestResult(received=len(decoded.ts) + len(decoded.dead))
@@ -199,8 +252,7 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
             readings = NewReadings.pick(decoded, new, window_ms)
             result.stored, result.late = len(new), insert_readings(conn, readings, now)
             result.windows = recompute_windows(conn, readings, stored, window_ms, now)
-    if dead:
-        conn.execute(db.dead_letters.insert(), dead_letter_rows(dead, source, now))
+    insert_dead_letters(conn, dead_letter_rows(dead, source, now))
     result.dead_lettered = len(dead)
     return result
 

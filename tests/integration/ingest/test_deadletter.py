@@ -78,3 +78,19 @@ def test_replay_is_idempotent_and_finishes_a_move_a_crash_interrupted(sqlite_eng
     assert again.replayed == [first] and again.result.stored == 0 and again.result.duplicates == 2
     assert count(sqlite_engine, db.readings) == 3 and count(sqlite_engine, db.dead_letters) == 1
     assert {b.name for b in folder.list(paths.DEADLETTER_PENDING)} == {broken}
+
+
+def test_replaying_a_batch_twice_records_its_conflicts_once(engine, folder):
+    """The replay of a batch whose move to replayed/ was interrupted inserts no second conflict dead letter."""
+    ingest_or_dead_letter(lambda: engine, folder, [event(0)], source="s", window_ms=W_MS, final_try=True)
+    clash = RawEvent(body=json.dumps({"device": "d-1", "sensor": "temp", "ts": T0, "value": 99.0}).encode(),
+                     partition="7", sequence_number=500)
+    key = write_deadletter(folder, [clash, event(1, b"not json")], source="s", reason="retries_exhausted",
+                           error=RuntimeError("down"))
+    replay_deadletters(engine, folder, window_ms=W_MS)
+    folder.put(key, folder.get(paths.replayed_deadletter_key(key)))  # the crash: the pending blob is back
+    again = replay_deadletters(engine, folder, window_ms=W_MS)
+    assert again.replayed == [key] and again.result.dead_lettered == 2
+    with engine.connect() as conn:
+        reasons = sorted(conn.execute(sa.select(db.dead_letters.c.reason)).scalars())
+    assert reasons == ["bad_json", "conflict"]

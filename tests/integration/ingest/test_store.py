@@ -235,6 +235,46 @@ def test_non_transient_failure_propagates_and_stores_nothing(sqlite_engine, monk
     assert table(sqlite_engine, db.dead_letters, ["id"]).empty
 
 
+def test_a_redelivered_bad_event_is_one_dead_letter_however_the_batch_is_split(engine):
+    """Issue 14, failure 6: a kill between the commit and the checkpoint redelivers the batch; each bad event
+    (and each conflicting reading) is recorded once, two identical bad items of one event stay two, and the
+    same bad body in another event (another sequence number) is another dead letter."""
+    stored = {"device": "d-1", "sensor": "temp", "ts": T0 + 1000, "value": 1.0}
+    clash = {**stored, "value": 2.0}
+    batch = [ev(stored, sequence_number=1),
+             ev([{"device": "d-1"}, {"device": "d-1"}, clash], sequence_number=2),  # two identical bad items
+             ev(b"{oops", sequence_number=3), ev(b"{oops", sequence_number=4)]
+    first = ingest_events(engine, batch, source="eventhub:readings", window_ms=W_MS)
+    assert first.dead_lettered == 5
+    ingest_events(engine, batch, source="eventhub:readings", window_ms=W_MS)  # redelivered whole
+    for one in batch[1:]:  # and again one event at a time
+        ingest_events(engine, [one], source="eventhub:readings", window_ms=W_MS)
+    dead = table(engine, db.dead_letters, ["id"])
+    assert sorted(zip(dead["sequence_number"], dead["reason"], strict=True)) == [
+        (2, "conflict"), (2, "missing_field"), (2, "missing_field"), (3, "bad_json"), (4, "bad_json")]
+    assert dead["letter_key"].is_unique
+    assert len(readings_df(engine)) == 1
+    # another source is another identity; bulk rows without a sequence number are identified by payload
+    ingest_events(engine, [ev(b"{oops", sequence_number=3)], source="eventhub:other", window_ms=W_MS)
+    no_seq = [RawEvent(body=b"{oops"), RawEvent(body=b"{oops")]
+    ingest_events(engine, no_seq, source="file:x.csv", window_ms=W_MS)
+    ingest_events(engine, no_seq, source="file:x.csv", window_ms=W_MS)
+    assert len(table(engine, db.dead_letters, ["id"])) == 5 + 1 + 1
+
+
+def test_dead_letter_identity_on_sql_server_compiles():
+    """SQL Server (no ON CONFLICT): the stored keys are read first; the unique index skips legacy NULL keys."""
+    from sqlalchemy.dialects import mssql
+
+    from fleetscore.ingest.store import stored_letter_keys
+
+    sql = str(stored_letter_keys(["a" * 64, "b" * 64]).compile(dialect=mssql.dialect()))
+    assert "SELECT dead_letters.letter_key" in sql and "letter_key IN (__[POSTCOMPILE_letter_key_1])" in sql
+    text = db.ddl("mssql")
+    assert "CREATE UNIQUE INDEX ux_dead_letters_key ON dead_letters (letter_key) WHERE letter_key IS NOT NULL" \
+        in text
+
+
 # --- the Azure Functions trigger, through the SDK's own types ----------------------------------
 
 
@@ -262,13 +302,14 @@ def test_ingest_function_with_real_event_hub_events(monkeypatch, tmp_path):
                                  enqueued_time=enq, partition_key="d-0001"),
               func.EventHubEvent(body=b"{oops", sequence_number=6, offset="600", enqueued_time=enq)]
     assert fn(events, context=invocation_context("ingest")) is None
-    fn(events, context=invocation_context("ingest"))  # redelivered: no change but another dead letter for the bad one
+    fn(events, context=invocation_context("ingest"))  # redelivered: no change, the bad event is recorded once
     engine = db.create_db_engine(url)
     assert len(readings_df(engine)) == 2
     dead = table(engine, db.dead_letters, ["id"])
-    assert dead["reason"].tolist() == ["bad_json", "bad_json"]
-    assert dead["sequence_number"].tolist() == [6, 6]
-    assert dead["enqueued_time"].tolist() == [int(enq.timestamp() * 1000)] * 2
+    assert dead["reason"].tolist() == ["bad_json"]
+    assert dead["sequence_number"].tolist() == [6]
+    assert dead["enqueued_time"].tolist() == [int(enq.timestamp() * 1000)]
+    assert dead["letter_key"].str.fullmatch(r"[0-9a-f]{64}").all()
 
 
 def test_ingest_function_raises_only_transient_errors(monkeypatch, tmp_path):
