@@ -1,7 +1,11 @@
 """The local host's HTTP endpoint (loopback): events in, manual timer fires, health.
 
 - `POST /events` (or `/events/<hub>`): the body is one event body (a JSON reading or array, as devices
-  send), at most 1 MB; 202 with its sequence number, offset and enqueued time once it is durable.
+  send), at most 1 MB; 202 with its sequence number, offset and enqueued time once it is durable. A larger
+  body is refused by its Content-Length with 413 before any of it is read; what the client still sends is
+  discarded (never buffered) for a bounded time, so a client that writes its whole body before reading the
+  reply (Python's http.client) gets the 413 instead of a broken pipe. A client that sent
+  `Expect: 100-continue` gets the 413 instead of the go-ahead and sends nothing.
 - `POST /admin/timers/<function>` (also `/admin/functions/<function>`, like the host's admin API): body
   `{"slot": ISO}` (default the newest occurrence), `"wait": true` to answer (200) after the invocation.
 - `GET /health` (also `/admin/host/status`): the host's status as JSON.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from datetime import timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,8 +32,14 @@ from fleetscore.ingest.readings import InvalidReading, parse_ts
 
 log = logging.getLogger("fleetscore.host")
 MAX_EVENT_BYTES = 1024 * 1024
-"""Event Hubs' largest event (Standard tier: 1 MB)."""
+"""Event Hubs' largest publication, one event or a batch: 1 MB on the Standard, Premium and Dedicated tiers
+(256 KB on Basic); the service rejects anything larger (Azure Event Hubs quotas and limits)."""
 MAX_ADMIN_BYTES = 64 * 1024
+DISCARD_SECONDS = 10.0
+"""How long the rest of a refused body is read and thrown away before the connection is closed (s)."""
+DISCARD_MAX_BYTES = 256 * 1024 * 1024
+"""At most this much of a refused body is read and thrown away; past it the connection is closed."""
+DISCARD_CHUNK = 64 * 1024
 
 
 class HostApi(Protocol):
@@ -63,13 +74,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("http %s %s", self.address_string(), format % args)
 
-    def _reply(self, status: int, doc: dict) -> None:
+    def _reply(self, status: int, doc: dict, *, close: bool = False) -> None:
         data = json.dumps(doc, default=str).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
 
     def _body(self, limit: int) -> bytes | None:
         """The request body (at most `limit` bytes), or None after replying with the error."""
@@ -82,9 +97,37 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
             return None
         if length > limit:
-            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"an event is at most {limit} bytes"})
+            self._refuse_too_large(length, limit)
             return None
         return self.rfile.read(length) if length > 0 else b""
+
+    def _refuse_too_large(self, length: int, limit: int) -> None:
+        """413 for a body of `length` bytes (Content-Length) over `limit`, then the body thrown away unread."""
+        self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    {"error": f"the body is {length} bytes; an event is at most {limit} bytes (Event Hubs' "
+                              f"publication limit), send smaller events or split an array into several"},
+                    close=True)
+        if self.headers.get("Expect", "").lower() != "100-continue":  # such a client waits for our go-ahead
+            self._discard(length)
+
+    def _discard(self, length: int) -> None:
+        """Read and drop up to `length` bytes of the request body, for at most DISCARD_SECONDS and
+        DISCARD_MAX_BYTES: closing a socket with unread data resets the connection, and a client still
+        writing its body would see a broken pipe instead of the reply."""
+        deadline = time.monotonic() + DISCARD_SECONDS
+        left = min(length, DISCARD_MAX_BYTES)
+        try:
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(min(DISCARD_CHUNK, left))
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except OSError:  # a timeout, or the client gave up
+            return
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path.rstrip("/") in ("/health", "/admin/host/status"):

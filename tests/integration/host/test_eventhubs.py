@@ -152,3 +152,31 @@ def test_a_dead_dispatcher_degrades_health_and_refuses_its_hubs_events(tmp_path,
     finally:
         host.stop()
     assert delivered == [1]
+
+
+def test_an_oversized_body_gets_413_not_a_broken_pipe(tmp_path):
+    """Issue 14, failure 8: a 20 MB POST /events, written whole before the reply is read (http.client), gets
+    413 and a message; a client that asks `Expect: 100-continue` gets it without sending the body; nothing is
+    spooled and the host takes the next event."""
+    def hubs(app):
+        @app.function_name("eat")
+        @app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="X",
+                                       cardinality=func.Cardinality.MANY)
+        def eat(events: list[func.EventHubEvent]) -> None:
+            pass
+
+    host = LocalHost(host_settings(tmp_path), app=app_with(hubs), state_dir=tmp_path / "host").start()
+    try:
+        code, reply = request(host.url, "POST", "/events", b"[" + b" " * (20 * 1024 * 1024) + b"]")
+        assert code == 413 and "at most 1048576 bytes" in reply["error"] and "20971522 bytes" in reply["error"]
+        port = int(host.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            answer = sock.makefile("rb").read()  # the host closes after its reply; no body was sent
+        assert answer.startswith(b"HTTP/1.0 413 ") and b"at most 1048576 bytes" in answer
+        assert request(host.url, "POST", "/events", b'{"a": 1}')[0] == 202
+        assert request(host.url, "GET", "/health")[1]["status"] == "running"
+        assert host.spools["hub"].last_sequence_number == 1  # only the small event was taken
+    finally:
+        host.stop()
