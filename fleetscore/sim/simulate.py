@@ -1,7 +1,7 @@
 """A fleet simulator: realistic sensor readings with labelled, injected faults (we generate data, never download it).
 
-`simulate_fleet` has two scenarios. `classic` (the default, this module) builds every (device, sensor) pair's
-signal at once with numpy: a per-sensor baseline and scale, a daily cycle, noise, small per-device offsets, a
+`simulate_fleet` has two scenarios. `classic` (the default, `fleetscore.sim.classic`) builds every (device,
+sensor) pair's signal with numpy: a per-sensor baseline and scale, a daily cycle, noise, small per-device offsets, a
 few seconds of timestamp jitter and occasional missing readings. After the first `clean_days` (the training
 period, always clean) it injects faults — `spike`, `drift`, `stuck`, `noise` — each long enough to span several
 5-minute windows, and returns their ground truth next to the readings. `varied` (`fleetscore.sim.varied`) is
@@ -16,6 +16,10 @@ timestamps, same missing readings, same values outside the faults.
 The rest turns a simulation into what devices send: files (`write_simulation`), Event Hubs message bodies in
 the DESIGN.md reading contract (`to_event_bodies`) and the sending itself (`send_to_eventhub`, which imports
 `azure.eventhub` only when called).
+
+`stream_fleet` gives the same fleet as time-ordered chunks of readings (`FleetStream`), for fleets too large to
+hold: the classic scenario is generated chunk by chunk (memory bounded by a chunk of `chunk_steps` ticks); the
+varied scenario is still generated whole and only handed out in chunks.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,26 +41,21 @@ import pyarrow.parquet as pq
 
 from fleetscore.clock import DAY_MS, iso_array
 from fleetscore.sim import varied
+from fleetscore.sim.classic import FAULT_GAP_MINUTES, FAULT_KINDS, FAULT_MINUTES, ClassicStream
 from fleetscore.sim.fleet import (
     DEFAULT_START,
     FAULT_COLUMNS,
     READING_COLUMNS,
     Grid,
-    SensorProfile,
     Simulation,
-    device_names,
-    profiles_for,
-    readings_frame,
+    empty_frame,
     sensor_names,
-    time_order,
     typed_faults,
 )
 
-FAULT_KINDS = ("spike", "drift", "stuck", "noise")
-FAULT_MINUTES = {"spike": (15, 30), "drift": (60, 180), "stuck": (30, 120), "noise": (15, 60)}
-"""Fault duration range per kind (minutes, uniform): every fault spans several 5-minute windows."""
-FAULT_GAP_MINUTES = 30
-"""Two faults of one pair are at least this far apart (a later overlapping draw is dropped)."""
+__all__ = ["DAY_MS", "FAULT_GAP_MINUTES", "FAULT_KINDS", "FAULT_MINUTES", "FleetStream", "sensor_names",
+           "simulate_fleet", "stream_fleet"]
+
 DEFAULT_FAULT_RATE = 0.075
 """Expected faults per pair per faulty day: with the default 2 faulty days ≈ 14 % of pairs get a fault."""
 
@@ -76,7 +76,7 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float | None = No
                    scenario: str = "classic") -> Simulation:
     """Simulate `devices` × `sensors` pairs reporting every `interval_seconds` for `days` days.
 
-    scenario: `classic` (this module: one daily cycle, normal noise, four fault kinds) or `varied`
+    scenario: `classic` (`fleetscore.sim.classic`: one daily cycle, normal noise, four fault kinds) or `varied`
     (`fleetscore.sim.varied`: weekly and daily cycles, setpoint changes, heavy tails, irregular and
     intermittent sampling, six fault kinds from 2 σ up; each device also sends a `setpoint` sensor).
     Unset options take the scenario's defaults (`SCENARIOS`; classic: 4 days, 2 clean; varied: 7 days, 4
@@ -87,6 +87,22 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float | None = No
     (classic: 5–30 minutes, varied: 5 minutes to 6 hours with no readings from any of its sensors).
     Deterministic for a seed.
     """
+    stream = stream_fleet(devices, sensors, days, interval_seconds, seed, fault_rate, start, clean_days,
+                          missing_rate, outage_rate, scenario)
+    if stream.whole is not None:
+        return stream.whole
+    readings = list(stream.chunks())
+    return replace(stream.result(), readings=readings[0] if len(readings) == 1 else
+                   pd.concat(readings, ignore_index=True))
+
+
+def stream_fleet(devices: int = 100, sensors: int = 5, days: float | None = None, interval_seconds: float = 60,
+                 seed: int = 0, fault_rate: float | None = None,
+                 start: datetime | pd.Timestamp | str | int | None = None, clean_days: float | None = None,
+                 missing_rate: float | None = None, outage_rate: float | None = None,
+                 scenario: str = "classic", chunk_steps: int | None = None) -> FleetStream:
+    """The fleet of `simulate_fleet` (same arguments, same readings for a seed) as chunks of `chunk_steps`
+    ticks (None: one chunk); see `FleetStream`."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
     preset = SCENARIOS[scenario]
@@ -98,29 +114,58 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float | None = No
     _check_arguments(devices, sensors, days, interval_seconds, clean_days, fault_rate, missing_rate, outage_rate)
     start = DEFAULT_START if start is None else start
     if scenario == "varied":
-        return varied.simulate_varied(Grid.of(devices, sensors + 1, days, interval_seconds, clean_days, start),
-                                      seed, fault_rate, missing_rate, outage_rate)
-    return _simulate_classic(Grid.of(devices, sensors, days, interval_seconds, clean_days, start), seed,
-                             fault_rate, missing_rate, outage_rate)
+        grid = Grid.of(devices, sensors + 1, days, interval_seconds, clean_days, start)
+        whole = varied.simulate_varied(grid, seed, fault_rate, missing_rate, outage_rate)
+        return FleetStream(grid, chunk_steps, whole=whole)
+    grid = Grid.of(devices, sensors, days, interval_seconds, clean_days, start)
+    return FleetStream(grid, chunk_steps, classic=ClassicStream(grid, seed, fault_rate, missing_rate, outage_rate,
+                                                                chunk_steps))
 
 
-def _simulate_classic(grid: Grid, seed: int, fault_rate: float, missing_rate: float,
-                      outage_rate: float) -> Simulation:
-    """The classic fleet (module doc) on `grid`."""
-    days = grid.steps * grid.interval_ms / DAY_MS
-    clean_days = grid.clean_steps * grid.interval_ms / DAY_MS
-    profiles = profiles_for(grid.sensors)
-    signal_ss, fault_ss = np.random.SeedSequence(seed).spawn(2)
-    rng = np.random.default_rng(signal_ss)  # draws in this order: signal, arrivals, outages
-    values, noise_sd = _clean_signal(rng, grid, profiles)
-    jitter, present = _arrivals(rng, grid, missing_rate, outage_rate * days)
-    faults = _inject_faults(np.random.default_rng(fault_ss), values, grid,
-                            fault_rate * max(days - clean_days, 0.0), profiles, noise_sd)
-    _physical_range(values, profiles)
-    order, ts, values, present = time_order(grid, jitter, values, present)
-    return Simulation(readings=readings_frame(grid, order, ts, values, present, sensor_names(grid.sensors)),
-                      faults=_fault_frame(faults, ts, present, order, grid), start_ms=grid.start_ms,
-                      clean_until_ms=grid.clean_until_ms, end_ms=grid.end_ms, interval_ms=grid.interval_ms)
+@dataclass
+class FleetStream:
+    """A simulated fleet handed out as time-ordered chunks of readings: `chunks()` yields each chunk's readings
+    (the columns of `Simulation.readings`; concatenated, exactly `simulate_fleet`'s), `result()` then gives the
+    Simulation without its readings (faults, spans; the classic faults are known once every chunk is built).
+    `whole`: the varied scenario's Simulation, generated whole and sliced by tick."""
+
+    grid: Grid
+    chunk_steps: int | None
+    classic: ClassicStream | None = None
+    whole: Simulation | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.grid.steps
+
+    @property
+    def clean_until_ms(self) -> int:
+        return self.grid.clean_until_ms
+
+    @property
+    def end_ms(self) -> int:
+        return self.grid.end_ms
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        if self.classic is not None:
+            yield from self.classic.chunks()
+            return
+        readings = self.whole.readings
+        ts = readings["ts"].to_numpy(np.int64)
+        size = self.chunk_steps or max(self.grid.steps, 1)
+        cuts = self.grid.start_ms + np.arange(size, self.grid.steps, size, dtype=np.int64) * self.grid.interval_ms
+        edges = [0, *np.searchsorted(ts, cuts, side="left").tolist(), len(readings)]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            yield readings.iloc[lo:hi].reset_index(drop=True)
+
+    def result(self) -> Simulation:
+        """The Simulation with an empty `readings` frame (call after `chunks()` is exhausted)."""
+        if self.whole is not None:
+            return replace(self.whole, readings=self.whole.readings.iloc[:0])
+        grid = self.grid
+        return Simulation(readings=empty_frame(READING_COLUMNS).astype({"ts": "int64", "value": "float64"}),
+                          faults=self.classic.faults(), start_ms=grid.start_ms, clean_until_ms=grid.clean_until_ms,
+                          end_ms=grid.end_ms, interval_ms=grid.interval_ms)
 
 
 def _check_arguments(devices: int, sensors: int, days: float, interval_seconds: float, clean_days: float,
@@ -133,121 +178,6 @@ def _check_arguments(devices: int, sensors: int, days: float, interval_seconds: 
         raise ValueError(f"clean_days must be between 0 and days ({days}), got {clean_days}")
     if fault_rate < 0 or not 0 <= missing_rate < 1 or outage_rate < 0:
         raise ValueError("fault_rate and outage_rate must be ≥ 0 and missing_rate in [0, 1)")
-
-
-def _clean_signal(rng: np.random.Generator, grid: Grid,
-                  profiles: list[SensorProfile]) -> tuple[np.ndarray, np.ndarray]:
-    """Fault-free values (steps × pairs, sensor unit): per-pair level, daily cycle and noise; and each pair's
-    noise sd (pairs,)."""
-    shape = (grid.devices, grid.sensors)
-    level = (np.array([p.base for p in profiles])
-             + np.array([p.device_sd for p in profiles]) * rng.standard_normal(shape)).ravel()
-    amp = (np.array([p.daily for p in profiles]) * rng.uniform(0.8, 1.2, shape)).ravel()
-    noise_sd = (np.array([p.noise for p in profiles]) * rng.uniform(0.8, 1.25, shape)).ravel()
-    phase_h = (np.array([p.peak_hour for p in profiles]) + rng.normal(0.0, 1.0, shape)).ravel()
-    hour = ((grid.nominal % DAY_MS) / 3_600_000.0)[:, None]
-    values = (level + amp * np.cos((2 * np.pi / 24.0) * (hour - phase_h))
-              + noise_sd * rng.standard_normal((grid.steps, grid.pairs)))
-    return values, noise_sd
-
-
-def _arrivals(rng: np.random.Generator, grid: Grid, missing_rate: float,
-              expected_outages: float) -> tuple[np.ndarray, np.ndarray]:
-    """When each reading arrives after its tick (jitter, ms) and whether it arrives at all (present), both
-    steps × pairs.
-
-    The jitter is 1 ms … a few seconds: never on a tick, so a (end − W, end] window aligned to the ticks holds
-    exactly its ticks' readings and every window ending ≤ clean_until_ms is from the clean period."""
-    jitter_ms = max(1, min(5_000, grid.interval_ms // 10))
-    jitter = rng.integers(1, jitter_ms + 1, (grid.steps, grid.pairs), dtype=np.int64)
-    present = rng.random((grid.steps, grid.pairs)) >= missing_rate
-    _outages(rng, present, grid, expected_outages)
-    return jitter, present
-
-
-def _outages(rng: np.random.Generator, present: np.ndarray, grid: Grid, expected: float) -> None:
-    """Blank out a few 5–30 minute spans of a whole device (all its sensors), in place; `expected` outages
-    per device."""
-    counts = rng.poisson(expected, grid.devices)
-    for device in np.flatnonzero(counts):
-        for _ in range(counts[device]):
-            length = max(1, int(grid.steps_of(rng.uniform(5, 30))))
-            first = int(rng.integers(0, max(1, grid.steps - length)))
-            present[first:first + length, device * grid.sensors:(device + 1) * grid.sensors] = False
-
-
-def _inject_faults(rng: np.random.Generator, values: np.ndarray, grid: Grid, expected: float,
-                   profiles: list[SensorProfile], noise_sd: np.ndarray) -> list[tuple[int, int, int, str]]:
-    """Add faults to `values` (steps × pairs) in place, `expected` per pair, after the clean steps and at least
-    FAULT_GAP_MINUTES apart; returns (pair, first step, last step, kind)."""
-    gap = int(math.ceil(grid.steps_of(FAULT_GAP_MINUTES)))
-    counts = rng.poisson(expected, grid.pairs) if expected > 0 else np.zeros(grid.pairs, dtype=np.int64)
-    out: list[tuple[int, int, int, str]] = []
-    for p in np.flatnonzero(counts):
-        taken: list[tuple[int, int]] = []
-        for _ in range(counts[p]):
-            kind = FAULT_KINDS[int(rng.integers(len(FAULT_KINDS)))]
-            length = max(1, int(round(grid.steps_of(rng.uniform(*FAULT_MINUTES[kind])))))
-            latest = grid.steps - length
-            if latest < grid.clean_steps:
-                continue
-            first = int(rng.integers(grid.clean_steps, latest + 1))
-            last = first + length - 1
-            sign = 1.0 if rng.random() < 0.5 else -1.0
-            magnitude = rng.uniform(0.0, 1.0)  # drawn always, so later draws don't depend on the kind
-            if any(first <= b + gap and last >= a - gap for a, b in taken):
-                continue
-            taken.append((first, last))
-            _apply_fault(rng, kind, values[first:last + 1, p], values[max(first - 1, 0), p], sign, magnitude,
-                         profiles[p % grid.sensors].spread, noise_sd[p])
-            out.append((int(p), first, last, kind))
-    return out
-
-
-def _apply_fault(rng: np.random.Generator, kind: str, span: np.ndarray, before: float, sign: float,
-                 magnitude: float, spread: float, noise_sd: float) -> None:
-    """Change `span` (one pair's values over the fault, a view) in place as a fault of `kind` does: `before` is
-    the value just before it, `sign` ±1 its direction, `magnitude` in [0, 1) its size, `spread` (the signal's
-    typical sd) and `noise_sd` (the pair's noise sd) its units."""
-    length = len(span)
-    if kind == "spike":  # a sudden large offset
-        span += sign * (5.0 + 5.0 * magnitude) * spread
-    elif kind == "drift":  # a gradual ramp away from normal
-        span += sign * (3.0 + 3.0 * magnitude) * spread * (np.arange(1, length + 1) / length)
-    elif kind == "stuck":  # the sensor repeats its last good value
-        span[:] = before
-    else:  # noise: a variance burst
-        span += noise_sd * (4.0 + 4.0 * magnitude) * rng.standard_normal(length)
-
-
-def _physical_range(values: np.ndarray, profiles: list[SensorProfile]) -> None:
-    """Clip to each sensor's physical range and round to its resolution, in place (after the faults)."""
-    sensors = len(profiles)
-    for j, profile in enumerate(profiles):
-        cols = values[:, j::sensors]  # a view
-        if math.isfinite(profile.low) or math.isfinite(profile.high):
-            np.clip(cols, profile.low, profile.high, out=cols)
-        np.round(cols, profile.decimals, out=cols)
-
-
-def _fault_frame(faults: list[tuple[int, int, int, str]], ts: np.ndarray, present: np.ndarray,
-                 order: np.ndarray, grid: Grid) -> pd.DataFrame:
-    """Faults with the timestamps of their first and last *present* reading (invisible faults dropped)."""
-    # position of each pair within a step, after the time-order shuffle: column of pair p at step k
-    position = np.empty_like(order)
-    np.put_along_axis(position, order, np.arange(order.shape[1])[None, :].repeat(order.shape[0], 0), axis=1)
-    rows = []
-    names_d, names_s = device_names(grid.devices), sensor_names(grid.sensors)
-    for p, first, last, kind in faults:
-        k = np.arange(first, last + 1)
-        cols = position[k, p]
-        seen = present[k, cols]
-        if not seen.any():
-            continue
-        stamps = ts[k, cols][seen]
-        rows.append((names_d[p // grid.sensors], names_s[p % grid.sensors], int(stamps[0]), int(stamps[-1]), kind))
-    frame = pd.DataFrame(rows, columns=list(FAULT_COLUMNS))
-    return typed_faults(frame).sort_values(["start", "device", "sensor"], ignore_index=True)
 
 
 # ── timestamps and reading objects ────────────────────────────────────────────────────────────────────────
