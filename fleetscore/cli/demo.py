@@ -1,6 +1,7 @@
 """`fleetscore demo`: the whole flow on one machine, through the Functions app's own functions.
 
-simulate a fleet → ingest it through the Event Hub function → train on the clean first days → replay
+simulate a fleet → ingest it through the Event Hub function (generated and ingested in chunks of about
+CHUNK_READINGS readings, so memory does not grow with the fleet) → train on the clean first days → replay
 the remaining schedule slots through the timer function (compressed time: each slot fires as soon as
 the previous run is indexed) → summary with precision/recall against the injected faults → HTML report.
 """
@@ -33,11 +34,13 @@ from fleetscore.host.invocation import invocation_context
 from fleetscore.report.write import write_report
 from fleetscore.runs.slots import occurrences
 from fleetscore.settings import Settings, load_settings
-from fleetscore.sim.simulate import Simulation, simulate_fleet, to_event_bodies
+from fleetscore.sim.simulate import FleetStream, Simulation, stream_fleet, to_event_bodies
 from fleetscore.training import TrainResult, train
 
 EVENTS_PER_BATCH = 500
 """Events per ingest invocation, as the host delivers them (maxEventBatchSize)."""
+CHUNK_READINGS = 2_000_000
+"""About this many readings are simulated, encoded and ingested at a time (whole ticks of the fleet)."""
 
 
 @dataclass
@@ -134,12 +137,11 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     services = _fresh_services(Path(folder), nu=nu, alert_persistence=alert_persistence)
     functions = app_functions()
     stages: dict[str, float] = {}
-    with _timed(stages, "simulate"):
-        sim = simulate_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
-                             seed=seed, fault_rate=fault_rate, clean_days=train_days)
-    with _timed(stages, "ingest"):
-        ingest_events(functions["ingest"].get_user_function(), to_event_bodies(sim.readings, per_event=per_event),
-                      tick)
+    with _timed(stages, "simulate+ingest"):
+        stream = stream_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
+                              seed=seed, fault_rate=fault_rate, clean_days=train_days,
+                              chunk_steps=max(1, CHUNK_READINGS // (devices * sensors)))
+        sim = ingest_stream(functions["ingest"].get_user_function(), stream, per_event, tick)
     with _timed(stages, "train"):
         trained = train_on_clean_days(services, sim, tick)
     with _timed(stages, "score+index"):
@@ -166,12 +168,27 @@ def _fresh_services(folder: Path, *, nu: float | None, alert_persistence: str | 
     return services
 
 
-def ingest_events(ingest_fn: Callable[..., None], bodies: list[bytes],
-                  tick: StageTick) -> None:
+def ingest_stream(ingest_fn: Callable[..., None], stream: FleetStream, per_event: int,
+                  tick: StageTick) -> Simulation:
+    """Ingest a simulated fleet chunk by chunk through the Event Hub function `ingest_fn` (`per_event` readings per
+    event body); returns the simulation's ground truth (its readings are not kept)."""
+    sequence, done_steps = 0, 0
+    for chunk in stream.chunks():
+        bodies = to_event_bodies(chunk, per_event=per_event)
+        ingest_events(ingest_fn, bodies, lambda *_: None, first_sequence=sequence)
+        sequence += len(bodies)
+        done_steps = min(stream.steps, done_steps + (stream.chunk_steps or stream.steps))
+        tick("ingest", done_steps, stream.steps)
+    return stream.result()
+
+
+def ingest_events(ingest_fn: Callable[..., None], bodies: list[bytes], tick: StageTick, *,
+                  first_sequence: int = 0) -> None:
     """Call the Event Hub function `ingest_fn` on the event bodies, EVENTS_PER_BATCH events per invocation."""
     enqueued = datetime.now(timezone.utc)
     for start in range(0, len(bodies), EVENTS_PER_BATCH):
-        events = [func.EventHubEvent(body=b, sequence_number=start + i, offset=str(start + i),
+        number = first_sequence + start
+        events = [func.EventHubEvent(body=b, sequence_number=number + i, offset=str(number + i),
                                      enqueued_time=enqueued, partition_key=None)
                   for i, b in enumerate(bodies[start:start + EVENTS_PER_BATCH])]
         ingest_fn(events, context=invocation_context("ingest"))
