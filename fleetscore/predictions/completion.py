@@ -96,12 +96,21 @@ def _file_key(run_id: str, partition: str) -> str:
 
 def _final_file_rows(conn: Connection, run_id: str, manifest: RunManifest) -> list[Mapping[str, Any]] | None:
     """The `prediction_files` rows of the manifest's partitions by name, or None while the run cannot complete:
-    unknown or terminal, no partitions, or a partition without a final row since the run's (latest) claim."""
+    unknown or terminal, no partitions, or a partition without a final row since the run's (latest) claim.
+
+    Linear in partitions over a run: each call first counts the run's final rows in the key range of its
+    partitions' names (one aggregate on the primary key, nothing sent or read per partition) and reads the
+    rows, once, only when that count reaches the manifest's partitions."""
     r, pf = db.runs, db.prediction_files
     run = conn.execute(sa.select(r.c.status, r.c.claimed_at).where(r.c.run_id == run_id)).first()
     if run is None or run.status in db.RUN_TERMINAL or not manifest.partitions:
         return None
     names = sorted({_file_key(run_id, p.name) for p in manifest.partitions})
+    final = (pf.c.status.in_(FINAL_FILE_STATUSES), pf.c.indexed_at >= run.claimed_at)
+    done = conn.execute(sa.select(sa.func.count()).select_from(pf).where(
+        pf.c.name >= names[0], pf.c.name <= names[-1], pf.c.run_id == run_id, *final)).scalar()
+    if done < len(names):
+        return None
     rows: list[Mapping[str, Any]] = []
     for chunk in db.chunks(names):
         rows.extend(conn.execute(sa.select(pf).where(pf.c.name.in_(chunk))).mappings())

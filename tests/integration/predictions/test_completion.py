@@ -139,3 +139,39 @@ def test_two_indexers_racing_on_the_last_partitions_complete_the_run_once(engine
     assert sum(r.run_completed for r in results) == 1
     assert run_row(engine, RUN_A)["status"] == "succeeded" and watermark(engine) == until
     assert len(rows_of(engine, db.alerts)) == 6
+
+
+def test_completion_work_is_linear_in_partitions(engine, folder, settings):
+    """Each indexed file's completion check sends and reads O(1) values until the run's last file, which reads the
+    partitions' rows once; before, every check sent and read every partition's row (quadratic over a run)."""
+    import sqlalchemy as sa
+
+    from fleetscore.predictions.completion import complete_run
+    from fleetscore.runs.manifest import read_manifest
+
+    parts = 300
+    names = [f"part-{i:05d}.parquet" for i in range(parts)]
+    until = T0 + 11 * W
+    put_run(engine, folder, RUN_A, T0 - W, until, {n: 12 for n in names})
+    manifest = read_manifest(folder, RUN_A)
+    sent = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if "prediction_files" in statement:
+            sent.append(len(parameters) if isinstance(parameters, (list, tuple, dict)) else 1)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        statuses = []
+        for i, name in enumerate(names):
+            with engine.begin() as conn:
+                conn.execute(db.prediction_files.insert().values(
+                    name=f"predictions/{RUN_A}/{name}", etag=f'"{i}"', run_id=RUN_A, status="indexed", attempts=1,
+                    rows=12, anomalies=0, failures=0, windows_no_model=0, indexed_at=clock.now_ms()))
+                statuses.append(complete_run(conn, RUN_A, manifest, now=clock.now_ms()))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert statuses == [None] * (parts - 1) + ["succeeded"]
+    assert run_row(engine, RUN_A)["windows"] == 12 * parts
+    completion_values = sum(sent) - parts * 11  # minus each insert's own 11 values
+    assert completion_values < 12 * parts, completion_values  # quadratic: ~parts²/2 = 45,000
