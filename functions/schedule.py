@@ -1,4 +1,5 @@
-"""Timer trigger: claim the run of this schedule slot and submit it to the scoring backend."""
+"""Timer trigger: recover earlier runs (lapsed leases, Azure ML job states, automatic retries), then claim the
+run of this schedule slot and submit it to the scoring backend."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import azure.functions as func
 from fleetscore.clock import now_ms
 from fleetscore.context import get_services
 from fleetscore.logs import log_context
+from fleetscore.runs.recovery import recover_runs
 from fleetscore.runs.service import start_run
 from fleetscore.runs.slots import run_id_for_slot, timer_slot
 
@@ -21,6 +23,7 @@ log = logging.getLogger("fleetscore.functions.schedule")
 def schedule(timer: func.TimerRequest) -> None:
     services = get_services()
     slot = timer_slot(services.settings.scoring_schedule, timer.schedule_status, now_ms())
+    recover_runs(services)
     with log_context(run_id=run_id_for_slot(slot)):
         outcome = start_run(services, slot, trigger="timer (past due)" if timer.past_due else "timer")
         log.info("schedule: slot %s past_due=%s claimed=%s status=%s", outcome.run_id, timer.past_due,

@@ -23,13 +23,28 @@ and connection errors. The published pipeline has no idempotency key: a try that
 timeout, a dropped connection, 408/500/502/504) could have started a run, so a second one would start another
 run for the same slot. It retries only what was surely not processed — a connection never made and 429/503 —
 and reports the rest at once. The token is never logged nor put in an error.
+
+A submitted run is owned by its job; the timer asks the job's state (:meth:`job_state`, GET, retried like the
+batch endpoint's POST) to fail a run whose job failed or was cancelled (``fleetscore.runs.recovery``):
+
+* v1: the pipeline run at ``<pipelines base>/PipelineRuns/<run id>`` on the published pipeline's host (the
+  path azureml-pipeline-core's AE3P client reads, ``_AevaPipelineRunProvider.get_status``), the base being
+  ``AML_PIPELINE_ENDPOINT`` up to its workspace; the reply's ``Status.StatusCode`` is NotStarted, Running,
+  Failed, Finished or Canceled (older services: "0".."4") and ``Status.StatusDetail`` the service's message.
+* v2: the job resource on ARM, ``GET https://management.azure.com/subscriptions/<AML_SUBSCRIPTION_ID>/
+  resourceGroups/<AML_RESOURCE_GROUP>/providers/Microsoft.MachineLearningServices/workspaces/<AML_WORKSPACE>/
+  jobs/<job name>?api-version=2024-04-01`` (what azure-ai-ml's ``jobs.get`` calls); ``properties.status`` is one of
+  the JobStatus values (Completed, Failed, Canceled end it). The resource carries no error text: the message
+  is the status and the job's Studio link (``properties.services.Studio.endpoint``).
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +54,7 @@ from typing import Any
 import requests
 import urllib3
 
-from fleetscore.backends.base import Submission, SubmissionError, SubmitRequest
+from fleetscore.backends.base import JobState, Submission, SubmissionError, SubmitRequest
 from scoring_job.pipeline_v2 import datastore_uri  # the standard library alone: the Azure ML SDK stays unloaded
 
 log = logging.getLogger("fleetscore.backends.aml")
@@ -52,6 +67,15 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 NOT_PROCESSED_STATUSES = frozenset({429, 503})
 """What an endpoint answers when it did not take the request on (throttled, unavailable): safe to resend."""
 MAX_DELAY_SECONDS = 120.0
+ARM_URL = "https://management.azure.com"
+ARM_JOBS_API_VERSION = "2024-04-01"
+V1_STATUS_CODES = {"0": "NotStarted", "1": "Running", "2": "Failed", "3": "Finished", "4": "Canceled"}
+"""The AE3P service's older integer status codes (azureml-pipeline-core `_AevaPipelineRunProvider.get_status`)."""
+V1_ENDED, V2_ENDED = frozenset({"Finished", "Failed", "Canceled"}), frozenset({"Completed", "Failed", "Canceled"})
+FAILED_STATES = frozenset({"Failed", "Canceled"})
+_PIPELINES_WORKSPACE = re.compile(
+    r"^(https?://[^/]+/pipelines/v1\.0/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.MachineLearningServices/workspaces/[^/]+)/", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -277,15 +301,95 @@ def submit_batch_endpoint(
     return str(job)
 
 
+def pipeline_run_url(endpoint: str | None, pipeline_run_id: str) -> str:
+    """The v1 pipeline run's status URL on the published pipeline endpoint's host and workspace."""
+    found = _PIPELINES_WORKSPACE.match(endpoint or "")
+    if not found:
+        raise SubmissionError("AML_PIPELINE_ENDPOINT is not a .../pipelines/v1.0/subscriptions/.../workspaces/<ws>/"
+                              "... URL: the pipeline run's state cannot be asked")
+    return f"{found.group(1)}/PipelineRuns/{urllib.parse.quote(pipeline_run_id, safe='')}"
+
+
+def batch_job_url(settings: Any, job: str, arm_url: str = ARM_URL) -> str:
+    """The v2 job's ARM resource URL (without the api-version)."""
+    scope = (settings.aml_subscription_id, settings.aml_resource_group, settings.aml_workspace)
+    if not all(scope):
+        raise SubmissionError("AML_SUBSCRIPTION_ID, AML_RESOURCE_GROUP and AML_WORKSPACE must be set for the timer "
+                              "to ask Azure ML for a job's state")
+    sub, rg, ws = (urllib.parse.quote(str(part), safe="") for part in scope)
+    return (f"{arm_url.rstrip('/')}/subscriptions/{sub}/resourceGroups/{rg}/providers/"
+            f"Microsoft.MachineLearningServices/workspaces/{ws}/jobs/{urllib.parse.quote(job, safe='')}")
+
+
+def pipeline_run_state(reply: dict[str, Any]) -> JobState:
+    """A v1 PipelineRunEntity reply → its state (`Status.StatusCode`, `Status.StatusDetail`)."""
+    status = reply.get("Status") or {}
+    code = str(status.get("StatusCode") or "NotStarted")
+    code = V1_STATUS_CODES.get(code, code)
+    return JobState(code, ended=code in V1_ENDED, failed=code in FAILED_STATES,
+                    message=str(status.get("StatusDetail") or ""))
+
+
+def batch_job_state(reply: dict[str, Any]) -> JobState:
+    """A v2 JobBase resource → its state (`properties.status`; the Studio link as the message)."""
+    props = reply.get("properties") or {}
+    status = str(props.get("status") or "Unknown")
+    studio = ((props.get("services") or {}).get("Studio") or {}).get("endpoint")
+    return JobState(status, ended=status in V2_ENDED, failed=status in FAILED_STATES,
+                    message=f"see {studio}" if studio and status in FAILED_STATES else "")
+
+
+def get_with_retries(url: str, *, credential: Any, scope: str, params: dict[str, str] | None = None,
+                     session: requests.Session | None = None, retries: int = 3, backoff: float = 1.0,
+                     timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """GET ``url`` with a bearer token for ``scope``; retry 408/429/5xx, timeouts and connection errors (a GET
+    changes nothing); raise :class:`SubmissionError` on any other reply (``status`` 404: not found)."""
+    token = credential.get_token(scope).token
+    headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
+    http = session or requests.Session()
+    failure = _RetryableFailure(status=None, text="", what="")
+    try:
+        for attempt in range(retries + 1):
+            try:
+                response = http.get(url, params=params, headers=headers, timeout=timeout)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                failure = _RetryableFailure(None, f"{type(exc).__name__}: {_scrub(str(exc), token)}",
+                                            type(exc).__name__)
+            else:
+                status, text = response.status_code, _scrub(response.text or "", token)
+                if 200 <= status < 300:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise SubmissionError("the job state reply is not JSON", status=status, text=text) from None
+                if status not in RETRY_STATUSES:
+                    raise SubmissionError("Azure ML did not give the job's state", status=status, text=text)
+                failure = _RetryableFailure(status, text, f"HTTP {status}", _retry_after(response))
+            log.warning("job state from %s: %s (try %d of %d)", url, failure.what, attempt + 1, retries + 1)
+            if attempt < retries:
+                sleep(_delay_seconds(backoff, attempt, failure.retry_after))
+    finally:
+        if session is None:
+            http.close()
+    raise SubmissionError(f"no job state after {retries + 1} tries", status=failure.status, text=failure.text)
+
+
 class _RestBackend:
     """An Azure ML job started over REST: no feed (the job takes the run whole), nothing to cancel in this
-    process; the prediction files reach the blob trigger."""
+    process; the prediction files reach the blob trigger. `job_state` asks the service how the job is doing."""
 
     in_process = False
 
-    def __init__(self, settings: Any, credential: Any = None) -> None:
+    def __init__(self, settings: Any, credential: Any = None, *, arm_url: str = ARM_URL,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.credential = credential
+        self.arm_url = arm_url
+        self.sleep = sleep
+
+    def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return get_with_retries(url, credential=self.credential or default_credential(), scope=MANAGEMENT_SCOPE,
+                                params=params, timeout=self.settings.aml_submit_timeout_seconds, sleep=self.sleep)
 
     def open_feed(self, req: SubmitRequest) -> None:
         return None
@@ -300,6 +404,9 @@ class AmlPipelineBackend(_RestBackend):
     def submit(self, req: SubmitRequest) -> Submission:
         return Submission(submit_pipeline(req, self.settings, self.credential))
 
+    def job_state(self, backend_run_id: str) -> JobState:
+        return pipeline_run_state(self._get(pipeline_run_url(self.settings.aml_pipeline_endpoint, backend_run_id)))
+
 
 class AmlBatchEndpointBackend(_RestBackend):
     """``SCORING_BACKEND=aml-batch-endpoint``."""
@@ -307,11 +414,15 @@ class AmlBatchEndpointBackend(_RestBackend):
     def submit(self, req: SubmitRequest) -> Submission:
         return Submission(submit_batch_endpoint(req, self.settings, self.credential))
 
+    def job_state(self, backend_run_id: str) -> JobState:
+        url = batch_job_url(self.settings, backend_run_id, self.arm_url)
+        return batch_job_state(self._get(url, {"api-version": ARM_JOBS_API_VERSION}))
 
-def aml_backend(settings: Any, credential: Any = None) -> AmlPipelineBackend | AmlBatchEndpointBackend:
-    """The Azure ML backend that ``SCORING_BACKEND`` names."""
+
+def aml_backend(settings: Any, credential: Any = None, **kwargs: Any) -> AmlPipelineBackend | AmlBatchEndpointBackend:
+    """The Azure ML backend that ``SCORING_BACKEND`` names (`kwargs`: `arm_url`, `sleep`)."""
     if settings.scoring_backend == "aml-pipeline":
-        return AmlPipelineBackend(settings, credential)
+        return AmlPipelineBackend(settings, credential, **kwargs)
     if settings.scoring_backend == "aml-batch-endpoint":
-        return AmlBatchEndpointBackend(settings, credential)
+        return AmlBatchEndpointBackend(settings, credential, **kwargs)
     raise ValueError(f"not an Azure ML backend: {settings.scoring_backend!r}")

@@ -87,3 +87,24 @@ class Backend(Protocol):
     def cancel(self) -> None:
         """Stop what `open_feed`/`submit` started in this process (a failed run)."""
         ...
+
+
+@dataclasses.dataclass(frozen=True)
+class JobState:
+    """A remote job's state as its service reports it: `status` is the service's own word (`Running`,
+    `Failed`, ...), `ended` whether it will write nothing more, `failed` whether it ended without finishing
+    (failed or cancelled), `message` the service's explanation (may be empty)."""
+
+    status: str
+    ended: bool
+    failed: bool
+    message: str = ""
+
+
+@runtime_checkable
+class JobTracker(Protocol):
+    """A backend whose jobs run elsewhere and can be asked for their state (the Azure ML backends)."""
+
+    def job_state(self, backend_run_id: str) -> JobState:
+        """The job's state; raises :class:`SubmissionError` (``status`` 404: no such job) when not answered."""
+        ...

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from fleetscore.cli.console import console, err, fmt_count, parse_time, progress_bar, services, stage_ticker
-from fleetscore.clock import now_ms
+from fleetscore.clock import iso_seconds, now_ms
+from fleetscore.db import RUN_ACTIVE
 from fleetscore.runs.claims import list_runs
 from fleetscore.runs.service import start_run
 from fleetscore.runs.slots import latest_occurrence
@@ -17,7 +18,8 @@ from fleetscore.runs.slots import latest_occurrence
 
 def run(
     slot: Annotated[str | None, typer.Option(help="schedule slot (ISO-8601); default the latest occurrence")] = None,
-    retry: Annotated[bool, typer.Option(help="re-run a failed or partial run of the slot")] = False,
+    retry: Annotated[bool, typer.Option(help="re-run a failed or partial run of the slot, or one whose process "
+                                             "died (its lease lapsed)")] = False,
 ) -> None:
     """Run the scoring of one schedule slot now, as the timer would (claim, export, score, index)."""
     svc = services()
@@ -25,13 +27,13 @@ def run(
     with progress_bar() as bar:
         outcome = start_run(svc, slot_ms, trigger="cli", retry=retry, progress=stage_ticker(bar))
     if not outcome.claimed:
-        err.print(f"run {outcome.run_id} is already claimed (use --retry to re-run a failed or partial run)")
+        err.print(outcome.refused)
         raise typer.Exit(1)
     m = outcome.manifest
     console.print(f"run {outcome.run_id}: {outcome.status}"
                   + (f", {m.pairs:,} models, {m.windows:,} windows in {len(m.partitions)} partition(s)" if m else "")
                   + (f" — {outcome.error}" if outcome.error else ""))
-    if outcome.status == "failed":
+    if outcome.status in ("failed", "lost"):
         raise typer.Exit(1)
 
 
@@ -45,13 +47,30 @@ def runs(limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = Fal
 
 
 def runs_table(frame: pd.DataFrame) -> Table:
-    """`list_runs`' frame (one row per run, times in epoch ms) as a table; took = finished - claimed, seconds."""
+    """`list_runs`' frame (one row per run, times in epoch ms) as a table; took = finished - claimed, seconds;
+    `why` is why the attempt was retried (or, for an active run, its lease)."""
     table = Table(title="runs")
-    for col in ("run", "status", "backend", "model", "windows", "models", "no model", "failures", "took s"):
+    for col in ("run", "status", "try", "backend", "model", "windows", "models", "no model", "failures", "took s",
+                "why"):
         table.add_column(col)
-    for r in frame.itertuples():
-        took = (r.finished_at - r.claimed_at) / 1000 if r.finished_at == r.finished_at and r.finished_at else None
-        table.add_row(r.run_id, r.status, r.backend or "-", r.model_version or "-", fmt_count(r.windows),
-                      fmt_count(r.models), fmt_count(r.windows_no_model), fmt_count(r.failures),
-                      f"{took:.1f}" if took is not None else "-")
+    now = now_ms()
+    for r in frame.to_dict("records"):
+        took = (r["finished_at"] - r["claimed_at"]) / 1000 if _known(r["finished_at"]) else None
+        table.add_row(r["run_id"], r["status"], str(r["attempt"]), r["backend"] or "-", r["model_version"] or "-",
+                      fmt_count(r["windows"]), fmt_count(r["models"]), fmt_count(r["windows_no_model"]),
+                      fmt_count(r["failures"]), f"{took:.1f}" if took is not None else "-", run_note(r, now))
     return table
+
+
+def run_note(row: dict, now: int) -> str:
+    """An active run's lease (or the job that owns it), else why its attempt was retried ('' for a first try)."""
+    if row["status"] in RUN_ACTIVE:
+        if not _known(row.get("lease_until")):
+            return f"owned by job {row.get('backend_run_id') or '-'}"
+        state = "lapsed" if row["lease_until"] < now else "held"
+        return f"lease {state} until {iso_seconds(row['lease_until'])}"
+    return str(row.get("retry_reason") or "") if _known(row.get("retry_reason")) else ""
+
+
+def _known(value: object) -> bool:
+    return value is not None and value == value  # NaN / None from a frame: unknown

@@ -15,6 +15,8 @@ from sqlalchemy.engine import Engine
 
 from fleetscore import db
 from fleetscore.cli.console import console, fmt_count, fmt_ms, services
+from fleetscore.cli.runs import run_note
+from fleetscore.clock import now_ms
 from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.training import current_model_version, read_pack_manifest
 from scoring_job.pack import manifest_training_table
@@ -56,12 +58,14 @@ def ingest_status(engine: Engine) -> dict[str, Any]:
 
 
 def runs_status(engine: Engine, limit: int = 10) -> dict[str, Any]:
-    """The last runs (newest first) with status and counts, and the runs by status overall."""
+    """The last runs (newest first) with status, attempt, lease, why the attempt was retried and the earlier
+    attempts (`attempt_history`, JSON), and the runs by status overall."""
     r = db.runs
     with engine.connect() as conn:
-        last = conn.execute(sa.select(r.c.run_id, r.c.status, r.c.backend, r.c.model_version, r.c.models,
-                                      r.c.windows, r.c.windows_no_model, r.c.failures, r.c.failure_detail,
-                                      r.c.error, r.c.claimed_at, r.c.finished_at)
+        last = conn.execute(sa.select(r.c.run_id, r.c.status, r.c.attempt, r.c.backend, r.c.backend_run_id,
+                                      r.c.model_version, r.c.models, r.c.windows, r.c.windows_no_model,
+                                      r.c.failures, r.c.failure_detail, r.c.error, r.c.claimed_at, r.c.finished_at,
+                                      r.c.lease_until, r.c.retry_reason, r.c.attempt_history)
                             .order_by(r.c.slot.desc()).limit(limit)).mappings().all()
         by_status = dict(conn.execute(sa.select(r.c.status, sa.func.count()).group_by(r.c.status)).all())
     return {"last": [dict(row) for row in last], "by_status": by_status}
@@ -118,15 +122,18 @@ def ingest_table(ing: dict[str, Any], pack: dict[str, Any]) -> Table:
 
 
 def runs_table(runs_doc: dict[str, Any]) -> Table:
-    """The last runs (from `runs_status`); took = finished - claimed, seconds; errors cut to 60 characters."""
+    """The last runs (from `runs_status`); took = finished - claimed, seconds; errors cut to 60 characters; `why`
+    is why the attempt was retried (or an active run's lease), cut to 80."""
     table = Table(title=f"last runs  ({_counts(runs_doc['by_status']) or 'none yet'})")
-    for col in ("run", "status", "backend", "models", "windows", "no model", "failures", "took s", "error"):
+    for col in ("run", "status", "try", "backend", "models", "windows", "no model", "failures", "took s", "error",
+                "why"):
         table.add_column(col)
+    now = now_ms()
     for r in runs_doc["last"]:
         took = (r["finished_at"] - r["claimed_at"]) / 1000 if r["finished_at"] else None
-        table.add_row(r["run_id"], r["status"], r["backend"] or "-", fmt_count(r["models"]),
+        table.add_row(r["run_id"], r["status"], str(r["attempt"]), r["backend"] or "-", fmt_count(r["models"]),
                       fmt_count(r["windows"]), fmt_count(r["windows_no_model"]), fmt_count(r["failures"]),
-                      f"{took:.1f}" if took is not None else "-", (r["error"] or "")[:60])
+                      f"{took:.1f}" if took is not None else "-", (r["error"] or "")[:60], run_note(r, now)[:80])
     return table
 
 

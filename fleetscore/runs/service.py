@@ -6,6 +6,9 @@ watermark; the export writes them to `data/<run_id>/part-NNNNN.parquet` (whole d
 PARTITION_MODELS pairs) plus `data/<run_id>/manifest.json`, then hands them to the backend. Completion —
 status succeeded/partial and the watermark advance — happens when the index has seen every partition's
 prediction file: the blob trigger's job in Azure, done here for a backend that scored in this process.
+
+The claimer holds the run's lease (`fleetscore.runs.lease`) and renews it at every partition exported, scored and
+indexed; a remote backend's job takes the run over when it is accepted (lease cleared, `backend_run_id` set).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from fleetscore.runs.claims import (
     complete_empty_run,
     fail_run,
     mark_unscored_partitions,
+    refusal,
     update_run,
 )
 from fleetscore.runs.export import export_run
+from fleetscore.runs.lease import Lease, LeaseLost
 from fleetscore.runs.manifest import RunManifest
 from fleetscore.runs.slots import run_id_for_slot
 from fleetscore.training import current_model_version, read_pack_manifest
@@ -47,47 +52,73 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class RunOutcome:
-    """What `start_run` did: `claimed` False means another invocation owns the slot."""
+    """What `start_run` did: `claimed` False means another invocation owns the slot (`refused` says why and when
+    a retry becomes possible); status `lost` means another process took the run over after this one's lease
+    lapsed."""
 
     run_id: str
     claimed: bool
     status: str = ""
+    refused: str = ""
+    attempt: int = 0
     manifest: RunManifest | None = None
     backend_run_id: str | None = None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def start_run(services: Any, slot_ms: int, *, trigger: str, retry: bool = False, backend: Backend | None = None,
-              progress: Progress | None = None) -> RunOutcome:
+def start_run(services: Any, slot_ms: int, *, trigger: str, retry: bool = False, reason: str | None = None,
+              backend: Backend | None = None, progress: Progress | None = None) -> RunOutcome:
     """Claim, export and submit the run of one slot. Never raises for the run's own failures: they are
-    recorded on its row (status failed, error) and returned."""
+    recorded on its row (status failed, error) and returned. `retry` takes a failed or partial run, or one whose
+    lease lapsed, as its next attempt; `reason` says why (recorded in `retry_reason`)."""
     settings, engine = services.settings, services.engine
     claim = claim_run(engine, slot_ms, window_ms=settings.window_ms, late_ms=settings.late_arrival_seconds * 1000,
                       max_lookback_ms=int(settings.max_lookback_hours * 3_600_000), trigger=trigger,
-                      backend=settings.scoring_backend, retry=retry)
+                      backend=settings.scoring_backend, retry=retry, lease_ms=settings.run_lease_seconds * 1000,
+                      reason=reason)
     run_id = run_id_for_slot(slot_ms)
     if claim is None:
-        log.info("run %s is already claimed; nothing to do", run_id)
-        return RunOutcome(run_id, claimed=False)
-    outcome = RunOutcome(run_id, claimed=True)
+        outcome = RunOutcome(run_id, claimed=False, refused=refusal(engine, run_id, retry=retry))
+        log.info("%s", outcome.refused)
+        return outcome
+    outcome = RunOutcome(run_id, claimed=True, attempt=claim.attempt)
+    lease = Lease(engine, run_id, claim.owner, settings.run_lease_seconds)
     try:
-        backend = backend or backend_for(settings, services.store, progress=progress)
-        _export_and_submit(services, claim, backend, outcome, progress)
+        backend = backend or backend_for(settings, services.store, progress=_renewing(lease, progress))
+        _export_and_submit(services, claim, backend, outcome, progress, lease)
+    except LeaseLost as exc:  # another process owns the run now: leave its row alone
+        _cancel(backend)
+        log.error("run %s: %s; stopped", run_id, exc)
+        outcome.status, outcome.error = "lost", str(exc)
     except Exception as exc:  # recorded, never lost: the run row says what happened
-        if backend is not None:
-            backend.cancel()  # a pool still scoring partitions of a failed run is stopped
+        _cancel(backend)
         log.exception("run %s failed", run_id)
         outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
         try:
-            fail_run(engine, run_id, outcome.error)
+            fail_run(engine, run_id, outcome.error, owner=claim.owner)
         except Exception:  # the database itself is down: the log line above is the record
             log.exception("could not record the failure of run %s", run_id)
     return outcome
 
 
+def _cancel(backend: Backend | None) -> None:
+    """Stop a pool still scoring partitions of a run this process gives up."""
+    if backend is not None:
+        backend.cancel()
+
+
+def _renewing(lease: Lease, progress: Progress | None) -> Progress:
+    """A progress callback that renews the lease at every tick of a stage, then reports it."""
+    def tick(stage: str, done: int, total: int) -> None:
+        lease.tick(stage)
+        if progress:
+            progress(stage, done, total)
+    return tick
+
+
 def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: RunOutcome,
-                       progress: Progress | None) -> None:
+                       progress: Progress | None, lease: Lease) -> None:
     """Export the claim's windows (feeding the backend as partitions land), submit, index in-process output."""
     settings, engine, store = services.settings, services.engine, services.store
     version = current_model_version(store)
@@ -96,10 +127,16 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
     lookback = lookback_windows(read_pack_manifest(store, version))
     request = SubmitRequest.for_run(claim.run_id, claim.slot_ms, version)
     feed: Feed | None = backend.open_feed(request)  # the local backend scores partitions while they export
+
+    def exported(key: str) -> None:
+        if feed is not None:
+            feed.add(key)
+        lease.tick("export")
+
     manifest = _timed(outcome, "export", lambda: export_run(
         engine, store, claim, model_version=version, window_ms=settings.window_ms,
         partition_models=settings.partition_models, progress=_stage(progress, "export"),
-        on_partition=feed.add if feed is not None else None, lookback_windows=lookback))
+        on_partition=exported, lookback_windows=lookback))
     outcome.manifest = manifest
     update_run(engine, claim.run_id, model_version=version, partitions=len(manifest.partitions),
                models=manifest.pairs, windows=manifest.windows, timings=json.dumps(outcome.timings))
@@ -111,22 +148,30 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
     request = dataclasses.replace(request, partitions=tuple(p.name for p in manifest.partitions))
     update_run(engine, claim.run_id, status="running" if backend.in_process else "submitted",
                submitted_at=clock.now_ms())
+    lease.renew()
     submission = _timed(outcome, "submit", lambda: backend.submit(request))
     outcome.backend_run_id = submission.backend_run_id
-    update_run(engine, claim.run_id, backend_run_id=submission.backend_run_id, timings=json.dumps(outcome.timings))
     if submission.in_process:
-        _timed(outcome, "index", lambda: index_submission(services, claim.run_id, submission, progress))
+        update_run(engine, claim.run_id, backend_run_id=submission.backend_run_id,
+                   timings=json.dumps(outcome.timings))
+        _timed(outcome, "index", lambda: index_submission(services, claim.run_id, submission, progress, lease))
         update_run(engine, claim.run_id, timings=json.dumps(outcome.timings))
+    elif not lease.release(backend_run_id=submission.backend_run_id, timings=json.dumps(outcome.timings)):
+        raise LeaseLost(f"run {claim.run_id}: submitted as {submission.backend_run_id}, but another process had "
+                        f"taken the run over")
     with engine.connect() as conn:
         outcome.status = conn.execute(sa.select(db.runs.c.status).where(db.runs.c.run_id == claim.run_id)).scalar()
 
 
-def index_submission(services: Any, run_id: str, submission: Submission, progress: Progress | None = None) -> None:
+def index_submission(services: Any, run_id: str, submission: Submission, progress: Progress | None = None,
+                     lease: Lease | None = None) -> None:
     """Index every prediction file an in-process backend wrote (the blob trigger's job in Azure), then record
     the partitions it could not score (they write no file, so the index alone cannot complete the run)."""
     tick = _stage(progress, "index")
     for i, key in enumerate(submission.written, start=1):
         index_prediction_file(services.engine, services.store, services.settings, key)
+        if lease is not None:
+            lease.tick("index")
         if tick:
             tick(i, len(submission.written))
     if submission.unscored:

@@ -46,11 +46,14 @@ class FakeEndpoint:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self.do_POST("GET")
+
+            def do_POST(self, method: str = "POST") -> None:  # noqa: N802 (http.server's name)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 with lock:
-                    outer.requests.append({"method": "POST", "path": self.path, "headers": dict(self.headers),
+                    outer.requests.append({"method": method, "path": self.path, "headers": dict(self.headers),
                                            "body": json.loads(raw or b"null")})
                     status, headers, body, delay = outer.script.pop(0) if outer.script else (500, {}, "", 0)
                 if delay:
@@ -311,3 +314,55 @@ def test_the_body_is_what_azure_ai_ml_itself_sends():
     assert wire["outputData"] == body["outputData"]
     assert EndpointInvokeFields.MODEL_DEPLOYMENT == aml.DEPLOYMENT_HEADER
     assert EndpointInvokeFields.REPEATABILITY_REQUEST_ID == aml.REPEATABILITY_HEADER
+
+
+# --- a submitted run's job state (the timer reconciles runs with it) -----------------------------------------
+
+WORKSPACE = "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
+
+
+@pytest.mark.parametrize("code,status,failed", [("Failed", "Failed", True), ("4", "Canceled", True),
+                                                ("Finished", "Finished", False), ("1", "Running", False)])
+def test_pipeline_run_state_is_read_from_the_pipeline_runs_resource(endpoint, code, status, failed):
+    reply = {"Id": "5e1f-run", "Status": {"StatusCode": code, "StatusDetail": "step score: out of memory"}}
+    server = endpoint([(503, {}, "busy", 0), (200, {}, reply, 0)])
+    credential, sleeps = FakeCredential(), []
+    backend = aml.AmlPipelineBackend(settings(aml_pipeline_endpoint=server.url + PIPELINE_PATH), credential,
+                                     sleep=sleeps.append)
+    state = backend.job_state("5e1f-run")
+    assert (state.status, state.failed, state.ended) == (status, failed, status != "Running")
+    assert state.message == "step score: out of memory"
+    assert sleeps == [1.0] and credential.scopes == [("https://management.azure.com/.default",)]
+    for request in server.requests:  # the AE3P path azureml-pipeline-core reads (PipelineRuns/{pipelineRunId})
+        assert request["method"] == "GET" and request["body"] is None
+        assert request["path"] == "/pipelines/v1.0" + WORKSPACE + "/PipelineRuns/5e1f-run"
+        assert request["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_batch_job_state_is_read_from_the_arm_job_resource(endpoint):
+    studio = "https://ml.azure.com/runs/batchjob-1?wsid=/subscriptions/sub/resourcegroups/rg/workspaces/ws"
+    server = endpoint([(200, {}, {"name": "batchjob-1", "properties": {
+        "jobType": "Pipeline", "status": "Failed", "services": {"Studio": {"endpoint": studio}}}}, 0)])
+    credential = FakeCredential()
+    backend = aml.AmlBatchEndpointBackend(settings(aml_subscription_id="sub", aml_resource_group="rg",
+                                                   aml_workspace="ws"), credential, arm_url=server.url)
+    state = backend.job_state("batchjob-1")
+    assert (state.status, state.failed, state.ended, state.message) == ("Failed", True, True, f"see {studio}")
+    (request,) = server.requests
+    assert request["method"] == "GET" and request["path"] == WORKSPACE + "/jobs/batchjob-1?api-version=2024-04-01"
+    assert request["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert credential.scopes == [("https://management.azure.com/.default",)]
+
+
+def test_job_state_errors_carry_the_status_and_never_the_token(endpoint):
+    server = endpoint([(404, {}, {"error": {"code": "UserError", "message": f"no job; Bearer {TOKEN}"}}, 0)])
+    backend = aml.AmlBatchEndpointBackend(settings(aml_subscription_id="sub", aml_resource_group="rg",
+                                                   aml_workspace="ws"), FakeCredential(), arm_url=server.url)
+    with pytest.raises(SubmissionError) as info:
+        backend.job_state("gone")
+    assert info.value.status == 404 and TOKEN not in str(info.value) and len(server.requests) == 1
+    with pytest.raises(SubmissionError, match="AML_SUBSCRIPTION_ID"):
+        aml.AmlBatchEndpointBackend(settings(), FakeCredential()).job_state("j")
+    with pytest.raises(SubmissionError, match="AML_PIPELINE_ENDPOINT"):
+        aml.AmlPipelineBackend(settings(aml_pipeline_endpoint="https://example.invalid/x"),
+                               FakeCredential()).job_state("j")

@@ -83,22 +83,31 @@ def test_fifty_concurrent_claims_of_one_slot_give_one_run(pg_url):
     engine.dispose()
 
 
-def test_a_failed_run_can_be_retried_explicitly_once(sqlite_engine):
+def test_a_failed_run_or_one_whose_lease_lapsed_can_be_retried_once(sqlite_engine):
     slot = ms("2026-11-23T10:05:00")
-    kw = dict(window_ms=W, late_ms=0, max_lookback_ms=HOUR, trigger="t", backend="local")
+    kw = dict(window_ms=W, late_ms=0, max_lookback_ms=HOUR, trigger="t", backend="local", lease_ms=60_000)
     first = claim_run(sqlite_engine, slot, **kw)
     assert first is not None and claim_run(sqlite_engine, slot, **kw) is None
-    assert claim_run(sqlite_engine, slot, retry=True, **kw) is None  # still running: no retry
-    with sqlite_engine.begin() as conn:  # ... unless it was left unfinished for hours (a killed worker)
+    assert claim_run(sqlite_engine, slot, retry=True, **kw) is None  # its lease is held: no retry
+    with sqlite_engine.begin() as conn:  # claimed hours ago, but its owner renews the lease: still no retry
         conn.execute(db.runs.update().values(claimed_at=clock.now_ms() - 7 * HOUR))
-    stale = claim_run(sqlite_engine, slot, retry=True, **kw)
-    assert stale is not None and stale.attempt == 2
+    assert claim_run(sqlite_engine, slot, retry=True, **kw) is None
+    with sqlite_engine.begin() as conn:  # the owner stopped renewing a second ago (a killed worker)
+        conn.execute(db.runs.update().values(lease_until=clock.now_ms() - 1000))
+    lapsed = claim_run(sqlite_engine, slot, retry=True, **kw)
+    assert lapsed is not None and lapsed.attempt == 2 and lapsed.owner != first.owner
     with sqlite_engine.begin() as conn:
-        conn.execute(db.runs.update().values(status="failed"))
-    again = claim_run(sqlite_engine, slot, retry=True, **kw)
+        conn.execute(db.runs.update().values(status="failed", error="boom"))
+    again = claim_run(sqlite_engine, slot, retry=True, reason="automatic retry by the timer", **kw)
     assert again is not None and again.attempt == 3
     assert (again.window_from, again.window_until) == (first.window_from, first.window_until)
     assert claim_run(sqlite_engine, slot, retry=True, **kw) is None
+    run = list_runs(sqlite_engine).iloc[0]
+    assert run["retry_reason"] == "automatic retry by the timer after attempt 2 failed: boom"
+    history = json.loads(run["attempt_history"])
+    assert [(h["attempt"], h["status"]) for h in history] == [(1, "failed"), (2, "failed")]
+    assert history[0]["error"].startswith("lease lapsed at ") and first.owner in history[0]["error"]
+    assert history[1]["retry_reason"].startswith("retried by hand (--retry) after attempt 1 failed: lease lapsed")
 
 
 # --- window range of a run --------------------------------------------------------------------------
