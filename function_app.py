@@ -2,6 +2,7 @@
 
 import azure.functions as func
 
+from functions.alerts import bp as alerts_bp
 from functions.ingest import bp as ingest_bp
 from functions.predictions import bp as predictions_bp
 from functions.schedule import bp as schedule_bp
@@ -10,3 +11,4 @@ app = func.FunctionApp()
 app.register_functions(ingest_bp)
 app.register_functions(predictions_bp)
 app.register_functions(schedule_bp)
+app.register_functions(alerts_bp)

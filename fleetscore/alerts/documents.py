@@ -1,4 +1,5 @@
-"""Alert documents: an alert as JSON (the blob `alerts/<yyyy>/<mm>/<dd>/<alert_id>.json` and the webhook body).
+"""Alert documents: an alert as JSON (the blob `alerts/<yyyy>/<mm>/<dd>/<alert_id>.json` and the webhook body;
+both are written from the outbox, :mod:`fleetscore.alerts.outbox`).
 
 The document has ``alert_id, device, sensor, status ("open" | "closed"), first_window_end, last_window_end
 (ISO-8601 UTC, "Z"), windows, max_score, severity, model_version, run_id, raised_at, updated_at, revision``; the
@@ -8,14 +9,10 @@ blob is dated by the UTC day of ``first_window_end`` (:func:`fleetscore.storage.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from fleetscore.clock import iso_exact
-from fleetscore.storage.paths import alert_document_key
-
-log = logging.getLogger(__name__)
 
 DOCUMENT_FIELDS = ("alert_id", "device", "sensor", "status", "first_window_end", "last_window_end", "windows",
                    "max_score", "severity", "model_version", "run_id", "raised_at", "updated_at", "revision")
@@ -34,15 +31,6 @@ def alert_document(record: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def write_blobs(store: Any, records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Write each alert's JSON document; returns the ids whose write failed (logged, not raised: the alert
-    is safe in SQL and `fleetscore alerts redeliver --blobs` writes it again)."""
-    failed = []
-    for rec in records:
-        try:
-            key = alert_document_key(rec["alert_id"], rec["first_window_end"])
-            store.put(key, json.dumps(alert_document(rec), indent=1).encode())
-        except Exception:
-            log.exception("could not write the JSON of alert %s", rec["alert_id"])
-            failed.append(rec["alert_id"])
-    return failed
+def document_json(record: Mapping[str, Any]) -> bytes:
+    """The bytes of the alert's blob document (UTF-8 JSON, indented); written by :mod:`fleetscore.alerts.outbox`."""
+    return json.dumps(alert_document(record), indent=1).encode()

@@ -24,6 +24,8 @@ ALERT_COLUMNS = tuple(c.name for c in db.alerts.columns)
 CHANGED_COLUMNS = ("status", "last_window_end", "last_seen_window_end", "normal_after", "windows", "max_score",
                    "severity", "model_version", "run_id", "updated_at", "revision")
 """What a visible change of an alert rewrites."""
+NEW_ALERT_DEFAULTS = {"document_revision": 0}
+"""Columns a new alert from the episode rules does not carry: its document is pending (the outbox writes it)."""
 LOOKAHEAD_WINDOWS = 288
 """How far past a file the episode rules look for newer files' anomalies (a file indexed out of order), windows."""
 
@@ -72,7 +74,8 @@ def save(conn: Connection, update: AlertUpdate) -> None:
         taken: set[str] = set()
         for chunk in db.chunks(ids):
             taken |= set(conn.execute(sa.select(a.c.alert_id).where(a.c.alert_id.in_(chunk))).scalars())
-        fresh = [{c: r.get(c) for c in ALERT_COLUMNS} for r in update.new if r["alert_id"] not in taken]
+        fresh = [{c: r.get(c, NEW_ALERT_DEFAULTS.get(c)) for c in ALERT_COLUMNS} for r in update.new
+                 if r["alert_id"] not in taken]
         if taken:
             log.info("alerts %s exist already (replayed episode start); left as they are", sorted(taken))
         if fresh:

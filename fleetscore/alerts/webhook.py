@@ -8,10 +8,13 @@ connection errors, timeouts, 429 and 5xx.
 
 - 2xx: ``delivered_revision = revision`` (the revision that was sent).
 - anything else: ``delivery_attempts + 1`` and ``delivery_error`` (never the URL's query string or user info,
-  where webhook secrets live). The alert stays pending and is sent again after the next indexed file or by
-  ``fleetscore alerts redeliver``: an alert is never dropped.
+  where webhook secrets live). The alert stays pending and is sent again by the next drain of the outbox (the
+  timer function ``alert_outbox``, :mod:`fleetscore.alerts.outbox`) or by ``fleetscore alerts redeliver``: an
+  alert is never dropped.
 - When the endpoint looks down (connection error, timeout, 429/5xx after all tries) the round stops, so a dead
-  webhook costs one alert's tries per indexed file, not one per pending alert.
+  webhook costs one alert's tries per round, not one per pending alert.
+- A round may have a deadline (a ``time.monotonic()`` value): no POST starts after it, each POST's timeouts and
+  backoff end by it, so a hanging endpoint holds a round for its deadline at most. Indexing never delivers.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ BACKOFF_SECONDS = 0.5
 MAX_RETRY_AFTER_SECONDS = 5.0
 TIMEOUT = (3.05, 10.0)
 """(connect, read) seconds per POST."""
+MIN_POST_SECONDS = 0.5
+"""A POST is not started with less time than this left before the round's deadline (s)."""
 BATCH = 200
 
 
@@ -47,6 +52,23 @@ class PostOutcome:
     ok: bool
     error: str | None = None
     endpoint_down: bool = False
+    sent: bool = True
+    """False when the deadline came before the first try: nothing to record."""
+
+
+def seconds_left(deadline: float | None) -> float | None:
+    """Seconds until `deadline` (a `time.monotonic()` value; None: no deadline → None)."""
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _timeout(deadline: float | None) -> tuple[float, float] | None:
+    """(connect, read) timeouts for a POST that must end by `deadline`; None when too little time is left."""
+    left = seconds_left(deadline)
+    if left is None:
+        return TIMEOUT
+    if left < MIN_POST_SECONDS:
+        return None
+    return min(TIMEOUT[0], left), min(TIMEOUT[1], left)
 
 
 def safe_url(url: str) -> str:
@@ -69,16 +91,21 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
-def post_alert(session: requests.Session, url: str, doc: dict[str, Any]) -> PostOutcome:
-    """POST one alert document with retries; never raises for HTTP or network failures."""
+def post_alert(session: requests.Session, url: str, doc: dict[str, Any], *,
+               deadline: float | None = None) -> PostOutcome:
+    """POST one alert document with retries, all ending by `deadline` (monotonic s, None: no deadline); never
+    raises for HTTP or network failures."""
     body = json.dumps(doc).encode()
     headers = {"Content-Type": "application/json", "Idempotency-Key": f"{doc['alert_id']}:{doc['revision']}",
                "User-Agent": "fleetscore-alerts"}
     error, down = "not sent", True
     for attempt in range(1, MAX_TRIES + 1):
         wait = BACKOFF_SECONDS * 2 ** (attempt - 1)
+        timeout = _timeout(deadline)
+        if timeout is None:
+            return PostOutcome(ok=False, error=error, endpoint_down=down, sent=attempt > 1)
         try:
-            resp = session.post(url, data=body, headers=headers, timeout=TIMEOUT)
+            resp = session.post(url, data=body, headers=headers, timeout=timeout)
         except requests.RequestException as exc:
             error, down = scrub(f"{type(exc).__name__}: {exc}", url)[:500], True
         else:
@@ -93,7 +120,8 @@ def post_alert(session: requests.Session, url: str, doc: dict[str, Any]) -> Post
             if retry_after.strip().isdigit():
                 wait = min(float(retry_after), MAX_RETRY_AFTER_SECONDS)
         if attempt < MAX_TRIES:
-            time.sleep(wait)
+            left = seconds_left(deadline)
+            time.sleep(wait if left is None else max(0.0, min(wait, left)))
     return PostOutcome(ok=False, error=error, endpoint_down=down)
 
 
@@ -120,9 +148,10 @@ def _record(engine: Engine, alert: dict[str, Any], outcome: PostOutcome) -> None
 
 
 def deliver_pending(engine: Engine, settings: Settings, *, session: requests.Session | None = None,
-                    limit: int | None = BATCH) -> tuple[int, int]:
-    """POST pending alerts (oldest change first, at most `limit`; None = all); returns (delivered, failed).
-    Stops at the first failure that says the endpoint is down. Nothing to do without ALERT_WEBHOOK_URL."""
+                    limit: int | None = BATCH, deadline: float | None = None) -> tuple[int, int]:
+    """POST pending alerts (oldest change first, at most `limit`; None = all) until `deadline` (monotonic s;
+    None: none); returns (delivered, failed). Stops at the first failure that says the endpoint is down.
+    Nothing to do without ALERT_WEBHOOK_URL."""
     if settings.alert_webhook_url is None:
         return 0, 0
     url = settings.alert_webhook_url.get_secret_value()
@@ -138,7 +167,9 @@ def deliver_pending(engine: Engine, settings: Settings, *, session: requests.Ses
                 break
             for alert in page:
                 after = (int(alert["updated_at"]), alert["alert_id"])
-                outcome = post_alert(session, url, alert_document(alert))
+                outcome = post_alert(session, url, alert_document(alert), deadline=deadline)
+                if not outcome.sent:
+                    return delivered, failed
                 _record(engine, alert, outcome)
                 if outcome.ok:
                     delivered += 1
@@ -157,5 +188,5 @@ def deliver_pending(engine: Engine, settings: Settings, *, session: requests.Ses
 
 
 def redeliver(engine: Engine, settings: Settings, session: requests.Session | None = None) -> tuple[int, int]:
-    """Send every pending alert now (what `fleetscore alerts redeliver` runs); returns (delivered, failed)."""
+    """Send every pending alert now, without a deadline; returns (delivered, failed)."""
     return deliver_pending(engine, settings, session=session, limit=None)

@@ -1,4 +1,5 @@
-"""`fleetscore alerts`: list alerts, and send undelivered alert revisions to the webhook again."""
+"""`fleetscore alerts`: list alerts; `redeliver` drains the alert outbox (pending documents and webhook
+deliveries) now."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fleetscore.alerts.documents import alert_document, write_blobs
+from fleetscore.alerts.documents import alert_document
+from fleetscore.alerts.outbox import drain, mark_all_pending
 from fleetscore.alerts.store import list_alerts
-from fleetscore.alerts.webhook import redeliver
 from fleetscore.cli.console import console, services
 from fleetscore.clock import iso_exact
 
@@ -54,19 +55,20 @@ def alerts_table(rows: list[dict[str, Any]], open_only: bool, webhook: bool) -> 
 
 @alerts_app.command("redeliver")
 def redeliver_cmd(
-    blobs: Annotated[bool, typer.Option("--blobs", help="also rewrite every alert's JSON blob")] = False,
+    blobs: Annotated[bool, typer.Option("--blobs", help="rewrite every alert's JSON document, not only pending ones")]
+    = False,
 ) -> None:
-    """POST every undelivered alert revision to ALERT_WEBHOOK_URL now."""
+    """Drain the alert outbox now: write every pending alert document, POST every undelivered alert revision
+    to ALERT_WEBHOOK_URL (no deadline). Exit code 1 when something is still pending."""
     svc = services()
     if blobs:
-        rows = list_alerts(svc.engine, limit=None)
-        failed = write_blobs(svc.store, rows)
-        console.print(f"rewrote {len(rows) - len(failed):,} alert JSON blob(s)" + (f", {len(failed)} failed"
-                                                                                  if failed else ""))
+        mark_all_pending(svc.engine)
+    result = drain(svc.engine, svc.store, svc.settings, seconds=None)
+    console.print(f"wrote {result.documents:,} alert document(s)"
+                  + (f", {result.document_failures:,} failed" if result.document_failures else ""))
     if svc.settings.alert_webhook_url is None:
         console.print("ALERT_WEBHOOK_URL is not set: nothing to deliver")
-        return
-    delivered, failed = redeliver(svc.engine, svc.settings)
-    console.print(f"delivered {delivered:,} alert revision(s), {failed:,} failed")
-    if failed:
+    else:
+        console.print(f"delivered {result.delivered:,} alert revision(s), {result.delivery_failed:,} failed")
+    if result.document_failures or result.delivery_failed:
         raise typer.Exit(1)

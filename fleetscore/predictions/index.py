@@ -15,9 +15,10 @@ call for each `predictions/<run_id>/part-NNNNN.parquet`. For one file, in one tr
 5. Run completion (:mod:`fleetscore.predictions.completion`). A file of an unknown run (no run row or no
    manifest) is indexed and logged as such.
 
-After the commit: the JSON of each new or changed alert is written to `alerts/…`
-(:mod:`fleetscore.alerts.documents`), and, with ALERT_WEBHOOK_URL set, pending alert revisions are POSTed
-(:mod:`fleetscore.alerts.webhook`).
+After the commit, from the alert outbox (:mod:`fleetscore.alerts.outbox`): the JSON documents of the alerts
+this file changed are written to `alerts/…`, then a bounded number of documents still pending from earlier
+(a crash between an earlier commit and its writes). Webhook deliveries are not made here, so a consumer's
+endpoint never holds up indexing: the timer function `alert_outbox` sends them.
 
 Only transient database errors are raised (so the Functions host retries); everything else is recorded.
 """
@@ -30,16 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import clock, db
+from fleetscore.alerts import outbox
 from fleetscore.alerts import store as alert_store
-from fleetscore.alerts.documents import write_blobs
 from fleetscore.alerts.episodes import Persistence
 from fleetscore.alerts.severity import SeverityOf, severity_lookup
-from fleetscore.alerts.webhook import deliver_pending
 from fleetscore.predictions.completion import complete_if_done
 from fleetscore.predictions.files import (
     PredictionFileError,
@@ -79,8 +78,8 @@ class IndexResult:
     error: str | None = None
     run_status: str | None = None
     """The run's new status when this file completed it."""
-    delivered: int = 0
-    delivery_failed: int = 0
+    documents: int = 0
+    """Alert documents written after the commit (this file's and earlier pending ones)."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,9 @@ class _Blob:
 
 # ------------------------------------------------------------------------------------------ entry point
 def index_prediction_file(engine: Engine, store: BlobStore, settings: Settings, name: str, *,
-                          data: bytes | None = None, etag: str | None = None, deliver: bool = True,
-                          session: requests.Session | None = None) -> IndexResult:
+                          data: bytes | None = None, etag: str | None = None) -> IndexResult:
     """Index one prediction file (see the module doc). `data`/`etag` come from the trigger when it has them;
-    otherwise the blob is read from the store. `session`: a requests.Session for the webhook."""
+    otherwise the blob is read from the store."""
     key = prediction_key(name)
     result = IndexResult(name=key, status="error", run_id=run_id_of(key))
     if not is_prediction_file(key):  # a writer's hidden temp file (score.py writes .part-*.tmp, then renames)
@@ -111,7 +109,7 @@ def index_prediction_file(engine: Engine, store: BlobStore, settings: Settings, 
         changed = _unchanged(engine, store, settings, existing, result)
     else:
         result, changed = _index_content(engine, store, settings, blob, result)
-    return _after_commit(engine, store, settings, result, changed, deliver=deliver, session=session)
+    return _after_commit(engine, store, result, changed)
 
 
 def _read_blob(store: BlobStore, key: str, data: bytes | None, etag: str | None, result: IndexResult) -> _Blob | None:
@@ -301,27 +299,11 @@ def _run_active(engine: Engine, run_id: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ after the commit
-def _after_commit(engine: Engine, store: BlobStore, settings: Settings, result: IndexResult, changed: list[Alert],
-                  *, deliver: bool, session: requests.Session | None) -> IndexResult:
-    """Write the changed alerts' documents, deliver pending revisions to the webhook, log the outcome."""
-    if changed:
-        write_blobs(store, changed)
-    if deliver and settings.alert_webhook_url is not None:
-        _deliver(engine, settings, session, result)
+def _after_commit(engine: Engine, store: BlobStore, result: IndexResult, changed: list[Alert]) -> IndexResult:
+    """Write the changed alerts' documents and catch up earlier pending ones (the outbox), log the outcome."""
+    result.documents = outbox.after_index(engine, store, [a["alert_id"] for a in changed]).documents
     if result.status == "indexed":
         log.info("indexed %s: %d rows, %d anomalies, %d alert(s) changed%s", result.name, result.rows,
                  result.anomalies, result.alerts_changed,
                  f"; run {result.run_id} {result.run_status}" if result.run_completed else "")
     return result
-
-
-def _deliver(engine: Engine, settings: Settings, session: requests.Session | None, result: IndexResult) -> None:
-    """POST pending alert revisions; a failure is logged (delivery state stays pending in SQL, so the next file
-    or `fleetscore alerts redeliver` retries)."""
-    try:
-        result.delivered, result.delivery_failed = deliver_pending(engine, settings, session=session)
-    except Exception as exc:
-        if db.is_transient(exc):
-            log.warning("webhook delivery skipped: database busy (%s)", type(exc).__name__)
-        else:
-            log.exception("webhook delivery failed")

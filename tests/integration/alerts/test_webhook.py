@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from fleetscore import db
-from fleetscore.alerts import webhook
+from fleetscore.alerts import outbox, webhook
 from fleetscore.cli.alerts import alerts_app
 from fleetscore.context import Services
 from fleetscore.settings import load_settings
@@ -68,14 +68,16 @@ def test_webhook_down_then_up_delivers_every_revision_exactly_once(engine, folde
     settings = load_settings()
     try:
         hook.status = 503  # down: every try of the round fails, the round stops after one alert
-        r1 = fire(engine, folder, settings, RUN_A, series("d-1", "temp", T0, 4, {2, 3}) +
-                  series("d-2", "temp", T0, 4, {3}))
+        fire(engine, folder, settings, RUN_A, series("d-1", "temp", T0, 4, {2, 3}) + series("d-2", "temp", T0, 4, {3}))
+        assert hook.requests == 0  # indexing never POSTs: the outbox's timer does
+        r1 = outbox.drain(engine, folder, settings)
         assert (r1.delivered, r1.delivery_failed) == (0, 1) and hook.requests == webhook.MAX_TRIES
         (err,) = [a["delivery_error"] for a in rows_of(engine, db.alerts) if a["delivery_error"]]
         assert err == f"HTTP 503 from http://127.0.0.1:{hook.port}"  # no path: Slack/Teams keep secrets there
         hook.close()  # closed: connection refused
-        r2 = fire(engine, folder, settings, RUN_B, series("d-1", "temp", T0 + 4 * W, 4, {0}) +
-                  series("d-3", "rh", T0 + 4 * W, 4, {1}))
+        fire(engine, folder, settings, RUN_B, series("d-1", "temp", T0 + 4 * W, 4, {0}) +
+             series("d-3", "rh", T0 + 4 * W, 4, {1}))
+        r2 = outbox.drain(engine, folder, settings)
         assert (r2.delivered, r2.delivery_failed) == (0, 1)
         pending = rows_of(engine, db.alerts)
         assert len(pending) == 3 and all(a["delivered_revision"] == 0 for a in pending)
@@ -83,12 +85,13 @@ def test_webhook_down_then_up_delivers_every_revision_exactly_once(engine, folde
         assert any("ConnectionError" in e for e in errors) and not any("s3cr3t" in e for e in errors)
         assert sum(a["delivery_attempts"] for a in pending) == 2
         hook = Hook(port=hook.port)  # up again
-        r3 = fire(engine, folder, settings, RUN_C, series("d-9", "temp", T0 + 8 * W, 2))
+        fire(engine, folder, settings, RUN_C, series("d-9", "temp", T0 + 8 * W, 2))
+        r3 = outbox.drain(engine, folder, settings)
         assert (r3.delivered, r3.delivery_failed) == (3, 0)
         assert webhook.redeliver(engine, settings) == (0, 0)
         # a changed alert is a new revision, delivered once more
         fire(engine, folder, settings, RUN_D, series("d-3", "rh", T0 + 8 * W, 1, {0}))
-        assert webhook.redeliver(engine, settings) == (0, 0)
+        assert webhook.redeliver(engine, settings) == (1, 0)
     finally:
         hook.close()
     final = {(a["alert_id"], a["revision"]) for a in rows_of(engine, db.alerts)}
@@ -107,19 +110,20 @@ def test_redeliver_sends_what_indexing_did_not(sqlite_engine, folder, monkeypatc
         hook.status = 500
         fire(sqlite_engine, folder, settings, RUN_A, series("d-1", "temp", T0, 2, {0}) + series("d-2", "t", T0, 2, {1}))
         assert webhook.redeliver(sqlite_engine, settings) == (0, 1)
+        assert webhook.redeliver(sqlite_engine, settings) == (0, 1)
         (err,) = {a["delivery_error"] for a in rows_of(sqlite_engine, db.alerts) if a["delivery_error"]}
         assert "abc123" not in err and "pw-secret" not in err and "HTTP 500" in err
         hook.status = 400  # refused: recorded, kept pending, the round goes on with the next alert
         assert webhook.redeliver(sqlite_engine, settings) == (0, 2)
         hook.status = 200
-        fire(sqlite_engine, folder, settings, RUN_B, series("d-3", "t", T0, 1, {0}), deliver=False)
+        fire(sqlite_engine, folder, settings, RUN_B, series("d-3", "t", T0, 1, {0}))
         assert webhook.redeliver(sqlite_engine, settings) == (3, 0)
     finally:
         hook.close()
     assert sorted(hook.accepted) == sorted((a["alert_id"], 1) for a in rows_of(sqlite_engine, db.alerts))
     with sqlite_engine.connect() as conn:
         attempts = conn.execute(sa.select(sa.func.sum(db.alerts.c.delivery_attempts))).scalar()
-    assert attempts == 4  # 500 on indexing, 500 on redeliver, then one 400 each
+    assert attempts == 4  # 500 on two rounds, then one 400 each
 
 
 def test_alerts_command_lists_and_redelivers(tmp_path, monkeypatch):
