@@ -1,7 +1,7 @@
 """The data contracts between Core and the scoring job: one owner for each schema and status set.
 
 Core (`fleetscore`) imports these names from here; the scoring job uses them as they are, since Azure ML
-uploads this folder alone (so this module imports pyarrow only).
+uploads this folder alone (so this module imports pyarrow and the standard library only).
 
 * A **partition** (`data/<run_id>/part-NNNNN.parquet`) holds closed tumbling windows: :data:`PARTITION_SCHEMA`,
   `window_end` the window's end (epoch ms UTC; the window is (end − W, end]), `n` readings and their `sum`,
@@ -20,7 +20,13 @@ uploads this folder alone (so this module imports pyarrow only).
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+"""A device or sensor id (the Reading contract), matched whole: 1-64 characters of [A-Za-z0-9._:-]. Ingest refuses
+a reading with any other id, and a model pack whose keys are not such ids."""
 
 WINDOW_SCHEMA = pa.schema([
     ("device", pa.string()), ("sensor", pa.string()), ("window_end", pa.timestamp("ms", tz="UTC")),

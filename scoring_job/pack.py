@@ -12,12 +12,14 @@ Layout::
 
 change-z detectors (:mod:`change`) are five numbers each, kept in the manifest's ``change`` section (no file).
 
-``load_pack`` checks the manifest's shape before it opens any other file, verifies every file's SHA-256 (the
-files are memory-mapped read-only and hashed on all cores while the per-model table is checked), loads arrays
-with the rules of ``allow_pickle=False`` and skops with :data:`TRUSTED_TYPES` only; anything else raises
-:class:`PackError`. Nothing from storage is ever unpickled. Pack files are immutable (every writer replaces a
-file whole, by rename): the loaded arrays are views of the verified mapping, so a file rewritten in place
-after loading is outside the guarantee, as for any open file.
+``load_pack`` checks the manifest's own SHA-256 when given the digest pinned at activation (``models/CURRENT``, so
+an edited manifest is refused: the manifest holds every other file's SHA-256), then its shape (every ``device`` and
+``sensor`` an id as ingest accepts them, :data:`contract.ID_PATTERN`) before it opens any other file, verifies
+every file's SHA-256 (the files are memory-mapped read-only and hashed on all cores while the per-model table is
+checked), loads arrays with the rules of ``allow_pickle=False`` and skops with :data:`TRUSTED_TYPES` only;
+anything else raises :class:`PackError`. Nothing from storage is ever unpickled. Pack files are immutable (every
+writer replaces a file whole, by rename): the loaded arrays are views of the verified mapping, so a file
+rewritten in place after loading is outside the guarantee, as for any open file.
 
 The per-model table (``manifest["models"]``) is columnar, ``count`` rows sorted by (device, sensor), so that a
 fleet of 10,000 models parses in a few milliseconds. ``device`` and ``sensor`` are lists of ``count`` strings;
@@ -76,10 +78,12 @@ import pandas as pd
 
 try:
     from . import change
+    from .contract import ID_PATTERN
     from .features import FEATURES
     from .thresholds import FOLDS, calibrate, out_of_fold_margins
 except ImportError:  # imported as a top-level module: the Azure ML code snapshot is this folder alone
     import change
+    from contract import ID_PATTERN
     from features import FEATURES
     from thresholds import FOLDS, calibrate, out_of_fold_margins
 
@@ -131,6 +135,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_IDS_RE = re.compile(rf"(?:{ID_PATTERN.pattern}\n)*")  # ids one per line: every key checked in one C-level match
 _SHARD_RE = re.compile(r"^svm-[0-9]{3,6}\.npz$")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same models give the same shard bytes
 
@@ -410,6 +415,9 @@ def _sorted_keys(models: Mapping[Key, Any]) -> list[tuple[Key, Any]]:
     keys = sorted(((str(k[0]), str(k[1])), k) for k in models)
     if len({k for k, _ in keys}) != len(keys):
         raise ValueError("two models map to the same (device, sensor) once turned into strings")
+    bad = [k for k, _ in keys if not (ID_PATTERN.fullmatch(k[0]) and ID_PATTERN.fullmatch(k[1]))]
+    if bad:  # never write a pack that load_pack refuses
+        raise ValueError(f"model key {bad[0]!r} is not a (device, sensor) of ids: 1-64 characters of [A-Za-z0-9._:-]")
     return keys
 
 
@@ -591,6 +599,7 @@ class ModelPack:
                              for name in ("intercept", "sv", "dual_coef", "scaler_mean")}
         self._index: dict[Key, int] | None = None
         self.cache: dict[str, Any] = {}  # the engine's derived structures (built on first use)
+        self.manifest_sha256: str | None = None  # the SHA-256 of manifest.json (set by load_pack)
 
     @property
     def index(self) -> dict[Key, int]:
@@ -826,10 +835,23 @@ def _table_columns(t: dict[str, Any]) -> dict[str, np.ndarray]:
     nf = table["n_features"]
     if ((nf == 0) | (nf > 4096)).any():
         raise _fail("models.n_features must be positive integers (at most 4096) or nulls")
+    _check_ids(t["device"], "models.device")
+    _check_ids(t["sensor"], "models.sensor")
     keys = list(zip(t["device"], t["sensor"], strict=True))
     if not all(map(operator.lt, keys, keys[1:])):
         raise _fail("models must be sorted by (device, sensor) without duplicates")
     return table
+
+
+def _check_ids(values: list[str], label: str) -> None:
+    """Every value a device/sensor id (:data:`contract.ID_PATTERN`, what ingest accepts): a key such as
+    ``../../x`` can name no pair the fleet sends, so a pack holding one is refused, not silently unused."""
+    lines = "\n".join(values) + "\n"
+    if not values or (lines.count("\n") == len(values) and _IDS_RE.fullmatch(lines)):
+        return
+    bad = next(v for v in values if not ID_PATTERN.fullmatch(v))
+    shown = bad if len(bad) <= 80 else bad[:77] + "..."
+    raise _fail(f"{label} {shown!r} is not a device/sensor id (1-64 characters of [A-Za-z0-9._:-])")
 
 
 def _store_numbers(table: Mapping[str, np.ndarray], svm: dict[str, Any] | None, sk: dict[str, Any] | None,
@@ -856,6 +878,7 @@ def _check_change_section(ch: Any, table: Mapping[str, np.ndarray]) -> np.ndarra
     keys = {"models", "announce_sensors", "context_windows", "settle_windows", "params"}
     if (not isinstance(ch, dict) or set(ch) != keys or not _is_int(ch["models"]) or ch["models"] < 1
             or not isinstance(ch["announce_sensors"], list) or not _strings(ch["announce_sensors"])
+            or not all(ID_PATTERN.fullmatch(a) for a in ch["announce_sensors"])
             or not all(_is_int(ch[k]) and 1 <= ch[k] <= 10_000 for k in ("context_windows", "settle_windows"))
             or not isinstance(ch["params"], dict) or set(ch["params"]) != set(change.PARAMS)):
         raise _fail("malformed 'change' section")
@@ -1123,20 +1146,48 @@ def _verify_files(folder: Path, manifest: dict[str, Any]) -> tuple[dict[str, Buf
         return {name: fut.result() for name, fut in zip(names, futures, strict=True)}, table
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    """The pack's manifest, parsed, its header checked (:func:`_check_header`)."""
-    try:
-        raw = (folder / MANIFEST).read_bytes()
-    except FileNotFoundError:
-        raise PackError(f"{MANIFEST}: missing from pack {folder}") from None
-    except OSError as exc:
-        raise PackError(f"{MANIFEST}: cannot be read ({exc})") from exc
+def manifest_sha256(raw: bytes) -> str:
+    """The digest that pins a pack: the SHA-256 (64 lowercase hex digits) of its ``manifest.json`` bytes, which
+    hold the SHA-256 of every other file."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def parse_manifest(raw: bytes, expected_sha256: str | None = None) -> dict[str, Any]:
+    """A manifest from its bytes, its header checked (:func:`_check_header`); with ``expected_sha256`` (the digest
+    pinned when the pack was activated) the bytes must have that SHA-256 first, so an edited manifest is refused."""
+    if expected_sha256 is not None:
+        if not isinstance(expected_sha256, str) or not _SHA_RE.match(expected_sha256):
+            raise PackError(f"{MANIFEST}: the expected SHA-256 {expected_sha256!r} is not 64 lowercase hex digits")
+        actual = manifest_sha256(raw)
+        if actual != expected_sha256:
+            raise PackError(f"{MANIFEST}: SHA-256 {actual} is not the {expected_sha256} pinned when the pack was "
+                            "activated (the manifest was edited after activation)")
     try:
         manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PackError(f"{MANIFEST}: not valid JSON ({exc})") from exc
     _check_header(manifest)
     return manifest
+
+
+def verify_manifest(raw: bytes, expected_sha256: str | None = None) -> dict[str, Any]:
+    """The manifest from its bytes, checked as :func:`load_pack` checks it before opening any array file: the
+    pinned digest, the header, the per-model table (keys included) and its sections. What a run checks where it
+    starts, from the manifest alone."""
+    manifest = parse_manifest(raw, expected_sha256)
+    _check_manifest(manifest)
+    return manifest
+
+
+def _read_manifest(folder: Path, expected_sha256: str | None = None) -> tuple[dict[str, Any], str]:
+    """The pack's manifest (:func:`parse_manifest`) and its SHA-256."""
+    try:
+        raw = (folder / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise PackError(f"{MANIFEST}: missing from pack {folder}") from None
+    except OSError as exc:
+        raise PackError(f"{MANIFEST}: cannot be read ({exc})") from exc
+    return parse_manifest(raw, expected_sha256), manifest_sha256(raw)
 
 
 def _svm_shard(data: Buffer, shard: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -1172,11 +1223,14 @@ def _skops_detectors(data: bytes, count: int) -> list[Any]:
     return others
 
 
-def load_pack(folder: str | os.PathLike[str]) -> ModelPack:
-    """Load and verify a pack folder: manifest shape, every SHA-256, array shapes, trusted types only."""
+def load_pack(folder: str | os.PathLike[str], expected_sha256: str | None = None) -> ModelPack:
+    """Load and verify a pack folder: the manifest's own SHA-256 when ``expected_sha256`` is given (the digest
+    ``models/CURRENT`` pinned), manifest shape, every file's SHA-256, array shapes, trusted types only."""
     folder = Path(folder)
-    manifest = _read_manifest(folder)
+    manifest, digest = _read_manifest(folder, expected_sha256)
     blobs, table = _verify_files(folder, manifest)
     shards = [_svm_shard(blobs[sh["file"]], sh) for sh in (manifest["svm"] or {}).get("shards", [])]
     others = _skops_detectors(bytes(blobs[SKOPS_FILE]), manifest["skops"]["models"]) if SKOPS_FILE in blobs else []
-    return ModelPack(manifest, table, shards, others)
+    pack = ModelPack(manifest, table, shards, others)
+    pack.manifest_sha256 = digest
+    return pack

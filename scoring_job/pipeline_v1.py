@@ -2,7 +2,8 @@
 
 SDK v1 reached end of support on 2026-06-30; this stays for teams that run it already (the supported path is
 :mod:`scoring_job.pipeline_v2`). The timer starts the published pipeline over REST with three string
-``PipelineParameter``s: ``run_id``, ``data_path`` (``data/<run_id>``) and ``model_version``.
+``PipelineParameter``s: ``run_id``, ``data_path`` (``data/<run_id>``), ``model_version`` and ``model_sha256`` (the
+SHA-256 of the pack's manifest.json that the run pinned; ``score.py`` refuses any other manifest).
 
 SDK v1 can bind neither a step's input dataset nor its output folder to a *string* pipeline parameter (an
 output destination only knows the ``{run-id}`` and ``{output-name}`` placeholders), so the pipeline has
@@ -41,7 +42,8 @@ except ImportError:  # on the cluster this file runs as a script in the scoring_
     from pipeline_v2 import ENTRY_SCRIPT, PYTHON_VERSION, SCORING_DIR, cluster_role_commands, requirements
 
 THIS_SCRIPT = Path(__file__).name
-PARAMETERS = {"run_id": "unset", "data_path": "data/unset", "model_version": "unset"}
+PARAMETERS = {"run_id": "unset", "data_path": "data/unset", "model_version": "unset", "model_sha256": "unset"}
+"""The published pipeline's parameters and defaults (a default ``model_sha256`` is refused by ``score.py``)."""
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}$")
 CLUSTER_IDENTITY_TYPE = "SystemAssigned"
 """``AmlCompute.provisioning_configuration(identity_type=...)``: the cluster's managed identity."""
@@ -114,8 +116,9 @@ def build_v1_definition(settings: Any) -> dict[str, Any]:
                             parameters["data_path"], "--models_root", "<models container mount>",
                             "--model_version", parameters["model_version"], "--partitions_out",
                             "<partitions output>", "--model_pack_out", "<model_pack output>"],
-        "score_arguments": ["--model_pack", "<model_pack side input>", "--run_id", parameters["run_id"],
-                            "--dtype", settings.scoring_dtype],
+        "score_arguments": ["--model_pack", "<model_pack side input>", "--model_pack_sha256",
+                            parameters["model_sha256"], "--run_id", parameters["run_id"], "--dtype",
+                            settings.scoring_dtype],
         "copy_arguments": ["copy-predictions", "--scored", "<score-partitions output>", "--predictions_root",
                            "<predictions container mount>", "--run_id", parameters["run_id"]],
         "datastores": {c: f"{settings.aml_datastore}_{c}" for c in JOB_CONTAINERS},

@@ -29,8 +29,8 @@ REQUIREMENTS = SCORING_DIR / "requirements.txt"
 PYTHON_VERSION = "3.11"
 STEP_NAME = "score_partitions"
 PROGRAM_ARGUMENTS = (
-    "--model_pack ${{inputs.model_pack}} --output ${{outputs.predictions}} "
-    "--run_id ${{inputs.run_id}} --dtype ${{inputs.dtype}}"
+    "--model_pack ${{inputs.model_pack}} --model_pack_sha256 ${{inputs.model_sha256}} "
+    "--output ${{outputs.predictions}} --run_id ${{inputs.run_id}} --dtype ${{inputs.dtype}}"
 )
 INSTALL_HINT = "the Azure ML SDK v2 is not installed: pip install '.[aml]'  (azure-ai-ml)"
 
@@ -84,6 +84,7 @@ def build_parallel_step(settings: Any) -> Any:
         inputs={
             "partitions": ml.Input(type=AssetTypes.URI_FOLDER, description="data/<run_id>/part-*.parquet"),
             "model_pack": ml.Input(type=AssetTypes.URI_FOLDER, description="models/<version>/ (manifest.json)"),
+            "model_sha256": ml.Input(type="string", description="SHA-256 of the pack's manifest.json (the run's pin)"),
             "run_id": ml.Input(type="string", description="the schedule slot's run id"),
             "dtype": ml.Input(type="string", default=settings.scoring_dtype, optional=True),
         },
@@ -116,16 +117,19 @@ def build_pipeline_function(settings: Any) -> Any:
     def fleetscore_scoring(
         partitions: ml.Input(type=AssetTypes.URI_FOLDER),
         model_pack: ml.Input(type=AssetTypes.URI_FOLDER),
+        model_sha256: str,
         run_id: str,
         dtype: str = settings.scoring_dtype,
     ):
-        scored = step(partitions=partitions, model_pack=model_pack, run_id=run_id, dtype=dtype)
+        scored = step(partitions=partitions, model_pack=model_pack, model_sha256=model_sha256, run_id=run_id,
+                      dtype=dtype)
         return {"predictions": scored.outputs.predictions}
 
     return fleetscore_scoring
 
 
-def build_v2_job(settings: Any, run_id: str | None = None, model_version: str | None = None) -> Any:
+def build_v2_job(settings: Any, run_id: str | None = None, model_version: str | None = None,
+                 model_sha256: str | None = None) -> Any:
     """The whole pipeline job, offline. Without a run id the output is bound to ``predictions/${{name}}``."""
     ml = _sdk()
     from azure.ai.ml.constants import AssetTypes
@@ -137,6 +141,7 @@ def build_v2_job(settings: Any, run_id: str | None = None, model_version: str | 
     job = build_pipeline_function(settings)(
         partitions=ml.Input(type=AssetTypes.URI_FOLDER, path=datastore_uri(prefix, f"data/{data_run}")),
         model_pack=ml.Input(type=AssetTypes.URI_FOLDER, path=datastore_uri(prefix, f"models/{version}")),
+        model_sha256=model_sha256 or "MODEL_SHA256",
         run_id=data_run,
         dtype=settings.scoring_dtype,
     )

@@ -5,6 +5,8 @@ the SDK v2 parallel job.
 theirs; unknown ones are ignored) and loads the model pack once into module globals::
 
     --model_pack PATH   a pack folder (manifest.json + arrays), e.g. the mounted side input
+    --model_pack_sha256 HEX   the SHA-256 of the pack's manifest.json that ``models/CURRENT`` pinned (the run
+                        service passes it on every backend): a pack edited since is refused; without it, unpinned
     --output PATH       folder for the predictions: one Parquet file per partition, same file name
     --run_id ID         written into every prediction row
     --dtype float64|float32   (default float64; float32 rechecks near-zero windows in float64)
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="score.py", allow_abbrev=False, add_help=False)
     parser.add_argument("--model_pack", required=True)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--model_pack_sha256", default=None)
     parser.add_argument("--run_id", default="")
     parser.add_argument("--dtype", default="float64", choices=engine.DTYPES)
     args, _platform_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -78,13 +81,14 @@ def init(argv: list[str] | None = None) -> None:
     """Parse the arguments (from ``argv`` or ``sys.argv``) and load the model pack once for this process."""
     global PACK, OUTPUT, RUN_ID, DTYPE
     args = parse_args(argv)
-    pack = load_pack(args.model_pack)
+    pack = load_pack(args.model_pack, args.model_pack_sha256)
     engine.prepare(pack)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     PACK, OUTPUT, RUN_ID, DTYPE = pack, out, args.run_id, args.dtype
-    log.info("score.init: pack %s (%d models) from %s, output %s, run %s, %s", pack.version, len(pack),
-             args.model_pack, out, RUN_ID, DTYPE)
+    log.info("score.init: pack %s (%d models, manifest SHA-256 %s%s) from %s, output %s, run %s, %s", pack.version,
+             len(pack), pack.manifest_sha256, "" if args.model_pack_sha256 else ", not pinned", args.model_pack, out,
+             RUN_ID, DTYPE)
 
 
 def _string(values: Any) -> pa.Array:

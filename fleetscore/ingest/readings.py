@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
@@ -18,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from fleetscore.clock import to_ms
+from scoring_job.contract import ID_PATTERN
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 EPOCH_MS_THRESHOLD = 100_000_000_000
 """A numeric `ts` at or above this is epoch milliseconds, below it epoch seconds (1e11 s is year 5138)."""
 MIN_TS_MS = 0

@@ -8,6 +8,7 @@ one ``FLEETSCORE_AML_V1_PYTHON`` names; without either they fail (``make test`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -49,7 +50,7 @@ def test_v2_pipeline_job_offline(aml_settings):
 
     from scoring_job import pipeline_v2
 
-    job = pipeline_v2.build_v2_job(aml_settings, run_id="20261123T1005Z", model_version="v7")
+    job = pipeline_v2.build_v2_job(aml_settings, run_id="20261123T1005Z", model_version="v7", model_sha256="ab" * 32)
     step = job.jobs[pipeline_v2.STEP_NAME]
     assert step.type == "parallel"
     assert step.task.entry_script == "score.py"
@@ -62,6 +63,7 @@ def test_v2_pipeline_job_offline(aml_settings):
     assert args[args.index("--output") + 1] == "${{outputs.predictions}}"
     assert args[args.index("--model_pack") + 1] == "${{inputs.model_pack}}"
     assert args[args.index("--run_id") + 1] == "${{inputs.run_id}}"
+    assert args[args.index("--model_pack_sha256") + 1] == "${{inputs.model_sha256}}"
     assert job.outputs.predictions.path == "azureml://datastores/fleet_predictions/paths/20261123T1005Z/"
     assert job.inputs.partitions.path == "azureml://datastores/fleet_data/paths/20261123T1005Z/"
     assert job.inputs.model_pack.path == "azureml://datastores/fleet_models/paths/v7/"
@@ -70,13 +72,16 @@ def test_v2_pipeline_job_offline(aml_settings):
     assert doc["type"] == "pipeline"
     assert doc["settings"]["default_compute"] == "azureml:score-cpu"
     assert doc["inputs"]["run_id"] == "20261123T1005Z" and doc["inputs"]["dtype"] == "float32"
+    assert doc["inputs"]["model_sha256"] == "ab" * 32
     parallel = doc["jobs"][pipeline_v2.STEP_NAME]
     assert parallel["retry_settings"] == {"max_retries": 2, "timeout": 900}
     assert parallel["task"]["entry_script"] == "score.py"
     pip = parallel["task"]["environment"]["conda_file"]["dependencies"][-1]["pip"]
     assert pip == pipeline_v2.requirements() and any(p.startswith("pyarrow") for p in pip)
     assert parallel["component"]["inputs"]["run_id"]["type"] == "string"
-    assert set(job.component.inputs) == {"partitions", "model_pack", "run_id", "dtype"}
+    assert parallel["component"]["inputs"]["model_sha256"]["type"] == "string"
+    assert not parallel["component"]["inputs"]["model_sha256"].get("optional")  # a run without its pin fails
+    assert set(job.component.inputs) == {"partitions", "model_pack", "model_sha256", "run_id", "dtype"}
     assert set(job.component.outputs) == {"predictions"}
 
 
@@ -180,21 +185,23 @@ def test_v1_definition_offline(aml_settings):
     assert prc["compute_target"] == "score-cpu"
     assert prc["run_invocation_timeout"] == 900 and prc["run_max_try"] == 2
     assert prc["environment"]["pip_packages"] == pipeline_v1.requirements()
-    assert d["pipeline_parameters"] == {"run_id": "unset", "data_path": "data/unset", "model_version": "unset"}
+    assert d["pipeline_parameters"] == {"run_id": "unset", "data_path": "data/unset", "model_version": "unset",
+                                        "model_sha256": "unset"}
     prov = d["provisioning_configuration"]
     assert prov == {"name": "score-cpu", "vm_size": "Standard_F8s_v2", "vm_priority": "lowpriority",
                     "min_nodes": 0, "max_nodes": 6, "idle_seconds_before_scaledown": 300,
                     "identity_type": "SystemAssigned", "create_payload_identity": {"type": "SystemAssigned"}}
     assert d["role_assignments"] == pipeline_v2.cluster_role_commands(load_settings())
     score_args = d["steps"]["score-partitions"]["arguments"]
-    assert score_args == ["--model_pack", "<model_pack side input>", "--run_id", "${run_id}", "--dtype", "float32"]
+    assert score_args == ["--model_pack", "<model_pack side input>", "--model_pack_sha256", "${model_sha256}",
+                          "--run_id", "${run_id}", "--dtype", "float32"]
     stage = d["steps"]["stage-inputs"]["arguments"]
     assert stage[stage.index("--data_path") + 1] == "${data_path}"
     assert stage[stage.index("--model_version") + 1] == "${model_version}"
     copy = d["steps"]["copy-predictions"]["arguments"]
     assert copy[copy.index("--run_id") + 1] == "${run_id}"
     assert d["datastores"] == {"data": "fleet_data", "models": "fleet_models", "predictions": "fleet_predictions"}
-    assert set(d["rest_body"]["ParameterAssignments"]) == {"run_id", "data_path", "model_version"}
+    assert set(d["rest_body"]["ParameterAssignments"]) == {"run_id", "data_path", "model_version", "model_sha256"}
     if (SCORING_DIR / "score.py").is_file():  # the SDK builds the real step once the entry script exists
         runner = d["runner_arguments"]
         assert "--output" in runner and runner[runner.index("--output_action") + 1] == "summary_only"
@@ -299,6 +306,7 @@ def scoring_inputs(tmp_path):
         models[(device, "temp")] = OneClassSVM(nu=0.05, gamma="scale").fit(train)
     pack = tmp_path / "models" / "v1"
     write_pack(models, pack, version="v1")
+    digest = hashlib.sha256((pack / "manifest.json").read_bytes()).hexdigest()
     data = tmp_path / "data" / "r1"
     data.mkdir(parents=True)
     end = pd.Timestamp("2026-11-23T10:05:00Z")
@@ -313,7 +321,7 @@ def scoring_inputs(tmp_path):
         pd.DataFrame(rows).to_parquet(data / f"part-{i:05d}.parquet", index=False)
     (data / "manifest.json").write_text('{"run_id": "r1"}')  # the run manifest beside the partitions
     code = copy_snapshot(tmp_path / "snapshot")  # the folder Azure ML uploads, under another name
-    return {"code": code, "pack": str(pack), "data": data, "out": tmp_path / "out"}
+    return {"code": code, "pack": str(pack), "sha256": digest, "data": data, "out": tmp_path / "out"}
 
 
 def run_harness(inputs: dict, argv: list[str], mini_batches: list[list[str]]) -> list[dict]:
@@ -357,6 +365,7 @@ def test_entry_script_under_the_v2_runner(scoring_inputs):
     out.mkdir()
     resolved = (pipeline_v2.PROGRAM_ARGUMENTS
                 .replace("${{inputs.model_pack}}", scoring_inputs["pack"])
+                .replace("${{inputs.model_sha256}}", scoring_inputs["sha256"])
                 .replace("${{outputs.predictions}}", str(out))
                 .replace("${{inputs.run_id}}", "r1")
                 .replace("${{inputs.dtype}}", "float32"))
