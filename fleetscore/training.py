@@ -1,12 +1,18 @@
 """Train the fleet from the windows in SQL and publish the model pack to the `models` store.
 
 `models/<version>/` holds the pack (manifest + array files, see scoring_job/pack.py); `models/CURRENT`
-holds the version runs use. Versions are UTC timestamps (`v20261123T100500Z`), so they sort by age.
+is the active pack pointer: `{"version": ..., "manifest_sha256": ...}`, the version runs use and the SHA-256 of its
+manifest.json taken when it was activated, so that any later edit of the active pack is refused (the manifest holds
+every other file's SHA-256). A pointer written before pinning holds the version alone on one line: it is still
+read, and a run then pins the manifest as it reads it at its start. Versions are UTC timestamps
+(`v20261123T100500Z`), so they sort by age.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +29,13 @@ from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.storage.paths import CURRENT_POINTER, model_manifest_key, model_pack_prefix
 from scoring_job import change
 from scoring_job.features import window_features
-from scoring_job.pack import write_pack
+from scoring_job.pack import manifest_sha256, verify_manifest, write_pack
 from scoring_job.thresholds import FALSE_RATE
 from scoring_job.train import fit_fleet
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -55,12 +65,74 @@ def new_version(now: datetime | None = None) -> str:
     return (now or datetime.now(timezone.utc)).strftime("v%Y%m%dT%H%M%SZ")
 
 
+@dataclass(frozen=True)
+class ActivePack:
+    """What `models/CURRENT` points at: a pack version and the SHA-256 of its manifest.json (64 hex digits) pinned
+    when it was activated; None for a pointer written before pinning (the version alone)."""
+
+    version: str
+    manifest_sha256: str | None
+
+
 def publish_pack(store: BlobStore, folder: Path, version: str, *, activate: bool) -> None:
-    """Upload a pack folder to `models/<version>/`; with `activate`, point `models/CURRENT` at it
-    (written last, so a run never sees a half-uploaded pack)."""
+    """Upload a pack folder to `models/<version>/`; with `activate`, point `models/CURRENT` at it (written last, so
+    a run never sees a half-uploaded pack), pinning the manifest as uploaded."""
     store.upload_dir(folder, model_pack_prefix(version))
     if activate:
-        store.put(CURRENT_POINTER, version.encode())
+        activate_pack(store, version)
+
+
+def activate_pack(store: BlobStore, version: str) -> ActivePack:
+    """Point `models/CURRENT` at pack `version`, pinned to the SHA-256 of its manifest.json as stored now; the
+    manifest is checked first (PackError, a ValueError, for one `load_pack` would refuse)."""
+    raw = store.get(model_manifest_key(version))
+    verify_manifest(raw)
+    active = ActivePack(version, manifest_sha256(raw))
+    pointer = {"version": active.version, "manifest_sha256": active.manifest_sha256}
+    store.put(CURRENT_POINTER, (json.dumps(pointer, sort_keys=True) + "\n").encode())
+    return active
+
+
+def read_active_pack(store: BlobStore) -> ActivePack | None:
+    """`models/CURRENT` (None before the first activation); ValueError when it is neither the JSON pointer nor the
+    one-line version of a pointer written before pinning."""
+    try:
+        text = store.get(CURRENT_POINTER).decode("utf-8").strip()
+    except BlobNotFound:
+        return None
+    if not text:
+        return None
+    if not text.startswith("{"):  # written before pinning: the version alone
+        return ActivePack(text, None)
+    try:
+        pointer = json.loads(text)
+        version, digest = pointer["version"], pointer["manifest_sha256"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{CURRENT_POINTER} is not a pack pointer ({type(exc).__name__}: {exc})") from None
+    if not (isinstance(version, str) and version and isinstance(digest, str) and _SHA256.fullmatch(digest)):
+        raise ValueError(f"{CURRENT_POINTER} needs a version and a manifest_sha256 of 64 lowercase hex digits")
+    return ActivePack(version, digest)
+
+
+def verified_active_pack(store: BlobStore) -> tuple[ActivePack, dict]:
+    """The active pack, pinned, and its manifest checked as `load_pack` checks it before opening any array file
+    (the pinned SHA-256, the per-model table, every key a device/sensor id): what a run verifies where it starts.
+    A pointer written before pinning is pinned to the manifest as read now (logged). Raises ValueError (PackError
+    included) with the reason, LookupError when no pack is active or its manifest is missing."""
+    active = read_active_pack(store)
+    if active is None:
+        raise LookupError("no active model pack: run `fleetscore train --activate` first")
+    try:
+        raw = store.get(model_manifest_key(active.version))
+    except BlobNotFound:
+        raise LookupError(f"{CURRENT_POINTER} names pack {active.version!r}, which has no manifest.json") from None
+    manifest = verify_manifest(raw, active.manifest_sha256)
+    if active.manifest_sha256 is None:
+        active = ActivePack(active.version, manifest_sha256(raw))
+        log.warning("%s names %s without a manifest SHA-256 (written before pinning): this run pins %s as read now; "
+                    "`fleetscore train --activate` writes a pinned pointer", CURRENT_POINTER, active.version,
+                    active.manifest_sha256)
+    return active, manifest
 
 
 def read_pack_manifest(store: BlobStore, version: str) -> dict:
@@ -72,10 +144,8 @@ def read_pack_manifest(store: BlobStore, version: str) -> dict:
 
 def current_model_version(store: BlobStore) -> str | None:
     """The model-pack version `models/CURRENT` points at, or None before the first `train --activate`."""
-    try:
-        return store.get(CURRENT_POINTER).decode().strip() or None
-    except BlobNotFound:
-        return None
+    active = read_active_pack(store)
+    return active.version if active else None
 
 
 def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: int | None, min_windows: int,

@@ -3,7 +3,7 @@
 * ``aml-pipeline``: POST to a published pipeline (or pipeline endpoint) URL, SDK v1's REST contract::
 
       {"ExperimentName": ..., "RunSource": "API", "ParameterAssignments": {"run_id": ..., "data_path": ...,
-       "model_version": ...}}
+       "model_version": ..., "model_sha256": ...}}
 
   with a token for ``https://management.azure.com/.default``; the response's ``Id`` is the pipeline run id.
 * ``aml-batch-endpoint``: POST to the batch endpoint's invocation URL (``.../jobs``) with the body the
@@ -11,7 +11,8 @@
 
       {"properties": {"inputData": {"run_id": {"jobInputType": "Literal", "value": ...},
                                     "partitions": {"jobInputType": "UriFolder", "uri": "azureml://datastores/..."},
-                                    "model_pack": {...}},
+                                    "model_pack": {...},
+                                    "model_sha256": {"jobInputType": "Literal", "value": ...}},
                       "outputData": {"predictions": {"jobOutputType": "UriFolder", "uri": ...}}}}
 
   with a token for ``https://ml.azure.com/.default``, the ``azureml-model-deployment`` header when a
@@ -96,7 +97,8 @@ def pipeline_body(req: SubmitRequest, experiment: str) -> dict[str, Any]:
     return {
         "ExperimentName": experiment,
         "RunSource": "API",
-        "ParameterAssignments": {"run_id": req.run_id, "data_path": req.data_path, "model_version": req.model_version},
+        "ParameterAssignments": {"run_id": req.run_id, "data_path": req.data_path, "model_version": req.model_version,
+                                 **({"model_sha256": req.model_sha256} if req.model_sha256 else {})},
     }
 
 
@@ -113,6 +115,7 @@ def batch_endpoint_body(req: SubmitRequest, datastore_prefix: str, dtype: str = 
             "dtype": literal(dtype),
             "partitions": folder(req.data_path),
             "model_pack": folder(req.model_pack_path),
+            **({"model_sha256": literal(req.model_sha256)} if req.model_sha256 else {}),
         },
         "outputData": {
             "predictions": {"jobOutputType": "UriFolder", "uri": datastore_uri(datastore_prefix, req.output_path)},

@@ -28,12 +28,16 @@ class SubmitRequest:
     output_path: str
     partitions: tuple[str, ...] = ()
     """The partition file names under `data_path` (the run manifest's), once the export has written them."""
+    model_sha256: str | None = None
+    """The SHA-256 of the pack's manifest.json the run pinned: every scoring worker refuses another manifest."""
 
     @classmethod
-    def for_run(cls, run_id: str, slot_ms: int, model_version: str) -> SubmitRequest:
+    def for_run(cls, run_id: str, slot_ms: int, model_version: str, model_sha256: str | None = None
+                ) -> SubmitRequest:
         """The standard layout: ``data/<run_id>``, ``models/<version>``, ``predictions/<run_id>``."""
         return cls(run_id=run_id, slot_ms=slot_ms, data_path=run_data_prefix(run_id), model_version=model_version,
-                   model_pack_path=model_pack_prefix(model_version), output_path=predictions_prefix(run_id))
+                   model_pack_path=model_pack_prefix(model_version), output_path=predictions_prefix(run_id),
+                   model_sha256=model_sha256)
 
 
 @dataclasses.dataclass

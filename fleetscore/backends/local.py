@@ -5,6 +5,10 @@ once (it loads the model pack once) with the arguments the platform would pass, 
 paths with `score.score_mini_batch` — `run(mini_batch)` plus the "error" rows of failed partitions, which
 run() leaves out so that Azure ML counts them as failed items. Paths are real files: the folder store's own
 files, or a staging folder downloaded from (and uploaded back to) Azurite / Azure Storage.
+
+A worker whose `init()` fails (a tampered or edited pack: `PackError`) keeps the exception and raises it for every
+mini-batch, so the run fails with the real cause (`PackError: svm-000.npz: SHA-256 or size mismatch ...`) instead
+of the `BrokenProcessPool` an initializer's exception leaves; the pool stops the export at the first such error.
 """
 
 from __future__ import annotations
@@ -53,13 +57,25 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+_INIT_ERROR: Exception | None = None
+"""This worker's `score.init()` failure, raised by every mini-batch it is given."""
+
+
 def _init_worker(argv: list[str]) -> None:
-    score.init(argv)
+    """`score.init(argv)`; its exception is kept for the mini-batches: one raised here would only break the pool
+    (`BrokenProcessPool`), its message left on the worker's stderr."""
+    global _INIT_ERROR
+    try:
+        score.init(argv)
+    except Exception as exc:  # noqa: BLE001 - carried to the parent by _run_batch
+        _INIT_ERROR = exc
 
 
 def _run_batch(paths: list[str]) -> list[dict]:
     """Every item's result row, failed partitions' "error" rows included (run() drops them for Azure ML's failure
-    count; here their reasons go into the run's record)."""
+    count; here their reasons go into the run's record); raises the worker's init failure."""
+    if _INIT_ERROR is not None:
+        raise _INIT_ERROR
     return score.score_mini_batch(paths).to_dict("records")
 
 
@@ -68,15 +84,23 @@ class PartitionPool:
     available (the run exports partitions while earlier ones are already being scored)."""
 
     def __init__(self, model_pack: Path, output: Path, run_id: str, *, workers: int, dtype: str = "float64",
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, model_sha256: str | None = None) -> None:
         output.mkdir(parents=True, exist_ok=True)
         argv = ["--model_pack", str(model_pack), "--output", str(output), "--run_id", run_id, "--dtype", dtype]
+        if model_sha256:
+            argv += ["--model_pack_sha256", model_sha256]
         self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=_pool_context(),
                                          initializer=_init_worker, initargs=(argv,))
         self._futures: list = []
         self._progress = progress
 
     def add(self, partition: Path) -> None:
+        """Queue a partition; raises the failure of the first mini-batch (a worker's init error) once it is known,
+        so that the run stops exporting."""
+        first = self._futures[0] if self._futures else None
+        if first is not None and first.done() and first.exception() is not None:
+            self._pool.shutdown(cancel_futures=True)
+            raise first.exception()
         self._futures.append(self._pool.submit(_run_batch, [str(partition)]))
 
     def results(self) -> pd.DataFrame:
@@ -96,13 +120,15 @@ class PartitionPool:
 
 
 def score_partitions(partitions: list[Path], model_pack: Path, output: Path, run_id: str, *, workers: int,
-                     dtype: str = "float64", progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Score partition files with the entry script in `workers` processes, one partition per mini-batch.
+                     dtype: str = "float64", progress: Callable[[int, int], None] | None = None,
+                     model_sha256: str | None = None) -> pd.DataFrame:
+    """Score partition files with the entry script in `workers` processes, one partition per mini-batch, the pack
+    pinned to ``model_sha256`` (its manifest's SHA-256) when given.
 
     Returns the entry script's result rows (one per partition) in partition order.
     """
     pool = PartitionPool(model_pack, output, run_id, workers=min(workers, max(1, len(partitions))), dtype=dtype,
-                         progress=progress)
+                         progress=progress, model_sha256=model_sha256)
     for path in partitions:
         pool.add(path)
     return pool.results()
@@ -136,7 +162,7 @@ class LocalBackend:
         if store.local_path(req.data_path) is None or pack_dir is None or out_dir is None:
             return None
         self._feed = PartitionPool(pack_dir, out_dir, req.run_id, workers=settings.workers,
-                                   dtype=settings.scoring_dtype, progress=self._tick())
+                                   dtype=settings.scoring_dtype, progress=self._tick(), model_sha256=req.model_sha256)
         return _KeyFeed(self._feed, store)
 
     def submit(self, req: SubmitRequest) -> Submission:
@@ -160,7 +186,8 @@ class LocalBackend:
         out_dir = store.local_path(req.output_path)
         if data_dir is not None and pack_dir is not None and out_dir is not None:
             return score_partitions([data_dir / n for n in names], pack_dir, out_dir, req.run_id,
-                                    workers=settings.workers, dtype=settings.scoring_dtype, progress=self._tick())
+                                    workers=settings.workers, dtype=settings.scoring_dtype, progress=self._tick(),
+                                    model_sha256=req.model_sha256)
         with tempfile.TemporaryDirectory(prefix=f"fleetscore-{req.run_id}-") as tmp:  # Azurite / Azure Storage
             root = Path(tmp)
             store.download_prefix(req.model_pack_path, root / "pack")
@@ -169,7 +196,7 @@ class LocalBackend:
                 (root / "data" / n).write_bytes(store.get(f"{req.data_path}/{n}"))
             results = score_partitions([root / "data" / n for n in names], root / "pack", root / "out",
                                        req.run_id, workers=settings.workers, dtype=settings.scoring_dtype,
-                                       progress=self._tick())
+                                       progress=self._tick(), model_sha256=req.model_sha256)
             store.upload_dir(root / "out", req.output_path)
         return results
 

@@ -46,19 +46,24 @@ def runs(limit: int = 20, as_json: Annotated[bool, typer.Option("--json")] = Fal
     console.print(runs_table(frame))
 
 
+ERROR_SHOWN = 300
+"""Characters of a run's error shown in the table (`fleetscore runs --json` has all of it)."""
+
+
 def runs_table(frame: pd.DataFrame) -> Table:
     """`list_runs`' frame (one row per run, times in epoch ms) as a table; took = finished - claimed, seconds;
     `why` is why the attempt was retried (or, for an active run, its lease)."""
     table = Table(title="runs")
     for col in ("run", "status", "try", "backend", "model", "windows", "models", "no model", "failures", "took s",
-                "why"):
+                "why", "error"):
         table.add_column(col)
     now = now_ms()
     for r in frame.to_dict("records"):
         took = (r["finished_at"] - r["claimed_at"]) / 1000 if _known(r["finished_at"]) else None
         table.add_row(r["run_id"], r["status"], str(r["attempt"]), r["backend"] or "-", r["model_version"] or "-",
                       fmt_count(r["windows"]), fmt_count(r["models"]), fmt_count(r["windows_no_model"]),
-                      fmt_count(r["failures"]), f"{took:.1f}" if took is not None else "-", run_note(r, now))
+                      fmt_count(r["failures"]), f"{took:.1f}" if took is not None else "-", run_note(r, now),
+                      str(r["error"])[:ERROR_SHOWN] if _known(r.get("error")) else "")
     return table
 
 

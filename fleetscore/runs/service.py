@@ -41,7 +41,7 @@ from fleetscore.runs.export import export_run
 from fleetscore.runs.lease import Lease, LeaseLost
 from fleetscore.runs.manifest import RunManifest
 from fleetscore.runs.slots import run_id_for_slot
-from fleetscore.training import current_model_version, read_pack_manifest
+from fleetscore.training import verified_active_pack
 from scoring_job.pack import lookback_windows
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,14 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
                        progress: Progress | None, lease: Lease) -> None:
     """Export the claim's windows (feeding the backend as partitions land), submit, index in-process output."""
     settings, engine, store = services.settings, services.engine, services.store
-    version = current_model_version(store)
-    if version is None:
-        raise RunError("no active model pack: run `fleetscore train --activate` first")
-    lookback = lookback_windows(read_pack_manifest(store, version))
-    request = SubmitRequest.for_run(claim.run_id, claim.slot_ms, version)
+    try:  # the pack is checked where the run starts: pinned manifest, keys; its workers verify every file
+        active, pack_manifest = verified_active_pack(store)
+    except LookupError as exc:
+        raise RunError(str(exc)) from None
+    version = active.version
+    update_run(engine, claim.run_id, model_version=version, model_sha256=active.manifest_sha256)
+    lookback = lookback_windows(pack_manifest)
+    request = SubmitRequest.for_run(claim.run_id, claim.slot_ms, version, active.manifest_sha256)
     feed: Feed | None = backend.open_feed(request)  # the local backend scores partitions while they export
 
     def exported(key: str) -> None:

@@ -20,7 +20,7 @@ DEADLETTER_PENDING = f"{DEADLETTER}/pending/"
 DEADLETTER_REPLAYED = f"{DEADLETTER}/replayed/"
 
 CURRENT_POINTER = f"{MODELS}/CURRENT"
-"""Holds the version of the active model pack."""
+"""The active model pack: its version and manifest SHA-256 (`fleetscore.training.read_active_pack` reads it)."""
 PREDICTIONS_TRIGGER_PATH = f"{PREDICTIONS}/{{name}}"
 """The blob trigger's path pattern."""
 
