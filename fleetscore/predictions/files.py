@@ -12,6 +12,7 @@ import io
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fleetscore import db
@@ -60,7 +61,11 @@ def read_predictions(data: bytes) -> pd.DataFrame:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError) as exc:
         raise PredictionFileError(f"bad column values: {type(exc).__name__}: {exc}") from None
     for name in TEXT_COLUMNS:
-        values = columns[name].to_pandas() if name in columns else pd.Series([None] * len(frame), dtype=object)
+        column = columns.get(name)
+        if column is not None and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            frame[name] = _arrow_strings(column, name, nullable=name in NULLABLE_TEXT)
+            continue
+        values = column.to_pandas() if column is not None else pd.Series([None] * len(frame), dtype=object)
         frame[name] = _strings(values.reset_index(drop=True), name, nullable=name in NULLABLE_TEXT).to_numpy()
     bad = sorted(set(frame["status"]) - set(WINDOW_STATUSES))
     if bad:
@@ -108,6 +113,19 @@ def _flags(column: pa.ChunkedArray) -> np.ndarray:
     if not pa.types.is_boolean(column.type):
         raise PredictionFileError(f"column 'is_anomaly' has type {column.type}, want bool")
     return np.asarray(column.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _arrow_strings(column: pa.ChunkedArray, name: str, *, nullable: bool) -> np.ndarray:
+    """A string column as (n,) object array of str or None, with `_strings`' checks done in Arrow (no per-value
+    Python: a million-pair run's files hold tens of millions of ids)."""
+    if not nullable and column.null_count:
+        raise PredictionFileError(f"column {name!r} has nulls")
+    limit = LENGTHS.get(name)
+    if limit is not None and len(column) > column.null_count:
+        lengths = pc.min_max(pc.utf8_length(column))
+        if lengths["min"].as_py() < 1 or lengths["max"].as_py() > limit:
+            raise PredictionFileError(f"column {name!r} has values that are empty or longer than {limit} characters")
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _strings(column: pd.Series, name: str, *, nullable: bool) -> pd.Series:
