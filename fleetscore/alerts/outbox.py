@@ -153,16 +153,23 @@ def _write_page(engine: Engine, store: BlobStore, ids: list[str], deadline: floa
 
 
 def _lock_pending(conn: Connection, ids: list[str]) -> list[dict[str, Any]]:
-    """The alerts of `ids` whose document is pending, locked until the transaction ends (PostgreSQL: rows
-    locked in alert_id order; elsewhere a no-op UPDATE first: SQLite's write lock, SQL Server's row locks)."""
+    """The alerts of `ids` whose document is pending, locked until the transaction ends."""
+    lock, select = lock_statements(conn.dialect.name, ids)
+    if lock is not None:
+        conn.execute(lock)
+    return [dict(r) for r in conn.execute(select).mappings().all()]
+
+
+def lock_statements(dialect: str, ids: Sequence[str]) -> tuple[sa.Update | None, sa.Select]:
+    """(lock, select) of the pending alerts among `ids`: PostgreSQL locks the rows in alert_id order with
+    `SELECT ... FOR UPDATE`; elsewhere a no-op UPDATE locks them first (SQLite: the database's write lock;
+    SQL Server, which ignores FOR UPDATE: exclusive row locks)."""
     a = db.alerts
-    pending = sa.and_(a.c.alert_id.in_(ids), a.c.document_revision < a.c.revision)
-    q = sa.select(a).where(pending).order_by(a.c.alert_id)
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update()
-    else:
-        conn.execute(a.update().where(pending).values(document_revision=a.c.document_revision))
-    return [dict(r) for r in conn.execute(q).mappings().all()]
+    pending = sa.and_(a.c.alert_id.in_(list(ids)), a.c.document_revision < a.c.revision)
+    select = sa.select(a).where(pending).order_by(a.c.alert_id)
+    if dialect == "postgresql":
+        return None, select.with_for_update()
+    return a.update().where(pending).values(document_revision=a.c.document_revision), select
 
 
 def _put_document(store: BlobStore, rec: dict[str, Any]) -> bool:

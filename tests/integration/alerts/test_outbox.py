@@ -235,3 +235,17 @@ def test_the_local_host_serves_the_outbox_timer_like_any_timer(tmp_path, monkeyp
         host.stop()
     assert documents_present(services.engine, services.store)
     services.close()
+
+
+def test_the_outbox_locks_compile_for_sql_server_and_postgresql():
+    """SQL Server ignores FOR UPDATE: a no-op UPDATE of the page's pending alerts takes their row locks first."""
+    from sqlalchemy.dialects import mssql, postgresql
+
+    lock, select = outbox.lock_statements("mssql", ["al-1", "al-2"])
+    lock_sql = str(lock.compile(dialect=mssql.dialect()))
+    assert lock_sql.startswith("UPDATE alerts SET document_revision=alerts.document_revision WHERE")
+    assert "alerts.document_revision < alerts.revision" in lock_sql
+    assert "FOR UPDATE" not in str(select.compile(dialect=mssql.dialect()))
+    lock, select = outbox.lock_statements("postgresql", ["al-1"])
+    assert lock is None and str(select.compile(dialect=postgresql.dialect())).endswith(
+        "ORDER BY alerts.alert_id FOR UPDATE")
