@@ -26,7 +26,6 @@ from fleetscore.backends.base import Backend, JobTracker, SubmissionError
 from fleetscore.runs.claims import fail_run, lease_lapsed_error
 from fleetscore.runs.lease import lapsed_clause
 from fleetscore.runs.service import RunOutcome, start_run
-from fleetscore.runs.slots import slot_of_run_id
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +97,14 @@ def retry_failed(services: Any, *, backend: Backend | None = None) -> list[RunOu
     r = db.runs
     with engine.connect() as conn:
         watermark = db.read_watermark(conn)
-        due = conn.execute(sa.select(r.c.run_id).where(
+        due = conn.execute(sa.select(r.c.slot).where(
             r.c.status == "failed", r.c.attempt < settings.run_max_attempts,
             r.c.window_until > (watermark if watermark is not None else -1)).order_by(r.c.slot)).scalars().all()
     outcomes = []
-    for run_id in due:
-        outcome = start_run(services, slot_of_run_id(run_id), trigger="timer (retry)", retry=True,
-                            reason=AUTO_RETRY, backend=backend)
-        log.info("run %s: %s attempt %s: %s", run_id, AUTO_RETRY, outcome.attempt, outcome.status or outcome.refused)
+    for slot in due:
+        outcome = start_run(services, slot, trigger="timer (retry)", retry=True, reason=AUTO_RETRY, backend=backend)
+        log.info("run %s: %s, attempt %s: %s", outcome.run_id, AUTO_RETRY, outcome.attempt,
+                 outcome.status or outcome.refused)
         outcomes.append(outcome)
     return outcomes
 

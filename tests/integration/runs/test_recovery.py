@@ -11,6 +11,7 @@ from fleetscore.backends import aml
 from fleetscore.runs.claims import claim_run, refusal
 from fleetscore.runs.lease import Lease, LeaseLost
 from fleetscore.runs.recovery import expire_lapsed, reconcile_remote
+from fleetscore.runs.slots import run_id_for_slot
 from fleetscore.settings import load_settings
 from tests.integration.backends.test_aml import FakeCredential, FakeEndpoint
 
@@ -95,3 +96,29 @@ def test_an_unanswered_job_state_leaves_the_run_and_a_missing_job_fails_it(engin
         server.close()
     assert _row(engine, "r1")["status"] == "submitted"
     assert _row(engine, "r2")["error"].startswith("Azure ML job job-2 not found")
+
+
+def test_the_timer_retries_failed_runs_below_the_attempt_limit_whose_windows_no_later_run_covered(tmp_path):
+    from fleetscore.cli.runs import run_note
+    from fleetscore.context import Services
+    from fleetscore.runs.recovery import recover_runs
+
+    services = Services(load_settings(sql_url=f"sqlite:///{tmp_path / 'fleet.db'}", storage=str(tmp_path / "blobs"),
+                                      run_max_attempts=3))
+    engine = services.engine
+    r1, r2, r3 = (run_id_for_slot(SLOT + k * 3_600_000) for k in range(3))
+    with engine.begin() as conn:
+        conn.execute(db.runs.insert(), [
+            _run(r1, status="failed", backend="local", error="boom"),
+            _run(r2, slot=SLOT + 3_600_000, status="failed", backend="local", attempt=3, error="boom"),
+            _run(r3, slot=SLOT + 7_200_000, status="failed", backend="local", error="x",
+                 window_until=SLOT - 2 * 3_600_000)])
+        db.advance_watermark(conn, SLOT - 2 * 3_600_000, 1)
+    done = recover_runs(services)
+    assert [(o.run_id, o.attempt, o.status) for o in done.retried] == [(r1, 2, "failed")]  # no model pack here
+    row = _row(engine, r1)
+    assert row["retry_reason"] == "automatic retry by the timer after attempt 1 failed: boom"
+    assert row["trigger"] == "timer (retry)" and "no active model pack" in row["error"]
+    assert run_note(row, clock.now_ms()) == row["retry_reason"]
+    assert (_row(engine, r2)["attempt"], _row(engine, r3)["attempt"]) == (3, 1)
+    services.close()
