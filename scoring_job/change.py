@@ -13,9 +13,13 @@ Features (:func:`change_features`, over window features sorted or not; times epo
   from that sensor's previous window or whose readings differ within it. A new setpoint moves the sensors it
   controls to a new level: that is not a fault, and the recent windows are a baseline again once they have settled.
 
-The detector (:class:`ChangeDetector`, ``MODEL_ALGORITHM=change-z``) fits five numbers per pair on its training
-windows (settling ones and those without a baseline left out): the median and robust scale of ``mean_change``, a
-floor for the spread (:data:`STD_FLOOR_SHARE` of the median window std) and the median and robust scale of
+The detector (:class:`ChangeDetector`, ``MODEL_ALGORITHM=change-z``) fits seven numbers per pair on its training
+windows (settling ones and those without a baseline left out): the daily cycle's share of ``mean_change`` (a
+least-squares fit of it on the sine and cosine of the time of day: a daily cycle makes the recent past lag the
+present by an amount that depends on the hour, which this removes), the median and robust scale of what remains,
+a floor for the spread (:data:`STD_FLOOR_SHARE` of the median std of the windows whose readings differ: a
+sensor that reports only changes, or a coarse one, has mostly windows of no spread, and a floor of 0 would make
+any change look infinitely far from them) and the median and robust scale of
 log(std + floor). The score of a window is the larger of |z| of the two; a window without a baseline (no reading in
 the context) contributes no change, a window with fewer than 2 readings no spread. A robust scale is the larger of
 1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second does not collapse
@@ -43,12 +47,16 @@ LOOKBACK_WINDOWS = CONTEXT_WINDOWS + SETTLE_WINDOWS
 """Windows before a run's first window that its scoring reads (baselines and changes announced before it)."""
 ANNOUNCE_SENSORS: tuple[str, ...] = ("setpoint",)
 """Sensors whose change announces a normal level change of their device's other sensors (default)."""
-FEATURES: tuple[str, ...] = ("mean_change", "std", "n")
-"""What the change-z detector reads, in this order (``n``: readings in the window)."""
-PARAMS: tuple[str, ...] = ("change_center", "change_scale", "std_floor", "log_std_center", "log_std_scale")
+FEATURES: tuple[str, ...] = ("mean_change", "std", "n", "tod_sin", "tod_cos")
+"""What the change-z detector reads, in this order (``n``: readings in the window; the time of day as in
+:func:`features.time_features`)."""
+PARAMS: tuple[str, ...] = ("daily_sin", "daily_cos", "change_center", "change_scale", "std_floor", "log_std_center",
+                           "log_std_scale")
 """A fitted detector's numbers, in this order (what the model pack stores per model)."""
+MIN_DAILY_FIT = 20
+"""Windows with a change that the daily share is fitted on at least (else it is taken as none)."""
 STD_FLOOR_SHARE = 0.1
-"""The spread's floor, as a share of the pair's median window std over windows with 2 readings or more."""
+"""The spread's floor, as a share of the pair's median window std over windows with 2 readings or more that differ."""
 _MAD_TO_SD = 1.4826
 _Q90_TO_SD = 1.0 / 1.645
 _TINY = 1e-12
@@ -145,25 +153,40 @@ def _robust(x: np.ndarray) -> tuple[float, float]:
     return center, max(_MAD_TO_SD * float(np.median(dev)), _Q90_TO_SD * float(np.quantile(dev, 0.9)), _TINY)
 
 
+def daily_share(change: np.ndarray, tod_sin: np.ndarray, tod_cos: np.ndarray) -> tuple[float, float]:
+    """(a, b): the least-squares fit change ≈ c + a·tod_sin + b·tod_cos over the finite changes; (0, 0) with
+    fewer than :data:`MIN_DAILY_FIT` of them."""
+    ok = np.isfinite(change)
+    if ok.sum() < MIN_DAILY_FIT:
+        return 0.0, 0.0
+    A = np.column_stack([np.ones(int(ok.sum())), tod_sin[ok], tod_cos[ok]])
+    coef, *_ = np.linalg.lstsq(A, change[ok], rcond=None)
+    return float(coef[1]), float(coef[2])
+
+
 def fit_params(X: np.ndarray) -> np.ndarray:
-    """(5,) :data:`PARAMS` fitted on X (windows, :data:`FEATURES`)."""
+    """(len(PARAMS),) :data:`PARAMS` fitted on X (windows, :data:`FEATURES`)."""
     X = np.asarray(X, dtype=np.float64)
-    change, std, n = X[:, 0], X[:, 1], X[:, 2]
+    change, std, n, tod_sin, tod_cos = X.T
+    a, b = daily_share(change, tod_sin, tod_cos)
     spread = std[(n >= 2) & np.isfinite(std)]
-    floor = max(STD_FLOOR_SHARE * float(np.median(spread)), _TINY) if len(spread) else _TINY
-    c_center, c_scale = _robust(change)
+    moving = spread[spread > 0]
+    floor = max(STD_FLOOR_SHARE * float(np.median(moving)), _TINY) if len(moving) else _TINY
+    c_center, c_scale = _robust(change - a * tod_sin - b * tod_cos)
     s_center, s_scale = _robust(np.log(spread + floor))
-    return np.array([c_center, c_scale, floor, s_center, s_scale])
+    return np.array([a, b, c_center, c_scale, floor, s_center, s_scale])
 
 
 def change_scores(X: np.ndarray, params: np.ndarray) -> np.ndarray:
     """(rows,) score of each row of X (rows, :data:`FEATURES`) under its own params (rows, :data:`PARAMS`): the
-    larger of |z| of the change and of the log spread; a NaN change or n < 2 contributes 0."""
+    larger of |z| of the change (its daily share removed) and of the log spread; a NaN change or n < 2 contributes
+    0."""
     X = np.asarray(X, dtype=np.float64)
-    change, std, n = X[:, 0], X[:, 1], X[:, 2]
-    z_change = np.abs(change - params[:, 0]) / params[:, 1]
+    change, std, n, tod_sin, tod_cos = X.T
+    a, b, c_center, c_scale, floor, s_center, s_scale = params.T
+    z_change = np.abs(change - a * tod_sin - b * tod_cos - c_center) / c_scale
     with np.errstate(invalid="ignore", divide="ignore"):
-        z_spread = np.abs(np.log(np.maximum(std, 0.0) + params[:, 2]) - params[:, 3]) / params[:, 4]
+        z_spread = np.abs(np.log(np.maximum(std, 0.0) + floor) - s_center) / s_scale
     z_change = np.where(np.isnan(change), 0.0, z_change)
     z_spread = np.where((n >= 2) & np.isfinite(std), z_spread, 0.0)
     return np.maximum(z_change, z_spread)

@@ -10,7 +10,7 @@ Layout::
                                consecutive SVMs of about 8 MiB each, so that a loader verifies them in parallel
     <folder>/detectors.skops   every other detector (one skops list), loaded with an explicit trusted list
 
-change-z detectors (:mod:`change`) are five numbers each, kept in the manifest's ``change`` section (no file).
+change-z detectors (:mod:`change`) are seven numbers each, kept in the manifest's ``change`` section (no file).
 
 ``load_pack`` checks the manifest's own SHA-256 when given the digest pinned at activation (``models/CURRENT``, so
 an edited manifest is refused: the manifest holds every other file's SHA-256), then its shape (every ``device`` and
@@ -884,7 +884,8 @@ def _check_change_section(ch: Any, table: Mapping[str, np.ndarray]) -> np.ndarra
         raise _fail("malformed 'change' section")
     params = np.column_stack([_base64_float64(ch["params"][k], ch["models"], f"change.params.{k}")
                               for k in change.PARAMS])
-    if not np.isfinite(params).all() or (params[:, [1, 2, 4]] <= 0).any():
+    positive = [change.PARAMS.index(k) for k in ("change_scale", "std_floor", "log_std_scale")]
+    if not np.isfinite(params).all() or (params[:, positive] <= 0).any():
         raise _fail("change.params must be finite, with positive scales and floor")
     rows = table["store"] == "change"
     if (table["algorithm"][rows] != "change-z").any() or (table["n_features"][rows] != len(change.FEATURES)).any():

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from scoring_job import change, engine
+from scoring_job.features import time_features
 from scoring_job.pack import PackError, load_pack, lookback_windows, write_pack
 from scoring_job.train import fit_fleet
 
@@ -29,8 +30,10 @@ def windows(rng: np.random.Generator, pairs: dict[tuple[str, str], int], *, drop
         ends = ends[rng.random(count) >= drop]
         mean = 20.0 + np.cumsum(rng.normal(0, 0.2, len(ends)))
         std = np.abs(rng.normal(1.0, 0.2, len(ends)))
+        tod = time_features(ends)
         parts.append(pd.DataFrame({"device": d, "sensor": s, "window_end": ends, "n": 5, "mean": mean,
-                                   "min": mean - 2 * std, "max": mean + 2 * std, "std": std}))
+                                   "min": mean - 2 * std, "max": mean + 2 * std, "std": std,
+                                   "tod_sin": tod["tod_sin"], "tod_cos": tod["tod_cos"]}))
     frame = pd.concat(parts, ignore_index=True)
     return frame.sample(frac=1.0, random_state=int(rng.integers(1 << 30))).reset_index(drop=True)
 
@@ -82,20 +85,39 @@ def test_an_announced_change_settles_its_device_and_only_its_device():
 def test_the_detector_fits_robust_centres_and_scales_that_do_not_collapse_on_quantised_sensors():
     rng = np.random.default_rng(7)
     n = 500
-    X = np.column_stack([rng.normal(0.5, 2.0, n), np.abs(rng.normal(1.0, 0.3, n)), np.full(n, 5.0)])
+    phase = rng.uniform(0, 2 * np.pi, n)
+    X = np.column_stack([rng.normal(0.5, 2.0, n), np.abs(rng.normal(1.0, 0.3, n)), np.full(n, 5.0), np.sin(phase),
+                         np.cos(phase)])
     det = change.ChangeDetector().fit(X)
-    c_center, c_scale, floor, s_center, s_scale = det.params_
+    a, b, c_center, c_scale, floor, s_center, s_scale = det.params_
+    assert abs(a) < 0.4 and abs(b) < 0.4  # no daily share in a change without one
     assert c_center == pytest.approx(0.5, abs=0.3) and c_scale == pytest.approx(2.0, rel=0.15)
     assert floor == pytest.approx(0.1 * np.median(X[:, 1]))
     # a quantised sensor: most changes exactly 0, its MAD is 0, its robust scale is not
     Q = X.copy()
     Q[:, 0] = np.where(rng.random(n) < 0.7, 0.0, rng.choice([-1.0, 1.0], n))
-    assert change.ChangeDetector().fit(Q).params_[1] > 0.3
-    scores = -det.decision_function(np.array([[0.5, 1.0, 5], [20.0, 1.0, 5], [0.5, 0.0, 5], [np.nan, 1.0, 5],
-                                              [0.5, 0.0, 1]]))
+    assert change.ChangeDetector().fit(Q).params_[3] > 0.3
+    at = [np.sin(1.0), np.cos(1.0)]
+    scores = -det.decision_function(np.array([[0.5, 1.0, 5, *at], [20.0, 1.0, 5, *at], [0.5, 0.0, 5, *at],
+                                              [np.nan, 1.0, 5, *at], [0.5, 0.0, 1, *at]]))
     assert scores[0] < 1 and scores[1] > 8  # a jump of 10 robust sd
     assert scores[2] > 5  # stuck: no spread at all
     assert scores[3] < 1 and scores[4] < 1  # no baseline: no change evidence; one reading: no spread evidence
+
+
+def test_the_daily_cycles_share_of_the_change_is_removed_before_judging_it():
+    rng = np.random.default_rng(11)
+    n = 576  # two days of 5-minute windows
+    ends = T0 + W * np.arange(1, n + 1)
+    tod = time_features(ends)
+    lag = 3.0 * np.sin(2 * np.pi * (ends % 86_400_000) / 86_400_000 - 0.7)  # what a daily cycle adds to a change
+    X = np.column_stack([lag + rng.normal(0, 0.5, n), np.full(n, 1.0), np.full(n, 5.0), tod["tod_sin"],
+                         tod["tod_cos"]])
+    det = change.ChangeDetector().fit(X)
+    assert det.params_[0] == pytest.approx(3.0 * np.cos(0.7), abs=0.1)  # a·sin + b·cos = 3 sin(φ - 0.7)
+    assert det.params_[1] == pytest.approx(-3.0 * np.sin(0.7), abs=0.1)
+    assert det.params_[3] == pytest.approx(0.5, rel=0.15)  # the noise's scale, not the cycle's
+    assert np.quantile(-det.decision_function(X), 0.99) < 3.5
 
 
 def _fleet(rng: np.random.Generator) -> pd.DataFrame:
