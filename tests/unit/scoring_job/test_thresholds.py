@@ -164,3 +164,12 @@ def test_malformed_thresholds_are_refused(tmp_path, bad):
     (tmp_path / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(PackError, match="manifest.json"):
         load_pack(tmp_path)
+
+
+def test_the_strong_threshold_is_never_below_a_margin_seen_twice_in_training():
+    rng = np.random.default_rng(21)
+    normal = np.abs(rng.normal(size=573))
+    once = calibrate(np.concatenate([normal, [30.0]]))  # one far window: maybe an unlabelled outlier
+    assert once["threshold_strong"] < 30.0
+    twice = calibrate(np.concatenate([normal, [30.0, 30.0, 30.0]]))  # rare but recurring: something it does
+    assert twice["threshold_strong"] >= 30.0 and twice["threshold"] < 4.0
