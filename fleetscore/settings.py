@@ -22,7 +22,7 @@ from scoring_job.features import DEFAULT_MODEL_FEATURES, FEATURE_NAMES
 from scoring_job.thresholds import FALSE_RATE
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
-DEFAULT_ALERT_PERSISTENCE = "2/3"
+DEFAULT_ALERT_PERSISTENCE = "3/4"
 """k/n of the alert rules when neither ALERT_PERSISTENCE nor ALERT_MIN_WINDOWS is set (measured: see README)."""
 BACKENDS = ("local", "aml-pipeline", "aml-batch-endpoint")
 

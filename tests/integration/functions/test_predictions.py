@@ -49,7 +49,7 @@ def test_blob_function_indexes_and_never_raises_for_bad_files(tmp_path, monkeypa
                                  uri=f"http://127.0.0.1:10000/devstoreaccount1/{key}", length=len(data),
                                  blob_properties=props))
 
-    good = prediction_file(series("d-1", "temp", T0, 12, {3, 4}), RUN_A)
+    good = prediction_file(series("d-1", "temp", T0, 12, {3, 4, 5}), RUN_A)  # 3 anomalies: alerts at 3/4
     for _ in range(3):
         fire("part-00000.parquet", good, "0x8DCAFE0001")
     fire("part-00000.parquet", good, "0x8DCAFE0001", container_prefix=False)
