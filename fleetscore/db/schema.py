@@ -63,6 +63,9 @@ DEAD_LETTER_KEY_COMMENT = ("identity: SHA-256 (hex) of source, partition, sequen
 """A redelivered bad event maps to the same key and is recorded once (`fleetscore.ingest.store`)."""
 DOCUMENT_REVISION_COMMENT = "the revision whose JSON document is in blob storage (outbox: < revision is pending)"
 """Alert documents are an outbox per revision (`fleetscore.alerts.outbox`), as `delivered_revision` is."""
+EVENTGRID_REVISION_COMMENT = "the revision published to the Event Grid topic (outbox: < revision is pending)"
+"""The Event Grid topic's delivery mark, beside the webhook's `delivered_revision` (`fleetscore.alerts.webhook`)."""
+TRACEPARENT_COMMENT = "W3C traceparent of the run's trace (OpenTelemetry); the index continues it"
 
 dead_letters = sa.Table(
     "dead_letters", metadata,
@@ -110,6 +113,7 @@ runs = sa.Table(
     sa.Column("lease_until", _ms(), comment="epoch ms UTC; renewed by its owner; NULL once a remote job owns it"),
     sa.Column("retry_reason", sa.UnicodeText(), comment="why this attempt was started (NULL: first attempt)"),
     sa.Column("attempt_history", sa.UnicodeText(), comment="JSON: earlier attempts, how each ended"),
+    sa.Column("traceparent", sa.String(55), comment=TRACEPARENT_COMMENT),
     sa.Index("ix_runs_slot", "slot"),
 )
 
@@ -163,6 +167,10 @@ alerts = sa.Table(
     sa.Column("delivery_error", sa.UnicodeText()),
     sa.Column("document_revision", sa.Integer(), nullable=False, default=0, server_default=sa.text("0"),
               comment=DOCUMENT_REVISION_COMMENT),
+    sa.Column("eventgrid_revision", sa.Integer(), nullable=False, default=0, server_default=sa.text("0"),
+              comment=EVENTGRID_REVISION_COMMENT),
+    sa.Column("eventgrid_attempts", sa.Integer(), nullable=False, default=0, server_default=sa.text("0")),
+    sa.Column("eventgrid_error", sa.UnicodeText()),
     sa.Index("ix_alerts_pair", "device", "sensor"),
     sa.Index("ix_alerts_status", "status"),
 )
