@@ -1,12 +1,22 @@
-"""The alert store: the SQL side of alerts (tables `alerts` and `anomalies`), inside the index's transaction.
+"""The alert store: the SQL side of alerts (tables `alerts`, `alert_revisions` and `anomalies`).
 
 :func:`apply_file` loads what the episode rules (:mod:`fleetscore.alerts.episodes`) need for one file's scored
-windows — each pair's latest alert and its earlier anomalous windows — and saves what they changed;
-:func:`apply_stale` closes the open alerts a completed run saw no window of. Times are epoch ms.
+windows — each pair's latest alert and its earlier anomalous windows — and saves what they changed, inside the
+index's transaction; :func:`apply_stale` closes the open alerts a completed run saw no window of. Times are epoch ms.
+
+The lifecycle (:func:`acknowledge`, :func:`resolve`; the HTTP API calls them): every visible change is a new
+revision, recorded in `alert_revisions` (kind, when, who, note, the document then) and pending in the outbox like
+any other (:mod:`fleetscore.alerts.outbox`: its document, then its webhook delivery).
+
+- acknowledge: an open alert, once; it keeps following its episode (new windows, closing), but those updates are
+  not delivered again (`delivered_revision` moves with them when everything before was delivered); its closing is.
+- resolve: any alert not resolved yet; it is closed at once, so the episode rules never extend it again and the
+  pair's next anomalies open a new alert (a new episode, a new id).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -15,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
+from fleetscore.alerts.documents import LIFECYCLE_FIELDS, alert_document, alert_state
 from fleetscore.alerts.episodes import HISTORY_COLUMNS, AlertUpdate, Persistence, close_stale, update_alerts
 from fleetscore.alerts.severity import SeverityOf
 
@@ -24,7 +35,7 @@ ALERT_COLUMNS = tuple(c.name for c in db.alerts.columns)
 CHANGED_COLUMNS = ("status", "last_window_end", "last_seen_window_end", "normal_after", "windows", "max_score",
                    "severity", "model_version", "run_id", "updated_at", "revision")
 """What a visible change of an alert rewrites."""
-NEW_ALERT_DEFAULTS = {"document_revision": 0}
+NEW_ALERT_DEFAULTS = {"document_revision": 0, "eventgrid_revision": 0, "eventgrid_attempts": 0}
 """Columns a new alert from the episode rules does not carry: its document is pending (the outbox writes it)."""
 LOOKAHEAD_WINDOWS = 288
 """How far past a file the episode rules look for newer files' anomalies (a file indexed out of order), windows."""
@@ -66,9 +77,53 @@ def load_history(conn: Connection, pairs: pd.DataFrame, lo: int, hi: int) -> pd.
     return _of_pairs(frame, pairs)
 
 
-def save(conn: Connection, update: AlertUpdate) -> None:
-    """Insert the new alerts and write the changed ones (one executemany each)."""
+class AlertNotFound(LookupError):
+    """No alert has this id."""
+
+
+class LifecycleConflict(ValueError):
+    """The alert's state does not allow the action (the message says why)."""
+
+
+def _revision_row(rec: dict[str, Any], kind: str, *, at: int, actor: str | None = None,
+                  note: str | None = None) -> dict[str, Any]:
+    """An `alert_revisions` row for the alert row `rec` at its current revision."""
+    return {"alert_id": rec["alert_id"], "revision": int(rec["revision"]), "kind": kind, "changed_at": int(at),
+            "actor": actor, "note": note, "document": json.dumps(alert_document(rec), separators=(",", ":"))}
+
+
+def _kind(rec: dict[str, Any], new: bool) -> str:
+    if new:
+        return "opened"
+    return "closed" if rec["status"] != "open" else "updated"
+
+
+def record_revisions(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert `alert_revisions` rows (one executemany)."""
+    if rows:
+        conn.execute(db.alert_revisions.insert(), rows)
+
+
+DELIVERY_COLUMNS = ("delivered_revision", "eventgrid_revision")
+"""Per delivery sink (webhook, Event Grid), the revision it has delivered (< revision: pending)."""
+
+
+def _quiet_acknowledged(conn: Connection, changed: list[dict[str, Any]]) -> None:
+    """An acknowledged alert's update is not delivered again: each sink's delivered revision moves with it when
+    every earlier revision was delivered there (else the pending delivery carries the newest state, as always).
+    Its documents are written as always."""
+    ids = [r["alert_id"] for r in changed if r["status"] == "open" and alert_state(r) == "acknowledged"]
     a = db.alerts
+    for chunk in db.chunks(ids):
+        for name in DELIVERY_COLUMNS:
+            conn.execute(a.update().where(a.c.alert_id.in_(list(chunk)), a.c[name] == a.c.revision - 1)
+                         .values({name: a.c.revision}))
+
+
+def save(conn: Connection, update: AlertUpdate) -> None:
+    """Insert the new alerts and write the changed ones (one executemany each), with a revision row for each."""
+    a = db.alerts
+    revisions: list[dict[str, Any]] = []
     if update.new:
         ids = [r["alert_id"] for r in update.new]
         taken: set[str] = set()
@@ -80,15 +135,32 @@ def save(conn: Connection, update: AlertUpdate) -> None:
             log.info("alerts %s exist already (replayed episode start); left as they are", sorted(taken))
         if fresh:
             conn.execute(a.insert(), fresh)
+            revisions += [_revision_row(r, "opened", at=r["updated_at"]) for r in fresh]
     if update.changed:
         stmt = a.update().where(a.c.alert_id == sa.bindparam("b_alert_id")).values(
             {c: sa.bindparam(f"b_{c}") for c in CHANGED_COLUMNS})
         conn.execute(stmt, [{f"b_{c}": r[c] for c in ("alert_id", *CHANGED_COLUMNS)} for r in update.changed])
+        changed = [_lifecycle_cleaned(r) for r in update.changed]
+        revisions += [_revision_row(r, _kind(r, False), at=r["updated_at"]) for r in changed]
+        _quiet_acknowledged(conn, changed)
+    record_revisions(conn, revisions)
     if update.bookkeeping:
         stmt = a.update().where(a.c.alert_id == sa.bindparam("b_alert_id")).values(
             last_seen_window_end=sa.bindparam("b_last_seen"), normal_after=sa.bindparam("b_normal_after"))
         conn.execute(stmt, [{"b_alert_id": r["alert_id"], "b_last_seen": r["last_seen_window_end"],
                              "b_normal_after": r["normal_after"]} for r in update.bookkeeping])
+
+
+def _lifecycle_cleaned(rec: dict[str, Any]) -> dict[str, Any]:
+    """`rec` with its lifecycle fields as plain values (a row that went through a DataFrame has NaN for NULL)."""
+    out = dict(rec)
+    for name in LIFECYCLE_FIELDS:
+        value = out.get(name)
+        if value is not None and pd.isna(value):
+            out[name] = None
+        elif name.endswith("_at") and value is not None:
+            out[name] = int(value)
+    return out
 
 
 def apply_file(conn: Connection, scored: pd.DataFrame, *, window_ms: int, persistence: Persistence,
@@ -129,3 +201,58 @@ def list_alerts(engine: Engine, *, open_only: bool = False, limit: int | None = 
         q = q.limit(limit)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings().all()]
+
+
+# ------------------------------------------------------------------------------------------ lifecycle
+def _load(conn: Connection, alert_id: str) -> dict[str, Any]:
+    row = conn.execute(sa.select(db.alerts).where(db.alerts.c.alert_id == alert_id)).mappings().first()
+    if row is None:
+        raise AlertNotFound(f"no alert {alert_id}")
+    return dict(row)
+
+
+def _act(conn: Connection, alert_id: str, kind: str, allowed: sa.ColumnElement[bool], values: dict[str, Any], *,
+         by: str, note: str | None, now: int) -> dict[str, Any]:
+    """One lifecycle action as a conditional UPDATE (atomic on every dialect: the row is written only in a state
+    that allows it), then its revision row; AlertNotFound / LifecycleConflict otherwise."""
+    a = db.alerts
+    done = conn.execute(a.update().where(a.c.alert_id == alert_id, allowed).values(
+        **values, note=note, revision=a.c.revision + 1, updated_at=now)).rowcount
+    rec = _load(conn, alert_id)
+    if not done:
+        raise LifecycleConflict(_refusal(rec, kind))
+    record_revisions(conn, [_revision_row(rec, kind, at=now, actor=by, note=note)])
+    return rec
+
+
+def _refusal(rec: dict[str, Any], kind: str) -> str:
+    state = alert_state(rec)
+    if state == "resolved":
+        return f"alert {rec['alert_id']} was resolved by {rec['resolved_by']}; a recurrence opens a new alert"
+    if kind == "acknowledged" and state == "acknowledged":
+        return f"alert {rec['alert_id']} is acknowledged already (by {rec['acknowledged_by']})"
+    return f"alert {rec['alert_id']} is {state}: only an open alert can be acknowledged (resolve it instead)"
+
+
+def acknowledge(conn: Connection, alert_id: str, *, by: str, note: str | None, now: int) -> dict[str, Any]:
+    """Acknowledge an open alert (once): a new revision; returns the alert row."""
+    a = db.alerts
+    allowed = sa.and_(a.c.status == "open", a.c.acknowledged_at.is_(None), a.c.resolved_at.is_(None))
+    return _act(conn, alert_id, "acknowledged", allowed, {"acknowledged_at": now, "acknowledged_by": by},
+                by=by, note=note, now=now)
+
+
+def resolve(conn: Connection, alert_id: str, *, by: str, note: str | None, now: int) -> dict[str, Any]:
+    """Resolve an alert that is not resolved yet: it is closed; a new revision; returns the alert row."""
+    a = db.alerts
+    return _act(conn, alert_id, "resolved", a.c.resolved_at.is_(None),
+                {"status": "closed", "resolved_at": now, "resolved_by": by}, by=by, note=note, now=now)
+
+
+def revisions_of(conn: Connection, alert_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """(the alert's newest `limit` revision rows, oldest first; how many it has)."""
+    r = db.alert_revisions
+    total = conn.execute(sa.select(sa.func.count()).select_from(r).where(r.c.alert_id == alert_id)).scalar_one()
+    rows = conn.execute(sa.select(r).where(r.c.alert_id == alert_id).order_by(r.c.revision.desc())
+                        .limit(limit)).mappings().all()
+    return [dict(x) for x in reversed(rows)], int(total)

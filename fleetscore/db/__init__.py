@@ -20,9 +20,13 @@ from fleetscore.db.errors import LockNotGranted, is_transient
 from fleetscore.db.migrate import ddl, upgrade
 from fleetscore.db.reads import IN_CHUNK, chunks, iter_tuples, read_frame
 from fleetscore.db.schema import (
+    ALERT_STATES,
+    ALERT_STATUSES,
     ID,
+    REVISION_KINDS,
     RUN_ACTIVE,
     RUN_TERMINAL,
+    alert_revisions,
     alerts,
     anomalies,
     dead_letters,
@@ -36,7 +40,8 @@ from fleetscore.db.schema import (
 from fleetscore.db.watermark import SCORING_WATERMARK, advance_watermark, read_watermark
 
 __all__ = [
-    "ID", "IN_CHUNK", "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "LockNotGranted", "advance_watermark",
+    "ALERT_STATES", "ALERT_STATUSES", "ID", "IN_CHUNK", "REVISION_KINDS", "alert_revisions",
+    "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "LockNotGranted", "advance_watermark",
     "alerts", "anomalies", "chunks", "create_db_engine", "dead_letters", "ddl", "is_transient", "iter_tuples",
     "metadata", "prediction_files", "read_frame", "read_watermark", "readings", "runs", "upgrade",
     "watermarks", "windows",

@@ -171,8 +171,25 @@ alerts = sa.Table(
               comment=EVENTGRID_REVISION_COMMENT),
     sa.Column("eventgrid_attempts", sa.Integer(), nullable=False, default=0, server_default=sa.text("0")),
     sa.Column("eventgrid_error", sa.UnicodeText()),
+    sa.Column("acknowledged_at", _ms(), comment="epoch ms UTC; set once by POST /api/alerts/{id}/acknowledge"),
+    sa.Column("acknowledged_by", sa.Unicode(200)),
+    sa.Column("resolved_at", _ms(), comment="epoch ms UTC; a person resolved it (status closed, no longer extended)"),
+    sa.Column("resolved_by", sa.Unicode(200)),
+    sa.Column("note", sa.Unicode(1000), comment="the note of the last acknowledge or resolve"),
     sa.Index("ix_alerts_pair", "device", "sensor"),
     sa.Index("ix_alerts_status", "status"),
+    sa.Index("ix_alerts_first", "first_window_end", "alert_id"),
+)
+
+alert_revisions = sa.Table(
+    "alert_revisions", metadata,
+    sa.Column("alert_id", sa.String(80), primary_key=True),
+    sa.Column("revision", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(20), nullable=False, comment="opened | updated | closed | acknowledged | resolved"),
+    sa.Column("changed_at", _ms(), nullable=False),
+    sa.Column("actor", sa.Unicode(200), comment="who acknowledged or resolved (NULL: the episode rules)"),
+    sa.Column("note", sa.Unicode(1000)),
+    sa.Column("document", sa.UnicodeText(), nullable=False, comment="the alert's JSON document at this revision"),
 )
 
 watermarks = sa.Table(
@@ -181,6 +198,14 @@ watermarks = sa.Table(
     sa.Column("value", _ms(), nullable=False),
     sa.Column("updated_at", _ms(), nullable=False),
 )
+
+ALERT_STATUSES = ("open", "closed")
+"""`alerts.status`: the episode's state, which the episode rules read (a resolved alert is closed)."""
+ALERT_STATES = ("open", "acknowledged", "closed", "resolved")
+"""An alert's lifecycle state (documents, the API): open and not acknowledged, open and acknowledged, closed by
+the episode rules, resolved by a person (`fleetscore.alerts.documents.alert_state`)."""
+REVISION_KINDS = ("opened", "updated", "closed", "acknowledged", "resolved")
+"""`alert_revisions.kind`: what made the revision."""
 
 RUN_ACTIVE = ("claimed", "submitted", "running")
 RUN_TERMINAL = ("succeeded", "partial", "failed")
