@@ -145,6 +145,26 @@ class Settings(BaseSettings):
                     f"anomalous (a strong one at once); default {DEFAULT_ALERT_PERSISTENCE}",
     )
     alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
+    alert_webhook_format: Literal["plain", "cloudevents"] = Field(
+        "plain", alias="ALERT_WEBHOOK_FORMAT",
+        description="webhook body: the alert document (plain) or a CloudEvents 1.0 event in structured JSON mode",
+    )
+    alert_event_source: str = Field(
+        "/fleetscore/alerts", alias="ALERT_EVENT_SOURCE", min_length=1,
+        description="the CloudEvents `source` (a URI reference) of alert events, webhook and Event Grid",
+    )
+    eventgrid_topic_endpoint: str | None = Field(
+        None, alias="EVENTGRID_TOPIC_ENDPOINT", pattern=r"^https?://",
+        description="an Event Grid topic (CloudEvents 1.0 input schema) every alert revision is published to",
+    )
+    eventgrid_topic_key: SecretStr | None = Field(
+        None, alias="EVENTGRID_TOPIC_KEY",
+        description="the topic's access key (aeg-sas-key); unset: a Microsoft Entra token (EventGrid Data Sender)",
+    )
+    applicationinsights_connection_string: SecretStr | None = Field(
+        None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
+        description="export OpenTelemetry metrics and traces to Application Insights; unset: nowhere",
+    )
     poison_blob_threshold: int = Field(5, alias="POISON_BLOB_THRESHOLD", ge=1)
 
     aml_pipeline_endpoint: str | None = Field(None, alias="AML_PIPELINE_ENDPOINT")
@@ -279,7 +299,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value in force (for log-scrubbing tests and filters)."""
-        values = [self.eventhub_connection, self.alert_webhook_url]
+        values = [self.eventhub_connection, self.alert_webhook_url, self.eventgrid_topic_key]
         out = [v.get_secret_value() for v in values if v is not None]
         from urllib.parse import parse_qsl, urlsplit
 

@@ -1,8 +1,10 @@
-"""The alert outbox: every alert revision in SQL eventually has its JSON document in blob storage and, with
-ALERT_WEBHOOK_URL set, its webhook delivery, whatever crashed or hung between the commit and the write.
+"""The alert outbox: every alert revision in SQL eventually has its JSON document in blob storage and its
+delivery to each configured sink (ALERT_WEBHOOK_URL, EVENTGRID_TOPIC_ENDPOINT), whatever crashed or hung between
+the commit and the write.
 
 An alert's document is pending while ``document_revision < revision`` (the column names the revision whose
-document is written), its delivery while ``delivered_revision < revision`` (:mod:`fleetscore.alerts.webhook`).
+document is written), its delivery to a sink while that sink's mark is below it (``delivered_revision`` for the
+webhook, ``eventgrid_revision`` for the topic: :mod:`fleetscore.alerts.webhook`).
 The index commits an alert change first and writes afterwards, so a crash in between loses nothing: the SQL
 row is the outbox entry. Who drains it:
 
@@ -33,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import db
 from fleetscore.alerts.documents import document_json
-from fleetscore.alerts.webhook import deliver_pending, seconds_left
+from fleetscore.alerts.webhook import deliver_pending, seconds_left, sinks
 from fleetscore.settings import Settings
 from fleetscore.storage.base import BlobStore
 from fleetscore.storage.paths import alert_document_key
@@ -210,10 +212,10 @@ def after_index(engine: Engine, store: BlobStore, changed_ids: Sequence[str]) ->
 def drain(engine: Engine, store: BlobStore, settings: Settings, *, seconds: float | None = DRAIN_SECONDS,
           session: requests.Session | None = None) -> OutboxResult:
     """One round of the outbox within `seconds` (None: until empty): pending documents first, then pending
-    webhook deliveries (with ALERT_WEBHOOK_URL) in the time left."""
+    deliveries to the configured sinks (webhook, Event Grid topic) in the time left."""
     deadline = deadline_after(seconds)
     result = write_documents(engine, store, deadline=deadline)
-    if settings.alert_webhook_url is not None and not _passed(deadline):
+    if sinks(settings) and not _passed(deadline):
         result.delivered, result.delivery_failed = deliver_pending(engine, settings, session=session, limit=None,
                                                                    deadline=deadline)
     if result.documents or result.document_failures or result.delivered or result.delivery_failed:
