@@ -28,15 +28,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detection import score_faulty_days, window_rows  # noqa: E402  (benchmarks/, the script's folder)
+
 from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, update_alerts  # noqa: E402
 from fleetscore.evaluation.metrics import events_in_range, match_alerts, pair_days  # noqa: E402
-from fleetscore.ingest.windows import aggregate  # noqa: E402
 from fleetscore.settings import Settings  # noqa: E402
 from fleetscore.sim.simulate import simulate_fleet  # noqa: E402
-from scoring_job import engine  # noqa: E402
-from scoring_job.features import window_features  # noqa: E402
-from scoring_job.pack import load_pack, write_pack  # noqa: E402
-from scoring_job.train import fit_fleet  # noqa: E402
 
 PERSISTENCE = ("1/1", "2/2", "2/3", "3/3", "2/4", "3/4", "3/5", "4/4", "4/5", "5/5")
 SEEDS = tuple(range(101, 111))
@@ -44,31 +41,16 @@ NO_HISTORY = pd.DataFrame({c: pd.Series(dtype="int64" if c == "window_end" else 
 
 
 def scored_fleet(seed: int, devices: int, days: float, clean_days: float, settings: Settings, scenario: str):
-    """(scored rows of the faulty days as the index reads them, faults in that range, pair-days)."""
+    """(scored rows of the faulty days as the index reads them, faults in that range, pair-days): trained and scored
+    as the detection benchmark does it (`detection.score_faulty_days`)."""
     extra = {"scenario": scenario} if "scenario" in inspect.signature(simulate_fleet).parameters else {}
     sim = simulate_fleet(devices=devices, sensors=5, days=days, seed=seed, clean_days=clean_days, **extra)
-    windows = aggregate(sim.readings, settings.window_ms)
-    windows["window_end"] = pd.to_datetime(windows["window_end"], unit="ms", utc=True)
-    features = window_features(windows)
-    clean_until = pd.Timestamp(sim.clean_until_ms, unit="ms", tz="UTC")
-    extra = {"false_rate": settings.alert_false_rate} if "false_rate" in inspect.signature(fit_fleet).parameters \
-        else {}
-    fit = fit_fleet(features[features["window_end"] <= clean_until], algorithm=settings.model_algorithm,
-                    params=settings.model_params, feature_names=settings.features,
-                    min_windows=settings.model_min_windows, **extra)
     with tempfile.TemporaryDirectory() as folder:
-        write_pack(fit.models, folder, version="bench", features=settings.features,
-                   window_minutes=settings.window_minutes, training=fit.training)
-        pack = load_pack(folder)
-        predictions = engine.score(features[features["window_end"] > clean_until], pack, run_id="bench").predictions
-    scored = predictions[predictions["status"] == "ok"].copy()
-    if not pd.api.types.is_integer_dtype(scored["window_end"]):
-        scored["window_end"] = scored["window_end"].astype("datetime64[ms, UTC]").astype("int64")
-    for name in ("device", "sensor", "model_version", "run_id"):
-        scored[name] = scored[name].astype(str)
+        scored = score_faulty_days(window_rows(sim, settings), sim, settings, Path(folder) / "pack",
+                                   lambda *_: None)
     faults = events_in_range(sim.faults, sim.clean_until_ms, sim.end_ms)
     pairs = sim.readings[["device", "sensor"]].drop_duplicates().shape[0]
-    return scored.reset_index(drop=True), faults, pair_days(pairs, sim.clean_until_ms, sim.end_ms)
+    return scored, faults, pair_days(pairs, sim.clean_until_ms, sim.end_ms)
 
 
 def as_today(scored: pd.DataFrame) -> pd.DataFrame:
