@@ -12,7 +12,7 @@ from functools import cached_property
 
 from sqlalchemy.engine import Engine
 
-from fleetscore import db
+from fleetscore import db, telemetry
 from fleetscore.settings import Settings, get_settings
 from fleetscore.storage import open_store
 from fleetscore.storage.base import BlobStore
@@ -24,6 +24,10 @@ class Services:
 
     settings: Settings
     upgrade_schema: bool = True
+
+    def __post_init__(self) -> None:
+        cs = self.settings.applicationinsights_connection_string
+        telemetry.configure(cs.get_secret_value() if cs is not None else None)  # once per process; else nothing
 
     @cached_property
     def engine(self) -> Engine:

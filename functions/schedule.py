@@ -7,8 +7,10 @@ import logging
 
 import azure.functions as func
 
+from fleetscore import telemetry
 from fleetscore.clock import now_ms
 from fleetscore.context import get_services
+from fleetscore.db import read_watermark
 from fleetscore.logs import log_context
 from fleetscore.runs.recovery import recover_runs
 from fleetscore.runs.service import start_run
@@ -28,3 +30,5 @@ def schedule(timer: func.TimerRequest) -> None:
         outcome = start_run(services, slot, trigger="timer (past due)" if timer.past_due else "timer")
         log.info("schedule: slot %s past_due=%s claimed=%s status=%s", outcome.run_id, timer.past_due,
                  outcome.claimed, outcome.status or "-")
+    with services.engine.connect() as conn:
+        telemetry.watermark_lag(now_ms(), read_watermark(conn))

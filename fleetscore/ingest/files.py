@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
+from fleetscore import telemetry
 from fleetscore.ingest.readings import decode_records
 from fleetscore.ingest.store import IngestResult, store_batch
 
@@ -119,7 +120,9 @@ def ingest_file(engine: Engine, path: Path, *, window_ms: int, naive_tz: tzinfo,
     for records in read_chunks(path, chunk_rows):
         decoded = decode_records(records, naive_tz=naive_tz)
         with engine.begin() as conn:
-            total += store_batch(conn, decoded, source=f"file:{path.name}", window_ms=window_ms)
+            chunk = store_batch(conn, decoded, source=f"file:{path.name}", window_ms=window_ms)
+        telemetry.ingested(chunk.stored, chunk.late, chunk.dead_reasons)
+        total += chunk
         if progress is not None:
             progress(len(records))
     return total

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from fleetscore import clock, db
+from fleetscore import clock, db, telemetry
 from fleetscore.ingest.readings import DeadLetter, Decoded, RawEvent, decode_events
 from fleetscore.ingest.windows import WINDOW_COLUMNS, aggregate_arrays, window_end, window_end_of
 
@@ -40,10 +41,12 @@ class IngestResult:
     dead_lettered: int = 0
     late: int = 0
     windows: int = 0
+    dead_reasons: Counter[str] = field(default_factory=Counter)
+    """Dead letters by reason code (`bad_json`, `conflict`, …)."""
 
     def __iadd__(self, other: IngestResult) -> IngestResult:
-        for key, value in asdict(other).items():
-            setattr(self, key, getattr(self, key) + value)
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
 
@@ -254,6 +257,7 @@ def store_batch(conn: Connection, decoded: Decoded, *, source: str, window_ms: i
             result.windows = recompute_windows(conn, readings, stored, window_ms, now)
     insert_dead_letters(conn, dead_letter_rows(dead, source, now))
     result.dead_lettered = len(dead)
+    result.dead_reasons = Counter(d.reason for d in dead)
     return result
 
 
@@ -435,9 +439,11 @@ def ingest_events(engine: Engine, events: Sequence[RawEvent], *, source: str, wi
     decoded = decode_events(events)
     try:
         with engine.begin() as conn:
-            return store_batch(conn, decoded, source=source, window_ms=window_ms, events=events)
+            result = store_batch(conn, decoded, source=source, window_ms=window_ms, events=events)
     except Exception as exc:
         if db.is_transient(exc):
             raise TransientIngestError(f"transient database error, batch will be redelivered: "
                                        f"{type(exc).__name__}") from exc
         raise
+    telemetry.ingested(result.stored, result.late, result.dead_reasons)
+    return result

@@ -34,7 +34,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fleetscore import clock, db
+from fleetscore import clock, db, telemetry
 from fleetscore.alerts import outbox
 from fleetscore.alerts import store as alert_store
 from fleetscore.alerts.episodes import Persistence
@@ -93,8 +93,22 @@ class _Blob:
 def index_prediction_file(engine: Engine, store: BlobStore, settings: Settings, name: str, *,
                           data: bytes | None = None, etag: str | None = None) -> IndexResult:
     """Index one prediction file (see the module doc). `data`/`etag` come from the trigger when it has them;
-    otherwise the blob is read from the store."""
+    otherwise the blob is read from the store. Traced as a span of its run's trace (:mod:`fleetscore.telemetry`)."""
     key = prediction_key(name)
+    with telemetry.index_span(key, run_id_of(key), lambda: _traceparent(engine, run_id_of(key))):
+        return _index_file(engine, store, settings, key, data, etag)
+
+
+def _traceparent(engine: Engine, run_id: str | None) -> str | None:
+    """The run's stored trace context (None: unknown run, or a run from before tracing)."""
+    if run_id is None:
+        return None
+    with engine.connect() as conn:
+        return conn.execute(sa.select(db.runs.c.traceparent).where(db.runs.c.run_id == run_id)).scalar()
+
+
+def _index_file(engine: Engine, store: BlobStore, settings: Settings, key: str, data: bytes | None,
+                etag: str | None) -> IndexResult:
     result = IndexResult(name=key, status="error", run_id=run_id_of(key))
     if not is_prediction_file(key):  # a writer's hidden temp file (score.py writes .part-*.tmp, then renames)
         result.status = "ignored"
@@ -302,6 +316,7 @@ def _run_active(engine: Engine, run_id: str) -> bool:
 def _after_commit(engine: Engine, store: BlobStore, result: IndexResult, changed: list[Alert]) -> IndexResult:
     """Write the changed alerts' documents and catch up earlier pending ones (the outbox), log the outcome."""
     result.documents = outbox.after_index(engine, store, [a["alert_id"] for a in changed]).documents
+    telemetry.indexed(result.rows if result.status == "indexed" else 0, result.anomalies, changed)
     if result.status == "indexed":
         log.info("indexed %s: %d rows, %d anomalies, %d alert(s) changed%s", result.name, result.rows,
                  result.anomalies, result.alerts_changed,

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fleetscore import clock, db
+from fleetscore import clock, db, telemetry
 from fleetscore.backends import backend_for
 from fleetscore.backends.base import Backend, Feed, Submission, SubmitRequest
 from fleetscore.predictions.index import index_prediction_file
@@ -82,7 +82,14 @@ def start_run(services: Any, slot_ms: int, *, trigger: str, retry: bool = False,
         outcome = RunOutcome(run_id, claimed=False, refused=refusal(engine, run_id, retry=retry))
         log.info("%s", outcome.refused)
         return outcome
-    outcome = RunOutcome(run_id, claimed=True, attempt=claim.attempt)
+    with telemetry.run_span(run_id, trigger):  # one trace per run: export, scoring, indexing are its spans
+        return _claimed(services, claim, RunOutcome(run_id, claimed=True, attempt=claim.attempt), backend, progress)
+
+
+def _claimed(services: Any, claim: Claim, outcome: RunOutcome, backend: Backend | None,
+             progress: Progress | None) -> RunOutcome:
+    """Export and submit a claimed run; its failures are recorded on its row and returned, never raised."""
+    settings, engine, run_id = services.settings, services.engine, claim.run_id
     lease = Lease(engine, run_id, claim.owner, settings.run_lease_seconds)
     try:
         backend = backend or backend_for(settings, services.store, progress=_renewing(lease, progress))
@@ -94,6 +101,7 @@ def start_run(services: Any, slot_ms: int, *, trigger: str, retry: bool = False,
     except Exception as exc:  # recorded, never lost: the run row says what happened
         _cancel(backend)
         log.exception("run %s failed", run_id)
+        telemetry.failed(exc)
         outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
         try:
             fail_run(engine, run_id, outcome.error, owner=claim.owner)
@@ -126,7 +134,8 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
     except LookupError as exc:
         raise RunError(str(exc)) from None
     version = active.version
-    update_run(engine, claim.run_id, model_version=version, model_sha256=active.manifest_sha256)
+    update_run(engine, claim.run_id, model_version=version, model_sha256=active.manifest_sha256,
+               traceparent=telemetry.traceparent())
     lookback = lookback_windows(pack_manifest)
     request = SubmitRequest.for_run(claim.run_id, claim.slot_ms, version, active.manifest_sha256)
     feed: Feed | None = backend.open_feed(request)  # the local backend scores partitions while they export
@@ -183,10 +192,12 @@ def index_submission(services: Any, run_id: str, submission: Submission, progres
 
 
 def _timed(outcome: RunOutcome, stage: str, step: Callable[[], Any]) -> Any:
-    """Run `step`, adding its wall time (seconds, 3 decimals) to `outcome.timings[stage]`."""
+    """Run `step`, adding its wall time (seconds, 3 decimals) to `outcome.timings[stage]` (and a span and the
+    stage-duration metric: :func:`fleetscore.telemetry.stage`)."""
     t0 = time.perf_counter()
     try:
-        return step()
+        with telemetry.stage(stage, outcome.run_id):
+            return step()
     finally:
         outcome.timings[stage] = round(time.perf_counter() - t0, 3)
 
