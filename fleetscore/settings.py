@@ -166,6 +166,16 @@ class Settings(BaseSettings):
         description="export OpenTelemetry metrics and traces to Application Insights; unset: nowhere",
     )
     poison_blob_threshold: int = Field(5, alias="POISON_BLOB_THRESHOLD", ge=1)
+    api_key: SecretStr | None = Field(
+        None, alias="FLEETSCORE_API_KEY",
+        description="the HTTP API's key under `fleetscore up` (x-functions-key header or code query parameter); "
+                    "unset: the local host serves no API. On Azure the Functions host checks its own function keys",
+    )
+    api_token_secret: SecretStr | None = Field(
+        None, alias="API_TOKEN_SECRET",
+        description="HMAC key of the API's page tokens (the same on every instance); unset: FLEETSCORE_API_KEY, "
+                    "else a key of this process (tokens then work on the instance that issued them only)",
+    )
 
     aml_pipeline_endpoint: str | None = Field(None, alias="AML_PIPELINE_ENDPOINT")
     aml_batch_endpoint: str | None = Field(None, alias="AML_BATCH_ENDPOINT")
@@ -300,6 +310,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value in force (for log-scrubbing tests and filters)."""
         values = [self.eventhub_connection, self.alert_webhook_url, self.eventgrid_topic_key]
+        values += [self.api_key, self.api_token_secret]
         out = [v.get_secret_value() for v in values if v is not None]
         from urllib.parse import parse_qsl, urlsplit
 

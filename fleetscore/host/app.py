@@ -10,7 +10,8 @@ the threads, health) and composes one part per trigger kind, none of which impor
 | :mod:`~fleetscore.host.timers` | timer functions on their NCRONTAB schedule, manual fires |
 | :mod:`~fleetscore.host.eventhubs` | Event Hub functions fed from a durable spool (:mod:`~fleetscore.host.spool`) |
 | :mod:`~fleetscore.host.blobs` | blob functions, once per version, with receipts (:mod:`~fleetscore.host.receipts`) |
-| :mod:`~fleetscore.host.http` | `POST /events`, `POST /admin/timers/<function>`, `GET /health` on loopback |
+| :mod:`~fleetscore.host.httptriggers` | HTTP functions below host.json's route prefix, keyed with FLEETSCORE_API_KEY |
+| :mod:`~fleetscore.host.http` | `POST /events`, `POST /admin/timers/<fn>`, `GET /health`, HTTP functions (loopback) |
 
 `GET /health` returns JSON: status, functions, spool backlog, receipts, last invocations. A host thread
 (dispatcher, timer, blob poller, HTTP) that dies on an error makes the status `degraded`, named in
@@ -42,6 +43,7 @@ from fleetscore.context import Services, forget_services, set_services
 from fleetscore.host.bindings import (
     BLOB,
     EVENT_HUB,
+    HTTP,
     TIMER,
     HostConfigError,
     HostFunction,
@@ -54,6 +56,7 @@ from fleetscore.host.bindings import (
 from fleetscore.host.blobs import BlobTriggers
 from fleetscore.host.eventhubs import EventHubs, dispatcher_thread
 from fleetscore.host.http import HostServer
+from fleetscore.host.httptriggers import HttpAnswer, HttpTriggers
 from fleetscore.host.invocation import Invoker
 from fleetscore.host.receipts import BlobReceipts
 from fleetscore.host.spool import Spool, SpoolRecord
@@ -85,7 +88,7 @@ class LocalHost:
         self.source = SettingSource(settings)
         self.functions, self.skipped = plan_functions(functions, self.source)
         if not self.functions:
-            raise HostConfigError("the app has no timer, Event Hub or blob function for the local host to serve")
+            raise HostConfigError("the app has no timer, Event Hub, blob or HTTP function for the local host to serve")
         self.port, self.bind = port, bind
         self.state_dir = Path(state_dir)
         self.fsync = fsync
@@ -107,6 +110,8 @@ class LocalHost:
                                    max_batch=self.config.max_event_batch_size)
         self.blobs = BlobTriggers(self._served(BLOB), self.invoker, self._stop,
                                   poison_threshold=self.config.poison_blob_threshold, poll_seconds=blob_poll_seconds)
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        self.http = HttpTriggers(self._served(HTTP), self.invoker, api_key=key, route_prefix=self.config.route_prefix)
 
     def _served(self, trigger: str) -> list[HostFunction]:
         return [f for f in self.functions if f.trigger == trigger]
@@ -306,6 +311,15 @@ class LocalHost:
             raise RuntimeError("the host is stopping")
         return self.timers.fire(fn, slot_ms, wait=wait, spawn=self._spawn)
 
+    def is_http_path(self, path: str) -> bool:
+        """Is `path` below the route prefix of the app's HTTP functions?"""
+        return self.http.below_prefix(path) is not None
+
+    def serve_http(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
+                   body: bytes) -> HttpAnswer | None:
+        """A request to the app's HTTP functions (None: `path` is not below the route prefix)."""
+        return self.http.serve(method, path, query, headers, body, self.url)
+
     def health(self) -> dict:
         """`GET /health`: status (created, running, degraded, stopping), each function's counts and trigger
         state, spool backlog, the invocations running and the last ones."""
@@ -333,7 +347,8 @@ class LocalHost:
         return "degraded" if dead else "running"
 
     def _function_health(self, fn: HostFunction, stats: dict) -> dict[str, Any]:
-        trigger_state = {TIMER: self.timers.health, EVENT_HUB: self.eventhubs.health, BLOB: self.blobs.health}
+        trigger_state = {TIMER: self.timers.health, EVENT_HUB: self.eventhubs.health, BLOB: self.blobs.health,
+                         HTTP: self.http.health}
         return {"name": fn.name, "trigger": fn.trigger, "describe": fn.describe(), **stats,
                 **trigger_state[fn.trigger](fn)}
 

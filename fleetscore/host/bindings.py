@@ -14,9 +14,12 @@ What is required locally:
 - blob triggers: `path` (`<container>/<pattern>`, `{name}` placeholders). The `connection` must be
   `AzureWebJobsStorage` (the default): its local equivalent is the configured store, FLEETSCORE_STORAGE.
   Any other connection names a storage account the local host has no stand-in for, and is refused.
+- HTTP triggers (with their `http` output binding): `route` (default: the function's name) under host.json's
+  `extensions.http.routePrefix` (default `api`), `methods` (default: any), `authLevel` (served by
+  :mod:`fleetscore.host.httptriggers`).
 
 Functions with other triggers are not served (listed as skipped); a served function with any binding
-besides its trigger is refused, since the local host could not bind it.
+besides its trigger (and an HTTP trigger's `http` output) is refused, since the local host could not bind it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from pydantic import SecretStr
 from fleetscore.host.functions import app_folder, app_functions
 from fleetscore.settings import LOCAL_SETTINGS_FILE, LocalSettingsSource, Settings, ncrontab_to_croniter
 
-TIMER, EVENT_HUB, BLOB = "timerTrigger", "eventHubTrigger", "blobTrigger"
-SUPPORTED_TRIGGERS = (TIMER, EVENT_HUB, BLOB)
+TIMER, EVENT_HUB, BLOB, HTTP = "timerTrigger", "eventHubTrigger", "blobTrigger", "httpTrigger"
+SUPPORTED_TRIGGERS = (TIMER, EVENT_HUB, BLOB, HTTP)
+DEFAULT_ROUTE_PREFIX = "api"
+"""The Functions host's route prefix when host.json does not set `extensions.http.routePrefix`."""
 LOCAL_STORAGE_CONNECTIONS = ("AzureWebJobsStorage",)
 """Blob connections the local store stands in for."""
 DEFAULT_MAX_EVENT_BATCH_SIZE = 100
@@ -166,6 +171,7 @@ class HostJson:
 
     max_event_batch_size: int = DEFAULT_MAX_EVENT_BATCH_SIZE
     poison_blob_threshold: int = DEFAULT_POISON_BLOB_THRESHOLD
+    route_prefix: str = DEFAULT_ROUTE_PREFIX
 
     @classmethod
     def load(cls, path: Path | None) -> HostJson:
@@ -184,7 +190,10 @@ class HostJson:
             raise HostConfigError(f"{path}: {exc}") from None
         if size < 1 or poison < 1:
             raise HostConfigError(f"{path}: maxEventBatchSize and poisonBlobThreshold must be at least 1")
-        return cls(max_event_batch_size=size, poison_blob_threshold=poison)
+        prefix = (ext.get("http", {}) or {}).get("routePrefix", DEFAULT_ROUTE_PREFIX)
+        if not isinstance(prefix, str):
+            raise HostConfigError(f"{path}: extensions.http.routePrefix must be a string")
+        return cls(max_event_batch_size=size, poison_blob_threshold=poison, route_prefix=prefix.strip("/"))
 
 
 # ----------------------------------------------------------------------------------------------- functions
@@ -233,7 +242,24 @@ class HostFunction:
     def matches(self, key: str) -> bool:
         return self.pattern is not None and self.pattern.fullmatch(key) is not None
 
+    @property
+    def route(self) -> str:
+        """The HTTP route template (below the route prefix)."""
+        return self.binding["route"]
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The HTTP methods it answers, upper case (empty: any)."""
+        return tuple(str(m).upper() for m in self.binding.get("methods") or ())
+
+    @property
+    def auth_level(self) -> str:
+        """`function` (the default), `anonymous` or `admin`."""
+        return str(self.binding.get("authLevel") or "function").lower()
+
     def describe(self) -> str:
+        if self.trigger == HTTP:
+            return f"http {','.join(self.methods) or 'any'} {self.route} ({self.auth_level})"
         if self.trigger == TIMER:
             return f"timer {self.schedule}" + (" (run on startup)" if self.run_on_startup else "")
         if self.trigger == EVENT_HUB:
@@ -288,10 +314,15 @@ def _served_trigger(name: str, bindings: list[dict]) -> dict | None:
     trigger = triggers[0]
     if trigger["type"] not in SUPPORTED_TRIGGERS:
         return None
-    others = [b.get("type") for b in bindings if b is not trigger]
+    others = [b.get("type") for b in bindings if b is not trigger and not _http_output(trigger, b)]
     if others:
         raise HostConfigError(f"function {name!r}: the local host cannot bind {others} (only its trigger)")
     return trigger
+
+
+def _http_output(trigger: dict, binding: dict) -> bool:
+    """Is `binding` an HTTP trigger's response (the `http` output the v2 `route` decorator adds)?"""
+    return trigger["type"] == HTTP and binding.get("type") == "http" and str(binding.get("direction")).upper() == "OUT"
 
 
 def _check_timer(name: str, trigger: dict, resolved: dict) -> None:
@@ -325,8 +356,39 @@ def _check_blob(name: str, trigger: dict, resolved: dict) -> re.Pattern:
     return blob_pattern(path)
 
 
+def _check_http(name: str, trigger: dict, resolved: dict) -> re.Pattern:
+    """Normalise `route` (default: the function's name) and return its regex over the path below the prefix."""
+    route = str(resolved.get("route") or name).strip().strip("/")
+    resolved["route"] = route
+    try:
+        return route_pattern(route)
+    except ValueError as exc:
+        raise HostConfigError(f"function {name!r}: route {route!r}: {exc}") from None
+
+
+def route_pattern(route: str) -> re.Pattern:
+    """An ASP.NET Core route template as the Functions host reads it → a case-insensitive regex over the path
+    below the route prefix: `{name}` one segment, `{name?}` an optional last segment, `{name:constraint}` (the
+    constraint is not checked locally), `{*name}` the rest of the path. Values are still percent-encoded."""
+    out = []
+    for i, segment in enumerate(route.split("/") if route else []):
+        sep = "/" if i else ""
+        m = re.fullmatch(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::[^{}?]*)?(\??)\}", segment)
+        if m is None:
+            if "{" in segment or "}" in segment:
+                raise ValueError(f"segment {segment!r} is not one literal or one {{parameter}}")
+            out.append(re.escape(sep + segment))
+        elif m.group(1):
+            out.append(f"(?:{re.escape(sep)}(?P<{m.group(2)}>.*))?")
+        elif m.group(3):
+            out.append(f"(?:{re.escape(sep)}(?P<{m.group(2)}>[^/]+))?")
+        else:
+            out.append(f"{re.escape(sep)}(?P<{m.group(2)}>[^/]+)")
+    return re.compile("".join(out), re.IGNORECASE)
+
+
 _CHECK_TRIGGER: dict[str, Callable[[str, dict, dict], re.Pattern | None]] = {
-    TIMER: _check_timer, EVENT_HUB: _check_event_hub, BLOB: _check_blob}
+    TIMER: _check_timer, EVENT_HUB: _check_event_hub, BLOB: _check_blob, HTTP: _check_http}
 """Per served trigger kind: check (and normalise) its resolved binding; a blob trigger's returns its regex."""
 
 

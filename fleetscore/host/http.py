@@ -9,6 +9,8 @@
 - `POST /admin/timers/<function>` (also `/admin/functions/<function>`, like the host's admin API): body
   `{"slot": ISO}` (default the newest occurrence), `"wait": true` to answer (200) after the invocation.
 - `GET /health` (also `/admin/host/status`): the host's status as JSON.
+- `/<routePrefix>/…` (default `/api/…`), any method: the app's HTTP functions (:mod:`fleetscore.host.httptriggers`),
+  bodies up to :data:`MAX_HTTP_BYTES`.
 
 Errors are JSON `{"error": ...}`: 400 bad input, 404 unknown hub/function/route, 411 a chunked body,
 413 too large, 503 the host is stopping or the hub's dispatcher died.
@@ -24,9 +26,10 @@ from datetime import timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from fleetscore.clock import iso_offset
+from fleetscore.host.httptriggers import HttpAnswer
 from fleetscore.host.spool import SpoolRecord
 from fleetscore.ingest.readings import InvalidReading, parse_ts
 
@@ -35,6 +38,8 @@ MAX_EVENT_BYTES = 1024 * 1024
 """Event Hubs' largest publication, one event or a batch: 1 MB on the Standard, Premium and Dedicated tiers
 (256 KB on Basic); the service rejects anything larger (Azure Event Hubs quotas and limits)."""
 MAX_ADMIN_BYTES = 64 * 1024
+MAX_HTTP_BYTES = 4 * 1024 * 1024
+"""The largest request body the local host hands an HTTP function."""
 DISCARD_SECONDS = 10.0
 """How long the rest of a refused body is read and thrown away before the connection is closed (s)."""
 DISCARD_MAX_BYTES = 256 * 1024 * 1024
@@ -52,6 +57,11 @@ class HostApi(Protocol):
     def post_event(self, body: bytes, hub: str | None = None) -> SpoolRecord: ...
 
     def fire_timer(self, name: str, slot_ms: int | None = None, *, wait: bool = False) -> dict: ...
+
+    def is_http_path(self, path: str) -> bool: ...
+
+    def serve_http(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
+                   body: bytes) -> HttpAnswer | None: ...
 
 
 class HostServer(ThreadingHTTPServer):
@@ -129,13 +139,48 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # a timeout, or the client gave up
             return
 
+    def _http_function(self) -> bool:
+        """Serve the request with the app's HTTP functions when its path is below their route prefix."""
+        path, _, query = self.path.partition("?")
+        host = self.server.host
+        if not host.is_http_path(path):
+            return False
+        if host.stopping:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the host is stopping"})
+            return True
+        body = self._body(MAX_HTTP_BYTES) if self.command not in ("GET", "HEAD") else b""
+        if body is None:
+            return True
+        headers = {k: v for k, v in self.headers.items()}
+        answer = host.serve_http(self.command, path, parse_qsl(query, keep_blank_values=True), headers, body)
+        assert answer is not None
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(answer.body)
+        self.wfile.flush()
+        return True
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+        if not self._http_function():
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {self.command} {self.path}"})
+
+    do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_PUT  # noqa: N815 - http.server's naming
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self._http_function():
+            return
         if self.path.rstrip("/") in ("/health", "/admin/host/status"):
             self._reply(HTTPStatus.OK, self.server.host.health())
         else:
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route GET {self.path}"})
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        if self._http_function():
+            return
         host = self.server.host
         path = self.path.split("?", 1)[0].rstrip("/")
         if host.stopping:

@@ -112,6 +112,11 @@ class Invoker:
     def invoke(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str, retry: int = 0) -> str | None:
         """Run one invocation of `fn` with the arguments `make_args()` builds, logged under its own invocation
         id; returns None on success, else the error (`Type: message`)."""
+        return self.call(fn, make_args, reason=reason, retry=retry)[1]
+
+    def call(self, fn: HostFunction, make_args: Callable[[], dict], *, reason: str,
+             retry: int = 0) -> tuple[Any, str | None]:
+        """:meth:`invoke` that also returns what the function returned: (result, None) or (None, error)."""
         invocation_id = str(uuid.uuid4())
         started = now_ms()
         t0 = time.perf_counter()
@@ -121,32 +126,32 @@ class Invoker:
                      f" retry {retry} of {max_retry}" if retry else "")
             self._running[invocation_id] = {"function": fn.name, "id": invocation_id, "started": iso_offset(started)}
             try:
-                error = self._call(fn, make_args, invocation_id, RetryContext(retry, max_retry), t0)
+                result, error = self._call(fn, make_args, invocation_id, RetryContext(retry, max_retry), t0)
             finally:
                 self._running.pop(invocation_id, None)
         self._record({"function": fn.name, "id": invocation_id, "reason": reason, "started": iso_offset(started),
                       "duration_ms": round((time.perf_counter() - t0) * 1000),
                       "status": "failed" if error else "succeeded", "error": error[:500] if error else None,
                       "retry": retry})
-        return error
+        return result, error
 
     def _call(self, fn: HostFunction, make_args: Callable[[], dict], invocation_id: str, retry: RetryContext,
-              t0: float) -> str | None:
-        """Call the function (awaiting a coroutine) and log the outcome; None on success, else the error."""
+              t0: float) -> tuple[Any, str | None]:
+        """Call the function (awaiting a coroutine) and log the outcome; (its result, None) or (None, the error)."""
         try:
             kwargs = make_args()
             if fn.context_arg:
                 kwargs[fn.context_arg] = InvocationContext(invocation_id, fn.name, self.function_directory, retry)
             result = fn.func(**kwargs)
             if inspect.isawaitable(result):
-                asyncio.run(result)
+                result = asyncio.run(result)
         except Exception as exc:
             log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", fn.name, invocation_id,
                       (time.perf_counter() - t0) * 1000, exc_info=True)
-            return f"{type(exc).__name__}: {exc}"
+            return None, f"{type(exc).__name__}: {exc}"
         log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", fn.name, invocation_id,
                  (time.perf_counter() - t0) * 1000)
-        return None
+        return result, None
 
     def _record(self, entry: dict) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from fleetscore.host.bindings import (
     blob_pattern,
     parse_timespan,
     read_functions,
+    route_pattern,
 )
 from fleetscore.host.functions import app_functions
 from fleetscore.settings import Settings, load_settings
@@ -102,13 +103,34 @@ def test_bindings_the_local_host_cannot_satisfy_are_refused_by_name(tmp_path):
     with pytest.raises(HostConfigError, match=r"%TICK_EVERY%, which is not set"):
         LocalHost(settings, app=app_with(timespan), state_dir=tmp_path / "h")
 
+    def queue_only(app):
+        @app.function_name("hello")
+        @app.queue_trigger(arg_name="msg", queue_name="q", connection="AzureWebJobsStorage")
+        def hello(msg: func.QueueMessage) -> None: ...
+
+    with pytest.raises(HostConfigError, match="no timer, Event Hub, blob or HTTP function"):
+        LocalHost(settings, app=app_with(queue_only), state_dir=tmp_path / "h")
+
+
+def test_http_routes_follow_the_route_template_and_the_prefix(tmp_path):
     def http_only(app):
         @app.function_name("hello")
-        @app.route(route="hello")
+        @app.route(methods=["GET"])
         def hello(req: func.HttpRequest) -> func.HttpResponse: ...
 
-    with pytest.raises(HostConfigError, match="no timer, Event Hub or blob function"):
-        LocalHost(settings, app=app_with(http_only), state_dir=tmp_path / "h")
+        @app.function_name("item")
+        @app.route(route="/items/{id:int}/{part?}", auth_level=func.AuthLevel.ANONYMOUS)
+        def item(req: func.HttpRequest) -> func.HttpResponse: ...
+
+    host = LocalHost(host_settings(tmp_path), app=app_with(http_only), state_dir=tmp_path / "h")
+    by_name = {f.name: f for f in host.functions}
+    assert by_name["hello"].route == "hello" and by_name["hello"].methods == ("GET",)  # route defaults to the name
+    assert by_name["hello"].auth_level == "function" and by_name["item"].auth_level == "anonymous"
+    item = by_name["item"].pattern
+    assert item.fullmatch("items/7").group("id") == "7" and item.fullmatch("ITEMS/7/a%2Fb").group("part") == "a%2Fb"
+    assert not item.fullmatch("items") and not item.fullmatch("items/7/a/b")
+    assert host.http.below_prefix("/api/items/7") == "items/7" and host.http.below_prefix("/events") is None
+    assert route_pattern("{*rest}").fullmatch("a/b/c").group("rest") == "a/b/c"
 
 
 def test_retry_policy_and_timespans():
