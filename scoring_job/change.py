@@ -20,7 +20,7 @@ present by an amount that depends on the hour, which this removes), the median a
 a floor for the spread (:data:`STD_FLOOR_SHARE` of the median std of the windows whose readings differ: a
 sensor that reports only changes, or a coarse one, has mostly windows of no spread, and a floor of 0 would make
 any change look infinitely far from them) and the median and robust scale of
-log(std + floor). The score of a window is the larger of |z| of the two; a window without a baseline (no reading in
+log(std + floor) (at least :data:`LOG_STD_SCALE_FLOOR`). The score of a window is the larger of |z| of the two; a window without a baseline (no reading in
 the context) contributes no change, a window with fewer than 2 readings no spread. A robust scale is the larger of
 1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second does not collapse
 on quantised or mostly-constant sensors, whose MAD is 0). A sensor stuck on one value has std 0, log(floor) far
@@ -57,6 +57,10 @@ MIN_DAILY_FIT = 20
 """Windows with a change that the daily share is fitted on at least (else it is taken as none)."""
 STD_FLOOR_SHARE = 0.1
 """The spread's floor, as a share of the pair's median window std over windows with 2 readings or more that differ."""
+LOG_STD_SCALE_FLOOR = 0.25
+"""The log spread's scale is at least this: a window std of a few readings varies by ~1/sqrt(2(n - 1)) in log terms
+(0.35 at 5 readings), and a quantised sensor whose windows nearly all show the same std (two readings one step
+apart) would otherwise get a scale of almost nothing and call every other window far out."""
 _MAD_TO_SD = 1.4826
 _Q90_TO_SD = 1.0 / 1.645
 _TINY = 1e-12
@@ -174,6 +178,7 @@ def fit_params(X: np.ndarray) -> np.ndarray:
     floor = max(STD_FLOOR_SHARE * float(np.median(moving)), _TINY) if len(moving) else _TINY
     c_center, c_scale = _robust(change - a * tod_sin - b * tod_cos)
     s_center, s_scale = _robust(np.log(spread + floor))
+    s_scale = max(s_scale, LOG_STD_SCALE_FLOOR)
     return np.array([a, b, c_center, c_scale, floor, s_center, s_scale])
 
 

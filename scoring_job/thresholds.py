@@ -19,7 +19,8 @@ threshold = rho (1 - exp(-m)) with the final model's rho. Other detectors' margi
    finer than the sample resolves (``(n + 1)(1 - rate) > n``: e.g. 1e-3 with 576 windows) the tail is
    extrapolated as an exponential tail through two upper quantiles: with q_a, q_b the quantiles at 1 - TAIL_FROM
    and 1 - TAIL_TO, Q(1 - rate) = q_b + (q_b - q_a) ln(TAIL_TO / rate) / ln(TAIL_FROM / TAIL_TO): the spread
-   per decade of the upper quantiles, carried on past q_b. Not the sample maximum, nor a mean excess: a single
+   per decade of the upper quantiles, carried on past q_b (when q_a = q_b, a score with an atom over its upper
+   decile, the spread from the median to q_b instead). Not the sample maximum, nor a mean excess: a single
    unlabelled outlier in the training data would set either, while it moves q_a and q_b by one rank. (Measured
    on the simulator: a median-excess scale under-reads the tail, whose upper decile is heavier than
    exponential, and put the 1e-3 threshold below the empirical 1e-2 quantile.) The ``strong`` threshold is the
@@ -113,8 +114,10 @@ def tail_quantile(scores: np.ndarray, rate: float) -> float:
     k = math.ceil((n + 1) * (1.0 - rate))
     if k <= n:
         return float(s[k - 1])
-    q_a, q_b = (float(v) for v in np.quantile(s, [1.0 - TAIL_FROM, 1.0 - TAIL_TO]))
+    q_mid, q_a, q_b = (float(v) for v in np.quantile(s, [0.5, 1.0 - TAIL_FROM, 1.0 - TAIL_TO]))
     scale = (q_b - q_a) / math.log(TAIL_FROM / TAIL_TO)
+    if scale <= 0:  # an atom spans the upper decile (a quantised score): the spread above the median instead
+        scale = (q_b - q_mid) / math.log(0.5 / TAIL_TO)
     return q_b + scale * math.log(TAIL_TO / rate)
 
 
