@@ -81,7 +81,11 @@ def demo(
     interval_seconds: Annotated[float, typer.Option(help="seconds between a sensor's readings")] = 60.0,
     seed: int = 7,
     fault_rate: Annotated[float, typer.Option(help="injected faults per device+sensor per faulty day")] = 0.075,
-    nu: Annotated[float | None, typer.Option(help="override the one-class SVM's nu (default: the library's)")] = None,
+    scenario: Annotated[str, typer.Option(
+        help="classic (the default) or varied (cycles, trends, setpoint changes, intermittent sensors, six fault kinds)"
+    )] = "classic",
+    algorithm: Annotated[str | None, typer.Option(
+        help="override MODEL_ALGORITHM, e.g. ocsvm-rbf (default: the library's, change-z)")] = None,
     alert_persistence: Annotated[str | None, typer.Option(
         help='override ALERT_PERSISTENCE, "k/n" (default: the library\'s)')] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
@@ -91,7 +95,8 @@ def demo(
         raise typer.BadParameter("--train-days must be less than --days")
     with progress_bar() as bar:
         summary = run_demo(folder, devices=devices, sensors=sensors, days=days, train_days=train_days,
-                           interval_seconds=interval_seconds, seed=seed, fault_rate=fault_rate, nu=nu,
+                           interval_seconds=interval_seconds, seed=seed, fault_rate=fault_rate, scenario=scenario,
+                           algorithm=algorithm,
                            alert_persistence=alert_persistence, progress=stage_ticker(bar))
     if as_json:
         console.print_json(json.dumps(asdict(summary), default=str))
@@ -129,17 +134,17 @@ def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
 
 def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float = 3.0, train_days: float = 2.0,
              interval_seconds: float = 60.0, per_event: int = 50, seed: int = 7, fault_rate: float = 0.075,
-             nu: float | None = None, alert_persistence: str | None = None,
+             scenario: str = "classic", algorithm: str | None = None, alert_persistence: str | None = None,
              progress: StageTick | None = None) -> DemoSummary:
-    """Run the demo in `folder` (wiped first) with the library's defaults and return its summary. `nu` and
-    `alert_persistence` override MODEL_PARAMS' nu and ALERT_PERSISTENCE, as an operator tuning a fleet would."""
+    """Run the demo in `folder` (wiped first) with the library's defaults and return its summary. `algorithm` and
+    `alert_persistence` override MODEL_ALGORITHM and ALERT_PERSISTENCE, as an operator comparing would."""
     tick = progress or (lambda stage, done, total: None)
-    services = _fresh_services(Path(folder), nu=nu, alert_persistence=alert_persistence)
+    services = _fresh_services(Path(folder), algorithm=algorithm, alert_persistence=alert_persistence)
     functions = app_functions()
     stages: dict[str, float] = {}
     with _timed(stages, "simulate+ingest"):
         stream = stream_fleet(devices=devices, sensors=sensors, days=days, interval_seconds=interval_seconds,
-                              seed=seed, fault_rate=fault_rate, clean_days=train_days,
+                              seed=seed, fault_rate=fault_rate, clean_days=train_days, scenario=scenario,
                               chunk_steps=max(1, CHUNK_READINGS // (devices * sensors)))
         sim = ingest_stream(functions["ingest"].get_user_function(), stream, per_event, tick)
     with _timed(stages, "train"):
@@ -153,12 +158,12 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     return summary
 
 
-def _fresh_services(folder: Path, *, nu: float | None, alert_persistence: str | None) -> Services:
+def _fresh_services(folder: Path, *, algorithm: str | None, alert_persistence: str | None) -> Services:
     """Wipe `folder` and install services over a SQLite file and a blob folder in it, with the overrides given."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    overrides: dict = {"MODEL_PARAMS": {"nu": nu}} if nu is not None else {}
+    overrides: dict = {"MODEL_ALGORITHM": algorithm} if algorithm is not None else {}
     if alert_persistence is not None:
         overrides["ALERT_PERSISTENCE"] = alert_persistence
     settings = load_settings(FLEETSCORE_SQL_URL=f"sqlite:///{folder / 'fleet.db'}",
