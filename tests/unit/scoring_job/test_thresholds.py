@@ -173,3 +173,11 @@ def test_the_strong_threshold_is_never_below_a_margin_seen_twice_in_training():
     assert once["threshold_strong"] < 30.0
     twice = calibrate(np.concatenate([normal, [30.0, 30.0, 30.0]]))  # rare but recurring: something it does
     assert twice["threshold_strong"] >= 30.0 and twice["threshold"] < 4.0
+
+
+def test_a_score_with_an_atom_over_its_upper_decile_still_gets_a_strong_threshold_above_it():
+    rng = np.random.default_rng(22)
+    margins = np.concatenate([rng.uniform(0.0, 1.6, 460), np.full(116, 1.645)])  # 20 % at one quantised value
+    cal = calibrate(margins)
+    assert cal["threshold"] == pytest.approx(1.645)
+    assert cal["threshold_strong"] > cal["threshold"] + 1.0  # one window just above the atom is not "strong"
