@@ -19,8 +19,7 @@ import logging
 import math
 from typing import Any
 
-import numpy as np
-import pyarrow.compute as pc
+import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
@@ -130,11 +129,12 @@ def _merge_files(rows: dict[int, dict[str, Any]], ctx: ApiContext, files: list[s
 
 def _merge_table(rows: dict[int, dict[str, Any]], table: Any, frm: int, to: int) -> None:
     names = [c for c in SCORE_COLUMNS if c in table.column_names]
-    ends = pc.cast(table["window_end"], "int64") if not str(table["window_end"].type).startswith("timestamp") \
-        else pc.cast(pc.cast(table["window_end"], "timestamp[ms, tz=UTC]"), "int64")
+    ends = table["window_end"]
+    if pa.types.is_timestamp(ends.type):
+        ends = ends.cast(pa.timestamp("ms", tz=ends.type.tz))
     columns = {name: table[name].to_pylist() for name in names if name != "window_end"}
-    for i, end in enumerate(np.asarray(ends.to_numpy(zero_copy_only=False), dtype=np.int64).tolist()):
-        if not frm <= end <= to:
+    for i, end in enumerate(ends.cast(pa.int64()).to_pylist()):
+        if end is None or not frm <= end <= to:
             continue
         row = rows.setdefault(int(end), _blank())
         row.update({name: values[i] for name, values in columns.items()})

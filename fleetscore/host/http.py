@@ -168,7 +168,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._http_function():
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {self.command} {self.path}"})
 
-    do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_PUT  # noqa: N815 - http.server's naming
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (DELETE, PATCH, TRACE, QUERY…) as PUT: an HTTP function's route answers it (405 when
+        the route has other methods), anything else is a 404 — never http.server's 501 for an unknown method."""
+        if name.startswith("do_"):
+            return self.do_PUT
+        raise AttributeError(name)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self._http_function():
