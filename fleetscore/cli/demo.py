@@ -150,7 +150,8 @@ def run_demo(folder: Path, *, devices: int = 100, sensors: int = 5, days: float 
     with _timed(stages, "train"):
         trained = train_on_clean_days(services, sim, tick)
     with _timed(stages, "score+index"):
-        replay_schedule(functions["schedule"].get_user_function(), services.settings, sim, tick)
+        replay_schedule(functions["schedule"].get_user_function(), services.settings, sim, tick,
+                        functions["alert_outbox"].get_user_function())
     with _timed(stages, "report"):
         summary = summarize(services, sim, trained, Path(folder), devices, sensors, days)
         summary.report = write_report(services.engine, Path(folder) / "report.html", store=services.store)
@@ -214,14 +215,17 @@ def train_on_clean_days(services: Services, sim: Simulation, tick: StageTick) ->
 
 
 def replay_schedule(timer_fn: Callable[[TimerRequest], None], settings: Settings, sim: Simulation,
-                    tick: StageTick) -> None:
+                    tick: StageTick, outbox_fn: Callable[[TimerRequest], None] | None = None) -> None:
     """Fire the timer function `timer_fn` for every schedule slot after the clean days, up to the last reading
-    plus the late-arrival allowance; each run completes before the next slot fires."""
+    plus the late-arrival allowance; each run completes before the next slot fires. After each, the alert outbox's
+    timer function `outbox_fn` fires too, as the host's every-minute timer would between two slots."""
     last_slot = sim.end_ms + settings.late_arrival_seconds * 1000
     slots = occurrences(settings.scoring_schedule, sim.clean_until_ms, last_slot)
     for i, slot in enumerate(slots, start=1):
         timer_fn(TimerRequest(past_due=False, schedule_status={"Last": None, "Next": clock.iso_offset(slot),
                                                                 "LastUpdated": None}))
+        if outbox_fn is not None:
+            outbox_fn(TimerRequest(past_due=False))
         tick("runs", i, len(slots))
 
 
