@@ -7,6 +7,7 @@ from functions.api import bp as api_bp
 from functions.ingest import bp as ingest_bp
 from functions.predictions import bp as predictions_bp
 from functions.schedule import bp as schedule_bp
+from functions.ui import bp as ui_bp
 
 app = func.FunctionApp()
 app.register_functions(ingest_bp)
@@ -14,3 +15,4 @@ app.register_functions(predictions_bp)
 app.register_functions(schedule_bp)
 app.register_functions(alerts_bp)
 app.register_functions(api_bp)
+app.register_functions(ui_bp)
