@@ -8,6 +8,7 @@ db` and `db.readings`, `db.iter_tuples`, `db.upgrade(engine)`:
 | `schema` | `metadata`, the tables, the `ID` type, the run statuses |
 | `engine` | `create_db_engine` (SQLite pragmas, driver options) |
 | `reads` | `iter_tuples`, `read_frame`, `chunks` for `IN (...)` lists |
+| `columnar` | `arrow_batches`: bulk reads as Arrow tables (ADBC on SQLite files and PostgreSQL, else `iter_tuples`) |
 | `watermark` | the scoring watermark: read, advance |
 | `errors` | `is_transient`: which database errors are worth a retry; `LockNotGranted` (`sp_getapplock`) |
 | `migrate` | `upgrade` (Alembic, `migrations/`) and `ddl` (the migrations as SQL per dialect) |
@@ -15,6 +16,7 @@ db` and `db.readings`, `db.iter_tuples`, `db.upgrade(engine)`:
 
 from __future__ import annotations
 
+from fleetscore.db.columnar import arrow_batches
 from fleetscore.db.engine import create_db_engine
 from fleetscore.db.errors import LockNotGranted, is_transient
 from fleetscore.db.migrate import ddl, upgrade
@@ -42,7 +44,7 @@ from fleetscore.db.watermark import SCORING_WATERMARK, advance_watermark, read_w
 __all__ = [
     "ALERT_STATES", "ALERT_STATUSES", "ID", "IN_CHUNK", "REVISION_KINDS", "alert_revisions",
     "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "LockNotGranted", "advance_watermark",
-    "alerts", "anomalies", "chunks", "create_db_engine", "dead_letters", "ddl", "is_transient", "iter_tuples",
+    "alerts", "anomalies", "arrow_batches", "chunks", "create_db_engine", "dead_letters", "ddl", "is_transient", "iter_tuples",
     "metadata", "prediction_files", "read_frame", "read_watermark", "readings", "runs", "upgrade",
     "watermarks", "windows",
 ]

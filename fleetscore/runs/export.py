@@ -4,16 +4,16 @@ When the active pack's features look back (change-z: `scoring_job.pack.lookback_
 of that many windows before the run's range go with it as context rows (`context` true): read by the scoring
 job for baselines and announced changes, never scored. A pair with no window in the range exports nothing.
 
-The rows stream from one ordered query and are cut into columns (Arrow) a batch at a time: partitioning,
-the context flags and the manifest counts are vectorised, so the export costs little more than reading the rows
+The rows stream from one ordered query as columns (Arrow batches: `db.arrow_batches`, through ADBC on SQLite files
+and PostgreSQL, so no Python object per value; through the DB-API driver elsewhere): partitioning, the context flags
+and the manifest counts are vectorised, so the export costs little more than the database's own sort of the rows
 (at 1,000,000 pairs × 12 windows the per-row Python work was most of the run)."""
 
 from __future__ import annotations
 
-import gc
 import io
 from collections.abc import Callable, Iterable, Iterator
-from itertools import groupby, islice
+from itertools import groupby
 from operator import itemgetter
 
 import numpy as np
@@ -31,7 +31,10 @@ from fleetscore.storage.paths import partition_key, partition_name, run_manifest
 from scoring_job.contract import PARTITION_SCHEMA
 
 BATCH_ROWS = 100_000
-"""Window rows turned into columns at a time."""
+"""Window rows read into columns at a time."""
+ROW_SCHEMA = PARTITION_SCHEMA.remove(PARTITION_SCHEMA.get_field_index("context")).set(
+    PARTITION_SCHEMA.get_field_index("window_end"), pa.field("window_end", pa.int64()))
+"""The export query's columns as read (window_end epoch ms); PARTITION_SCHEMA less the context flag."""
 
 
 def device_partitions(rows: Iterable[tuple], partition_models: int) -> Iterator[list[tuple]]:
@@ -78,12 +81,14 @@ def partition_bytes(rows: list[tuple], window_from: int | None = None) -> bytes:
 
 def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version: str, window_ms: int,
                partition_models: int, progress: Callable[[int, int], None] | None = None,
-               on_partition: Callable[[str], None] | None = None, lookback_windows: int = 0) -> RunManifest:
+               on_partition: Callable[[str], None] | None = None, lookback_windows: int = 0,
+               columnar: bool = True) -> RunManifest:
     """Write the claim's windows to `data/<run_id>/part-NNNNN.parquet` and the run manifest; with
     `lookback_windows`, each pair's windows that far before the range as context rows (module docstring).
 
     One ordered query streamed in batches; memory is bounded by a batch and a partition. `on_partition(key)` is
-    called as each partition is written (the local backend starts scoring it at once).
+    called as each partition is written (the local backend starts scoring it at once). `columnar=False` reads
+    through the DB-API driver even where ADBC serves the database (the same bytes, slower).
     """
     w = db.windows
     query = (sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
@@ -94,7 +99,8 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
                            window_until=claim.window_until, model_version=model_version,
                            window_minutes=window_ms // 60_000, created_at=clock.now_ms())
     with engine.connect() as conn:
-        tables = _whole_devices(_column_batches(db.iter_tuples(conn, query), claim.window_from))
+        batches = db.arrow_batches(conn, query, ROW_SCHEMA, batch_rows=BATCH_ROWS, columnar=columnar)
+        tables = _whole_devices(_partition_columns(t, claim.window_from) for t in batches)
         if lookback_windows:
             tables = (_scored_pairs(t, claim.window_from) for t in tables)
         for number, table in enumerate(_partition_tables(tables, partition_models)):
@@ -117,34 +123,23 @@ def table_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _column_batches(rows: Iterator[tuple], window_from: int) -> Iterator[pa.Table]:
-    """Window rows (WINDOW_SCHEMA order, window_end epoch ms) as PARTITION_SCHEMA tables of BATCH_ROWS rows."""
-    while True:
-        enabled = gc.isenabled()
-        gc.disable()  # the rows are plain tuples (no cycles): collections while building them cost ~40 %
-        try:
-            batch = list(islice(rows, BATCH_ROWS))
-            columns = tuple(zip(*batch, strict=True))
-        finally:
-            if enabled:
-                gc.enable()
-        if not batch:
-            return
-        device, sensor, end, n, total, sumsq, lo, hi = columns
-        ends = np.array(end, dtype=np.int64)
-        yield pa.Table.from_arrays(
-            [pa.array(device, pa.string()), pa.array(sensor, pa.string()),
-             pa.array(ends).cast(PARTITION_SCHEMA.field("window_end").type), pa.array(np.array(n, dtype=np.int64)),
-             *(pa.array(np.array(col, dtype=np.float64)) for col in (total, sumsq, lo, hi)),
-             pa.array(ends <= window_from)], schema=PARTITION_SCHEMA)
+def _partition_columns(rows: pa.Table, window_from: int) -> pa.Table:
+    """A batch of the export query's rows (ROW_SCHEMA) as PARTITION_SCHEMA: window_end as a timestamp, rows ending at
+    or before `window_from` flagged as context."""
+    ends = rows["window_end"]
+    return pa.Table.from_arrays(
+        [*(rows[name] for name in ROW_SCHEMA.names if name != "window_end"),
+         ends.cast(PARTITION_SCHEMA.field("window_end").type), pc.less_equal(ends, window_from)],
+        names=[*(name for name in ROW_SCHEMA.names if name != "window_end"), "window_end", "context"],
+    ).select(PARTITION_SCHEMA.names).cast(PARTITION_SCHEMA)
 
 
 def _starts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(n,) bool: row i starts a new run of equal values (row 0 always)."""
-    values = column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else np.asarray(
-        column.to_numpy(), dtype=object)
+    """(n,) bool: row i starts a new run of equal values (row 0 always); compared in Arrow (no Python strings)."""
+    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     out = np.ones(len(values), dtype=bool)
-    out[1:] = values[1:] != values[:-1]
+    if len(values) > 1:
+        out[1:] = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(zero_copy_only=False)
     return out
 
 

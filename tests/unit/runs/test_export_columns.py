@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from fleetscore.db import columnar
 from fleetscore.runs import export
 
 
@@ -20,16 +21,17 @@ def _rows(rng: random.Random) -> list[tuple]:
 
 
 @pytest.mark.parametrize("trial", range(30))
-def test_columnar_partitions_equal_the_row_by_row_ones(trial, monkeypatch):
+def test_columnar_partitions_equal_the_row_by_row_ones(trial):
     rng = random.Random(trial)
     rows = _rows(rng)
     window_from = rng.choice([None, 10_000, 20_000])
     limit = rng.randint(1, 12)
-    monkeypatch.setattr(export, "BATCH_ROWS", rng.choice([1, 3, 17, 1000]))
+    batch = rng.choice([1, 3, 17, 1000])
     since = -1 if window_from is None else window_from
     source = iter(rows) if window_from is None else export.scored_pairs_only(iter(rows), window_from)
     want = [export.partition_bytes(p, since) for p in export.device_partitions(source, limit)]
-    tables = export._whole_devices(export._column_batches(iter(rows), since))
+    batches = columnar.tuple_tables(iter(rows), export.ROW_SCHEMA, batch)
+    tables = export._whole_devices(export._partition_columns(t, since) for t in batches)
     if window_from is not None:
         tables = (export._scored_pairs(t, window_from) for t in tables)
     assert [export.table_bytes(t) for t in export._partition_tables(tables, limit)] == want

@@ -1,0 +1,138 @@
+"""Bulk reads as Arrow: a query's rows in record batches of a given schema, without a Python object per value
+where a columnar driver serves the database.
+
+- SQLite files and PostgreSQL: Apache Arrow's ADBC drivers (`adbc-driver-sqlite`, `adbc-driver-postgresql`) build
+  the columns in C (PostgreSQL: `COPY (query) TO STDOUT (FORMAT binary)`, streamed). They open a connection of their
+  own from the engine's URL and read committed rows, one statement, one snapshot, as a query on the engine's
+  connection does. The query's parameters must all be integers: they are rendered into the SQL as literals, because
+  the PostgreSQL driver streams through COPY only for a statement without bound parameters.
+- Anything else (SQL Server, an in-memory SQLite database, a driver that is not installed, a connection the driver
+  cannot open): the generic path, the DB-API driver's tuples (`reads.iter_tuples`) turned into columns a batch at a
+  time.
+
+Both paths give the same values in the same types (the schema's: each batch is cast to it), so what is built from
+them is byte-identical (`tests/integration/db/test_columnar.py`); only the batch lengths may differ.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+from contextlib import closing
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection
+
+from fleetscore.db.reads import iter_tuples
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 100_000
+"""Rows per batch (the ADBC SQLite driver's batches; the generic path's; PostgreSQL's are sized by bytes)."""
+PG_BATCH_BYTES = 16 << 20
+"""The ADBC PostgreSQL driver's batch size hint (bytes)."""
+
+
+def arrow_batches(conn: Connection, query: sa.Select, schema: pa.Schema, *, batch_rows: int = BATCH_ROWS,
+                  columnar: bool = True) -> Iterator[pa.Table]:
+    """The rows of `query` (its columns in `schema`'s order, no NULLs) as tables of `schema`, streamed; through ADBC
+    where it serves `conn`'s database (module docstring) unless `columnar` is False."""
+    batches = _adbc_batches(conn, query, schema, batch_rows) if columnar else None
+    if batches is None:
+        batches = _tuple_batches(conn, query, schema, batch_rows)
+    for table in batches:
+        if len(table):
+            yield table
+
+
+def _tuple_batches(conn: Connection, query: sa.Select, schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
+    """The generic path: the driver's tuples, `batch_rows` at a time, as columns."""
+    return tuple_tables(iter_tuples(conn, query), schema, batch_rows)
+
+
+def tuple_tables(rows: Iterator[tuple], schema: pa.Schema, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """Rows (tuples in `schema`'s column order) as tables of `schema`, `batch_rows` rows each (the last shorter)."""
+    while True:
+        enabled = gc.isenabled()
+        gc.disable()  # the rows are plain tuples (no cycles): collections while building them cost ~40 %
+        try:
+            batch = list(islice(rows, batch_rows))
+            columns = tuple(zip(*batch, strict=True))
+        finally:
+            if enabled:
+                gc.enable()
+        if not batch:
+            return
+        yield pa.Table.from_arrays([_column(values, field.type) for values, field in zip(columns, schema, strict=True)],
+                                   schema=schema)
+
+
+def _column(values: tuple, type_: pa.DataType) -> pa.Array:
+    """One column of Python values as an Arrow array of `type_` (numbers through numpy: one C loop)."""
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+        return pa.array(np.array(values, dtype=type_.to_pandas_dtype()))
+    return pa.array(values, type_)
+
+
+def _adbc_batches(conn: Connection, query: sa.Select, schema: pa.Schema, batch_rows: int
+                  ) -> Iterator[pa.Table] | None:
+    """The ADBC stream of `query`'s rows, or None where no ADBC driver serves `conn` (the caller falls back)."""
+    sql = literal_sql(conn.dialect, query)
+    if sql is None:
+        return None
+    adbc = _adbc_connect(conn.engine.url)
+    if adbc is None:
+        return None
+    return _stream(adbc, sql, schema, _batch_options(conn.dialect.name, batch_rows))
+
+
+def _stream(adbc: Any, sql: str, schema: pa.Schema, options: dict[str, str]) -> Iterator[pa.Table]:
+    """The result of `sql` on the ADBC connection `adbc` (closed at the end) as tables of `schema`."""
+    with closing(adbc), closing(adbc.cursor()) as cursor:
+        cursor.adbc_statement.set_options(**options)
+        cursor.execute(sql)
+        for batch in cursor.fetch_record_batch():
+            yield pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
+
+
+def _batch_options(dialect: str, batch_rows: int) -> dict[str, str]:
+    if dialect == "sqlite":
+        return {"adbc.sqlite.query.batch_rows": str(batch_rows)}
+    return {"adbc.postgresql.batch_size_hint_bytes": str(PG_BATCH_BYTES)}
+
+
+def literal_sql(dialect: sa.Dialect, query: sa.Select) -> str | None:
+    """`query` as SQL for an ADBC `dialect` (sqlite, postgresql) with its parameters as literals, when every one is a
+    plain integer; None otherwise (other dialects, other parameters: the generic path binds them)."""
+    if dialect.name not in ("sqlite", "postgresql"):
+        return None
+    params = query.compile(dialect=dialect).params
+    if not all(type(v) is int for v in params.values()):  # bool and str are refused: only plain integers
+        return None
+    return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _adbc_connect(url: URL) -> Any | None:
+    """An ADBC DB-API connection to the database of `url` (SQLite file, PostgreSQL), or None when no driver is
+    installed for it or it cannot connect (logged)."""
+    try:
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:" or url.database.startswith("file:") or url.query:
+                return None
+            import adbc_driver_sqlite.dbapi as adbc_sqlite  # lazy: an optional driver
+
+            return adbc_sqlite.connect(url.database)
+        import adbc_driver_postgresql.dbapi as adbc_pg  # lazy: an optional driver
+
+        return adbc_pg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure to connect: the generic path reads the same rows
+        log.warning("columnar read unavailable (%s: %s); reading rows through the DB-API driver",
+                    type(exc).__name__, exc)
+        return None

@@ -1,0 +1,110 @@
+"""Columnar reads (`db.arrow_batches`): ADBC on real SQLite files and PostgreSQL gives the same partitions, byte for
+byte, as the DB-API driver's tuples; SQL Server, other parameters and unreachable drivers take the generic path."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql, postgresql, sqlite
+
+from fleetscore import db
+from fleetscore.db import columnar
+from fleetscore.runs import export
+from fleetscore.runs.claims import claim_run
+from fleetscore.runs.export import ROW_SCHEMA, export_run
+from fleetscore.storage.folder import FolderStore
+from fleetscore.storage.paths import partition_key, run_manifest_key
+
+W = 300_000
+SLOT = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000 + 300_000
+UNTIL = SLOT - SLOT % W
+
+
+def _windows(seed: int) -> list[dict]:
+    """Windows of devices with 1-5 sensors over 40 window ends (gaps included), awkward values included: -0.0
+    stored as 0.0 by ingest but any float here, 17 significant digits, huge counts, ids with every allowed kind of
+    character; n up to INTEGER's largest."""
+    rng = random.Random(seed)
+    rows = []
+    for d in range(rng.randint(20, 60)):
+        device = rng.choice(["d", "D.x", "dev:1-", "d_"]) + f"{d:03d}"
+        for s in rng.sample(["temp", "hum", "p.1", "v:2", "x-y"], rng.randint(1, 5)):
+            for k in sorted(rng.sample(range(40), rng.randint(1, 30))):
+                value = rng.choice([0.0, 1e-300, -1.2345678901234567, 21.4, 1e300, rng.gauss(20, 5)])
+                rows.append({"device": device, "sensor": s, "window_end": UNTIL - k * W,
+                             "n": rng.choice([1, 5, 2**31 - 1]), "sum": value,
+                             "sumsq": value * value if abs(value) < 1e150 else 0.0, "min": value - 1,
+                             "max": value + 1, "updated_at": 0})
+    return rows
+
+
+def _export(engine, tmp_path, name: str, *, columnar_read: bool, lookback: int) -> dict[str, bytes]:
+    store = FolderStore(tmp_path / name)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(db.runs))
+    claim = claim_run(engine, SLOT, window_ms=W, late_ms=0, max_lookback_ms=12 * W, trigger="test", backend="local")
+    manifest = export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=7,
+                          lookback_windows=lookback, columnar=columnar_read)
+    files = {p.name: store.get(partition_key(claim.run_id, p.name)) for p in manifest.partitions}
+    manifest_json = store.get(run_manifest_key(claim.run_id)).decode()
+    return {**files, "manifest": manifest_json.split('"created_at"')[0].encode()}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("lookback", [0, 24])
+def test_adbc_export_is_byte_identical_to_the_dbapi_export(engine, tmp_path, monkeypatch, seed, lookback):
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), _windows(seed))
+    generic = _export(engine, tmp_path, "generic", columnar_read=False, lookback=lookback)
+
+    def no_tuples(*args, **kwargs):
+        raise AssertionError("the columnar read fell back to the DB-API driver")
+
+    monkeypatch.setattr(columnar, "_tuple_batches", no_tuples)  # the ADBC path must serve SQLite files and PostgreSQL
+    monkeypatch.setattr(export, "BATCH_ROWS", 13)  # batches cut inside devices: the cut does not depend on them
+    fast = _export(engine, tmp_path, "adbc", columnar_read=True, lookback=lookback)
+    assert len(generic) > 3
+    assert fast == generic
+
+
+def test_arrow_batches_cast_to_the_schema_and_skip_empty_results(engine):
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), _windows(3))
+    w = db.windows
+    query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
+    with engine.connect() as conn:
+        tables = list(db.arrow_batches(conn, query.where(w.c.window_end > UNTIL), ROW_SCHEMA))
+        assert tables == []
+        tables = list(db.arrow_batches(conn, query.order_by(w.c.device, w.c.sensor, w.c.window_end), ROW_SCHEMA,
+                                       batch_rows=50))
+    assert all(t.schema == ROW_SCHEMA for t in tables)
+    assert sum(len(t) for t in tables) == len(_windows(3))
+
+
+def test_only_integer_parameters_are_rendered_and_only_for_adbc_dialects():
+    w = db.windows
+    query = sa.select(w.c.device).where(w.c.window_end > 5, w.c.window_end <= 10)
+    for dialect in (sqlite.dialect(), postgresql.psycopg.dialect()):
+        assert columnar.literal_sql(dialect, query).endswith("windows.window_end > 5 AND windows.window_end <= 10")
+        assert columnar.literal_sql(dialect, query.where(w.c.device == "x'; drop table windows; --")) is None
+        assert columnar.literal_sql(dialect, query.where(w.c.sum > 0.5)) is None  # a float: bound, not rendered
+    assert columnar.literal_sql(mssql.pyodbc.dialect(), query) is None  # SQL Server: the generic path, bound
+
+
+def test_sqlite_memory_and_unreachable_postgresql_fall_back_to_the_dbapi_driver(tmp_path, caplog):
+    memory = db.create_db_engine("sqlite://")
+    with memory.begin() as conn:
+        db.metadata.create_all(conn)
+        conn.execute(db.windows.insert(), _windows(4)[:30])
+    w = db.windows
+    query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
+    with memory.connect() as conn:
+        assert columnar._adbc_batches(conn, query, ROW_SCHEMA, 10) is None
+        assert sum(len(t) for t in db.arrow_batches(conn, query, ROW_SCHEMA)) == 30
+    nowhere = sa.engine.make_url("postgresql+psycopg://fleetscore:secret@127.0.0.1:1/none")
+    assert columnar._adbc_connect(nowhere) is None
+    assert "columnar read unavailable" in caplog.text and "secret" not in caplog.text
+    assert pa.types.is_int64(ROW_SCHEMA.field("window_end").type)
