@@ -148,24 +148,53 @@ def update_alerts(windows: pd.DataFrame, latest: pd.DataFrame, history: pd.DataF
       table: those before a pair's first window here are the persistence look-back (n − 1 windows suffice),
       those after its last window here are walked after it (files out of order); rows in between are ignored.
     """
+    return _update(windows, latest, history, _Rules(window_ms=window_ms, persistence=persistence,
+                                                    close_after=close_after, severity_of=severity_of, now=now))
+
+
+def _update(windows: pd.DataFrame, latest: pd.DataFrame, history: pd.DataFrame | None, rules: _Rules, *,
+            every_pair: bool = False) -> AlertUpdate:
+    """:func:`update_alerts`. Only the pairs with an anomalous window in the file or an open alert are walked (a walk
+    of any other pair changes nothing: no alert to follow, no window to open one); they are found, and their rows,
+    latest alerts and history picked, with vectorised selections. `every_pair` walks every pair of the file (the
+    reference the fast path is tested against)."""
     out = AlertUpdate()
     if windows.empty:
         return out
-    state = _latest_by_pair(latest)
-    frame = _candidate_windows(windows, state)
-    if frame.empty:
+    pairs = pd.MultiIndex.from_arrays([windows["device"].astype(str), windows["sensor"].astype(str)])
+    open_pairs = _open_pairs(latest)
+    keep = (np.ones(len(windows), dtype=bool) if every_pair else
+            pairs.isin(pairs[windows["is_anomaly"].to_numpy(dtype=bool)].unique()) | pairs.isin(open_pairs))
+    if not keep.any():
         return out
-    history_by_pair = _history_by_pair(history)
-    rules = _Rules(window_ms=window_ms, persistence=persistence, close_after=close_after, severity_of=severity_of,
-                   now=now)
-    for (device, sensor), rows in frame.groupby(["device", "sensor"], sort=False):
-        pair = (str(device), str(sensor))
-        walk = _PairWalk.start(pair, rows, state.get(pair), history_by_pair.get(pair, []))
-        for window in _new_windows(rows, walk.seen):
+    state = _latest_by_pair(_of_pairs(latest, pairs[keep].unique()))
+    frame = _candidate_windows(windows.loc[keep], state)
+    history_by_pair = _history_by_pair(_of_pairs(history, pairs[keep].unique()))
+    columns = _WindowColumns.of(frame)
+    for pair, lo, hi in columns.pairs():
+        walk = _PairWalk.start(pair, columns.ends[lo], columns.ends[hi - 1], state.get(pair),
+                               history_by_pair.get(pair, []))
+        for window in columns.windows(lo, hi, walk.seen):
             walk.step(window, rules)
         walk.walk_later(rules)
-        walk.report(out, now)
+        walk.report(out, rules.now)
     return out
+
+
+def _open_pairs(latest: pd.DataFrame) -> list[Pair]:
+    """The pairs with an open alert in `latest`."""
+    if latest.empty:
+        return []
+    is_open = (latest["status"] == "open").to_numpy(dtype=bool)
+    return list(zip(latest["device"].astype(str)[is_open], latest["sensor"].astype(str)[is_open], strict=True))
+
+
+def _of_pairs(frame: pd.DataFrame | None, pairs: pd.MultiIndex) -> pd.DataFrame | None:
+    """The rows of `frame` (device, sensor columns) whose pair is one of `pairs` (string ids)."""
+    if frame is None or frame.empty:
+        return frame
+    keys = pd.MultiIndex.from_arrays([frame["device"].astype(str), frame["sensor"].astype(str)])
+    return frame.loc[keys.isin(pairs)]
 
 
 def _latest_by_pair(latest: pd.DataFrame) -> dict[Pair, Alert]:
@@ -181,13 +210,10 @@ def _latest_by_pair(latest: pd.DataFrame) -> dict[Pair, Alert]:
 
 
 def _candidate_windows(windows: pd.DataFrame, state: Mapping[Pair, Alert]) -> pd.DataFrame:
-    """The windows of pairs with an anomaly in the file or an open alert, one per (pair, window_end) (the last),
-    sorted by pair and time."""
-    hot = windows.loc[windows["is_anomaly"].astype(bool), ["device", "sensor"]].drop_duplicates()
-    candidates = set(zip(hot["device"], hot["sensor"], strict=True))
-    candidates |= {k for k, rec in state.items() if rec["status"] == "open"}
-    keep = [(d, s) in candidates for d, s in zip(windows["device"], windows["sensor"], strict=True)]
-    frame = with_thresholds(windows.loc[keep])[list(SCORED_WINDOW_COLUMNS)]
+    """The windows to walk (the caller picked their pairs), one per (pair, window_end) (the last), sorted by pair and
+    time; ids as strings."""
+    frame = with_thresholds(windows)[list(SCORED_WINDOW_COLUMNS)]
+    frame = frame.assign(device=frame["device"].astype(str), sensor=frame["sensor"].astype(str))
     frame = frame.sort_values(["device", "sensor", "window_end"], kind="stable")
     return frame.drop_duplicates(["device", "sensor", "window_end"], keep="last")
 
@@ -219,18 +245,47 @@ def _history_by_pair(history: pd.DataFrame | None) -> dict[Pair, list[_Window]]:
     return by_pair
 
 
-def _new_windows(rows: pd.DataFrame, seen: int | None) -> Iterator[_Window]:
-    """The pair's windows after `seen` (all when None), in time order."""
-    scores = rows["score"].to_numpy(dtype=np.float64)
-    anomalous = rows["is_anomaly"].to_numpy(dtype=bool) & np.isfinite(scores)
-    strong = anomalous & (scores > rows["threshold_strong"].to_numpy(dtype=np.float64))
-    columns = zip(rows["window_end"].to_numpy(dtype=np.int64), scores, anomalous, strong, rows["model_version"],
-                  rows["run_id"], strict=True)
-    for end, score, is_anomaly, is_strong, model_version, run_id in columns:
-        if seen is not None and end <= seen:
-            continue
-        yield _Window(int(end), float(score), bool(is_anomaly), bool(is_strong), _text(model_version),
-                      _text(run_id))
+@dataclass(frozen=True)
+class _WindowColumns:
+    """The candidate windows (sorted by pair and time) as numpy columns, sliced per pair without pandas."""
+
+    device: np.ndarray
+    sensor: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray
+    anomalous: np.ndarray
+    strong: np.ndarray
+    model_version: np.ndarray
+    run_id: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> _WindowColumns:
+        scores = frame["score"].to_numpy(dtype=np.float64)
+        anomalous = frame["is_anomaly"].to_numpy(dtype=bool) & np.isfinite(scores)
+        strong = anomalous & (scores > frame["threshold_strong"].to_numpy(dtype=np.float64))
+        return cls(frame["device"].to_numpy(dtype=object), frame["sensor"].to_numpy(dtype=object),
+                   frame["window_end"].to_numpy(dtype=np.int64), scores, anomalous, strong,
+                   frame["model_version"].to_numpy(dtype=object), frame["run_id"].to_numpy(dtype=object))
+
+    def pairs(self) -> Iterator[tuple[Pair, int, int]]:
+        """(pair, first row, end row) of each pair, in order."""
+        n = len(self.ends)
+        if not n:
+            return
+        starts = np.ones(n, dtype=bool)
+        starts[1:] = (self.device[1:] != self.device[:-1]) | (self.sensor[1:] != self.sensor[:-1])
+        bounds = [*np.flatnonzero(starts).tolist(), n]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            yield (str(self.device[lo]), str(self.sensor[lo])), lo, hi
+
+    def windows(self, lo: int, hi: int, seen: int | None) -> Iterator[_Window]:
+        """The pair's windows (rows lo..hi) after `seen` (all when None), in time order."""
+        for i in range(lo, hi):
+            end = int(self.ends[i])
+            if seen is not None and end <= seen:
+                continue
+            yield _Window(end, float(self.scores[i]), bool(self.anomalous[i]), bool(self.strong[i]),
+                          _text(self.model_version[i]), _text(self.run_id[i]))
 
 
 # ------------------------------------------------------------------------------------------ one pair
@@ -257,9 +312,11 @@ class _PairWalk:
     """`existing`'s bookkeeping moved."""
 
     @classmethod
-    def start(cls, pair: Pair, rows: pd.DataFrame, state: Alert | None, history: list[_Window]) -> _PairWalk:
+    def start(cls, pair: Pair, first_here: int, last_here: int, state: Alert | None,
+              history: list[_Window]) -> _PairWalk:
+        """The walk of `pair` over this file's windows from `first_here` to `last_here` (window ends, ms)."""
         seen = int(state["last_seen_window_end"]) if state is not None else None
-        first_here, last_here = int(rows["window_end"].iloc[0]), int(rows["window_end"].iloc[-1])
+        first_here, last_here = int(first_here), int(last_here)
         fresh = [w for w in history if seen is None or w.end > seen]
         anomalous = {w.end: w.score for w in fresh if w.end < first_here}
         later = [w for w in fresh if w.end > last_here]
