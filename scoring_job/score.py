@@ -113,9 +113,13 @@ def to_arrow(pred: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=PREDICTION_SCHEMA)
 
 
+TEMP_SUFFIX = ".tmp"
+"""A prediction file being written is ``.<name>.<random>.tmp`` in the output folder until it is renamed."""
+
+
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` via a temp file in the same folder and os.replace (readers never see half)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
@@ -123,6 +127,15 @@ def write_atomic(table: pa.Table, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(output: Path) -> int:
+    """Delete the temp files a killed writer left in ``output`` (:func:`write_atomic`'s); their count. Only for an
+    owner of the whole output folder before it starts writers (a run retried by its lease holder)."""
+    stale = [p for p in output.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def read_partition(path: str) -> pd.DataFrame:

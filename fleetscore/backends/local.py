@@ -86,6 +86,7 @@ class PartitionPool:
     def __init__(self, model_pack: Path, output: Path, run_id: str, *, workers: int, dtype: str = "float64",
                  progress: Callable[[int, int], None] | None = None, model_sha256: str | None = None) -> None:
         output.mkdir(parents=True, exist_ok=True)
+        score.remove_stale_temp_files(output)  # a killed earlier attempt's; this run's lease holder owns the folder
         argv = ["--model_pack", str(model_pack), "--output", str(output), "--run_id", run_id, "--dtype", dtype]
         if model_sha256:
             argv += ["--model_pack_sha256", model_sha256]
