@@ -16,7 +16,13 @@ from sklearn.svm import OneClassSVM
 
 from fleetscore import clock, db
 from fleetscore.alerts.episodes import AlertUpdate, Persistence, update_alerts
+from fleetscore.context import Services, set_services
+from fleetscore.ingest.files import ingest_file
 from fleetscore.predictions.index import IndexResult, index_prediction_file
+from fleetscore.settings import load_settings
+from fleetscore.sim.fleet import Simulation
+from fleetscore.sim.simulate import simulate_fleet, write_simulation
+from fleetscore.training import TrainResult, train
 from scoring_job.contract import PREDICTION_SCHEMA
 from scoring_job.pack import MANIFEST, write_pack
 
@@ -112,6 +118,26 @@ def put_pack(store, version: str, quantiles: dict[tuple[str, str], dict | None])
         manifest = write_pack(models, tmp, version=version, training=training)
         for name in [MANIFEST, *manifest["files"]]:
             store.put(f"models/{version}/{name}", (Path(tmp) / name).read_bytes())
+
+
+# ------------------------------------------------------------------------------ a trained simulated fleet
+def trained_fleet(tmp_path: Path, monkeypatch, *, devices: int = 6) -> tuple[Services, Simulation, TrainResult]:
+    """The process's services on a SQLite file and a blob folder in `tmp_path` (6 models a partition, 2 workers,
+    300 s lateness), holding a simulated fleet of `devices` × 2 sensors × 3 days (1-minute readings in 5-minute
+    windows) trained on its first 2 clean days, the pack activated. Call `set_services(None)` when done."""
+    for key, value in {"FLEETSCORE_SQL_URL": f"sqlite:///{tmp_path / 'fleet.db'}",
+                       "FLEETSCORE_STORAGE": str(tmp_path / "blobs"), "PARTITION_MODELS": "6",
+                       "SCORING_WORKERS": "2", "LATE_ARRIVAL_SECONDS": "300"}.items():
+        monkeypatch.setenv(key, value)
+    services = Services(load_settings())
+    set_services(services)
+    sim = simulate_fleet(devices=devices, sensors=2, days=3, interval_seconds=60, seed=3, clean_days=2)
+    readings, _ = write_simulation(sim, tmp_path / "fleet.parquet")
+    ingest_file(services.engine, readings, window_ms=W, naive_tz=timezone.utc)
+    result = train(services.engine, services.store, from_ms=None, until_ms=sim.clean_until_ms, min_windows=48,
+                   algorithm="ocsvm-rbf", features=("mean", "min", "max", "std"), window_minutes=5,
+                   activate=True, n_jobs=1)
+    return services, sim, result
 
 
 # ------------------------------------------------------------------------------ reading the database

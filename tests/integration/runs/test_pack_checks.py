@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timezone
 
 import pytest
 from typer.testing import CliRunner
 
 from fleetscore import db
-from fleetscore.context import Services, set_services
-from fleetscore.ingest.files import ingest_file
+from fleetscore.context import set_services
 from fleetscore.runs.claims import list_runs
 from fleetscore.runs.service import start_run
-from fleetscore.settings import load_settings
-from fleetscore.sim.simulate import simulate_fleet, write_simulation
-from fleetscore.training import activate_pack, read_active_pack, train
+from fleetscore.training import activate_pack, read_active_pack
 from scoring_job.pack import MANIFEST, PackError
+from tests.helpers.fleet import trained_fleet
 
 W = 300_000
 HOUR = 3_600_000
@@ -26,20 +23,10 @@ HOUR = 3_600_000
 
 @pytest.fixture
 def fleet(tmp_path, monkeypatch):
-    """A small simulated fleet in SQLite, trained on its first 2 days with `--activate` (the pack pinned)."""
-    for key, value in {"FLEETSCORE_SQL_URL": f"sqlite:///{tmp_path / 'fleet.db'}",
-                       "FLEETSCORE_STORAGE": str(tmp_path / "blobs"), "PARTITION_MODELS": "6",
-                       "SCORING_WORKERS": "2", "LATE_ARRIVAL_SECONDS": "300"}.items():
-        monkeypatch.setenv(key, value)
-    services = Services(load_settings())
-    set_services(services)
-    sim = simulate_fleet(devices=4, sensors=2, days=3, interval_seconds=60, seed=3, clean_days=2)
-    readings, _ = write_simulation(sim, tmp_path / "fleet.parquet")
-    ingest_file(services.engine, readings, window_ms=W, naive_tz=timezone.utc)
-    result = train(services.engine, services.store, from_ms=None, until_ms=sim.clean_until_ms, min_windows=48,
-                   algorithm="ocsvm-rbf", features=("mean", "min", "max", "std"), window_minutes=5,
-                   activate=True, n_jobs=1)
-    return services, sim.clean_until_ms + 3 * HOUR + 5 * 60_000, result.version
+    """A small simulated fleet in SQLite (4 devices), trained with `--activate` (the pack pinned); the slot to run."""
+    services, sim, result = trained_fleet(tmp_path, monkeypatch, devices=4)
+    yield services, sim.clean_until_ms + 3 * HOUR + 5 * 60_000, result.version
+    set_services(None)
 
 
 def _pack(services, version: str):

@@ -17,17 +17,15 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 from fleetscore import clock, db
-from fleetscore.context import Services, set_services
-from fleetscore.ingest.files import ingest_file
+from fleetscore.context import set_services
 from fleetscore.runs.claims import claim_run, list_runs
 from fleetscore.runs.export import export_run
 from fleetscore.runs.manifest import read_manifest
 from fleetscore.runs.service import start_run
 from fleetscore.runs.slots import latest_occurrence, run_id_for_slot, slot_of_run_id, timer_slot
-from fleetscore.settings import load_settings
-from fleetscore.sim.simulate import simulate_fleet, write_simulation
 from fleetscore.training import train
 from tests.helpers.appfuncs import function
+from tests.helpers.fleet import trained_fleet
 
 W = 300_000
 HOUR = 3_600_000
@@ -157,20 +155,10 @@ def test_run_window_range_against_an_independent_computation(sqlite_engine, tmp_
 @pytest.fixture
 def fleet(tmp_path, monkeypatch):
     """A small simulated fleet ingested into SQLite and trained on its first 2 days (models activated)."""
-    for key, value in {"FLEETSCORE_SQL_URL": f"sqlite:///{tmp_path / 'fleet.db'}",
-                       "FLEETSCORE_STORAGE": str(tmp_path / "blobs"), "PARTITION_MODELS": "6",
-                       "SCORING_WORKERS": "2", "LATE_ARRIVAL_SECONDS": "300"}.items():
-        monkeypatch.setenv(key, value)
-    services = Services(load_settings())
-    set_services(services)
-    sim = simulate_fleet(devices=6, sensors=2, days=3, interval_seconds=60, seed=3, clean_days=2)
-    readings, _ = write_simulation(sim, tmp_path / "fleet.parquet")
-    ingest_file(services.engine, readings, window_ms=W, naive_tz=timezone.utc)
-    result = train(services.engine, services.store, from_ms=None, until_ms=sim.clean_until_ms, min_windows=48,
-                   algorithm="ocsvm-rbf", features=("mean", "min", "max", "std"), window_minutes=5,
-                   activate=True, n_jobs=1)
+    services, sim, result = trained_fleet(tmp_path, monkeypatch)
     assert result.models == 12
-    return services, sim, result.version
+    yield services, sim, result.version
+    set_services(None)
 
 
 def _prediction_bytes(store, run_id: str) -> dict[str, bytes]:

@@ -18,15 +18,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from fleetscore import db, telemetry
 from fleetscore.alerts import outbox, webhook
 from fleetscore.context import Services, set_services
-from fleetscore.ingest.files import ingest_file
 from fleetscore.ingest.readings import RawEvent
 from fleetscore.ingest.store import ingest_events
 from fleetscore.runs.claims import list_runs
 from fleetscore.settings import load_settings
-from fleetscore.sim.simulate import simulate_fleet, write_simulation
-from fleetscore.training import train
 from tests.helpers.appfuncs import function
-from tests.helpers.fleet import RUN_A, RUN_B, T0, W, fire, put_run, series
+from tests.helpers.fleet import RUN_A, RUN_B, T0, W, fire, put_run, series, trained_fleet
 
 HOUR = 3_600_000
 UNITS = {"fleetscore.readings.stored": "{reading}", "fleetscore.readings.late": "{reading}",
@@ -95,17 +92,7 @@ def test_ingest_index_and_delivery_metrics_with_bounded_attributes(otel, sqlite_
 @pytest.fixture
 def fleet(tmp_path, monkeypatch):
     """A small simulated fleet in SQLite, trained on its first 2 days (models activated)."""
-    for key, value in {"FLEETSCORE_SQL_URL": f"sqlite:///{tmp_path / 'fleet.db'}",
-                       "FLEETSCORE_STORAGE": str(tmp_path / "blobs"), "PARTITION_MODELS": "6",
-                       "SCORING_WORKERS": "2"}.items():
-        monkeypatch.setenv(key, value)
-    services = Services(load_settings())
-    set_services(services)
-    sim = simulate_fleet(devices=6, sensors=2, days=3, interval_seconds=60, seed=3, clean_days=2)
-    readings, _ = write_simulation(sim, tmp_path / "fleet.parquet")
-    ingest_file(services.engine, readings, window_ms=W, naive_tz=timezone.utc)
-    train(services.engine, services.store, from_ms=None, until_ms=sim.clean_until_ms, min_windows=48,
-          algorithm="ocsvm-rbf", features=("mean", "min", "max", "std"), window_minutes=5, activate=True, n_jobs=1)
+    services, sim, _ = trained_fleet(tmp_path, monkeypatch)
     yield services, sim
     set_services(None)
 
