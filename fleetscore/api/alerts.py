@@ -18,7 +18,7 @@ from fleetscore.alerts.documents import alert_document
 from fleetscore.alerts.severity import SEVERITIES
 from fleetscore.api import params
 from fleetscore.api.core import ApiContext, ApiError, ApiRequest, bad_request
-from fleetscore.api.pages import make_token, read_token
+from fleetscore.api.pages import newest_first
 from fleetscore.clock import iso_exact, now_ms
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
@@ -77,27 +77,10 @@ def list_alerts(ctx: ApiContext, request: ApiRequest) -> dict[str, Any]:
     """`GET /api/alerts`: `{"alerts": [document…], "next_page": token | null}`."""
     filters = alert_filters(request)
     size = params.limit(request.params, DEFAULT_LIMIT, MAX_LIMIT)
-    after = read_token(ctx.settings, request.params.get("page"), filters, 2)
     a = db.alerts.c
-    q = sa.select(db.alerts).where(*_where(filters))
-    if after is not None:
-        first, last_id = _key(after)
-        q = q.where(sa.or_(a.first_window_end < first, sa.and_(a.first_window_end == first, a.alert_id < last_id)))
-    q = q.order_by(a.first_window_end.desc(), a.alert_id.desc()).limit(size + 1)
-    with ctx.engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(q).mappings().all()]
-    more = len(rows) > size
-    rows = rows[:size]
-    token = make_token(ctx.settings, filters, [int(rows[-1]["first_window_end"]), rows[-1]["alert_id"]]) \
-        if more else None
+    rows, token = newest_first(ctx, sa.select(db.alerts).where(*_where(filters)), (a.first_window_end, a.alert_id),
+                               filters, size, request.params.get("page"))
     return {"alerts": [alert_document(r) for r in rows], "next_page": token}
-
-
-def _key(after: list[Any]) -> tuple[int, str]:
-    first, last_id = after
-    if not isinstance(first, int) or isinstance(first, bool) or not isinstance(last_id, str):
-        raise bad_request("bad page token: no page position in it")
-    return first, last_id
 
 
 def get_alert(ctx: ApiContext, request: ApiRequest) -> dict[str, Any]:

@@ -7,6 +7,8 @@ immutable). A token that was changed, cut, or issued for other filters is a 400.
 
 The key: API_TOKEN_SECRET, else FLEETSCORE_API_KEY, else a random key of this process (logged once: tokens then
 work only on the instance that issued them).
+
+:func:`newest_first` serves one page of a query in that order, for every list of the API.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from fleetscore.api.core import bad_request
+import sqlalchemy as sa
+
+from fleetscore.api.core import ApiContext, bad_request
 from fleetscore.settings import Settings
 
 log = logging.getLogger("fleetscore.api")
@@ -82,3 +86,24 @@ def read_token(settings: Settings, token: str | None, filters: Mapping[str, Any]
     if not isinstance(key, list) or len(key) != size:
         raise bad_request("bad page token: no page position in it")
     return key
+
+
+def newest_first(ctx: ApiContext, query: sa.Select, key: tuple[sa.Column, sa.Column], filters: Mapping[str, Any],
+                 size: int, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of `query` ordered by `key` (an integer column, then a text column: both fixed once a row is
+    written) descending, strictly after `token`'s position: at most `size` rows and the next page's token (None
+    on the last page). 400 for a bad token (:func:`read_token`)."""
+    major, minor = key
+    after = read_token(ctx.settings, token, filters, 2)
+    if after is not None:
+        first, last = after
+        if not isinstance(first, int) or isinstance(first, bool) or not isinstance(last, str):
+            raise bad_request("bad page token: no page position in it")
+        query = query.where(sa.or_(major < first, sa.and_(major == first, minor < last)))
+    query = query.order_by(major.desc(), minor.desc()).limit(size + 1)
+    with ctx.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings().all()]
+    if len(rows) <= size:
+        return rows, None
+    rows = rows[:size]
+    return rows, make_token(ctx.settings, filters, [int(rows[-1][major.name]), rows[-1][minor.name]])

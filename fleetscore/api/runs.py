@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from fleetscore import db
 from fleetscore.api import params
-from fleetscore.api.core import ApiContext, ApiRequest, bad_request
-from fleetscore.api.pages import make_token, read_token
+from fleetscore.api.core import ApiContext, ApiRequest
+from fleetscore.api.pages import newest_first
 from fleetscore.clock import iso_exact, now_ms
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
@@ -38,22 +38,9 @@ def list_runs(ctx: ApiContext, request: ApiRequest) -> dict[str, Any]:
     """`GET /api/runs?status&limit&page`: `{"runs": [run…], "next_page": token | null}`, newest slot first."""
     filters = {"status": params.choices(request.params, "status", RUN_STATUSES)}
     size = params.limit(request.params, DEFAULT_LIMIT, MAX_LIMIT)
-    after = read_token(ctx.settings, request.params.get("page"), filters, 2)
     r = db.runs.c
-    q = sa.select(db.runs)
-    if filters["status"]:
-        q = q.where(r.status.in_(filters["status"]))
-    if after is not None:
-        slot, run_id = after
-        if not isinstance(slot, int) or isinstance(slot, bool) or not isinstance(run_id, str):
-            raise bad_request("bad page token: no page position in it")
-        q = q.where(sa.or_(r.slot < slot, sa.and_(r.slot == slot, r.run_id < run_id)))
-    q = q.order_by(r.slot.desc(), r.run_id.desc()).limit(size + 1)
-    with ctx.engine.connect() as conn:
-        rows = [dict(x) for x in conn.execute(q).mappings().all()]
-    more = len(rows) > size
-    rows = rows[:size]
-    token = make_token(ctx.settings, filters, [int(rows[-1]["slot"]), rows[-1]["run_id"]]) if more else None
+    q = sa.select(db.runs).where(r.status.in_(filters["status"])) if filters["status"] else sa.select(db.runs)
+    rows, token = newest_first(ctx, q, (r.slot, r.run_id), filters, size, request.params.get("page"))
     return {"runs": [run_document(x) for x in rows], "next_page": token}
 
 
