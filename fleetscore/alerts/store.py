@@ -35,7 +35,7 @@ ALERT_COLUMNS = tuple(c.name for c in db.alerts.columns)
 CHANGED_COLUMNS = ("status", "last_window_end", "last_seen_window_end", "normal_after", "windows", "max_score",
                    "severity", "model_version", "run_id", "updated_at", "revision")
 """What a visible change of an alert rewrites."""
-NEW_ALERT_DEFAULTS = {"document_revision": 0, "eventgrid_revision": 0, "eventgrid_attempts": 0}
+NEW_ALERT_DEFAULTS = {"document_revision": 0, db.EVENTGRID_MARK.delivered: 0, db.EVENTGRID_MARK.attempts: 0}
 """Columns a new alert from the episode rules does not carry: its document is pending (the outbox writes it)."""
 LOOKAHEAD_WINDOWS = 288
 """How far past a file the episode rules look for newer files' anomalies (a file indexed out of order), windows."""
@@ -104,10 +104,6 @@ def record_revisions(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(db.alert_revisions.insert(), rows)
 
 
-DELIVERY_COLUMNS = ("delivered_revision", "eventgrid_revision")
-"""Per delivery sink (webhook, Event Grid), the revision it has delivered (< revision: pending)."""
-
-
 def _quiet_acknowledged(conn: Connection, changed: list[dict[str, Any]]) -> None:
     """An acknowledged alert's update is not delivered again: each sink's delivered revision moves with it when
     every earlier revision was delivered there (else the pending delivery carries the newest state, as always).
@@ -115,7 +111,7 @@ def _quiet_acknowledged(conn: Connection, changed: list[dict[str, Any]]) -> None
     ids = [r["alert_id"] for r in changed if r["status"] == "open" and alert_state(r) == "acknowledged"]
     a = db.alerts
     for chunk in db.chunks(ids):
-        for name in DELIVERY_COLUMNS:
+        for name in (mark.delivered for mark in db.SINK_MARKS):
             conn.execute(a.update().where(a.c.alert_id.in_(list(chunk)), a.c[name] == a.c.revision - 1)
                          .values({name: a.c.revision}))
 

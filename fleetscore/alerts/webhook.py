@@ -1,9 +1,9 @@
 """Alert delivery: every alert revision that a sink has not taken yet is sent to it — the webhook
 (ALERT_WEBHOOK_URL) and the Event Grid topic (EVENTGRID_TOPIC_ENDPOINT, :mod:`fleetscore.alerts.eventgrid`).
 
-Each sink keeps its own mark per alert (:data:`WEBHOOK`: ``delivered_revision``, ``delivery_attempts``,
-``delivery_error``; :data:`EVENTGRID`: ``eventgrid_revision``, ``eventgrid_attempts``, ``eventgrid_error``); an
-alert whose mark is below its ``revision`` is pending for that sink. The webhook gets one POST per alert: the
+Each sink keeps its own mark per alert (columns of ``alerts``, owned by :mod:`fleetscore.db.schema`:
+``db.WEBHOOK_MARK``, ``db.EVENTGRID_MARK``); an alert whose mark is below its ``revision`` is pending for that
+sink. The webhook gets one POST per alert: the
 alert document (ALERT_WEBHOOK_FORMAT=plain) or its CloudEvent in structured mode (cloudevents,
 :mod:`fleetscore.alerts.events`), with the header ``Idempotency-Key: <alert_id>:<revision>`` (the event's id), so
 a receiver can drop the rare duplicate (two drains at once, or a crash between the POST and the bookkeeping). The
@@ -85,16 +85,9 @@ class Sink:
     headers: Callable[[list[Alert]], dict[str, str]]
 
 
-WEBHOOK = ("webhook", "delivered_revision", "delivery_attempts", "delivery_error")
-EVENTGRID = ("eventgrid", "eventgrid_revision", "eventgrid_attempts", "eventgrid_error")
-"""(sink name, mark, attempts, error column) of each sink; the alert lifecycle marks a revision delivered to every
-sink at once with :func:`delivered_values`."""
-
-
-def delivered_values(revision: Any) -> dict[str, Any]:
-    """Column values that mark `revision` (a value or SQL expression) as taken by every sink (a revision that must
-    not notify anyone)."""
-    return {WEBHOOK[1]: revision, EVENTGRID[1]: revision}
+def _sink(mark: db.SinkMark, url: str, **how: Any) -> Sink:
+    """The sink whose per-alert columns are `mark`, posting to `url`."""
+    return Sink(mark.sink, url, mark.delivered, mark.attempts, mark.error, **how)
 
 
 def sinks(settings: Settings) -> list[Sink]:
@@ -112,13 +105,13 @@ def sinks(settings: Settings) -> list[Sink]:
             return {"Content-Type": events.STRUCTURED if cloudevents else "application/json",
                     "Idempotency-Key": events.event_id(alerts[0]), "User-Agent": USER_AGENT}
 
-        out.append(Sink(WEBHOOK[0], settings.alert_webhook_url.get_secret_value(), *WEBHOOK[1:], batch=1,
-                        body=webhook_body, headers=webhook_headers))
+        out.append(_sink(db.WEBHOOK_MARK, settings.alert_webhook_url.get_secret_value(), batch=1,
+                         body=webhook_body, headers=webhook_headers))
     if settings.eventgrid_topic_endpoint:
-        out.append(Sink(EVENTGRID[0], eventgrid.publish_url(settings.eventgrid_topic_endpoint), *EVENTGRID[1:],
-                        batch=eventgrid.BATCH, body=lambda alerts: events.batch_json(alerts, source),
-                        headers=lambda alerts: {"Content-Type": events.BATCH, "User-Agent": USER_AGENT,
-                                                **eventgrid.auth_headers(settings)}))
+        out.append(_sink(db.EVENTGRID_MARK, eventgrid.publish_url(settings.eventgrid_topic_endpoint),
+                         batch=eventgrid.BATCH, body=lambda alerts: events.batch_json(alerts, source),
+                         headers=lambda alerts: {"Content-Type": events.BATCH, "User-Agent": USER_AGENT,
+                                                 **eventgrid.auth_headers(settings)}))
     return out
 
 

@@ -5,7 +5,7 @@ db` and `db.readings`, `db.iter_tuples`, `db.upgrade(engine)`:
 
 | module | owns |
 | --- | --- |
-| `schema` | `metadata`, the tables, the `ID` type, the run statuses |
+| `schema` | `metadata`, the tables, the `ID` type, the run statuses, the delivery sinks' marks |
 | `engine` | `create_db_engine` (SQLite pragmas, driver options) |
 | `reads` | `iter_tuples`, `read_frame`, `chunks` for `IN (...)` lists |
 | `columnar` | `arrow_batches`: bulk reads as Arrow tables (ADBC on SQLite files and PostgreSQL, else `iter_tuples`) |
@@ -24,10 +24,14 @@ from fleetscore.db.reads import IN_CHUNK, chunks, iter_tuples, read_frame
 from fleetscore.db.schema import (
     ALERT_STATES,
     ALERT_STATUSES,
+    EVENTGRID_MARK,
     ID,
     REVISION_KINDS,
     RUN_ACTIVE,
     RUN_TERMINAL,
+    SINK_MARKS,
+    WEBHOOK_MARK,
+    SinkMark,
     alert_revisions,
     alerts,
     anomalies,
@@ -42,10 +46,10 @@ from fleetscore.db.schema import (
 from fleetscore.db.watermark import SCORING_WATERMARK, advance_watermark, read_watermark
 
 __all__ = [
-    "ALERT_STATES", "ALERT_STATUSES", "ID", "IN_CHUNK", "REVISION_KINDS", "alert_revisions",
-    "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "LockNotGranted", "advance_watermark",
-    "alerts", "anomalies", "arrow_batches", "chunks", "create_db_engine", "dead_letters", "ddl", "is_transient", "iter_tuples",
-    "metadata", "prediction_files", "read_frame", "read_watermark", "readings", "runs", "upgrade",
-    "watermarks", "windows",
+    "ALERT_STATES", "ALERT_STATUSES", "EVENTGRID_MARK", "ID", "SINK_MARKS", "SinkMark", "WEBHOOK_MARK", "IN_CHUNK",
+    "REVISION_KINDS", "alert_revisions", "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "LockNotGranted",
+    "advance_watermark", "alerts", "anomalies", "arrow_batches", "chunks", "create_db_engine", "dead_letters", "ddl",
+    "is_transient", "iter_tuples", "metadata", "prediction_files", "read_frame", "read_watermark", "readings", "runs",
+    "upgrade", "watermarks", "windows",
 ]
 

@@ -10,6 +10,8 @@ a test checks that the migrations build exactly this metadata.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
@@ -206,6 +208,23 @@ ALERT_STATES = ("open", "acknowledged", "closed", "resolved")
 the episode rules, resolved by a person (`fleetscore.alerts.documents.alert_state`)."""
 REVISION_KINDS = ("opened", "updated", "closed", "acknowledged", "resolved")
 """`alert_revisions.kind`: what made the revision."""
+
+
+class SinkMark(NamedTuple):
+    """A delivery sink's columns in `alerts`: the revision it took (below `revision`: pending), its failed tries
+    since, its last error."""
+
+    sink: str
+    delivered: str
+    attempts: str
+    error: str
+
+
+WEBHOOK_MARK = SinkMark("webhook", "delivered_revision", "delivery_attempts", "delivery_error")
+EVENTGRID_MARK = SinkMark("eventgrid", "eventgrid_revision", "eventgrid_attempts", "eventgrid_error")
+SINK_MARKS = (WEBHOOK_MARK, EVENTGRID_MARK)
+"""Every delivery sink's mark (`fleetscore.alerts.webhook` delivers, `fleetscore.alerts.store` moves the marks of
+an acknowledged alert's quiet updates)."""
 
 RUN_ACTIVE = ("claimed", "submitted", "running")
 RUN_TERMINAL = ("succeeded", "partial", "failed")
