@@ -17,6 +17,7 @@ from fleetscore.alerts import eventgrid, outbox, webhook
 from fleetscore.settings import load_settings
 from tests.helpers import REPO
 from tests.helpers.fleet import RUN_A, RUN_B, T0, W, fire, rows_of, series
+from tests.helpers.webhook import Hook
 
 SCHEMA = json.loads((REPO / "tests" / "data" / "cloudevents-1.0.schema.json").read_text(encoding="utf-8"))
 VALIDATOR = jsonschema.Draft7Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
@@ -174,38 +175,10 @@ def test_no_token_leaves_the_topic_pending_with_the_reason(sqlite_engine, folder
         topic.close()
 
 
-class Hook:
-    """A webhook on 127.0.0.1 that keeps each request's headers and JSON body; answers `status`."""
-
-    def __init__(self):
-        self.status, self.received = 200, []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.received.append((dict(self.headers), body))
-                self.send_response(hook.status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?code=s3cr3t"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 def test_cloudevents_webhook_and_a_down_webhook_never_hold_the_topic_back(sqlite_engine, folder, monkeypatch):
     monkeypatch.setattr(webhook, "BACKOFF_SECONDS", 0.01)
     hook, topic = Hook(), Topic(key=KEY)
-    monkeypatch.setenv("ALERT_WEBHOOK_URL", hook.url)
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{hook.url}?code=s3cr3t")
     monkeypatch.setenv("ALERT_WEBHOOK_FORMAT", "cloudevents")
     monkeypatch.setenv("EVENTGRID_TOPIC_ENDPOINT", topic.endpoint)
     monkeypatch.setenv("EVENTGRID_TOPIC_KEY", KEY)
@@ -221,7 +194,8 @@ def test_cloudevents_webhook_and_a_down_webhook_never_hold_the_topic_back(sqlite
         hook.status = 200
         r2 = outbox.drain(sqlite_engine, folder, settings)
         assert (r2.delivered, r2.delivery_failed) == (2, 0)
-        accepted = hook.received[-2:]
+        accepted = hook.accepted
+        assert len(accepted) == 2
         for headers, body in accepted:
             assert not list(VALIDATOR.iter_errors(body)), body
             assert headers["Content-Type"] == "application/cloudevents+json; charset=utf-8"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -25,40 +23,12 @@ from tests.helpers.fleet import (
     rows_of,
     series,
 )
+from tests.helpers.webhook import Hook
 
 
-class Hook:
-    """A webhook on 127.0.0.1: answers `status` (503 = down), records what it accepted."""
-
-    def __init__(self, port: int = 0):
-        self.status = 200
-        self.accepted: list[tuple[str, int]] = []
-        self.keys: list[str] = []
-        self.requests = 0
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.requests += 1
-                self.send_response(hook.status)
-                self.end_headers()
-                if hook.status == 200:
-                    hook.accepted.append((body["alert_id"], body["revision"]))
-                    hook.keys.append(self.headers["Idempotency-Key"])
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+def taken(hook: Hook) -> list[tuple[str, int]]:
+    """(alert id, revision) of each alert document the hook accepted, in order."""
+    return [(body["alert_id"], body["revision"]) for _, body in hook.accepted]
 
 
 def test_webhook_down_then_up_delivers_every_revision_exactly_once(engine, folder, monkeypatch):
@@ -69,9 +39,9 @@ def test_webhook_down_then_up_delivers_every_revision_exactly_once(engine, folde
     try:
         hook.status = 503  # down: every try of the round fails, the round stops after one alert
         fire(engine, folder, settings, RUN_A, series("d-1", "temp", T0, 4, {2, 3}) + series("d-2", "temp", T0, 4, {3}))
-        assert hook.requests == 0  # indexing never POSTs: the outbox's timer does
+        assert hook.received == []  # indexing never POSTs: the outbox's timer does
         r1 = outbox.drain(engine, folder, settings)
-        assert (r1.delivered, r1.delivery_failed) == (0, 1) and hook.requests == webhook.MAX_TRIES
+        assert (r1.delivered, r1.delivery_failed) == (0, 1) and len(hook.received) == webhook.MAX_TRIES
         (err,) = [a["delivery_error"] for a in rows_of(engine, db.alerts) if a["delivery_error"]]
         assert err == f"HTTP 503 from http://127.0.0.1:{hook.port}"  # no path: Slack/Teams keep secrets there
         hook.close()  # closed: connection refused
@@ -96,9 +66,9 @@ def test_webhook_down_then_up_delivers_every_revision_exactly_once(engine, folde
         hook.close()
     final = {(a["alert_id"], a["revision"]) for a in rows_of(engine, db.alerts)}
     assert all(a["delivered_revision"] == a["revision"] for a in rows_of(engine, db.alerts))
-    assert len(hook.accepted) == len(set(hook.accepted)) == 4
-    assert final <= set(hook.accepted)
-    assert hook.keys == [f"{i}:{r}" for i, r in hook.accepted]
+    assert len(taken(hook)) == len(set(taken(hook))) == 4
+    assert final <= set(taken(hook))
+    assert [headers["Idempotency-Key"] for headers, _ in hook.accepted] == [f"{i}:{r}" for i, r in taken(hook)]
 
 
 def test_redeliver_sends_what_indexing_did_not(sqlite_engine, folder, monkeypatch):
@@ -120,7 +90,7 @@ def test_redeliver_sends_what_indexing_did_not(sqlite_engine, folder, monkeypatc
         assert webhook.redeliver(sqlite_engine, settings) == (3, 0)
     finally:
         hook.close()
-    assert sorted(hook.accepted) == sorted((a["alert_id"], 1) for a in rows_of(sqlite_engine, db.alerts))
+    assert sorted(taken(hook)) == sorted((a["alert_id"], 1) for a in rows_of(sqlite_engine, db.alerts))
     with sqlite_engine.connect() as conn:
         attempts = conn.execute(sa.select(sa.func.sum(db.alerts.c.delivery_attempts))).scalar()
     assert attempts == 4  # 500 on two rounds, then one 400 each
