@@ -18,9 +18,8 @@ from fleetscore import db
 from fleetscore.alerts import store as alert_store
 from fleetscore.settings import load_settings
 from fleetscore.storage import open_store
-from tests.e2e.test_up import Up
 from tests.helpers.fleet import RUN_A, T0, Q, W, fire, put_pack, put_run, rows_of
-from tests.helpers.host import YEARLY
+from tests.helpers.host import YEARLY, Up
 
 CHROMIUM = "/usr/bin/chromium"
 KEY = "page-test-key"

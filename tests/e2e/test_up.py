@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +19,7 @@ from fleetscore.runs.slots import latest_occurrence, run_id_for_slot
 from fleetscore.settings import load_settings
 from fleetscore.storage import open_store
 from fleetscore.training import train
-from tests.helpers.host import YEARLY, ms, request, wait_for
+from tests.helpers.host import YEARLY, Up, ms, wait_for
 
 DEVICES = [f"d-{i:04d}" for i in range(1, 9)]
 SENSORS = ["temp", "hum"]
@@ -56,37 +51,6 @@ def by_minute(readings: list) -> list[list]:
 
 def key(r: dict) -> tuple[str, str, int]:
     return r["device"], r["sensor"], ms(r["ts"])
-
-
-class Up:
-    """`fleetscore up` as a real subprocess in its own process group, on a free port."""
-
-    def __init__(self, tmp_path: Path, env: dict, name: str) -> None:
-        self.log = tmp_path / f"{name}.log"
-        exe = Path(sys.executable).with_name("fleetscore")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleetscore.cli.main"]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([*cmd, "up", "--port", "0", "--state-dir", str(tmp_path / "host"),
-                                          "--blob-poll-seconds", "0.2"], cwd=tmp_path, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        found = wait_for(lambda: self.proc.poll() is not None or re.search(
-            r"Listening on (http://127\.0\.0\.1:\d+)", self.log.read_text(errors="replace")), 60, "the host to listen")
-        assert self.proc.poll() is None, self.log.read_text()
-        self.url = found.group(1)
-
-    def get(self, path: str):
-        return request(self.url, "GET", path)[1]
-
-    def post(self, path: str, body):
-        return request(self.url, "POST", path, body)[0]
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)  # the host and its scoring workers, as a crash would
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
 
 
 @pytest.mark.slow

@@ -1,11 +1,15 @@
 """Helpers shared by the local host's tests: settings for a temporary folder, an app built in a test, loopback
-HTTP, waiting for a condition."""
+HTTP, waiting for a condition, `fleetscore up` as a subprocess (:class:`Up`)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -62,3 +66,34 @@ def app_with(decorate: Callable[[func.FunctionApp], None]) -> func.FunctionApp:
     app = func.FunctionApp()
     decorate(app)
     return app
+
+
+class Up:
+    """`fleetscore up` as a real subprocess in its own process group, on a free port."""
+
+    def __init__(self, tmp_path: Path, env: dict, name: str) -> None:
+        self.log = tmp_path / f"{name}.log"
+        exe = Path(sys.executable).with_name("fleetscore")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fleetscore.cli.main"]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([*cmd, "up", "--port", "0", "--state-dir", str(tmp_path / "host"),
+                                          "--blob-poll-seconds", "0.2"], cwd=tmp_path, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        found = wait_for(lambda: self.proc.poll() is not None or re.search(
+            r"Listening on (http://127\.0\.0\.1:\d+)", self.log.read_text(errors="replace")), 60, "the host to listen")
+        assert self.proc.poll() is None, self.log.read_text()
+        self.url = found.group(1)
+
+    def get(self, path: str):
+        return request(self.url, "GET", path)[1]
+
+    def post(self, path: str, body):
+        return request(self.url, "POST", path, body)[0]
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the host and its scoring workers, as a crash would
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
