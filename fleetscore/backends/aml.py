@@ -187,54 +187,80 @@ def post_with_retries(
         raise SubmissionError("no endpoint URL configured")
     token = credential.get_token(scope).token
     all_headers = {"Content-Type": "application/json", **(headers or {}), "Authorization": f"Bearer {token}"}
-    own_session = session is None
+    return _with_retries(session, "POST", url, _SUBMIT, token=token, retries=retries, backoff=backoff,
+                         sleep=sleep, idempotent=idempotent, json=body, headers=all_headers, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class _Purpose:
+    """What a request is for, in its log lines and errors."""
+
+    log: str
+    refused: str
+    not_json: str
+    exhausted: str
+    """Formatted with `tries`."""
+    refused_level: int = logging.ERROR
+
+
+_SUBMIT = _Purpose("submit to", "the endpoint refused the job", "the endpoint's reply is not JSON",
+                   "the endpoint did not accept the job after {tries} tries")
+_STATE = _Purpose("job state from", "Azure ML did not give the job's state", "the job state reply is not JSON",
+                  "no job state after {tries} tries", refused_level=logging.WARNING)
+
+
+def _with_retries(session: requests.Session | None, method: str, url: str, purpose: _Purpose, *, token: str,
+                  retries: int, backoff: float, sleep: Callable[[float], None], idempotent: bool,
+                  **kwargs: Any) -> dict[str, Any]:
+    """``method`` ``url`` (``kwargs`` for ``requests``) up to ``retries + 1`` times, with backoff between tries
+    worth repeating (:func:`_try`); the JSON reply, else :class:`SubmissionError`."""
     http = session or requests.Session()
     failure = _RetryableFailure(status=None, text="", what="")
     try:
         for attempt in range(retries + 1):
-            outcome = _try_post(http, url, body, all_headers, timeout=timeout, token=token, idempotent=idempotent)
+            outcome = _try(http, method, url, purpose, token=token, idempotent=idempotent, **kwargs)
             if not isinstance(outcome, _RetryableFailure):
                 return outcome
             failure = outcome
-            log.warning("submit to %s: %s (try %d of %d)", url, failure.what, attempt + 1, retries + 1)
+            log.warning("%s %s: %s (try %d of %d)", purpose.log, url, failure.what, attempt + 1, retries + 1)
             if attempt < retries:
                 sleep(_delay_seconds(backoff, attempt, failure.retry_after))
     finally:
-        if own_session:
+        if session is None:
             http.close()
-    raise SubmissionError(f"the endpoint did not accept the job after {retries + 1} tries", status=failure.status,
-                          text=failure.text)
+    raise SubmissionError(purpose.exhausted.format(tries=retries + 1), status=failure.status, text=failure.text)
 
 
-def _try_post(http: requests.Session, url: str, body: dict[str, Any], headers: dict[str, str], *, timeout: float,
-              token: str, idempotent: bool) -> dict[str, Any] | _RetryableFailure:
+def _try(http: requests.Session, method: str, url: str, purpose: _Purpose, *, token: str, idempotent: bool,
+         **kwargs: Any) -> dict[str, Any] | _RetryableFailure:
     """One try: the JSON reply, or a failure worth another try; raises SubmissionError on any other."""
     try:
-        response = http.post(url, json=body, headers=headers, timeout=timeout)
+        response = http.request(method, url, **kwargs)
     except (requests.Timeout, requests.ConnectionError) as exc:
         text = f"{type(exc).__name__}: {_scrub(str(exc), token)}"
         if not idempotent and not _never_sent(exc):
-            log.error("submit to %s: %s; not retried, the endpoint may have started the job", url, type(exc).__name__)
+            log.error("%s %s: %s; not retried, the endpoint may have started the job", purpose.log, url,
+                      type(exc).__name__)
             raise SubmissionError("no reply from the endpoint, which may have started the job; not retried "
                                   "(a second try could start it twice)", status=None, text=text) from None
         return _RetryableFailure(status=None, text=text, what=type(exc).__name__)
-    return _read_reply(url, response, token=token, idempotent=idempotent)
+    return _read_reply(url, response, purpose, token=token, idempotent=idempotent)
 
 
-def _read_reply(url: str, response: requests.Response, *, token: str,
+def _read_reply(url: str, response: requests.Response, purpose: _Purpose, *, token: str,
                 idempotent: bool) -> dict[str, Any] | _RetryableFailure:
-    """A reply's JSON if it accepted the job, a failure worth another try, or SubmissionError."""
+    """A reply's JSON if it is a success, a failure worth another try, or SubmissionError."""
     status, text = response.status_code, _scrub(response.text or "", token)
     if 200 <= status < 300:
         try:
             return response.json()
         except ValueError:
-            raise SubmissionError("the endpoint's reply is not JSON", status=status, text=text) from None
+            raise SubmissionError(purpose.not_json, status=status, text=text) from None
     if status not in RETRY_STATUSES:
-        log.error("submit to %s refused: HTTP %d", url, status)
-        raise SubmissionError("the endpoint refused the job", status=status, text=text)
+        log.log(purpose.refused_level, "%s %s refused: HTTP %d", purpose.log, url, status)
+        raise SubmissionError(purpose.refused, status=status, text=text)
     if not idempotent and status not in NOT_PROCESSED_STATUSES:
-        log.error("submit to %s: HTTP %d; not retried, the endpoint may have started the job", url, status)
+        log.error("%s %s: HTTP %d; not retried, the endpoint may have started the job", purpose.log, url, status)
         raise SubmissionError("the endpoint failed and may have started the job; not retried (a second "
                               "try could start it twice)", status=status, text=text)
     return _RetryableFailure(status=status, text=text, what=f"HTTP {status}", retry_after=_retry_after(response))
@@ -349,32 +375,8 @@ def get_with_retries(url: str, *, credential: Any, scope: str, params: dict[str,
     changes nothing); raise :class:`SubmissionError` on any other reply (``status`` 404: not found)."""
     token = credential.get_token(scope).token
     headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
-    http = session or requests.Session()
-    failure = _RetryableFailure(status=None, text="", what="")
-    try:
-        for attempt in range(retries + 1):
-            try:
-                response = http.get(url, params=params, headers=headers, timeout=timeout)
-            except (requests.Timeout, requests.ConnectionError) as exc:
-                failure = _RetryableFailure(None, f"{type(exc).__name__}: {_scrub(str(exc), token)}",
-                                            type(exc).__name__)
-            else:
-                status, text = response.status_code, _scrub(response.text or "", token)
-                if 200 <= status < 300:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise SubmissionError("the job state reply is not JSON", status=status, text=text) from None
-                if status not in RETRY_STATUSES:
-                    raise SubmissionError("Azure ML did not give the job's state", status=status, text=text)
-                failure = _RetryableFailure(status, text, f"HTTP {status}", _retry_after(response))
-            log.warning("job state from %s: %s (try %d of %d)", url, failure.what, attempt + 1, retries + 1)
-            if attempt < retries:
-                sleep(_delay_seconds(backoff, attempt, failure.retry_after))
-    finally:
-        if session is None:
-            http.close()
-    raise SubmissionError(f"no job state after {retries + 1} tries", status=failure.status, text=failure.text)
+    return _with_retries(session, "GET", url, _STATE, token=token, retries=retries, backoff=backoff, sleep=sleep,
+                         idempotent=True, params=params, headers=headers, timeout=timeout)
 
 
 class _RestBackend:
