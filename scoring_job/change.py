@@ -19,12 +19,13 @@ least-squares fit of it on the sine and cosine of the time of day: a daily cycle
 present by an amount that depends on the hour, which this removes), the median and robust scale of what remains,
 a floor for the spread (:data:`STD_FLOOR_SHARE` of the median std of the windows whose readings differ: a
 sensor that reports only changes, or a coarse one, has mostly windows of no spread, and a floor of 0 would make
-any change look infinitely far from them) and the median and robust scale of
-log(std + floor) (at least :data:`LOG_STD_SCALE_FLOOR`). The score of a window is the larger of |z| of the two; a window without a baseline (no reading in
-the context) contributes no change, a window with fewer than 2 readings no spread. A robust scale is the larger of
-1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second does not collapse
-on quantised or mostly-constant sensors, whose MAD is 0). A sensor stuck on one value has std 0, log(floor) far
-below its usual spread; a spike, a step or a burst of noise moves the mean or the spread away from the recent past.
+any change look infinitely far from them) and the median and robust scale of log(std + floor) (at least
+:data:`LOG_STD_SCALE_FLOOR`). The score of a window is the larger of |z| of the two; a window without a baseline
+(no reading in the context) contributes no change, a window with fewer than 2 readings no spread. A robust scale
+is the larger of 1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second
+does not collapse on quantised or mostly-constant sensors, whose MAD is 0). A sensor stuck on one value has std 0,
+log(floor) far below its usual spread; a spike, a step or a burst of noise moves the mean or the spread away from the
+recent past.
 
 The scoring job needs :data:`LOOKBACK_WINDOWS` windows before a run's first window to compute both (the export
 carries them as context rows, not scored).

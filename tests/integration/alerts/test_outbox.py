@@ -26,6 +26,7 @@ from fleetscore.settings import load_settings
 from tests.helpers import REPO
 from tests.helpers.appfuncs import function
 from tests.helpers.fleet import RUN_A, RUN_B, RUN_C, T0, W, blob_doc, fire, prediction_file, rows_of, series
+from tests.helpers.webhook import Hook
 
 KILLED_INDEX = textwrap.dedent("""
     import os, signal, sys
@@ -154,8 +155,6 @@ def test_the_timer_function_drains_the_outbox(tmp_path, monkeypatch):
     assert binding["schedule"] == outbox.SCHEDULE == "0 * * * * *"
     assert binding["useMonitor"] is False and binding.get("runOnStartup", False) is False
 
-    from tests.integration.alerts.test_webhook import Hook
-
     hook = Hook()
     for key, value in {"FLEETSCORE_SQL_URL": f"sqlite:///{tmp_path / 'fleet.db'}",
                        "FLEETSCORE_STORAGE": str(tmp_path / "blobs"),
@@ -171,7 +170,8 @@ def test_the_timer_function_drains_the_outbox(tmp_path, monkeypatch):
         function("alert_outbox").get_user_function()(TimerRequest(past_due=False))
         assert documents_present(services.engine, services.store)
         (alert,) = rows_of(services.engine, db.alerts)
-        assert hook.accepted == [(alert["alert_id"], 1)] and alert["delivered_revision"] == 1
+        assert [(body["alert_id"], body["revision"]) for _, body in hook.accepted] == [(alert["alert_id"], 1)]
+        assert alert["delivered_revision"] == 1
     finally:
         hook.close()
         services.close()
