@@ -31,7 +31,7 @@ from scoring_job import change
 from scoring_job.features import window_features
 from scoring_job.pack import manifest_sha256, verify_manifest, write_pack
 from scoring_job.thresholds import FALSE_RATE
-from scoring_job.train import fit_fleet
+from scoring_job.train import FitResult, fit_fleet
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,51 @@ class TrainResult:
     activated: bool
 
 
-def load_windows(engine: Engine, from_ms: int | None = None, until_ms: int | None = None) -> pd.DataFrame:
-    """Window rows with window_end in (from, until] (either bound optional), window_end as UTC datetimes."""
+TRAIN_CHUNK_PAIRS = 20_000
+"""Pairs (of whole devices) whose windows `train` loads and fits together at most: its memory is one chunk's, not
+the fleet's (a 1,000-device demo peaked at 2.6 GB while training on all its windows at once)."""
+
+
+def _in_range(query: sa.Select, from_ms: int | None, until_ms: int | None) -> sa.Select:
     w = db.windows
-    query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
     if from_ms is not None:
         query = query.where(w.c.window_end > from_ms)
     if until_ms is not None:
         query = query.where(w.c.window_end <= until_ms)
+    return query
+
+
+def load_windows(engine: Engine, from_ms: int | None = None, until_ms: int | None = None,
+                 devices: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Window rows with window_end in (from, until] (either bound optional), window_end as UTC datetimes; with
+    `devices` (first, last), only the devices between them (inclusive, in the database's order)."""
+    w = db.windows
+    query = _in_range(sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min,
+                                w.c.max), from_ms, until_ms)
+    if devices is not None:
+        query = query.where(w.c.device >= devices[0], w.c.device <= devices[1])
     with engine.connect() as conn:
         frame = db.read_frame(conn, query.order_by(w.c.device, w.c.sensor, w.c.window_end))
     frame["window_end"] = pd.to_datetime(frame["window_end"].astype(np.int64), unit="ms", utc=True)
     return frame
+
+
+def device_chunks(engine: Engine, from_ms: int | None, until_ms: int | None,
+                  max_pairs: int = TRAIN_CHUNK_PAIRS) -> list[tuple[str, str, int]]:
+    """The devices with windows in the range, in the database's order, as consecutive groups of whole devices of at
+    most `max_pairs` pairs (more only when one device alone has more): (first device, last device, pairs) each. A
+    group is a range, so loading it needs two parameters however many devices it holds (SQL Server allows 2,100)."""
+    w = db.windows
+    query = _in_range(sa.select(w.c.device, sa.func.count(sa.distinct(w.c.sensor))), from_ms, until_ms)
+    with engine.connect() as conn:
+        counts = conn.execute(query.group_by(w.c.device).order_by(w.c.device)).all()
+    chunks: list[tuple[str, str, int]] = []
+    for device, pairs in counts:
+        if chunks and chunks[-1][2] + pairs <= max_pairs:
+            chunks[-1] = (chunks[-1][0], device, chunks[-1][2] + pairs)
+        else:
+            chunks.append((device, device, int(pairs)))
+    return chunks
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -154,14 +187,26 @@ def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: in
           progress: Callable[[int, int], None] | None = None, false_rate: float = FALSE_RATE,
           announce: tuple[str, ...] = change.ANNOUNCE_SENSORS) -> TrainResult:
     """Fit one model per (device, sensor) on its windows in the range and publish one pack version; each model's
-    alert thresholds are calibrated on its training windows at ``false_rate`` per window (ALERT_FALSE_RATE)."""
-    windows = load_windows(engine, from_ms, until_ms)
-    if windows.empty:
+    alert thresholds are calibrated on its training windows at ``false_rate`` per window (ALERT_FALSE_RATE). The
+    windows are loaded and fitted in chunks of whole devices (:data:`TRAIN_CHUNK_PAIRS`); the pack is the same."""
+    chunks = device_chunks(engine, from_ms, until_ms)
+    if not chunks:
         raise ValueError("no windows in the training range: ingest readings first (fleetscore ingest)")
-    feats = window_features(windows)
-    fit = fit_fleet(feats, algorithm=algorithm, params=params, feature_names=features, min_windows=min_windows,
-                    n_jobs=n_jobs, progress=progress, false_rate=false_rate, window_ms=window_minutes * 60_000,
-                    announce=announce)
+    total = sum(pairs for *_, pairs in chunks)
+    fit = FitResult(models={}, skipped={}, training={}, algorithm=algorithm, features=tuple(features))
+    windows, done = 0, 0
+    for first, last, pairs in chunks:  # whole devices: a device's announce sensors are in its chunk
+        feats = window_features(load_windows(engine, from_ms, until_ms, devices=(first, last)))
+        windows += len(feats)
+        part = fit_fleet(feats, algorithm=algorithm, params=params, feature_names=features, min_windows=min_windows,
+                         n_jobs=n_jobs, false_rate=false_rate, window_ms=window_minutes * 60_000, announce=announce,
+                         progress=None if progress is None else lambda d, _t, done=done: progress(done + d, total))
+        fit.models.update(part.models)
+        fit.skipped.update(part.skipped)
+        fit.training.update(part.training)
+        done += pairs
+        if progress is not None:  # the chunk's skipped pairs count as done too
+            progress(done, total)
     if not fit.models:
         raise ValueError(f"no pair has {min_windows} windows in the range; lower --min-windows")
     version = new_version()
@@ -170,5 +215,5 @@ def train(engine: Engine, store: BlobStore, *, from_ms: int | None, until_ms: in
         write_pack(fit.models, folder, version=version, features=features, window_minutes=window_minutes,
                    training=fit.training, announce=announce)
         publish_pack(store, folder, version, activate=activate)
-    return TrainResult(version=version, models=len(fit.models), skipped=fit.skipped, windows=len(windows),
-                       activated=activate)
+    return TrainResult(version=version, models=len(fit.models), skipped=dict(sorted(fit.skipped.items())),
+                       windows=windows, activated=activate)
