@@ -47,9 +47,9 @@ class TrainResult:
     activated: bool
 
 
-TRAIN_CHUNK_PAIRS = 20_000
+TRAIN_CHUNK_PAIRS = 2_000
 """Pairs (of whole devices) whose windows `train` loads and fits together at most: its memory is one chunk's, not
-the fleet's (a 1,000-device demo peaked at 2.6 GB while training on all its windows at once)."""
+the fleet's (2 days of 5-minute windows take ~200 KB a pair while fitted: ~400 MB a chunk)."""
 
 
 def _in_range(query: sa.Select, from_ms: int | None, until_ms: int | None) -> sa.Select:
