@@ -70,7 +70,7 @@ from fleetscore.ingest.windows import aggregate, window_end  # noqa: E402
 from fleetscore.settings import Settings  # noqa: E402
 from fleetscore.sim.simulate import Simulation, simulate_fleet  # noqa: E402
 from scoring_job import engine  # noqa: E402
-from scoring_job.features import model_features  # noqa: E402
+from scoring_job.change import model_features  # noqa: E402
 from scoring_job.pack import load_pack, write_pack  # noqa: E402
 from scoring_job.train import fit_fleet, make_estimator  # noqa: E402
 

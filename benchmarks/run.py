@@ -61,8 +61,9 @@ from fleetscore.settings import Settings, load_settings  # noqa: E402
 from fleetscore.storage.paths import model_pack_prefix, partition_key  # noqa: E402
 from fleetscore.training import publish_pack  # noqa: E402
 from scoring_job import change  # noqa: E402
+from scoring_job.change import model_features  # noqa: E402
 from scoring_job.engine import score  # noqa: E402
-from scoring_job.features import model_features, window_features  # noqa: E402
+from scoring_job.features import window_features  # noqa: E402
 from scoring_job.pack import load_pack, lookback_windows, training_summary, write_pack  # noqa: E402
 from scoring_job.score import partition_features, read_partition  # noqa: E402
 from scoring_job.train import make_estimator  # noqa: E402

@@ -40,6 +40,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+try:
+    from .features import epoch_ms, window_features
+except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
+    from features import epoch_ms, window_features
+
 CONTEXT_WINDOWS = 6
 """Windows before a window that form its baseline (30 minutes at 5-minute windows)."""
 SETTLE_WINDOWS = 18
@@ -67,27 +72,15 @@ _Q90_TO_SD = 1.0 / 1.645
 _TINY = 1e-12
 
 
-def _epoch_ms(col: pd.Series) -> np.ndarray:
-    if pd.api.types.is_integer_dtype(col.dtype):
-        return col.to_numpy(dtype=np.int64)
-    return pd.to_datetime(col, utc=True).dt.as_unit("ms").array.asi8.astype(np.int64, copy=False)
-
-
-def _pair_order(device: np.ndarray, sensor: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Row positions sorted by (device, sensor, end)."""
-    return np.lexsort((end, sensor, device))
-
-
-def baseline_change(mean: np.ndarray, same_pair: list[np.ndarray], gaps: list[np.ndarray], window_ms: int,
+def baseline_change(mean: np.ndarray, device: np.ndarray, sensor: np.ndarray, end: np.ndarray, window_ms: int,
                     context: int) -> np.ndarray:
-    """(rows,) mean minus the median of the earlier means of the same pair within ``context`` windows; rows sorted
-    by pair and time; ``same_pair[j-1]``/``gaps[j-1]`` say whether row i - j is the same pair and how far back
-    (ms) it ends. NaN where no earlier mean is in reach."""
+    """(rows,) mean minus the median of the earlier means of the same pair ending within ``context`` windows before
+    it; rows sorted by (device, sensor, end), ``end`` epoch ms. NaN where no earlier mean is in reach."""
     rows = len(mean)
     earlier = np.full((rows, context), np.nan)
-    for j in range(1, context + 1):
-        ok = same_pair[j - 1] & (gaps[j - 1] <= context * window_ms)
-        earlier[j:, j - 1] = np.where(ok[j:], mean[:-j], np.nan) if rows > j else earlier[j:, j - 1]
+    for j in range(1, min(context, rows - 1) + 1):  # row i - j, the j-th row before
+        reach = (device[j:] == device[:-j]) & (sensor[j:] == sensor[:-j]) & (end[j:] - end[:-j] <= context * window_ms)
+        earlier[j:, j - 1] = np.where(reach, mean[:-j], np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no baseline
         return mean - np.nanmedian(earlier, axis=1) if rows else np.zeros(0)
@@ -129,22 +122,27 @@ def change_features(features: pd.DataFrame, window_ms: int, *, announce: Sequenc
                     context: int = CONTEXT_WINDOWS, settle: int = SETTLE_WINDOWS) -> pd.DataFrame:
     """``features`` (window features: device, sensor, window_end, n, mean, min, max, std) with ``mean_change`` and
     ``settling`` added (module docstring), in the same row order. Pure."""
-    end = _epoch_ms(features["window_end"])
+    end = epoch_ms(features["window_end"])
     device = features["device"].astype(str).to_numpy()
     sensor = features["sensor"].astype(str).to_numpy()
-    order = _pair_order(device, sensor, end)
-    d, s, e = device[order], sensor[order], end[order]
-    same, gaps = [], []
-    for j in range(1, context + 1):
-        same.append(np.concatenate([np.zeros(min(j, len(e)), bool), (d[j:] == d[:-j]) & (s[j:] == s[:-j])]))
-        gaps.append(np.concatenate([np.full(min(j, len(e)), np.iinfo(np.int64).max), e[j:] - e[:-j]]))
-    change_sorted = baseline_change(features["mean"].to_numpy(dtype=np.float64)[order], same, gaps, window_ms,
-                                    context)
+    order = np.lexsort((end, sensor, device))
     change = np.empty(len(features))
-    change[order] = change_sorted
+    change[order] = baseline_change(features["mean"].to_numpy(dtype=np.float64)[order], device[order], sensor[order],
+                                    end[order], window_ms, context)
     settling = settling_rows(features, end, announce, window_ms, settle)
     change[settling] = np.nan
     return features.assign(mean_change=change, settling=settling)
+
+
+def model_features(windows: pd.DataFrame, names: Sequence[str], window_ms: int, *,
+                   announce: Sequence[str] = ANNOUNCE_SENSORS, context: int = CONTEXT_WINDOWS,
+                   settle: int = SETTLE_WINDOWS) -> pd.DataFrame:
+    """:func:`features.window_features` of ``windows``, plus ``mean_change`` and ``settling`` (:func:`change_features`
+    over all the rows given, context rows included) when ``names`` asks for ``mean_change``. Same row order."""
+    feats = window_features(windows)
+    if "mean_change" in names:
+        feats = change_features(feats, window_ms, announce=announce, context=context, settle=settle)
+    return feats
 
 
 # ------------------------------------------------------------------------------------------ the detector

@@ -13,10 +13,8 @@ import numpy as np
 import pandas as pd
 
 try:
-    from . import change
     from .contract import WINDOW_COLUMNS
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
-    import change
     from contract import WINDOW_COLUMNS
 
 #: Default feature columns, in the order the models see them.
@@ -30,8 +28,8 @@ TIME_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos")
 #: window recall than the statistics alone. The day of week needs weeks of training (a weekday never seen in
 #: training looks anomalous: 11 % false windows after 2 days), so it is opt-in.
 DEFAULT_MODEL_FEATURES: tuple[str, ...] = STAT_FEATURES + ("tod_sin", "tod_cos")
-#: Every feature :func:`model_features` computes (what ``MODEL_FEATURES`` may name): the window's own, and the
-#: change from the pair's recent windows (:mod:`change`).
+#: Every feature ``MODEL_FEATURES`` may name: the window's own (:func:`window_features`), and the change from the
+#: pair's recent windows (:func:`change.model_features`).
 FEATURE_NAMES: tuple[str, ...] = STAT_FEATURES + TIME_FEATURES + ("n", "mean_change")
 
 _DAY_MS = 86_400_000
@@ -48,7 +46,7 @@ def time_features(window_end_ms: np.ndarray) -> dict[str, np.ndarray]:
     return {"tod_sin": np.sin(day), "tod_cos": np.cos(day), "dow_sin": np.sin(week), "dow_cos": np.cos(week)}
 
 
-def _epoch_ms(window_end: pd.Series) -> np.ndarray:
+def epoch_ms(window_end: pd.Series) -> np.ndarray:
     """(n,) int64 epoch ms of a tz-aware (or naive UTC) datetime column, or of integer epoch ms."""
     if pd.api.types.is_integer_dtype(window_end.dtype):
         return window_end.to_numpy(dtype=np.int64)
@@ -88,18 +86,8 @@ def window_features(windows: pd.DataFrame) -> pd.DataFrame:
             "min": windows["min"].to_numpy(dtype=np.float64),
             "max": windows["max"].to_numpy(dtype=np.float64),
             "std": std,
-            **time_features(_epoch_ms(windows["window_end"])),
+            **time_features(epoch_ms(windows["window_end"])),
         },
         index=windows.index,
     )
 
-
-def model_features(windows: pd.DataFrame, names: tuple[str, ...] | list[str], window_ms: int, *,
-                   announce: tuple[str, ...] | list[str] = change.ANNOUNCE_SENSORS,
-                   context: int = change.CONTEXT_WINDOWS, settle: int = change.SETTLE_WINDOWS) -> pd.DataFrame:
-    """:func:`window_features` of ``windows``, plus ``mean_change`` and ``settling`` (:func:`change.change_features`
-    over all the rows given, context rows included) when ``names`` asks for ``mean_change``. Same row order."""
-    feats = window_features(windows)
-    if "mean_change" in names:
-        feats = change.change_features(feats, window_ms, announce=announce, context=context, settle=settle)
-    return feats

@@ -48,13 +48,13 @@ import pyarrow.parquet as pq
 
 try:
     from . import engine
+    from .change import model_features
     from .contract import CONTEXT_COLUMN, PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
-    from .features import model_features
     from .pack import ModelPack, load_pack
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
     import engine
+    from change import model_features
     from contract import CONTEXT_COLUMN, PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
-    from features import model_features
     from pack import ModelPack, load_pack
 
 log = logging.getLogger("fleetscore.score")

@@ -241,7 +241,7 @@ def test_timer_past_due_claims_the_missed_slot_once(fleet):
 def test_a_change_z_run_exports_context_scores_only_its_range_and_scores_as_the_detector(fleet):
     from fleetscore.training import load_windows
     from scoring_job import change
-    from scoring_job.features import model_features
+    from scoring_job.change import model_features
     from scoring_job.pack import load_pack
 
     services, sim, _ = fleet
