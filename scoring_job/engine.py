@@ -705,9 +705,12 @@ def _score_change_runs(features: pd.DataFrame, runs: _Runs, change_runs: np.ndar
     NaN change (no baseline) is no evidence, not an error."""
     if not len(change_runs):
         return
-    rows = np.concatenate([np.arange(runs.start[g], runs.start[g] + runs.count[g]) for g in change_runs])
+    chosen = np.zeros(len(runs.start), dtype=bool)
+    chosen[change_runs] = True
+    run_of_row = np.repeat(np.arange(len(runs.start)), runs.count)  # runs cover the output rows in order
+    rows = np.flatnonzero(chosen[run_of_row])
     X = np.column_stack([runs.take(features[f].to_numpy(dtype=np.float64))[rows] for f in pack.features])
-    params = pack.change_params[np.repeat(pack.table["index"][runs.model[change_runs]], runs.count[change_runs])]
+    params = pack.change_params[pack.table["index"][runs.model[run_of_row[rows]]]]
     decision[rows] = -change.change_scores(X, params)
     if finite is not None:
         finite[rows] = True

@@ -583,7 +583,7 @@ class ModelPack:
         self.table = table
         ch = manifest.get("change")
         #: (change-z models, len(change.PARAMS)) float64 in table order, and what their features need
-        self.change_params = _check_change_section(ch, table)
+        self.change_params: np.ndarray | None = table.pop("change_params")  # checked with the table
         self.announce_sensors: tuple[str, ...] = tuple(ch["announce_sensors"]) if ch else ()
         self.context_windows: int = ch["context_windows"] if ch else change.CONTEXT_WINDOWS
         self.settle_windows: int = ch["settle_windows"] if ch else change.SETTLE_WINDOWS
@@ -769,14 +769,15 @@ def _check_header(m: Any) -> None:
 def _check_manifest(m: dict[str, Any]) -> dict[str, np.ndarray]:
     """Validate the per-model table and the 'svm'/'skops' sections against it (after :func:`_check_header`);
     return the table as arrays of ``count``: the fields (n_features and train_size -1 where null, quantiles as
-    ``score_<name>`` float64), plus ``is_svm`` and ``index`` (position in the model's store)."""
+    ``score_<name>`` float64), plus ``is_svm``, ``is_change`` and ``index`` (position in the model's store), and
+    ``change_params``: the change-z models' (models, len(change.PARAMS)) parameters, or None without any."""
     svm, sk = _check_sections(m)
     table = _table_columns(m["models"])
     is_svm, is_change, index = _store_numbers(table, svm, sk, m.get("change"))
     if is_svm.any():
         _check_svm_rows(table, is_svm, svm["shards"])
-    _check_change_section(m.get("change"), table)
-    return {**table, "is_svm": is_svm, "is_change": is_change, "index": index}
+    return {**table, "is_svm": is_svm, "is_change": is_change, "index": index,
+            "change_params": _check_change_section(m.get("change"), table)}
 
 
 def _check_sections(m: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
