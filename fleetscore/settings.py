@@ -116,13 +116,14 @@ class Settings(BaseSettings):
     model_algorithm: str = Field("change-z", alias="MODEL_ALGORITHM")
     model_features: str | None = Field(
         None, alias="MODEL_FEATURES",
-        description="comma list; unset: change-z reads mean_change,std,n, the others "
+        description="comma list; unset: change-z reads " + ",".join(change.FEATURES) + ", the others "
                     + ",".join(DEFAULT_MODEL_FEATURES),
     )
     announce_sensors: str = Field(
         ",".join(change.ANNOUNCE_SENSORS), alias="ANNOUNCE_SENSORS",
         description="comma list of sensors whose change announces a normal level change of their device's other "
-                    "sensors (change-z does not judge the device for SETTLE windows after it); empty: none",
+                    f"sensors (change-z does not judge the device for {change.SETTLE_WINDOWS} windows from it); "
+                    "empty: none",
     )
     model_min_windows: int = Field(48, alias="MODEL_MIN_WINDOWS", ge=5)
     alert_false_rate: float = Field(

@@ -6,7 +6,7 @@
 Algorithms (``params`` override the detector's parameters; ``{"scaler": False}`` drops the StandardScaler):
 
 * ``change-z`` (default): the window against its pair's recent windows as robust z-scores (:mod:`change`; no
-  parameters, features ``mean_change, std, n``, which :func:`fit_fleet` derives from the window features)
+  parameters, features :data:`change.FEATURES`; :func:`fit_fleet` derives ``mean_change`` from the window features)
 * ``ocsvm-rbf``: StandardScaler + OneClassSVM(kernel="rbf", nu=0.05, gamma="scale")
 * ``ocsvm-linear``: StandardScaler + OneClassSVM(kernel="linear", nu=0.05)
 * ``isolation-forest``: IsolationForest(n_estimators=100, contamination=0.05, random_state=0)
