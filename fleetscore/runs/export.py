@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Iterator
-from itertools import groupby
-from operator import itemgetter
 
 import numpy as np
 import pyarrow as pa
@@ -37,46 +35,15 @@ ROW_SCHEMA = PARTITION_SCHEMA.remove(PARTITION_SCHEMA.get_field_index("context")
 """The export query's columns as read (window_end epoch ms); PARTITION_SCHEMA less the context flag."""
 
 
-def device_partitions(rows: Iterable[tuple], partition_models: int) -> Iterator[list[tuple]]:
-    """Cut window rows sorted by (device, sensor, window_end) into partitions of whole devices holding at
-    most `partition_models` device+sensor pairs (more only when one device alone has more)."""
-    part: list[tuple] = []
-    pairs = 0
-    for _device, group in groupby(rows, key=itemgetter(0)):
-        device_rows = list(group)
-        device_pairs = len({r[1] for r in device_rows})
-        if part and pairs + device_pairs > partition_models:
-            yield part
-            part, pairs = [], 0
-        part.extend(device_rows)
-        pairs += device_pairs
-    if part:
-        yield part
-
-
-def scored_pairs_only(rows: Iterable[tuple], window_from: int) -> Iterator[tuple]:
-    """The rows (sorted by device, sensor, window_end) of the pairs that have a window after `window_from`."""
-    for _pair, group in groupby(rows, key=itemgetter(0, 1)):
-        pair_rows = list(group)
-        if pair_rows[-1][2] > window_from:
-            yield from pair_rows
-
-
-def partition_bytes(rows: list[tuple], window_from: int | None = None) -> bytes:
-    """One partition's window rows (WINDOW_SCHEMA order, window_end epoch ms) as Parquet (PARTITION_SCHEMA: rows
-    ending at or before `window_from` are context); equal rows give equal bytes."""
-    device, sensor, end, n, total, sumsq, lo, hi = zip(*rows, strict=True)
-    numeric = [np.array(col, dtype=np.float64) for col in (total, sumsq, lo, hi)]
-    ends = np.array(end, dtype=np.int64)
-    context = ends <= window_from if window_from is not None else np.zeros(len(ends), dtype=bool)
-    table = pa.Table.from_arrays(
-        [pa.array(device, pa.string()), pa.array(sensor, pa.string()),
-         pa.array(ends).cast(PARTITION_SCHEMA.field("window_end").type),
-         pa.array(np.array(n, dtype=np.int64)), *(pa.array(col) for col in numeric), pa.array(context)],
-        schema=PARTITION_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+def partition_tables(batches: Iterable[pa.Table], window_from: int, partition_models: int, *,
+                     scored_only: bool) -> Iterator[pa.Table]:
+    """Batches of the export query's rows (ROW_SCHEMA, sorted by device, sensor, window_end) as partition tables
+    (PARTITION_SCHEMA) of whole devices with at most `partition_models` pairs, rows ending at or before
+    `window_from` flagged as context; with `scored_only`, the pairs without a window after it dropped."""
+    tables = _whole_devices(_partition_columns(t, window_from) for t in batches)
+    if scored_only:
+        tables = (_scored_pairs(t, window_from) for t in tables)
+    return _partition_tables(tables, partition_models)
 
 
 def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version: str, window_ms: int,
@@ -100,10 +67,8 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
                            window_minutes=window_ms // 60_000, created_at=clock.now_ms())
     with engine.connect() as conn:
         batches = db.arrow_batches(conn, query, ROW_SCHEMA, batch_rows=BATCH_ROWS, columnar=columnar)
-        tables = _whole_devices(_partition_columns(t, claim.window_from) for t in batches)
-        if lookback_windows:
-            tables = (_scored_pairs(t, claim.window_from) for t in tables)
-        for number, table in enumerate(_partition_tables(tables, partition_models)):
+        tables = partition_tables(batches, claim.window_from, partition_models, scored_only=bool(lookback_windows))
+        for number, table in enumerate(tables):
             name = partition_name(number)
             store.put(partition_key(claim.run_id, name), table_bytes(table))
             if on_partition:
@@ -117,7 +82,7 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
 
 
 def table_bytes(table: pa.Table) -> bytes:
-    """A partition table (PARTITION_SCHEMA) as Parquet; equal rows give equal bytes (as `partition_bytes`)."""
+    """A partition table (PARTITION_SCHEMA) as Parquet; equal rows give equal bytes."""
     buf = io.BytesIO()
     pq.write_table(table.combine_chunks(), buf, compression="zstd")
     return buf.getvalue()
