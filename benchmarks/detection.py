@@ -29,7 +29,9 @@ detect over caught faults (`fleetscore.evaluation.metrics.detect`): the end of t
 alert (for (c) the window holding the flagged reading; not before the fault's first window) minus the fault's
 first reading, in minutes. The raising window is found as `fleetscore evaluate` finds it
 (`fleetscore.evaluation.sweep.raise_windows`).
-Schedule latency (a run every hour) is not in it.
+Schedule latency (a run every hour) is not in it. Before the tables: the share of faults (a) and (c) caught, by
+fault kind and size class (subtle 2-3 sigma, moderate 3-6, gross 6-15; stuck has no size) and by the pair's
+reporting mode (regular, sparse, on_change), over all seeds: where the library's misses are.
 
 Last line: RESULT recall=... precision=... false_per_1000_pair_days=... vs_reference_false=...  for (a), the mean
 of the seeds' figures; vs_reference_false = reference (c) false alerts / library (a) false alerts, summed over the
@@ -63,6 +65,7 @@ from fleetscore.evaluation.metrics import (  # noqa: E402
     detect,
     episodes_from_flags,
     events_in_range,
+    match_alerts,
     pair_days,
 )
 from fleetscore.evaluation.sweep import raise_windows  # noqa: E402
@@ -229,14 +232,40 @@ def reference_alerts(flags: pd.DataFrame, window_ms: int, merged: bool) -> pd.Da
                                                raised_window_end=("raised_window_end", "min")).reset_index(drop=True)
 
 
+# ------------------------------------------------------------------------------------------ what is missed
+SIZE_CLASSES = ((0.0, 3.0, "subtle"), (3.0, 6.0, "moderate"), (6.0, math.inf, "gross"))
+"""Fault size classes by magnitude (σ units), as the simulator draws them (`fleetscore.sim.faults.MAGNITUDES`)."""
+
+
+def size_class(magnitude: np.ndarray) -> np.ndarray:
+    """(faults,) "subtle", "moderate" or "gross" by magnitude (σ units); "-" for a fault without one (stuck)."""
+    out = np.full(len(magnitude), "-", dtype=object)
+    for low, high, name in SIZE_CLASSES:
+        out[(magnitude >= low) & (magnitude < high)] = name
+    return out
+
+
+def caught_faults(sim: Simulation, caught: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per scored fault: kind, size (:func:`size_class`), the pair's reporting mode (regular, sparse,
+    on_change; "-" when the simulator does not say) and, per approach in `caught`, whether it was caught (bool)."""
+    details = events_in_range(sim.fault_details, sim.clean_until_ms, sim.end_ms).reset_index(drop=True)
+    modes = (sim.pairs.set_index(["device", "sensor"])["mode"] if "mode" in sim.pairs.columns
+             else pd.Series(dtype=object))
+    mode = [modes.get((d, s), "-") for d, s in zip(details["device"], details["sensor"], strict=True)]
+    return pd.DataFrame({"kind": details["kind"].astype(str).to_numpy(),
+                         "size": size_class(details["magnitude"].to_numpy(dtype=np.float64)),
+                         "mode": mode, **caught})
+
+
 # ------------------------------------------------------------------------------------------ one seed
 APPROACHES = ("(a) library defaults", "(b) today: score > 0, one window",
               "(c) reference: raw readings, every flagged reading", "    (c) with consecutive flagged readings merged")
 
 
 def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Tick,
-                 overrides: dict[str, str] | None = None) -> tuple[dict[str, Detection], str]:
-    """The four rows of one seed's fleet, and a note on how its models were fitted."""
+                 overrides: dict[str, str] | None = None) -> tuple[dict[str, Detection], str, pd.DataFrame]:
+    """The four rows of one seed's fleet, a note on how its models were fitted, and each fault with whether (a)
+    and (c) caught it (:func:`caught_faults`)."""
     settings = default_settings(overrides)
     W = settings.window_ms
     sim = simulate(seed, pairs, days, train_days)
@@ -252,8 +281,10 @@ def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Ti
     rows = {label: detect(a, faults, window_ms=W, pair_days=exposure)
             for label, a in zip(APPROACHES, alerts, strict=True)}
     pairs_total = sim.readings[["device", "sensor"]].drop_duplicates().shape[0]
+    faults_caught = caught_faults(sim, {short: match_alerts(alerts[i], faults, W).fault_is_detected
+                                        for short, i in (("(a)", 0), ("(c)", 2))})
     return rows, (f"{pairs_total} pairs; library: {scored[['device', 'sensor']].drop_duplicates().shape[0]} "
-                  f"pairs with a model; reference: {subsampled} pairs fitted on a subsample")
+                  f"pairs with a model; reference: {subsampled} pairs fitted on a subsample"), faults_caught
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -281,6 +312,21 @@ def seed_mean(rows: list[Detection]) -> Detection:
                      precision=mean("precision"), recall=mean("recall"), pair_days=sum(d.pair_days for d in rows),
                      false_per_1000_pair_days=mean("false_per_1000_pair_days"),
                      median_ttd_minutes=mean("median_ttd_minutes"))
+
+
+def caught_share(faults: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Faults and the share (a) and (c) caught, by the column `by` of :func:`caught_faults`' rows."""
+    return faults.groupby(by, sort=True).agg(faults=("(a)", "size"), a=("(a)", "mean"), c=("(c)", "mean"))
+
+
+def report_missed(faults: pd.DataFrame) -> None:
+    """What (a) misses: the share of faults caught by (a) and by (c), by kind and size and by reporting mode."""
+    print(f"\ncaught share by fault kind and size, and by the pair's reporting mode (all seeds; {len(faults)} faults)")
+    print(f"  {'':28s} {'faults':>6s} {'(a)':>6s} {'(c)':>6s}")
+    for by in (["kind", "size"], "mode"):
+        for key, row in caught_share(faults, by).iterrows():
+            label = " ".join(key) if isinstance(key, tuple) else key
+            print(f"  {label:28s} {row['faults']:6.0f} {row['a']:6.2f} {row['c']:6.2f}")
 
 
 def report(results: dict[int, dict[str, Detection]], notes: dict[int, str], changed: str = "") -> None:
@@ -326,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
           f"reference: fits at most {REFERENCE_MAX_TRAIN:,} raw readings per pair (an evenly spaced subsample "
           f"beyond that; the count of pairs subsampled is printed per seed)")
     t0 = time.perf_counter()
-    results, notes = {}, {}
+    results, notes, faults = {}, {}, []
     with progress_bar() as bar:
         tasks: dict[str, int] = {}
 
@@ -338,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             tasks.clear()
             seed_tick = functools.partial(lambda seed, s, d, t: tick(f"seed {seed} {s}", d, t), seed)
-            results[seed], notes[seed] = measure_seed(seed, args.pairs, args.days, args.train_days, seed_tick,
-                                                      overrides)
+            results[seed], notes[seed], caught = measure_seed(seed, args.pairs, args.days, args.train_days,
+                                                              seed_tick, overrides)
+            faults.append(caught)
     print(f"measured in {time.perf_counter() - t0:.0f} s")
+    report_missed(pd.concat(faults, ignore_index=True))
     report(results, notes, " ".join(args.set))
     return 0
 
