@@ -33,7 +33,6 @@ carries them as context rows, not scored).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,9 +40,9 @@ import numpy as np
 import pandas as pd
 
 try:
-    from .features import epoch_ms, window_features
+    from .features import TIME_FEATURES, epoch_ms, window_features, window_mean
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
-    from features import epoch_ms, window_features
+    from features import TIME_FEATURES, epoch_ms, window_features, window_mean
 
 CONTEXT_WINDOWS = 6
 """Windows before a window that form its baseline (30 minutes at 5-minute windows)."""
@@ -72,28 +71,84 @@ _Q90_TO_SD = 1.0 / 1.645
 _TINY = 1e-12
 
 
-def baseline_change(mean: np.ndarray, device: np.ndarray, sensor: np.ndarray, end: np.ndarray, window_ms: int,
-                    context: int) -> np.ndarray:
-    """(rows,) mean minus the median of the earlier means of the same pair ending within ``context`` windows before
-    it; rows sorted by (device, sensor, end), ``end`` epoch ms. NaN where no earlier mean is in reach."""
-    rows = len(mean)
-    earlier = np.full((rows, context), np.nan)
-    for j in range(1, min(context, rows - 1) + 1):  # row i - j, the j-th row before
-        reach = (device[j:] == device[:-j]) & (sensor[j:] == sensor[:-j]) & (end[j:] - end[:-j] <= context * window_ms)
-        earlier[j:, j - 1] = np.where(reach, mean[:-j], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no baseline
-        return mean - np.nanmedian(earlier, axis=1) if rows else np.zeros(0)
+def pair_codes(frame: pd.DataFrame, columns: Sequence[str] = ("device", "sensor")) -> np.ndarray:
+    """(rows,) int64: one code per distinct combination of ``columns`` (equal codes ⇔ equal values; the codes' order
+    says nothing). Categorical columns (a partition's, :func:`score.read_partition`) use their category codes; others
+    are factorized. No string is copied."""
+    code = np.zeros(len(frame), dtype=np.int64)
+    for name in columns:
+        col = frame[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            codes, size = col.cat.codes.to_numpy(dtype=np.int64), len(col.cat.categories)
+        else:
+            codes, uniques = pd.factorize(col)
+            codes, size = codes.astype(np.int64, copy=False), len(uniques)
+        code = code * (size + 1) + codes  # NaN ids code as -1: their own value, as before
+    return code
 
 
-def announced_changes(frame: pd.DataFrame, end: np.ndarray, announce: Sequence[str]) -> pd.DataFrame:
-    """The announced changes (columns device, start: the window end of the change, epoch ms), sorted by start:
-    windows of an announce sensor whose mean differs from its previous window's or whose min differs from its
-    max."""
-    is_announce = frame["sensor"].astype(str).isin(list(announce)).to_numpy()
-    sub = pd.DataFrame({"device": frame["device"].astype(str).to_numpy()[is_announce],
-                        "sensor": frame["sensor"].astype(str).to_numpy()[is_announce], "start": end[is_announce],
-                        "mean": frame["mean"].to_numpy(dtype=np.float64)[is_announce],
+def nanmedian_rows(values: np.ndarray) -> np.ndarray:
+    """(rows,) the median of each row's non-NaN values of ``values`` (rows, k), NaN for a row without one: the same
+    numbers as ``np.nanmedian(values, axis=1)`` (the middle value, or half the sum of the two middle ones), by one
+    sort of the rows (NaN sorts last) instead of a masked array per row."""
+    rows, k = values.shape
+    if not rows or not k:
+        return np.full(rows, np.nan)
+    ordered = np.sort(values, axis=1).ravel()
+    count = k - (np.isnan(values).astype(np.float32) @ np.ones(k, dtype=np.float32)).astype(np.int64)  # exact: <= k
+    first = np.arange(0, rows * k, k)  # each row's first value in ``ordered``
+    low = ordered[first + np.maximum(count - 1, 0) // 2]
+    high = ordered[first + np.minimum(count // 2, k - 1)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        middle = np.where(count % 2 == 1, low, (low + high) / 2.0)
+    return np.where(count > 0, middle, np.nan)
+
+
+def baseline_change(mean: np.ndarray, pair: np.ndarray, end: np.ndarray, window_ms: int, context: int,
+                    needed: np.ndarray | None = None) -> np.ndarray:
+    """(rows,) mean minus the median of the earlier means of the same pair (equal ``pair`` codes, e.g. from
+    :func:`pair_codes`) ending within ``context`` windows before it; rows sorted by (pair, end), ``end`` epoch ms.
+    NaN where no earlier mean is in reach, and where ``needed`` (rows,) bool, when given, is false. A numba kernel
+    when numba is there (``_kernels.baseline_change``), else :func:`baseline_change_numpy`: the same numbers."""
+    try:
+        from . import _kernels
+    except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
+        import _kernels
+    if not _kernels.HAVE_NUMBA:
+        return baseline_change_numpy(mean, pair, end, window_ms, context, needed)
+    rows = np.arange(len(mean)) if needed is None else np.flatnonzero(needed)
+    out = np.full(len(mean), np.nan)
+    _kernels.baseline_change(np.ascontiguousarray(mean, dtype=np.float64), np.ascontiguousarray(pair, dtype=np.int64),
+                             np.ascontiguousarray(end, dtype=np.int64), rows, int(context), int(context * window_ms),
+                             out)
+    return out
+
+
+def baseline_change_numpy(mean: np.ndarray, pair: np.ndarray, end: np.ndarray, window_ms: int, context: int,
+                          needed: np.ndarray | None = None) -> np.ndarray:
+    """:func:`baseline_change` in numpy: each row's earlier means as a (rows, context) array and
+    :func:`nanmedian_rows` of it."""
+    rows = np.arange(len(mean)) if needed is None else np.flatnonzero(needed)
+    own_pair, oldest = pair[rows], end[rows] - context * window_ms
+    earlier = np.full((len(rows), context), np.nan)
+    for j in range(1, context + 1):  # row i - j, the j-th row before
+        before = np.maximum(rows - j, 0)
+        reach = (rows >= j) & (pair[before] == own_pair) & (end[before] >= oldest)
+        earlier[:, j - 1] = np.where(reach, mean[before], np.nan)
+    out = np.full(len(mean), np.nan)
+    out[rows] = mean[rows] - nanmedian_rows(earlier)
+    return out
+
+
+def announced_changes(frame: pd.DataFrame, end: np.ndarray, mean: np.ndarray, announce: Sequence[str],
+                      device: np.ndarray | None = None) -> pd.DataFrame:
+    """The announced changes (columns device: the device's code in ``device``, by default :func:`pair_codes` of the
+    device column; start: the window end of the change, epoch ms), sorted by start: windows of an announce sensor
+    whose mean (in ``mean``, (rows,)) differs from its previous window's or whose min differs from its max."""
+    device = pair_codes(frame, ("device",)) if device is None else device
+    is_announce = frame["sensor"].isin(list(announce)).to_numpy(dtype=bool)
+    sub = pd.DataFrame({"device": device[is_announce], "sensor": pair_codes(frame)[is_announce],
+                        "start": end[is_announce], "mean": mean[is_announce],
                         "spread": (frame["max"].to_numpy(dtype=np.float64)
                                    - frame["min"].to_numpy(dtype=np.float64))[is_announce]})
     sub = sub.sort_values(["device", "sensor", "start"], kind="stable")
@@ -102,14 +157,26 @@ def announced_changes(frame: pd.DataFrame, end: np.ndarray, announce: Sequence[s
     return sub.loc[changed, ["device", "start"]].sort_values("start", kind="stable", ignore_index=True)
 
 
-def settling_rows(frame: pd.DataFrame, end: np.ndarray, announce: Sequence[str], window_ms: int,
+def _may_hold(column: pd.Series, values: Sequence[str]) -> bool:
+    """False when ``column`` holds none of ``values`` (a categorical's categories say so without a scan)."""
+    if not values:
+        return False
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return bool(column.cat.categories.isin(list(values)).any())
+    return bool(column.isin(list(values)).any())
+
+
+def settling_rows(frame: pd.DataFrame, end: np.ndarray, mean: np.ndarray, announce: Sequence[str], window_ms: int,
                   settle: int) -> np.ndarray:
     """(rows,) bool: the row's window ends within ``settle`` windows of its device's latest announced change (the
     change's own window included)."""
-    changes = announced_changes(frame, end, announce)
-    if changes.empty or not len(frame):
+    if not len(frame) or not _may_hold(frame["sensor"], announce):
         return np.zeros(len(frame), dtype=bool)
-    rows = pd.DataFrame({"device": frame["device"].astype(str).to_numpy(), "end": end, "row": np.arange(len(frame))})
+    device = pair_codes(frame, ("device",))
+    changes = announced_changes(frame, end, mean, announce, device)
+    if changes.empty:
+        return np.zeros(len(frame), dtype=bool)
+    rows = pd.DataFrame({"device": device, "end": end, "row": np.arange(len(frame))})
     rows = rows.sort_values("end", kind="stable")
     latest = pd.merge_asof(rows, changes.rename(columns={"start": "end_change"}), left_on="end",
                            right_on="end_change", by="device", direction="backward")
@@ -118,30 +185,49 @@ def settling_rows(frame: pd.DataFrame, end: np.ndarray, announce: Sequence[str],
     return out
 
 
+def change_columns(frame: pd.DataFrame, mean: np.ndarray, window_ms: int, *, announce: Sequence[str] = ANNOUNCE_SENSORS,
+                   context: int = CONTEXT_WINDOWS, settle: int = SETTLE_WINDOWS,
+                   needed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean_change, settling), each (rows,), of ``frame`` (device, sensor, window_end, min, max; rows in any order)
+    whose windows' means are ``mean`` (rows,) (module docstring); ``needed`` (rows,) bool, when given, the rows whose
+    ``mean_change`` is wanted (NaN in the others: a partition's context rows are read, never scored)."""
+    end = epoch_ms(frame["window_end"])
+    pair = pair_codes(frame)
+    if len(pair) < 2 or ((np.diff(pair) > 0) | ((np.diff(pair) == 0) & (np.diff(end) > 0))).all():
+        change = baseline_change(mean, pair, end, window_ms, context, needed)  # already in (pair, end) order
+    else:
+        order = np.lexsort((end, pair))
+        change = np.empty(len(frame))
+        change[order] = baseline_change(mean[order], pair[order], end[order], window_ms, context,
+                                        None if needed is None else needed[order])
+    settling = settling_rows(frame, end, mean, announce, window_ms, settle)
+    change[settling] = np.nan
+    return change, settling
+
+
 def change_features(features: pd.DataFrame, window_ms: int, *, announce: Sequence[str] = ANNOUNCE_SENSORS,
                     context: int = CONTEXT_WINDOWS, settle: int = SETTLE_WINDOWS) -> pd.DataFrame:
     """``features`` (window features: device, sensor, window_end, n, mean, min, max, std) with ``mean_change`` and
-    ``settling`` added (module docstring), in the same row order. Pure."""
-    end = epoch_ms(features["window_end"])
-    device = features["device"].astype(str).to_numpy()
-    sensor = features["sensor"].astype(str).to_numpy()
-    order = np.lexsort((end, sensor, device))
-    change = np.empty(len(features))
-    change[order] = baseline_change(features["mean"].to_numpy(dtype=np.float64)[order], device[order], sensor[order],
-                                    end[order], window_ms, context)
-    settling = settling_rows(features, end, announce, window_ms, settle)
-    change[settling] = np.nan
+    ``settling`` added (:func:`change_columns`), in the same row order. Pure."""
+    change, settling = change_columns(features, features["mean"].to_numpy(dtype=np.float64), window_ms,
+                                      announce=announce, context=context, settle=settle)
     return features.assign(mean_change=change, settling=settling)
 
 
 def model_features(windows: pd.DataFrame, names: Sequence[str], window_ms: int, *,
                    announce: Sequence[str] = ANNOUNCE_SENSORS, context: int = CONTEXT_WINDOWS,
-                   settle: int = SETTLE_WINDOWS) -> pd.DataFrame:
-    """:func:`features.window_features` of ``windows``, plus ``mean_change`` and ``settling`` (:func:`change_features`
-    over all the rows given, context rows included) when ``names`` asks for ``mean_change``. Same row order."""
-    feats = window_features(windows)
+                   settle: int = SETTLE_WINDOWS, calendar: Sequence[str] = TIME_FEATURES,
+                   rows: np.ndarray | None = None) -> pd.DataFrame:
+    """:func:`features.window_features` of ``windows`` (with the time features in ``calendar``), plus ``mean_change``
+    and ``settling`` (:func:`change_columns`, over all the rows given, context rows included) when ``names`` asks
+    for ``mean_change``; of the rows where ``rows`` (len(windows),) bool is true when given (their index kept), else
+    of every row. Row order kept."""
+    feats = window_features(windows if rows is None else windows[rows], calendar)
     if "mean_change" in names:
-        feats = change_features(feats, window_ms, announce=announce, context=context, settle=settle)
+        change, settling = change_columns(windows, window_mean(windows), window_ms, announce=announce, context=context,
+                                          settle=settle, needed=rows)
+        feats["mean_change"] = change if rows is None else change[rows]
+        feats["settling"] = settling if rows is None else settling[rows]
     return feats
 
 

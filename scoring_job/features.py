@@ -9,6 +9,8 @@ features its models were fitted on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -37,13 +39,18 @@ _WEEK_MS = 7 * _DAY_MS
 _MONDAY_MS = 4 * _DAY_MS  # 1970-01-01 was a Thursday: the first Monday 00:00 UTC is 1970-01-05
 
 
-def time_features(window_end_ms: np.ndarray) -> dict[str, np.ndarray]:
-    """The :data:`TIME_FEATURES` of window ends (n,) int64 epoch ms UTC: sin/cos of the phase 2π·(time of day)/day
-    and 2π·(time since Monday 00:00)/week, each (n,) float64 in [-1, 1]."""
+def time_features(window_end_ms: np.ndarray, names: Sequence[str] = TIME_FEATURES) -> dict[str, np.ndarray]:
+    """The :data:`TIME_FEATURES` in ``names`` (all by default) of window ends (n,) int64 epoch ms UTC: sin/cos of the
+    phase 2π·(time of day)/day and 2π·(time since Monday 00:00)/week, each (n,) float64 in [-1, 1]."""
     ms = np.asarray(window_end_ms, dtype=np.int64)
-    day = (2.0 * np.pi / _DAY_MS) * (ms % _DAY_MS).astype(np.float64)
-    week = (2.0 * np.pi / _WEEK_MS) * ((ms - _MONDAY_MS) % _WEEK_MS).astype(np.float64)
-    return {"tod_sin": np.sin(day), "tod_cos": np.cos(day), "dow_sin": np.sin(week), "dow_cos": np.cos(week)}
+    out: dict[str, np.ndarray] = {}
+    if "tod_sin" in names or "tod_cos" in names:
+        day = (2.0 * np.pi / _DAY_MS) * (ms % _DAY_MS).astype(np.float64)
+        out.update(tod_sin=np.sin(day), tod_cos=np.cos(day))
+    if "dow_sin" in names or "dow_cos" in names:
+        week = (2.0 * np.pi / _WEEK_MS) * ((ms - _MONDAY_MS) % _WEEK_MS).astype(np.float64)
+        out.update(dow_sin=np.sin(week), dow_cos=np.cos(week))
+    return {name: out[name] for name in TIME_FEATURES if name in names}
 
 
 def epoch_ms(window_end: pd.Series) -> np.ndarray:
@@ -54,14 +61,21 @@ def epoch_ms(window_end: pd.Series) -> np.ndarray:
     return col.dt.as_unit("ms").array.asi8.astype(np.int64, copy=False) if len(col) else np.zeros(0, np.int64)
 
 
-def window_features(windows: pd.DataFrame) -> pd.DataFrame:
+def window_mean(windows: pd.DataFrame) -> np.ndarray:
+    """(rows,) float64 mean of each window's readings (sum / n; NaN when n == 0), as :func:`window_features` has it."""
+    n = windows["n"].to_numpy(dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, windows["sum"].to_numpy(dtype=np.float64) / n.astype(np.float64), np.nan)
+
+
+def window_features(windows: pd.DataFrame, calendar: Sequence[str] = TIME_FEATURES) -> pd.DataFrame:
     """Turn window aggregates into model features.
 
     Input columns: device, sensor, window_end (tz-aware UTC), n (readings, int), sum, sumsq, min, max
     (float64, in the sensor's unit). Output columns: device, sensor, window_end, n, mean, min, max, std,
-    and the :data:`TIME_FEATURES`, one row per input row in the same order. ``std`` is the sample standard
-    deviation (ddof=1, like Azure Stream Analytics ``STDEV``), 0.0 when n < 2; a tiny negative variance from
-    rounding is clipped to 0. ``mean`` is NaN when n == 0.
+    and the :data:`TIME_FEATURES` named in ``calendar`` (all by default), one row per input row in the same
+    order. ``std`` is the sample standard deviation (ddof=1, like Azure Stream Analytics ``STDEV``), 0.0 when
+    n < 2; a tiny negative variance from rounding is clipped to 0. ``mean`` is NaN when n == 0.
     """
     missing = [c for c in WINDOW_COLUMNS if c not in windows.columns]
     if missing:
@@ -70,8 +84,8 @@ def window_features(windows: pd.DataFrame) -> pd.DataFrame:
     s = windows["sum"].to_numpy(dtype=np.float64)
     ss = windows["sumsq"].to_numpy(dtype=np.float64)
     nf = n.astype(np.float64)
+    mean = window_mean(windows)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(n > 0, s / nf, np.nan)
         # (sumsq - sum^2/n) / (n - 1); clip the rounding residue below zero
         var = np.where(n >= 2, (ss - s * mean) / (nf - 1.0), 0.0)
     var = np.where(np.isfinite(var), np.maximum(var, 0.0), var)
@@ -86,7 +100,7 @@ def window_features(windows: pd.DataFrame) -> pd.DataFrame:
             "min": windows["min"].to_numpy(dtype=np.float64),
             "max": windows["max"].to_numpy(dtype=np.float64),
             "std": std,
-            **time_features(epoch_ms(windows["window_end"])),
+            **time_features(epoch_ms(windows["window_end"]), calendar),
         },
         index=windows.index,
     )

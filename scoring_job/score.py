@@ -50,11 +50,13 @@ try:
     from . import engine
     from .change import model_features
     from .contract import CONTEXT_COLUMN, PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from .features import TIME_FEATURES
     from .pack import ModelPack, load_pack
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
     import engine
     from change import model_features
     from contract import CONTEXT_COLUMN, PARTITION_SUFFIX, PREDICTION_SCHEMA, RESULT_COLUMNS, WINDOW_COLUMNS
+    from features import TIME_FEATURES
     from pack import ModelPack, load_pack
 
 log = logging.getLogger("fleetscore.score")
@@ -155,10 +157,13 @@ def read_partition(path: str) -> pd.DataFrame:
 
 def partition_features(windows: pd.DataFrame, pack: ModelPack) -> pd.DataFrame:
     """The features ``pack`` scores, of a partition's windows: computed over all rows (context rows give the first
-    windows their baseline and announced changes), then the context rows dropped."""
+    windows their baseline and announced changes), then the context rows dropped. Only the time features the pack
+    names are computed, and the change from the recent past only for the rows scored."""
     feats = model_features(windows, pack.features, pack.window_minutes * 60_000, announce=pack.announce_sensors,
-                           context=pack.context_windows, settle=pack.settle_windows)
-    return feats[~windows[CONTEXT_COLUMN].to_numpy(dtype=bool)].reset_index(drop=True)
+                           context=pack.context_windows, settle=pack.settle_windows,
+                           calendar=[f for f in TIME_FEATURES if f in pack.features],
+                           rows=~windows[CONTEXT_COLUMN].to_numpy(dtype=bool))
+    return feats.reset_index(drop=True)
 
 
 def score_partition(path: str, pack: ModelPack, output: Path, run_id: str = "", dtype: str = "float64") -> dict:

@@ -4,17 +4,21 @@ against the detector itself (exact), with settling and baseline-less windows."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from scoring_job import change, engine
-from scoring_job.features import time_features
+from scoring_job import _kernels, change, engine
+from scoring_job.contract import CONTEXT_COLUMN
+from scoring_job.features import time_features, window_features
 from scoring_job.pack import PackError, load_pack, lookback_windows, write_pack
+from scoring_job.score import partition_features
 from scoring_job.train import fit_fleet
 
 W = 300_000
@@ -170,6 +174,106 @@ def test_fit_fleet_derives_the_change_features_and_refuses_others_for_change_z()
         fit_fleet(frame, algorithm="change-z", feature_names=("mean", "std"), n_jobs=1)
     with pytest.raises(ValueError, match="no parameters"):
         fit_fleet(frame, algorithm="change-z", params={"nu": 0.1}, feature_names=change.FEATURES, n_jobs=1)
+
+
+def test_the_row_median_is_numpys_nanmedian_exactly():
+    rng = np.random.default_rng(12)
+    for trial in range(300):
+        rows, k = int(rng.integers(0, 40)), int(rng.integers(1, 9))
+        values = rng.standard_normal((rows, k)) * 10.0 ** float(rng.integers(-5, 300))  # sums may overflow
+        values[rng.random((rows, k)) < rng.random()] = np.nan
+        if trial % 3 == 0:
+            values = np.round(values)  # ties
+        if rows and trial % 5 == 0:
+            values[0, 0], values[-1, -1] = np.inf, -np.inf
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows, overflowing sums
+            expected = np.nanmedian(values, axis=1) if rows else np.zeros(0)
+        np.testing.assert_array_equal(change.nanmedian_rows(values), expected)
+
+
+def test_the_numba_baseline_and_the_numpy_one_give_the_same_numbers():
+    if not _kernels.HAVE_NUMBA:
+        pytest.fail("numba is a dependency of the dev install; the baseline kernel must be tested")
+    rng = np.random.default_rng(14)
+    for trial in range(60):
+        rows = int(rng.integers(0, 400))
+        pair = np.sort(rng.integers(0, 6, rows))
+        end = np.zeros(rows, dtype=np.int64)
+        for p in np.unique(pair):  # per pair: ascending window ends with gaps, a few repeated
+            at = pair == p
+            end[at] = T0 + W * np.cumsum(rng.choice([0, 1, 1, 1, 2, 5, 9], int(at.sum())))
+        mean = rng.normal(0, 1, rows) * 10.0 ** float(rng.integers(-3, 200))
+        mean[rng.random(rows) < 0.1] = np.nan
+        mean[rng.random(rows) < 0.2] = 1.5  # ties
+        needed = rng.random(rows) < 0.7 if trial % 2 else None
+        context = int(rng.integers(1, 9))
+        with np.errstate(all="ignore"):
+            expected = change.baseline_change_numpy(mean, pair, end, W, context, needed)
+            got = change.baseline_change(mean, pair, end, W, context, needed)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_the_baseline_of_six_windows_is_their_median_in_every_order():
+    """The kernel sorts a full baseline (six windows) with a sorting network: every order of six values, with and
+    without ties, gives numpy's median."""
+    if not _kernels.HAVE_NUMBA:
+        pytest.fail("numba is a dependency of the dev install; the baseline kernel must be tested")
+    orders = np.array(list(itertools.permutations(range(6))), dtype=np.float64)
+    for values in (np.array([-3.0, 0.5, 1.0, 2.0, 7.0, np.inf]), np.array([1.0, 1.0, 2.0, 2.0, 2.0, -np.inf])):
+        history = values[orders.astype(int)]  # (720, 6): each order, then the window judged
+        mean = np.column_stack([history, np.full(len(history), 10.0)]).ravel()
+        pair = np.repeat(np.arange(len(history)), 7)
+        end = np.tile(T0 + W * np.arange(7), len(history))
+        got = change.baseline_change(mean, pair, end, W, 6)[6::7]
+        np.testing.assert_array_equal(got, 10.0 - np.median(values))
+        np.testing.assert_array_equal(got, change.baseline_change_numpy(mean, pair, end, W, 6)[6::7])
+
+
+def test_pair_codes_are_equal_exactly_for_equal_pairs_whatever_the_column_type():
+    frame = pd.DataFrame({"device": ["a", "ab", "a", "ab", "b", None], "sensor": ["bc", "c", "bc", "bc", "c", "c"]})
+    expected = frame.fillna("<none>").groupby(["device", "sensor"], sort=False).ngroup().to_numpy()
+    for cast in (lambda c: c, lambda c: c.astype("category"), lambda c: c.astype("string[pyarrow]")):
+        codes = change.pair_codes(frame.assign(device=cast(frame["device"]), sensor=cast(frame["sensor"])))
+        same = codes[:, None] == codes[None, :]
+        np.testing.assert_array_equal(same, expected[:, None] == expected[None, :])
+
+
+def _aggregates(features: pd.DataFrame, context: int) -> pd.DataFrame:
+    """Window features (sorted by pair and time) as a partition's rows: aggregates, categorical keys, datetimes,
+    each pair's first `context` windows marked as context rows."""
+    n = features["n"].to_numpy(dtype=np.float64)
+    first = features.groupby(["device", "sensor"]).cumcount().to_numpy() < context
+    return pd.DataFrame({"device": features["device"].astype("category"),
+                         "sensor": features["sensor"].astype("category"),
+                         "window_end": pd.to_datetime(features["window_end"], unit="ms", utc=True).dt.as_unit("ms"),
+                         "n": features["n"].astype(np.int64), "sum": features["mean"] * n,
+                         "sumsq": features["std"] ** 2 * (n - 1) + features["mean"] ** 2 * n,
+                         "min": features["min"], "max": features["max"], CONTEXT_COLUMN: first})
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_partitions_features_are_those_of_every_row_then_the_context_rows_dropped(shuffled):
+    """The scoring job derives the change only for the rows it scores, and only the time features the pack reads:
+    the same numbers as deriving everything over the whole partition (context rows included) and dropping the
+    context rows after, in any row order; settling comes from a change announced in the context rows."""
+    rng = np.random.default_rng(13)
+    frame = _fleet(rng)
+    fit = fit_fleet(change.change_features(frame, W), algorithm="change-z", feature_names=change.FEATURES, n_jobs=1,
+                    window_ms=W)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pack(fit.models, tmp, version="cz", features=change.FEATURES, training=fit.training)
+        pack = load_pack(tmp)
+    ordered = frame.sort_values(["device", "sensor", "window_end"], ignore_index=True)
+    part = _aggregates(ordered, context=248)  # the setpoint steps after its 250th window: just after the context
+    if shuffled:
+        part = part.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    got = partition_features(part, pack)
+    every = change.change_features(window_features(part.drop(columns=CONTEXT_COLUMN)), W)
+    expected = every[~part[CONTEXT_COLUMN].to_numpy()].reset_index(drop=True)
+    assert got["settling"].any() and got["mean_change"].notna().any()
+    assert list(got.columns) == [c for c in expected.columns if c not in ("dow_sin", "dow_cos")]
+    pd.testing.assert_frame_equal(got, expected[got.columns], check_exact=True)
 
 
 def _b64(values: list[float]) -> str:
