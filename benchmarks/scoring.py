@@ -15,8 +15,17 @@ Prints, side by side and measured in this one run:
  (e) the exp bound: kernel evaluations / this machine's numpy float64 exp rate (measured now);
  (f) loading the pack (every SHA-256 verified) vs unpickling one file per model. The pack records what
      `fleetscore train` records (training range, size, score quantiles), so its manifest is as large as a real
-     one; the quantiles are stand-ins (their values do not change the cost of loading them).
+     one; the quantiles are stand-ins (their values do not change the cost of loading them);
+ (g) what the library's default detector costs against this one, as the scoring job pays it (in a process of
+     its own, like a scoring worker, with both packs loaded from disk): per exported
+     partition (PARTITION_MODELS pairs), the features from the window aggregates (`score.partition_features`)
+     plus `engine.score`, for (g1) these one-class SVMs on mean, min, max, std (the default before issue 12,
+     thresholds at 0) and (g2) change-z (the default since: calibrated thresholds, the change from the recent
+     past, whose partitions carry each pair's `change.LOOKBACK_WINDOWS` earlier windows as context rows), on the
+     same scored windows. change-z's models are 64 templates fitted on this fleet's kind of windows, shared
+     round-robin (its scoring cost does not depend on the fitted numbers).
 Last line: RESULT vs_reference=... vs_sklearn=... vs_exp_bound=... f32_speedup=... pack_load_speedup=...
+change_z_cost=... ((g2) / (g1))
 """
 
 from __future__ import annotations
@@ -24,12 +33,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import multiprocessing
 import os
 import pickle
 import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +48,19 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scoring_job import _kernels, engine  # noqa: E402
-from scoring_job.features import FEATURES  # noqa: E402
-from scoring_job.pack import QUANTILES, load_pack, write_pack  # noqa: E402
+from fleetscore.settings import Settings  # noqa: E402
+from scoring_job import _kernels, change, engine  # noqa: E402
+from scoring_job.contract import CONTEXT_COLUMN  # noqa: E402
+from scoring_job.features import FEATURES, time_features  # noqa: E402
+from scoring_job.pack import QUANTILES, load_pack, training_summary, write_pack  # noqa: E402
+from scoring_job.score import partition_features  # noqa: E402
 from scoring_job.train import make_estimator  # noqa: E402
 
 CACHE = Path(os.environ.get("FLEETSCORE_BENCH_CACHE", Path.home() / ".cache" / "fleetscore-bench"))
 TRAIN_WINDOWS = 2016  # one week of 5-minute windows
 SENSORS = ("humidity", "pressure", "temp", "vibration")  # generated in sorted order, as the export writes rows
 REFERENCE_BUDGET_S = 180.0
+W_MS = 300_000
 
 
 def keys_for(n_models: int) -> list[tuple[str, str]]:
@@ -130,6 +145,77 @@ def training_record(keys: list[tuple[str, str]]) -> dict:
             for k, row in zip(keys, q, strict=True)}
 
 
+def aggregates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Window feature rows (device, sensor, window_end, n, mean, min, max, std) as the window aggregates a
+    partition holds (n, sum, sumsq, min, max), from which `features.window_features` gives them back."""
+    n = frame["n"].to_numpy(dtype=np.float64)
+    mean, std = frame["mean"].to_numpy(), frame["std"].to_numpy()
+    return pd.DataFrame({"device": frame["device"], "sensor": frame["sensor"], "window_end": frame["window_end"],
+                         "n": frame["n"], "sum": mean * n, "sumsq": std * std * (n - 1) + mean * mean * n,
+                         "min": frame["min"], "max": frame["max"]})
+
+
+def change_z_pack(keys: list[tuple[str, str]], folder: Path, templates: int = 64) -> object:
+    """(g2)'s pack: `templates` change-z models fitted (with calibrated thresholds) on TRAIN_WINDOWS windows of
+    this fleet's kind each (models 0, 1, ...'s level and spread), shared round-robin over ``keys``; loaded."""
+    fitted, records = [], []
+    ends = pd.Timestamp("2026-11-16T00:05:00Z") + pd.to_timedelta(np.arange(TRAIN_WINDOWS) * 5, unit="min")
+    for i in range(templates):
+        X = window_features(np.random.default_rng([13, i]), *model_params(i), TRAIN_WINDOWS, 0.0)
+        train = pd.DataFrame({"device": keys[i][0], "sensor": keys[i][1], "window_end": ends.as_unit("ms"),
+                              "n": 60, **{f: X[:, j] for j, f in enumerate(FEATURES)}})
+        train = train.assign(**time_features(train["window_end"].array.asi8, ("tod_sin", "tod_cos")))
+        feats = change.change_features(train, W_MS, announce=()).dropna(subset=list(change.FEATURES))
+        est = make_estimator("change-z").fit(feats[list(change.FEATURES)].to_numpy())
+        fitted.append(est)
+        records.append(training_summary({keys[i]: est}, feats, change.FEATURES)[keys[i]])
+    write_pack({k: fitted[i % templates] for i, k in enumerate(keys)}, folder, version="bench-change-z",
+               features=change.FEATURES, training={k: records[i % templates] for i, k in enumerate(keys)})
+    return load_pack(folder)
+
+
+def partitions(keys: list[tuple[str, str]], windows: int, context: int, pairs: int) -> tuple[list, list]:
+    """The exported partitions (`pairs` pairs each, keys dictionary-encoded as `score.read_partition` gives
+    them) of each pair's `windows` scored windows: without, and with the `context` windows before them as
+    context rows (the same scored windows in both)."""
+    rows = aggregates(scoring_windows(keys, context + windows))
+    rows[CONTEXT_COLUMN] = np.tile(np.arange(context + windows) < context, len(keys))
+    rows = rows.assign(device=rows["device"].astype("category"), sensor=rows["sensor"].astype("category"))
+    plain = rows[~rows[CONTEXT_COLUMN]]
+
+    def split(frame: pd.DataFrame, per_pair: int) -> list[pd.DataFrame]:
+        size = pairs * per_pair
+        parts = [frame.iloc[i:i + size].reset_index(drop=True) for i in range(0, len(frame), size)]
+        return [part.assign(device=part["device"].cat.remove_unused_categories(),  # a file's own dictionary
+                            sensor=part["sensor"].cat.remove_unused_categories()) for part in parts]
+
+    return split(plain, windows), split(rows, context + windows)
+
+
+def time_partitions(parts: list[pd.DataFrame], pack, repeats: int) -> tuple[float, int]:
+    """(g): best of `repeats` of features + score over every partition, and the windows scored."""
+    def score_all() -> int:
+        return sum(len(engine.score(partition_features(part, pack), pack, run_id="bench").predictions)
+                   for part in parts)
+
+    score_all()  # warm: the kernels compiled or loaded, the pack's engine arrays prepared
+    return best_of(score_all, repeats)
+
+
+def partition_costs(svm_pack: str, n_models: int, windows: int, repeats: int) -> tuple[float, float, int]:
+    """(g1) and (g2) side by side, run in a process of its own (as a scoring worker: without this benchmark's
+    fitted fleet and pickles in its heap): (seconds g1, seconds g2, partition pairs)."""
+    keys = keys_for(n_models)
+    pairs = Settings.model_construct().partition_models
+    plain, with_context = partitions(keys, windows, change.LOOKBACK_WINDOWS, pairs)
+    with tempfile.TemporaryDirectory(prefix="fleetscore-bench-") as tmp:
+        change_pack = change_z_pack(keys, Path(tmp) / "change-z")
+    t_svm, n_svm = time_partitions(plain, load_pack(svm_pack), repeats)
+    t_change, n_change = time_partitions(with_context, change_pack, repeats)
+    assert n_svm == n_change == n_models * windows, (n_svm, n_change)
+    return t_svm, t_change, pairs
+
+
 def best_of(fn, repeats: int) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -159,6 +245,9 @@ class Measurements:
     out64: pd.DataFrame
     out32: pd.DataFrame
     rechecks: int
+    svm_partitions: float  # (g1)
+    change_partitions: float  # (g2)
+    partition_pairs: int
 
 
 def write_pack_and_pickles(models: dict, keys: list, tmp: Path) -> dict:
@@ -250,10 +339,14 @@ def measure(models: dict, keys: list, frame: pd.DataFrame, windows: int, repeats
         t_ref, ref_note = time_reference(frame, keys, paths)
         t_sk, sk = time_sklearn(frame, models, keys)
         t64, t32, t64s, scored64, scored32 = time_engine(frame, pack, windows, repeats)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            t_svm, t_change, pairs = pool.submit(partition_costs, str(Path(tmp) / "pack"), len(keys), windows,
+                                                 repeats).result()
     return Measurements(pickles=t_pickles, pack_load=t_pack, prepare=t_prepare, pack_bytes=pack_bytes,
                         reference=t_ref, reference_note=ref_note, sklearn=t_sk, sklearn_out=sk, f64=t64, f32=t32,
                         f64_strings=t64s, out64=scored64.predictions, out32=scored32.predictions,
-                        rechecks=scored32.stats.rechecks)
+                        rechecks=scored32.stats.rechecks, svm_partitions=t_svm, change_partitions=t_change,
+                        partition_pairs=pairs)
 
 
 def exp_rates() -> tuple[float, float | None]:
@@ -304,11 +397,15 @@ def report(m: Measurements, keys: list, n: int, windows: int, evals: int, repeat
     line(f"    load_pack: manifest + SHA-256 of {m.pack_bytes / 1e6:.0f} MB, best of {repeats}", m.pack_load, "",
          f"[pickles / pack = {m.pickles / m.pack_load:.1f}x]")
     line("    engine.prepare, once per process (not in (c), (d))", m.prepare)
+    line(f"(g1) these SVMs: features + score, {m.partition_pairs:,}-pair partitions", m.svm_partitions,
+         f"{m.svm_partitions / t64:.2f}x", "[the default before issue 12]")
+    line(f"(g2) change-z: the same, {change.LOOKBACK_WINDOWS} context rows per pair", m.change_partitions,
+         f"{m.change_partitions / t64:.2f}x", f"[{m.change_partitions / m.svm_partitions:.2f}x (g1); bar 1.5x]")
     print(f"checks: max |engine f64 - sklearn| = {err:.1e}; label mismatches vs sklearn: {mism}; float32 vs float64 "
           f"label mismatches: {mism32}; windows flagged: {int(m.out64['is_anomaly'].sum()):,}")
     print(f"RESULT vs_reference={m.reference / t64:.1f} vs_sklearn={m.sklearn / t64:.1f} "
           f"vs_exp_bound={t64 / bound:.2f} f32_speedup={t64 / m.f32:.2f} "
-          f"pack_load_speedup={m.pickles / m.pack_load:.1f}")
+          f"pack_load_speedup={m.pickles / m.pack_load:.1f} change_z_cost={m.change_partitions / m.svm_partitions:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
