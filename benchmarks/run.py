@@ -11,8 +11,9 @@ Builds, in a temporary folder: a SQLite database holding `--windows` closed 5-mi
 round-robin across the pairs (building the fleet takes seconds to minutes; scoring cost is that of a real fleet):
 
 - change-z: seven numbers per model in the manifest, thresholds calibrated on each template's training windows;
-  each pair also has the `scoring_job.pack.lookback_windows` (24) windows before the run's range, which the export
-  sends along as context rows (36 rows per pair at 12 windows);
+  each pair also has `change.LOOKBACK_WINDOWS` (24) windows before the run's range in the database, of which the
+  export sends the 6 its baseline reads as context rows (`scoring_job.pack.lookback`: announce sensors, which this
+  fleet has none of, 24), 18 rows per pair at 12 windows;
 - ocsvm-rbf: StandardScaler + OneClassSVM (~100-150 support vectors each, ~4.8 KB per model in the pack's
   arrays). Every pool worker loads the whole pack, so at 1,000,000 models each worker would hold ~4.8 GB: the
   SVM is measured up to 100,000 models (the pack format is not changed here).
@@ -24,9 +25,8 @@ Then, side by side in this one run:
      init() once per worker) → write the prediction files;
  (b) the engine alone: the scoring job's work per window in this process, timed: the pack's features
      (`score.partition_features`, context rows included) and `scoring_job.engine.score`, one call per
-     exported partition, as the pool scores them (`--engine-pairs N`: calls of N pairs' partitions instead;
-     change-z's features cost ~2x more per pair in calls of 10,000 pairs or more than of 2,000); reading the
-     Parquet files is not timed.
+     exported partition, as the pool scores them (`--engine-pairs N`: calls of N pairs' partitions instead);
+     reading the Parquet files is not timed.
 
 Peak memory is the largest resident set of the run's process and of any pool worker (ru_maxrss): `run_peak_rss_mb`
 at the end of (a), `peak_rss_mb` after (b) as well; `run_peak_total_pss_mb` is the run's process and its workers
@@ -64,7 +64,7 @@ from scoring_job import change  # noqa: E402
 from scoring_job.change import model_features  # noqa: E402
 from scoring_job.engine import score  # noqa: E402
 from scoring_job.features import window_features  # noqa: E402
-from scoring_job.pack import load_pack, lookback_windows, training_summary, write_pack  # noqa: E402
+from scoring_job.pack import load_pack, lookback, training_summary, write_pack  # noqa: E402
 from scoring_job.score import partition_features, read_partition  # noqa: E402
 from scoring_job.train import make_estimator  # noqa: E402
 
@@ -222,7 +222,7 @@ def one_size(folder: Path, models: int, windows: int, partition_models: int, alg
     services = services_in(folder)
     settings = services.settings.model_copy(update={"partition_models": partition_models})
     services.settings = settings
-    lookback = lookback_windows(load_pack(services.store.local_path(model_pack_prefix("vbench"))).manifest)
+    context = lookback(load_pack(services.store.local_path(model_pack_prefix("vbench"))).manifest)
 
     # (a) the whole run: claim, export, score in the pool, write predictions
     t0 = time.perf_counter()
@@ -233,7 +233,7 @@ def one_size(folder: Path, models: int, windows: int, partition_models: int, alg
     feed = backend.open_feed(request)  # as start_run does: score partitions while exporting
     with TreeMemory() as memory:  # started after the pool chose its start method (fork: one thread only)
         manifest = export_run(services.engine, services.store, claim, model_version="vbench", window_ms=W,
-                              partition_models=partition_models, on_partition=feed.add, lookback_windows=lookback)
+                              partition_models=partition_models, on_partition=feed.add, lookback=context)
         t_export = time.perf_counter() - t0
         backend.submit(request)
         t_run = time.perf_counter() - t0

@@ -21,7 +21,8 @@ Prints, side by side and measured in this one run:
      partition (PARTITION_MODELS pairs), the features from the window aggregates (`score.partition_features`)
      plus `engine.score`, for (g1) these one-class SVMs on mean, min, max, std (the default before issue 12,
      thresholds at 0) and (g2) change-z (the default since: calibrated thresholds, the change from the recent
-     past, whose partitions carry each pair's `change.LOOKBACK_WINDOWS` earlier windows as context rows), on the
+     past, whose partitions carry each pair's `change.CONTEXT_WINDOWS` earlier windows as context rows, as the export
+     sends them to a pair that is not an announce sensor: `scoring_job.pack.lookback`), on the
      same scored windows. change-z's models are 64 templates fitted on this fleet's kind of windows, shared
      round-robin (its scoring cost does not depend on the fitted numbers).
 Last line: RESULT vs_reference=... vs_sklearn=... vs_exp_bound=... f32_speedup=... pack_load_speedup=...
@@ -207,7 +208,7 @@ def partition_costs(svm_pack: str, n_models: int, windows: int, repeats: int) ->
     fitted fleet and pickles in its heap): (seconds g1, seconds g2, partition pairs)."""
     keys = keys_for(n_models)
     pairs = Settings.model_construct().partition_models
-    plain, with_context = partitions(keys, windows, change.LOOKBACK_WINDOWS, pairs)
+    plain, with_context = partitions(keys, windows, change.CONTEXT_WINDOWS, pairs)
     with tempfile.TemporaryDirectory(prefix="fleetscore-bench-") as tmp:
         change_pack = change_z_pack(keys, Path(tmp) / "change-z")
     t_svm, n_svm = time_partitions(plain, load_pack(svm_pack), repeats)
@@ -399,7 +400,7 @@ def report(m: Measurements, keys: list, n: int, windows: int, evals: int, repeat
     line("    engine.prepare, once per process (not in (c), (d))", m.prepare)
     line(f"(g1) these SVMs: features + score, {m.partition_pairs:,}-pair partitions", m.svm_partitions,
          f"{m.svm_partitions / t64:.2f}x", "[the default before issue 12]")
-    line(f"(g2) change-z: the same, {change.LOOKBACK_WINDOWS} context rows per pair", m.change_partitions,
+    line(f"(g2) change-z: the same, {change.CONTEXT_WINDOWS} context rows per pair", m.change_partitions,
          f"{m.change_partitions / t64:.2f}x", f"[{m.change_partitions / m.svm_partitions:.2f}x (g1); bar 1.5x]")
     print(f"checks: max |engine f64 - sklearn| = {err:.1e}; label mismatches vs sklearn: {mism}; float32 vs float64 "
           f"label mismatches: {mism32}; windows flagged: {int(m.out64['is_anomaly'].sum()):,}")

@@ -27,8 +27,9 @@ does not collapse on quantised or mostly-constant sensors, whose MAD is 0). A se
 log(floor) far below its usual spread; a spike, a step or a burst of noise moves the mean or the spread away from the
 recent past.
 
-The scoring job needs :data:`LOOKBACK_WINDOWS` windows before a run's first window to compute both (the export
-carries them as context rows, not scored).
+The scoring job needs :data:`CONTEXT_WINDOWS` windows of each pair before a run's first window for the baseline, and
+:data:`LOOKBACK_WINDOWS` of the announce sensors for changes announced before it (the export carries them as context
+rows, not scored: ``pack.lookback``).
 """
 
 from __future__ import annotations

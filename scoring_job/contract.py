@@ -6,8 +6,8 @@ uploads this folder alone (so this module imports pyarrow and the standard libra
 * A **partition** (`data/<run_id>/part-NNNNN.parquet`) holds closed tumbling windows: :data:`PARTITION_SCHEMA`,
   `window_end` the window's end (epoch ms UTC; the window is (end − W, end]), `n` readings and their `sum`,
   `sumsq`, `min`, `max` in the sensor's unit, and `context`: true for the windows before the run's range that
-  change features need (`change.LOOKBACK_WINDOWS`), read but never scored (a partition without the column has
-  none).
+  change features need (`pack.lookback`: every pair's baseline, the announce sensors' longer lookback), read but
+  never scored (a partition without the column has none).
 * A **prediction file** (`predictions/<run_id>/part-NNNNN.parquet`) has one row per scored window:
   :data:`PREDICTION_SCHEMA`. `score` is the negated decision function (higher is more anomalous);
   `threshold` and `threshold_strong` are the window's model's calibrated alert thresholds on that score (from

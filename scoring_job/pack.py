@@ -682,11 +682,25 @@ def _training_frame(t: Mapping[str, np.ndarray]) -> pd.DataFrame:
     })
 
 
-def lookback_windows(manifest: Any) -> int:
-    """How many windows before a run's range the pack's features read (0 without change-z models): the context
-    the export sends with each pair."""
+@dataclasses.dataclass(frozen=True)
+class Lookback:
+    """What a run's export sends along before its range, as context rows (read for features, never scored):
+    every pair's ``windows`` windows before it, and the ``announce`` sensors' ``announce_windows`` (more: a change
+    they announced that long before still settles their device's windows in the range)."""
+
+    windows: int = 0
+    announce: tuple[str, ...] = ()
+    announce_windows: int = 0
+
+
+def lookback(manifest: Any) -> Lookback:
+    """The context a pack's features read (none without change-z models): every pair's ``context_windows``
+    (the baseline), the announce sensors' ``context_windows + settle_windows``."""
     ch = manifest.get("change") if isinstance(manifest, dict) else None
-    return int(ch["context_windows"]) + int(ch["settle_windows"]) if isinstance(ch, dict) else 0
+    if not isinstance(ch, dict):
+        return Lookback()
+    return Lookback(windows=int(ch["context_windows"]), announce=tuple(ch["announce_sensors"]),
+                    announce_windows=int(ch["context_windows"]) + int(ch["settle_windows"]))
 
 
 def manifest_training_table(manifest: Any) -> pd.DataFrame:

@@ -4,8 +4,9 @@ where a columnar driver serves the database.
 - SQLite files and PostgreSQL: Apache Arrow's ADBC drivers (`adbc-driver-sqlite`, `adbc-driver-postgresql`) build
   the columns in C (PostgreSQL: `COPY (query) TO STDOUT (FORMAT binary)`, streamed). They open a connection of their
   own from the engine's URL and read committed rows, one statement, one snapshot, as a query on the engine's
-  connection does. The query's parameters must all be integers: they are rendered into the SQL as literals, because
-  the PostgreSQL driver streams through COPY only for a statement without bound parameters.
+  connection does. The query's parameters must all be integers or device/sensor ids (lists of them for an IN): they
+  are rendered into the SQL as literals, because the PostgreSQL driver streams through COPY only for a statement
+  without bound parameters.
 - Anything else (SQL Server, an in-memory SQLite database, a driver that is not installed, a connection the driver
   cannot open): the generic path, the DB-API driver's tuples (`reads.iter_tuples`) turned into columns a batch at a
   time.
@@ -29,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
 from fleetscore.db.reads import iter_tuples
+from scoring_job.contract import ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +110,21 @@ def _batch_options(dialect: str, batch_rows: int) -> dict[str, str]:
 
 def literal_sql(dialect: sa.Dialect, query: sa.Select) -> str | None:
     """`query` as SQL for an ADBC `dialect` (sqlite, postgresql) with its parameters as literals, when every one is a
-    plain integer; None otherwise (other dialects, other parameters: the generic path binds them)."""
+    plain integer, a device or sensor id (`contract.ID_PATTERN`: no quote, no backslash, nothing to escape) or a list
+    of those (an IN); None otherwise (other dialects, other parameters: the generic path binds them)."""
     if dialect.name not in ("sqlite", "postgresql"):
         return None
     params = query.compile(dialect=dialect).params
-    if not all(type(v) is int for v in params.values()):  # bool and str are refused: only plain integers
+    if not all(_literal_safe(v) for v in params.values()):
         return None
     return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _literal_safe(value: Any) -> bool:
+    """A plain integer (bool refused), an id, or a non-empty list or tuple of those."""
+    if isinstance(value, list | tuple):
+        return bool(value) and all(_literal_safe(v) for v in value)
+    return type(value) is int or (type(value) is str and ID_PATTERN.fullmatch(value) is not None)
 
 
 def _adbc_connect(url: URL) -> Any | None:

@@ -1,8 +1,9 @@
 """Export a claimed run's closed windows as Parquet partitions of whole devices, then its manifest.
 
-When the active pack's features look back (change-z: `scoring_job.pack.lookback_windows`), each pair's windows
-of that many windows before the run's range go with it as context rows (`context` true): read by the scoring
-job for baselines and announced changes, never scored. A pair with no window in the range exports nothing.
+When the active pack's features look back (change-z: `scoring_job.pack.lookback`), windows before the run's range go
+with it as context rows (`context` true): every pair's last few (its baseline) and its device's announce sensors'
+further back (a change they announced just before the range), read by the scoring job, never scored. A pair with no
+window in the range exports nothing.
 
 The rows stream from one ordered query as columns (Arrow batches: `db.arrow_batches`, through ADBC on SQLite files
 and PostgreSQL, so no Python object per value; through the DB-API driver elsewhere): partitioning, the context flags
@@ -27,6 +28,7 @@ from fleetscore.runs.manifest import Partition, RunManifest
 from fleetscore.storage.base import BlobStore
 from fleetscore.storage.paths import partition_key, partition_name, run_manifest_key
 from scoring_job.contract import PARTITION_SCHEMA
+from scoring_job.pack import Lookback
 
 BATCH_ROWS = 100_000
 """Window rows read into columns at a time."""
@@ -48,10 +50,10 @@ def partition_tables(batches: Iterable[pa.Table], window_from: int, partition_mo
 
 def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version: str, window_ms: int,
                partition_models: int, progress: Callable[[int, int], None] | None = None,
-               on_partition: Callable[[str], None] | None = None, lookback_windows: int = 0,
+               on_partition: Callable[[str], None] | None = None, lookback: Lookback = Lookback(),
                columnar: bool = True) -> RunManifest:
-    """Write the claim's windows to `data/<run_id>/part-NNNNN.parquet` and the run manifest; with
-    `lookback_windows`, each pair's windows that far before the range as context rows (module docstring).
+    """Write the claim's windows to `data/<run_id>/part-NNNNN.parquet` and the run manifest; with a `lookback`, the
+    windows it names before the range as context rows (module docstring).
 
     One ordered query streamed in batches; memory is bounded by a batch and a partition. `on_partition(key)` is
     called as each partition is written (the local backend starts scoring it at once). `columnar=False` reads
@@ -59,15 +61,15 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
     """
     w = db.windows
     query = (sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
-             .where(w.c.window_end > claim.window_from - lookback_windows * window_ms,
-                    w.c.window_end <= claim.window_until)
+             .where(_since(claim.window_from, lookback, window_ms), w.c.window_end <= claim.window_until)
              .order_by(w.c.device, w.c.sensor, w.c.window_end))
     manifest = RunManifest(run_id=claim.run_id, slot=claim.slot_ms, window_from=claim.window_from,
                            window_until=claim.window_until, model_version=model_version,
                            window_minutes=window_ms // 60_000, created_at=clock.now_ms())
     with engine.connect() as conn:
         batches = db.arrow_batches(conn, query, ROW_SCHEMA, batch_rows=BATCH_ROWS, columnar=columnar)
-        tables = partition_tables(batches, claim.window_from, partition_models, scored_only=bool(lookback_windows))
+        tables = partition_tables(batches, claim.window_from, partition_models,
+                                  scored_only=bool(lookback.windows or lookback.announce_windows))
         for number, table in enumerate(tables):
             name = partition_name(number)
             store.put(partition_key(claim.run_id, name), table_bytes(table))
@@ -79,6 +81,17 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
                 progress(number + 1, 0)
     store.put(run_manifest_key(claim.run_id), manifest.to_json())
     return manifest
+
+
+def _since(window_from: int, lookback: Lookback, window_ms: int) -> sa.ColumnElement[bool]:
+    """The export's lower bound on window_end: `lookback.windows` before the range, the announce sensors'
+    `lookback.announce_windows`."""
+    w = db.windows
+    since = w.c.window_end > window_from - lookback.windows * window_ms
+    if not lookback.announce or lookback.announce_windows <= lookback.windows:
+        return since
+    return sa.or_(since, sa.and_(w.c.sensor.in_(lookback.announce),
+                                 w.c.window_end > window_from - lookback.announce_windows * window_ms))
 
 
 def table_bytes(table: pa.Table) -> bytes:

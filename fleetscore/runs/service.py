@@ -42,7 +42,7 @@ from fleetscore.runs.lease import Lease, LeaseLost
 from fleetscore.runs.manifest import RunManifest
 from fleetscore.runs.slots import run_id_for_slot
 from fleetscore.training import verified_active_pack
-from scoring_job.pack import lookback_windows
+from scoring_job.pack import lookback
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
     version = active.version
     update_run(engine, claim.run_id, model_version=version, model_sha256=active.manifest_sha256,
                traceparent=telemetry.traceparent())
-    lookback = lookback_windows(pack_manifest)
+    context = lookback(pack_manifest)
     request = SubmitRequest.for_run(claim.run_id, claim.slot_ms, version, active.manifest_sha256)
     feed: Feed | None = backend.open_feed(request)  # the local backend scores partitions while they export
 
@@ -148,7 +148,7 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
     manifest = _timed(outcome, "export", lambda: export_run(
         engine, store, claim, model_version=version, window_ms=settings.window_ms,
         partition_models=settings.partition_models, progress=_stage(progress, "export"),
-        on_partition=exported, lookback_windows=lookback))
+        on_partition=exported, lookback=context))
     outcome.manifest = manifest
     update_run(engine, claim.run_id, model_version=version, partitions=len(manifest.partitions),
                models=manifest.pairs, windows=manifest.windows, timings=json.dumps(outcome.timings))

@@ -17,6 +17,7 @@ from fleetscore.runs.claims import claim_run
 from fleetscore.runs.export import ROW_SCHEMA, export_run
 from fleetscore.storage.folder import FolderStore
 from fleetscore.storage.paths import partition_key, run_manifest_key
+from scoring_job.pack import Lookback
 
 W = 300_000
 SLOT = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000 + 300_000
@@ -41,20 +42,20 @@ def _windows(seed: int) -> list[dict]:
     return rows
 
 
-def _export(engine, tmp_path, name: str, *, columnar_read: bool, lookback: int) -> dict[str, bytes]:
+def _export(engine, tmp_path, name: str, *, columnar_read: bool, lookback: Lookback) -> dict[str, bytes]:
     store = FolderStore(tmp_path / name)
     with engine.begin() as conn:
         conn.execute(sa.delete(db.runs))
     claim = claim_run(engine, SLOT, window_ms=W, late_ms=0, max_lookback_ms=12 * W, trigger="test", backend="local")
     manifest = export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=7,
-                          lookback_windows=lookback, columnar=columnar_read)
+                          lookback=lookback, columnar=columnar_read)
     files = {p.name: store.get(partition_key(claim.run_id, p.name)) for p in manifest.partitions}
     manifest_json = store.get(run_manifest_key(claim.run_id)).decode()
     return {**files, "manifest": manifest_json.split('"created_at"')[0].encode()}
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("lookback", [0, 24])
+@pytest.mark.parametrize("lookback", [Lookback(), Lookback(6, ("hum",), 24)])
 def test_adbc_export_is_byte_identical_to_the_dbapi_export(engine, tmp_path, monkeypatch, seed, lookback):
     with engine.begin() as conn:
         conn.execute(db.windows.insert(), _windows(seed))

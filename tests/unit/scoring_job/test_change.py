@@ -17,7 +17,7 @@ import pytest
 from scoring_job import _kernels, change, engine
 from scoring_job.contract import CONTEXT_COLUMN
 from scoring_job.features import time_features, window_features
-from scoring_job.pack import PackError, load_pack, lookback_windows, write_pack
+from scoring_job.pack import Lookback, PackError, load_pack, lookback, write_pack
 from scoring_job.score import partition_features
 from scoring_job.train import fit_fleet
 
@@ -143,7 +143,8 @@ def test_pack_and_engine_score_exactly_as_the_detector_with_settling_and_missing
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_pack(fit.models, tmp, version="cz", features=change.FEATURES, training=fit.training)
         pack = load_pack(tmp)
-    assert manifest["change"]["models"] == 3 and manifest["files"] == {} and lookback_windows(manifest) == 24
+    assert manifest["change"]["models"] == 3 and manifest["files"] == {}
+    assert lookback(manifest) == Lookback(windows=6, announce=("setpoint",), announce_windows=24)
     assert pack.announce_sensors == change.ANNOUNCE_SENSORS
     as_scored = test.assign(window_end=pd.to_datetime(test["window_end"], unit="ms", utc=True))  # as the job has it
     out, stats = engine.score(as_scored, pack, run_id="r")
