@@ -573,13 +573,13 @@ def _window_ms(col: pd.Series) -> pd.Series:
     return col
 
 
-def _key_index(pack: ModelPack, column: str) -> pd.Index:
-    """The pack's device or sensor column as an object Index (cached: pandas would otherwise infer a string
-    dtype and convert all 10,000 keys on every call)."""
-    key = f"key_index_{column}"
-    if key not in pack.cache:
-        pack.cache[key] = pd.Index(pack.table[column], dtype=object)
-    return pack.cache[key]
+def _pair_index(pack: ModelPack) -> pd.Index:
+    """The pack's keys as one unique object Index of "device NUL sensor" strings, in table order (built once per
+    pack: a lookup costs the looked-up keys, not the pack's size)."""
+    if "pair_index" not in pack.cache:
+        device, sensor = (np.asarray(pack.table[c], dtype=object) for c in ("device", "sensor"))
+        pack.cache["pair_index"] = pd.Index(device + "\x00" + sensor, dtype=object)
+    return pack.cache["pair_index"]
 
 
 def _categorical(codes: np.ndarray, cats: Sequence[str]) -> pd.Categorical:
@@ -618,21 +618,15 @@ def _sort_into_runs(device: np.ndarray, sensor: np.ndarray, end_ms: np.ndarray, 
 
 def _model_rows(pack: ModelPack, device: np.ndarray, sensor: np.ndarray, device_names: list[str],
                 sensor_names: list[str]) -> np.ndarray:
-    """The pack-table row of each (device, sensor) code pair's model, -1 where the pack has none: the pack's
-    keys turned into the input's codes, then one sorted lookup."""
+    """The pack-table row of each (device, sensor) code pair's model, -1 where the pack has none or a key is
+    missing (code -1): one hash lookup per pair in :func:`_pair_index` (ids hold no NUL)."""
     model = np.full(len(device), -1, dtype=np.int64)
-    if not (len(pack) and device_names and sensor_names):
+    known = np.flatnonzero((device >= 0) & (sensor >= 0))
+    if not (len(pack) and len(known)):
         return model
-    di = pd.Index(device_names, dtype=object).get_indexer(_key_index(pack, "device"))
-    si = pd.Index(sensor_names, dtype=object).get_indexer(_key_index(pack, "sensor"))
-    known = np.flatnonzero((di >= 0) & (si >= 0))
-    pack_key = di[known] * len(sensor_names) + si[known]
-    by_key = np.argsort(pack_key, kind="stable")
-    pack_key, known = pack_key[by_key], known[by_key]
-    want = np.where((device >= 0) & (sensor >= 0), device * len(sensor_names) + sensor, -1)
-    at = np.minimum(np.searchsorted(pack_key, want), max(len(pack_key) - 1, 0))
-    if len(pack_key):
-        model = np.where((want >= 0) & (pack_key[at] == want), known[at], -1).astype(np.int64)
+    names = (np.asarray(device_names, dtype=object)[device[known]] + "\x00"
+             + np.asarray(sensor_names, dtype=object)[sensor[known]])
+    model[known] = _pair_index(pack).get_indexer(names)
     return model
 
 
