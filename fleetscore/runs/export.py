@@ -95,9 +95,10 @@ def _since(window_from: int, lookback: Lookback, window_ms: int) -> sa.ColumnEle
 
 
 def table_bytes(table: pa.Table) -> bytes:
-    """A partition table (PARTITION_SCHEMA) as Parquet; equal rows give equal bytes."""
+    """A partition table (PARTITION_SCHEMA) as Parquet; equal rows give equal bytes. Dictionary encoding for the
+    keys only: on the float columns it took two thirds of the write and made the file larger."""
     buf = io.BytesIO()
-    pq.write_table(table.combine_chunks(), buf, compression="zstd")
+    pq.write_table(table.combine_chunks(), buf, compression="zstd", use_dictionary=["device", "sensor"])
     return buf.getvalue()
 
 
