@@ -154,17 +154,17 @@ def update_alerts(windows: pd.DataFrame, latest: pd.DataFrame, history: pd.DataF
 
 def _update(windows: pd.DataFrame, latest: pd.DataFrame, history: pd.DataFrame | None, rules: _Rules, *,
             every_pair: bool = False) -> AlertUpdate:
-    """:func:`update_alerts`. Only the pairs with an anomalous window in the file or an open alert are walked (a walk
-    of any other pair changes nothing: no alert to follow, no window to open one); they are found, and their rows,
-    latest alerts and history picked, with vectorised selections. `every_pair` walks every pair of the file (the
-    reference the fast path is tested against)."""
+    """:func:`update_alerts`. Only the pairs with an anomalous window in the file or in their history, or an open
+    alert, are walked (a walk of any other pair changes nothing: no alert to follow, no window to open one); they are
+    found, and their rows, latest alerts and history picked, with vectorised selections. `every_pair` walks every
+    pair of the file (the reference the fast path is tested against)."""
     out = AlertUpdate()
     if windows.empty:
         return out
     pairs = pd.MultiIndex.from_arrays([windows["device"].astype(str), windows["sensor"].astype(str)])
-    open_pairs = _open_pairs(latest)
     keep = (np.ones(len(windows), dtype=bool) if every_pair else
-            pairs.isin(pairs[windows["is_anomaly"].to_numpy(dtype=bool)].unique()) | pairs.isin(open_pairs))
+            pairs.isin(pairs[windows["is_anomaly"].to_numpy(dtype=bool)].unique()) | pairs.isin(_open_pairs(latest))
+            | pairs.isin(_history_pairs(history)))
     if not keep.any():
         return out
     state = _latest_by_pair(_of_pairs(latest, pairs[keep].unique()))
@@ -187,6 +187,14 @@ def _open_pairs(latest: pd.DataFrame) -> list[Pair]:
         return []
     is_open = (latest["status"] == "open").to_numpy(dtype=bool)
     return list(zip(latest["device"].astype(str)[is_open], latest["sensor"].astype(str)[is_open], strict=True))
+
+
+def _history_pairs(history: pd.DataFrame | None) -> pd.MultiIndex | list[Pair]:
+    """The pairs with an anomalous window of another file in `history` (a later file's windows may open an alert
+    when this file is walked before them)."""
+    if history is None or history.empty:
+        return []
+    return pd.MultiIndex.from_arrays([history["device"].astype(str), history["sensor"].astype(str)]).unique()
 
 
 def _of_pairs(frame: pd.DataFrame | None, pairs: pd.MultiIndex) -> pd.DataFrame | None:
