@@ -41,8 +41,10 @@ import numpy as np
 import pandas as pd
 
 try:
+    from . import _kernels
     from .features import TIME_FEATURES, epoch_ms, window_features, window_mean
 except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
+    import _kernels
     from features import TIME_FEATURES, epoch_ms, window_features, window_mean
 
 CONTEXT_WINDOWS = 6
@@ -111,10 +113,6 @@ def baseline_change(mean: np.ndarray, pair: np.ndarray, end: np.ndarray, window_
     :func:`pair_codes`) ending within ``context`` windows before it; rows sorted by (pair, end), ``end`` epoch ms.
     NaN where no earlier mean is in reach, and where ``needed`` (rows,) bool, when given, is false. A numba kernel
     when numba is there (``_kernels.baseline_change``), else :func:`baseline_change_numpy`: the same numbers."""
-    try:
-        from . import _kernels
-    except ImportError:  # the Azure ML code snapshot: this folder is the working directory, not a package
-        import _kernels
     if not _kernels.HAVE_NUMBA:
         return baseline_change_numpy(mean, pair, end, window_ms, context, needed)
     rows = np.arange(len(mean)) if needed is None else np.flatnonzero(needed)
