@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import closing
 from itertools import islice
@@ -38,6 +39,13 @@ BATCH_ROWS = 100_000
 """Rows per batch (the ADBC SQLite driver's batches; the generic path's; PostgreSQL's are sized by bytes)."""
 PG_BATCH_BYTES = 16 << 20
 """The ADBC PostgreSQL driver's batch size hint (bytes)."""
+
+
+ADBC_SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout = 30000",  # wait for a lock as the engine's connections do (`timeout` 30 s), not fail
+    f"PRAGMA threads = {min(os.cpu_count() or 1, 8)}",  # helper threads for the sorter: the export's ORDER BY
+)
+"""Set on each ADBC SQLite connection before its query."""
 
 
 def arrow_batches(conn: Connection, query: sa.Select, schema: pa.Schema, *, batch_rows: int = BATCH_ROWS,
@@ -136,7 +144,11 @@ def _adbc_connect(url: URL) -> Any | None:
                 return None
             import adbc_driver_sqlite.dbapi as adbc_sqlite  # lazy: an optional driver
 
-            return adbc_sqlite.connect(url.database)
+            conn = adbc_sqlite.connect(url.database)
+            with closing(conn.cursor()) as cursor:
+                for pragma in ADBC_SQLITE_PRAGMAS:
+                    cursor.execute(pragma)
+            return conn
         import adbc_driver_postgresql.dbapi as adbc_pg  # lazy: an optional driver
 
         return adbc_pg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
