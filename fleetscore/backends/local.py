@@ -27,7 +27,7 @@ import pandas as pd
 
 from fleetscore.backends.base import Submission, SubmitRequest
 from fleetscore.storage.base import BlobStore
-from scoring_job import score
+from scoring_job import _kernels, score
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,12 @@ PROJECT_PACKAGES = ("fleetscore", "scoring_job", "functions", "function_app")
 
 def forkserver_preload() -> list[str]:
     """What the forkserver imports once so that no worker it forks imports it again: this module (the workers run
-    its functions) and every project module the parent has loaded. Each forkserver child runs the parent's main
-    script again as `__mp_main__` (multiprocessing's rule), and the `fleetscore` script imports the whole CLI:
-    about a second per worker unless its modules are already in the server."""
-    return [__name__, *sorted(m for m in sys.modules if m.split(".")[0] in PROJECT_PACKAGES)]
+    its functions), `warm_kernels` (the numba kernels compiled once in the server, not in every worker) and every
+    project module the parent has loaded. Each forkserver child runs the parent's main script again as `__mp_main__`
+    (multiprocessing's rule), and the `fleetscore` script imports the whole CLI: about a second per worker unless
+    its modules are already in the server."""
+    return [__name__, "fleetscore.backends.warm_kernels",
+            *sorted(m for m in sys.modules if m.split(".")[0] in PROJECT_PACKAGES)]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -90,7 +92,10 @@ class PartitionPool:
         argv = ["--model_pack", str(model_pack), "--output", str(output), "--run_id", run_id, "--dtype", dtype]
         if model_sha256:
             argv += ["--model_pack_sha256", model_sha256]
-        self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=_pool_context(),
+        context = _pool_context()
+        if context.get_start_method() == "fork":
+            _kernels.warm()  # once per process: forked workers inherit the compiled kernels
+        self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context,
                                          initializer=_init_worker, initargs=(argv,))
         self._futures: list = []
         self._progress = progress
