@@ -98,7 +98,7 @@ def nanmedian_rows(values: np.ndarray) -> np.ndarray:
     if not rows or not k:
         return np.full(rows, np.nan)
     ordered = np.sort(values, axis=1).ravel()
-    count = k - (np.isnan(values).astype(np.float32) @ np.ones(k, dtype=np.float32)).astype(np.int64)  # exact: <= k
+    count = k - np.isnan(values).sum(axis=1)
     first = np.arange(0, rows * k, k)  # each row's first value in ``ordered``
     low = ordered[first + np.maximum(count - 1, 0) // 2]
     high = ordered[first + np.minimum(count // 2, k - 1)]

@@ -573,15 +573,6 @@ def _window_ms(col: pd.Series) -> pd.Series:
     return col
 
 
-def _pair_index(pack: ModelPack) -> pd.Index:
-    """The pack's keys as one unique object Index of "device NUL sensor" strings, in table order (built once per
-    pack: a lookup costs the looked-up keys, not the pack's size)."""
-    if "pair_index" not in pack.cache:
-        device, sensor = (np.asarray(pack.table[c], dtype=object) for c in ("device", "sensor"))
-        pack.cache["pair_index"] = pd.Index(device + "\x00" + sensor, dtype=object)
-    return pack.cache["pair_index"]
-
-
 def _categorical(codes: np.ndarray, cats: Sequence[str]) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(pd.Index(list(cats), dtype=object)),
                                      validate=False)
@@ -619,15 +610,11 @@ def _sort_into_runs(device: np.ndarray, sensor: np.ndarray, end_ms: np.ndarray, 
 def _model_rows(pack: ModelPack, device: np.ndarray, sensor: np.ndarray, device_names: list[str],
                 sensor_names: list[str]) -> np.ndarray:
     """The pack-table row of each (device, sensor) code pair's model, -1 where the pack has none or a key is
-    missing (code -1): one hash lookup per pair in :func:`_pair_index` (ids hold no NUL)."""
-    model = np.full(len(device), -1, dtype=np.int64)
-    known = np.flatnonzero((device >= 0) & (sensor >= 0))
-    if not (len(pack) and len(known)):
-        return model
-    names = (np.asarray(device_names, dtype=object)[device[known]] + "\x00"
-             + np.asarray(sensor_names, dtype=object)[sensor[known]])
-    model[known] = _pair_index(pack).get_indexer(names)
-    return model
+    missing (code -1): a lookup per pair (per run: a partition's pairs, not the pack's) in the pack's key index."""
+    index = pack.index
+    return np.fromiter((index.get((device_names[d], sensor_names[s]), -1) if d >= 0 and s >= 0 else -1
+                        for d, s in zip(device.tolist(), sensor.tolist(), strict=True)),
+                       dtype=np.int64, count=len(device))
 
 
 def _group_runs(features: pd.DataFrame, pack: ModelPack) -> _Runs:

@@ -119,7 +119,7 @@ TEMP_SUFFIX = ".tmp"
 """A prediction file being written is ``.<name>.<random>.tmp`` in the output folder until it is renamed."""
 
 
-def _text_columns(table: pa.Table) -> list[str]:
+def text_columns(table: pa.Table) -> list[str]:
     """The string (or dictionary) columns: the ones Parquet's dictionary encoding pays for (on float columns it
     costs most of the write and makes the file larger)."""
     return [f.name for f in table.schema
@@ -131,7 +131,7 @@ def write_atomic(table: pa.Table, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True, use_dictionary=_text_columns(table))
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True, use_dictionary=text_columns(table))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from fleetscore.storage.base import BlobStore
 from fleetscore.storage.paths import partition_key, partition_name, run_manifest_key
 from scoring_job.contract import PARTITION_SCHEMA
 from scoring_job.pack import Lookback
+from scoring_job.score import text_columns
 
 BATCH_ROWS = 100_000
 """Window rows read into columns at a time."""
@@ -95,10 +96,10 @@ def _since(window_from: int, lookback: Lookback, window_ms: int) -> sa.ColumnEle
 
 
 def table_bytes(table: pa.Table) -> bytes:
-    """A partition table (PARTITION_SCHEMA) as Parquet; equal rows give equal bytes. Dictionary encoding for the
-    keys only: on the float columns it took two thirds of the write and made the file larger."""
+    """A partition table (PARTITION_SCHEMA) as Parquet, written as prediction files are (dictionary encoding for the
+    text columns only: `score.text_columns`); equal rows give equal bytes."""
     buf = io.BytesIO()
-    pq.write_table(table.combine_chunks(), buf, compression="zstd", use_dictionary=["device", "sensor"])
+    pq.write_table(table.combine_chunks(), buf, compression="zstd", use_dictionary=text_columns(table))
     return buf.getvalue()
 
 
