@@ -4,8 +4,6 @@ SQLite and PostgreSQL; every anomalous window opens an alert (ALERT_PERSISTENCE 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
 import azure.functions as func
@@ -14,6 +12,7 @@ import pytest
 from fleetscore.context import Services, set_services
 from fleetscore.settings import load_settings
 from tests.helpers.appfuncs import function
+from tests.helpers.webhook import Hook
 
 
 @pytest.fixture(autouse=True)
@@ -56,35 +55,9 @@ def api(engine, folder):
     return Api(engine, folder)
 
 
-class Hook:
-    """A webhook receiver on 127.0.0.1 recording (alert_id, revision, state) of what it was sent."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[str, int, str]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.got.append((doc["alert_id"], doc["revision"], doc["state"]))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def hook():
+    """The shared webhook receiver (tests/helpers/webhook.py)."""
     receiver = Hook()
     yield receiver
     receiver.close()
