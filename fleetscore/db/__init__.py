@@ -9,6 +9,7 @@ db` and `db.readings`, `db.iter_tuples`, `db.upgrade(engine)`:
 | `engine` | `create_db_engine` (SQLite pragmas, driver options) |
 | `reads` | `iter_tuples`, `read_frame`, `chunks` for `IN (...)` lists |
 | `columnar` | `arrow_batches`: bulk reads as Arrow tables (ADBC on SQLite files and PostgreSQL, else `iter_tuples`) |
+| `adbc_sqlite_reader` | the ADBC SQLite read as a child process of its own (its copy of SQLite keeps its locks apart) |
 | `watermark` | the scoring watermark: read, advance |
 | `errors` | `is_transient`: which database errors are worth a retry; `LockNotGranted` (`sp_getapplock`) |
 | `migrate` | `upgrade` (Alembic, `migrations/`) and `ddl` (the migrations as SQL per dialect) |

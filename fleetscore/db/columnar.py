@@ -6,7 +6,10 @@ where a columnar driver serves the database.
   own from the engine's URL and read committed rows, one statement, one snapshot, as a query on the engine's
   connection does. The query's parameters must all be integers or device/sensor ids (lists of them for an IN): they
   are rendered into the SQL as literals, because the PostgreSQL driver streams through COPY only for a statement
-  without bound parameters.
+  without bound parameters. The SQLite driver reads in a child process (`adbc_sqlite_reader`, an Arrow IPC stream
+  on a pipe): it links a copy of SQLite of its own, and two copies in one process release each other's file locks,
+  so another connection checkpointed the WAL away under the engine's (a SIGBUS, or a corrupt database). The child
+  also reads and sorts while this process writes what it has read.
 - Anything else (SQL Server, an in-memory SQLite database, a driver that is not installed, a connection the driver
   cannot open): the generic path, the DB-API driver's tuples (`reads.iter_tuples`) turned into columns a batch at a
   time.
@@ -18,11 +21,14 @@ them is byte-identical (`tests/integration/db/test_columnar.py`); only the batch
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
-import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
+from fleetscore.db import adbc_sqlite_reader
 from fleetscore.db.reads import iter_tuples
 from scoring_job.contract import ID_PATTERN
 
@@ -39,13 +46,6 @@ BATCH_ROWS = 100_000
 """Rows per batch (the ADBC SQLite driver's batches; the generic path's; PostgreSQL's are sized by bytes)."""
 PG_BATCH_BYTES = 16 << 20
 """The ADBC PostgreSQL driver's batch size hint (bytes)."""
-
-
-ADBC_SQLITE_PRAGMAS = (
-    "PRAGMA busy_timeout = 30000",  # wait for a lock as the engine's connections do (`timeout` 30 s), not fail
-    f"PRAGMA threads = {min(os.cpu_count() or 1, 8)}",  # helper threads for the sorter: the export's ORDER BY
-)
-"""Set on each ADBC SQLite connection before its query."""
 
 
 def arrow_batches(conn: Connection, query: sa.Select, schema: pa.Schema, *, batch_rows: int = BATCH_ROWS,
@@ -95,25 +95,75 @@ def _adbc_batches(conn: Connection, query: sa.Select, schema: pa.Schema, batch_r
     sql = literal_sql(conn.dialect, query)
     if sql is None:
         return None
-    adbc = _adbc_connect(conn.engine.url)
+    if conn.dialect.name == "sqlite":
+        return _sqlite_reader_batches(conn.engine.url, sql, schema, batch_rows)
+    adbc = _adbc_pg_connect(conn.engine.url)
     if adbc is None:
         return None
-    return _stream(adbc, sql, schema, _batch_options(conn.dialect.name, batch_rows))
+    return _stream(adbc, sql, schema)
 
 
-def _stream(adbc: Any, sql: str, schema: pa.Schema, options: dict[str, str]) -> Iterator[pa.Table]:
-    """The result of `sql` on the ADBC connection `adbc` (closed at the end) as tables of `schema`."""
+def _stream(adbc: Any, sql: str, schema: pa.Schema) -> Iterator[pa.Table]:
+    """The result of `sql` on the ADBC PostgreSQL connection `adbc` (closed at the end) as tables of `schema`."""
     with closing(adbc), closing(adbc.cursor()) as cursor:
-        cursor.adbc_statement.set_options(**options)
+        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(PG_BATCH_BYTES)})
         cursor.execute(sql)
         for batch in cursor.fetch_record_batch():
-            yield pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
+            yield _as_schema(batch, schema)
 
 
-def _batch_options(dialect: str, batch_rows: int) -> dict[str, str]:
-    if dialect == "sqlite":
-        return {"adbc.sqlite.query.batch_rows": str(batch_rows)}
-    return {"adbc.postgresql.batch_size_hint_bytes": str(PG_BATCH_BYTES)}
+def _as_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
+
+
+def _sqlite_reader_batches(url: URL, sql: str, schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table] | None:
+    """The rows of `sql` on the SQLite file of `url`, read through ADBC in a child process (`adbc_sqlite_reader`:
+    the driver's own copy of SQLite must not share this process's locks), or None where it cannot serve the file
+    (an in-memory or URI database, the driver not installed, the file not opened: logged)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:") or url.query:
+        return None
+    if importlib.util.find_spec("adbc_driver_sqlite") is None:
+        return None
+    child = subprocess.Popen([sys.executable, str(Path(adbc_sqlite_reader.__file__)), database, str(batch_rows)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        child.stdin.write(sql.encode())
+        child.stdin.close()
+        reader = pa.ipc.open_stream(child.stdout)
+    except (pa.ArrowInvalid, OSError):  # no stream: the child stopped before its first message
+        error = _finish(child)
+        if child.returncode == adbc_sqlite_reader.EXIT_UNAVAILABLE:
+            log.warning("columnar read unavailable (%s); reading rows through the DB-API driver", error)
+            return None
+        raise RuntimeError(f"the ADBC SQLite reader failed (exit {child.returncode}): {error}") from None
+    return _child_stream(child, reader, schema)
+
+
+def _child_stream(child: subprocess.Popen, reader: pa.RecordBatchStreamReader, schema: pa.Schema
+                  ) -> Iterator[pa.Table]:
+    """The reader's batches as tables of `schema`; the child waited for (killed if the caller stops early) and its
+    failure raised."""
+    complete = False
+    try:
+        for batch in reader:
+            yield _as_schema(batch, schema)
+        complete = True
+    finally:
+        if not complete:
+            child.kill()
+        error = _finish(child)
+    if child.returncode:
+        raise RuntimeError(f"the ADBC SQLite reader failed (exit {child.returncode}): {error}")
+
+
+def _finish(child: subprocess.Popen) -> str:
+    """Wait for `child` (its pipes closed); its stderr (its error, one line)."""
+    child.stdout.close()
+    error = child.stderr.read().decode(errors="replace").strip()
+    child.stderr.close()
+    child.wait()
+    return error
 
 
 def literal_sql(dialect: sa.Dialect, query: sa.Select) -> str | None:
@@ -135,20 +185,10 @@ def _literal_safe(value: Any) -> bool:
     return type(value) is int or (type(value) is str and ID_PATTERN.fullmatch(value) is not None)
 
 
-def _adbc_connect(url: URL) -> Any | None:
-    """An ADBC DB-API connection to the database of `url` (SQLite file, PostgreSQL), or None when no driver is
-    installed for it or it cannot connect (logged)."""
+def _adbc_pg_connect(url: URL) -> Any | None:
+    """An ADBC DB-API connection to the PostgreSQL database of `url`, or None when the driver is not installed or
+    cannot connect (logged)."""
     try:
-        if url.get_backend_name() == "sqlite":
-            if not url.database or url.database == ":memory:" or url.database.startswith("file:") or url.query:
-                return None
-            import adbc_driver_sqlite.dbapi as adbc_sqlite  # lazy: an optional driver
-
-            conn = adbc_sqlite.connect(url.database)
-            with closing(conn.cursor()) as cursor:
-                for pragma in ADBC_SQLITE_PRAGMAS:
-                    cursor.execute(pragma)
-            return conn
         import adbc_driver_postgresql.dbapi as adbc_pg  # lazy: an optional driver
 
         return adbc_pg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))

@@ -3,7 +3,10 @@ byte, as the DB-API driver's tuples; SQL Server, other parameters and unreachabl
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -106,6 +109,40 @@ def test_sqlite_memory_and_unreachable_postgresql_fall_back_to_the_dbapi_driver(
         assert columnar._adbc_batches(conn, query, ROW_SCHEMA, 10) is None
         assert sum(len(t) for t in db.arrow_batches(conn, query, ROW_SCHEMA)) == 30
     nowhere = sa.engine.make_url("postgresql+psycopg://fleetscore:secret@127.0.0.1:1/none")
-    assert columnar._adbc_connect(nowhere) is None
+    assert columnar._adbc_pg_connect(nowhere) is None
     assert "columnar read unavailable" in caplog.text and "secret" not in caplog.text
     assert pa.types.is_int64(ROW_SCHEMA.field("window_end").type)
+
+
+def test_a_sqlite_read_keeps_this_process_s_locks_on_the_database(tmp_path):
+    """The ADBC driver's own copy of SQLite reads in a child process: in this one, closing its connection released
+    the engine's POSIX locks, and another process, believing it was alone on the file, reset the WAL under them."""
+    path = tmp_path / "fleet.db"
+    engine = db.create_db_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        db.metadata.create_all(conn)
+        conn.execute(sa.text("PRAGMA wal_autocheckpoint = 0"))  # the rows stay in the WAL
+        conn.execute(db.windows.insert(), _windows(5))
+    w = db.windows
+    with engine.connect() as conn:  # an open connection: it holds its lock on the WAL index
+        conn.execute(sa.select(sa.func.count()).select_from(w)).scalar_one()
+        rows = sum(len(t) for t in db.arrow_batches(conn, sa.select(*(w.c[n] for n in ROW_SCHEMA.names)), ROW_SCHEMA))
+        assert rows == len(_windows(5))
+        wal = os.path.getsize(f"{path}-wal")
+        other = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                                "print(c.execute('select count(*) from windows').fetchone()[0]); c.close()", str(path)],
+                               capture_output=True, text=True, check=True)
+        assert int(other.stdout) == rows
+        assert os.path.exists(f"{path}-wal") and os.path.getsize(f"{path}-wal") == wal > 0  # not checkpointed away
+        assert conn.execute(sa.select(sa.func.count()).select_from(w)).scalar_one() == rows
+    engine.dispose()
+
+
+def test_a_failed_sqlite_reader_raises_its_message(tmp_path):
+    path = tmp_path / "fleet.db"
+    engine = db.create_db_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        db.metadata.create_all(conn)
+    with pytest.raises(RuntimeError, match=r"ADBC SQLite reader failed \(exit 1\): .*no such table: nowhere"):
+        columnar._sqlite_reader_batches(engine.url, "SELECT device FROM nowhere", ROW_SCHEMA, 10)
+    engine.dispose()
