@@ -36,7 +36,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
-from fleetscore.db import adbc_sqlite_reader
+import fleetscore.db.adbc_sqlite_reader as adbc_sqlite_reader
 from fleetscore.db.reads import iter_tuples
 from scoring_job.contract import ID_PATTERN
 
