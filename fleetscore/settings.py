@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     )
     partition_models: int = Field(2000, alias="PARTITION_MODELS", ge=1)
     scoring_workers: int = Field(0, alias="SCORING_WORKERS", ge=0, description="0 = one per core")
+    export_streams: int = Field(
+        2, alias="EXPORT_STREAMS", ge=1,
+        description="device ranges a run's export reads side by side (fewer when the fleet is small)",
+    )
     scoring_dtype: Literal["float64", "float32"] = Field("float64", alias="SCORING_DTYPE")
     run_lease_seconds: int = Field(
         120, alias="RUN_LEASE_SECONDS", ge=1, le=3600,

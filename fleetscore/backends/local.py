@@ -73,6 +73,13 @@ def _init_worker(argv: list[str]) -> None:
         _INIT_ERROR = exc
 
 
+def _started() -> None:
+    """The pool's first task: its workers start at once (and load the pack while the run's export is still reading);
+    raises the worker's init failure."""
+    if _INIT_ERROR is not None:
+        raise _INIT_ERROR
+
+
 def _run_batch(paths: list[str]) -> list[dict]:
     """Every item's result row, failed partitions' "error" rows included (run() drops them for Azure ML's failure
     count; here their reasons go into the run's record); raises the worker's init failure."""
@@ -97,16 +104,16 @@ class PartitionPool:
             _kernels.warm()  # once per process: forked workers inherit the compiled kernels
         self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context,
                                          initializer=_init_worker, initargs=(argv,))
+        self._started = self._pool.submit(_started)  # forks now, before the export's threads start
         self._futures: list = []
         self._progress = progress
 
     def add(self, partition: Path) -> None:
         """Queue a partition; raises the failure of the first mini-batch (a worker's init error) once it is known,
         so that the run stops exporting."""
-        first = self._futures[0] if self._futures else None
-        if first is not None and first.done() and first.exception() is not None:
+        if self._started.done() and self._started.exception() is not None:
             self._pool.shutdown(cancel_futures=True)
-            raise first.exception()
+            raise self._started.exception()
         self._futures.append(self._pool.submit(_run_batch, [str(partition)]))
 
     def results(self) -> pd.DataFrame:

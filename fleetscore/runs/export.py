@@ -13,14 +13,16 @@ and the manifest counts are vectorised, so the export costs little more than the
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from fleetscore import clock, db
 from fleetscore.runs.claims import Claim
@@ -52,36 +54,110 @@ def partition_tables(batches: Iterable[pa.Table], window_from: int, partition_mo
 def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version: str, window_ms: int,
                partition_models: int, progress: Callable[[int, int], None] | None = None,
                on_partition: Callable[[str], None] | None = None, lookback: Lookback = Lookback(),
-               columnar: bool = True) -> RunManifest:
+               columnar: bool = True, streams: int = 1) -> RunManifest:
     """Write the claim's windows to `data/<run_id>/part-NNNNN.parquet` and the run manifest; with a `lookback`, the
     windows it names before the range as context rows (module docstring).
 
-    One ordered query streamed in batches; memory is bounded by a batch and a partition. `on_partition(key)` is
-    called as each partition is written (the local backend starts scoring it at once). `columnar=False` reads
-    through the DB-API driver even where ADBC serves the database (the same bytes, slower).
+    One ordered query per stream, streamed in batches; memory is bounded by a batch and a partition per stream.
+    `on_partition(key)` is called as each partition is written (the local backend starts scoring it at once), one
+    call at a time. `columnar=False` reads through the DB-API driver even where ADBC serves the database (the same
+    bytes, slower). `streams` > 1 reads that many device ranges side by side (`device_ranges`).
     """
-    w = db.windows
-    query = (sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
-             .where(_since(claim.window_from, lookback, window_ms), w.c.window_end <= claim.window_until)
-             .order_by(w.c.device, w.c.sensor, w.c.window_end))
     manifest = RunManifest(run_id=claim.run_id, slot=claim.slot_ms, window_from=claim.window_from,
                            window_until=claim.window_until, model_version=model_version,
                            window_minutes=window_ms // 60_000, created_at=clock.now_ms())
+    condition = sa.and_(_since(claim.window_from, lookback, window_ms), db.windows.c.window_end <= claim.window_until)
     with engine.connect() as conn:
-        batches = db.arrow_batches(conn, query, ROW_SCHEMA, batch_rows=BATCH_ROWS, columnar=columnar)
-        tables = partition_tables(batches, claim.window_from, partition_models,
-                                  scored_only=bool(lookback.windows or lookback.announce_windows))
-        for number, table in enumerate(tables):
-            name = partition_name(number)
-            store.put(partition_key(claim.run_id, name), table_bytes(table))
-            if on_partition:
-                on_partition(partition_key(claim.run_id, name))
-            manifest.partitions.append(Partition(name=name, pairs=int(_pair_starts(table).sum()),
-                                                 windows=len(table) - int(pc.sum(table["context"]).as_py() or 0)))
-            if progress:
-                progress(number + 1, 0)
+        ranges = device_ranges(conn, claim.window_until, streams, partition_models)
+        if len(ranges) > 1:  # each stream seeks its devices in every window end instead of scanning them all
+            condition = sa.and_(condition, db.windows.c.window_end.in_(
+                window_ends(conn, claim.window_from - _lookback_windows(lookback) * window_ms, claim.window_until)))
+    written: list[Partition] = []
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def export_stream(k: int, lo: str | None, hi: str | None) -> None:
+        """The partitions of devices in [lo, hi), numbered k, k + len(ranges), ... (names as retries give them)."""
+        try:
+            with engine.connect() as conn:
+                batches = db.arrow_batches(conn, _export_query(condition, lo, hi), ROW_SCHEMA, batch_rows=BATCH_ROWS,
+                                           columnar=columnar)
+                tables = partition_tables(batches, claim.window_from, partition_models, scored_only=bool(
+                    lookback.windows or lookback.announce_windows))
+                for j, table in enumerate(tables):
+                    if failed.is_set():
+                        return
+                    name = partition_name(j * len(ranges) + k)
+                    store.put(partition_key(claim.run_id, name), table_bytes(table))
+                    with lock:
+                        if on_partition:
+                            on_partition(partition_key(claim.run_id, name))
+                        written.append(Partition(name=name, pairs=int(_pair_starts(table).sum()), windows=len(
+                            table) - int(pc.sum(table["context"]).as_py() or 0)))
+                        if progress:
+                            progress(len(written), 0)
+        except BaseException:
+            failed.set()
+            raise
+
+    if len(ranges) == 1:
+        export_stream(0, *ranges[0])
+    else:
+        with ThreadPoolExecutor(len(ranges), thread_name_prefix="export") as pool:
+            for future in [pool.submit(export_stream, k, lo, hi) for k, (lo, hi) in enumerate(ranges)]:
+                future.result()
+    manifest.partitions = sorted(written, key=lambda p: p.name)
     store.put(run_manifest_key(claim.run_id), manifest.to_json())
     return manifest
+
+
+def _export_query(condition: sa.ColumnElement[bool], lo: str | None, hi: str | None) -> sa.Select:
+    """The windows matching `condition` of the devices in [lo, hi) (None: unbounded), ordered as partitions are."""
+    w = db.windows
+    query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
+    query = query.where(condition)
+    if lo is not None:
+        query = query.where(w.c.device >= lo)
+    if hi is not None:
+        query = query.where(w.c.device < hi)
+    return query.order_by(w.c.device, w.c.sensor, w.c.window_end)
+
+
+def device_ranges(conn: Connection, window_end: int, streams: int, partition_models: int
+                  ) -> list[tuple[str | None, str | None]]:
+    """Up to `streams` device ranges [lo, hi) that cover every device (the first from None, the last to None), cut
+    at the devices that split the pairs of the last window end at or before `window_end` evenly; one range (None,
+    None) when that window holds fewer than `partition_models` pairs per stream. Deterministic for the same rows."""
+    w = db.windows
+    latest = conn.execute(sa.select(sa.func.max(w.c.window_end)).where(w.c.window_end <= window_end)).scalar()
+    if streams <= 1 or latest is None:
+        return [(None, None)]
+    pairs = conn.execute(sa.select(sa.func.count()).where(w.c.window_end == latest)).scalar_one()
+    streams = min(streams, pairs // partition_models)
+    cuts: list[str] = []
+    for k in range(1, streams):
+        cut = conn.execute(sa.select(w.c.device).where(w.c.window_end == latest).order_by(w.c.device, w.c.sensor)
+                           .offset(k * pairs // streams).limit(1)).scalar_one()
+        if not cuts or cut > cuts[-1]:
+            cuts.append(cut)
+    bounds: list[str | None] = [None, *cuts, None]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def window_ends(conn: Connection, after: int, until: int) -> list[int]:
+    """The distinct window ends in (after, until], one index seek each (windows' key starts with window_end)."""
+    w = db.windows
+    ends: list[int] = []
+    while (end := conn.execute(sa.select(sa.func.min(w.c.window_end))
+                               .where(w.c.window_end > (ends[-1] if ends else after), w.c.window_end <= until)
+                               ).scalar()) is not None:
+        ends.append(int(end))
+    return ends
+
+
+def _lookback_windows(lookback: Lookback) -> int:
+    """How many windows before the range the export reads for any sensor."""
+    return max(lookback.windows, lookback.announce_windows if lookback.announce else 0)
 
 
 def _since(window_from: int, lookback: Lookback, window_ms: int) -> sa.ColumnElement[bool]:

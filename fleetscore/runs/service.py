@@ -148,7 +148,7 @@ def _export_and_submit(services: Any, claim: Claim, backend: Backend, outcome: R
     manifest = _timed(outcome, "export", lambda: export_run(
         engine, store, claim, model_version=version, window_ms=settings.window_ms,
         partition_models=settings.partition_models, progress=_stage(progress, "export"),
-        on_partition=exported, lookback=context))
+        on_partition=exported, lookback=context, streams=settings.export_streams))
     outcome.manifest = manifest
     update_run(engine, claim.run_id, model_version=version, partitions=len(manifest.partitions),
                models=manifest.pairs, windows=manifest.windows, timings=json.dumps(outcome.timings))

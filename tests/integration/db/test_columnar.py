@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, postgresql, sqlite
@@ -146,3 +147,61 @@ def test_a_failed_sqlite_reader_raises_its_message(tmp_path):
     with pytest.raises(RuntimeError, match=r"ADBC SQLite reader failed \(exit 1\): .*no such table: nowhere"):
         columnar._sqlite_reader_batches(engine.url, "SELECT device FROM nowhere", ROW_SCHEMA, 10)
     engine.dispose()
+
+
+
+def _export_streams(engine, tmp_path, name: str, *, streams: int, columnar_read: bool, lookback: Lookback):
+    """The export's partitions (names, tables) and manifest with `streams` device ranges."""
+    store = FolderStore(tmp_path / name)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(db.runs))
+    claim = claim_run(engine, SLOT, window_ms=W, late_ms=0, max_lookback_ms=12 * W, trigger="test", backend="local")
+    manifest = export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=7,
+                          lookback=lookback, columnar=columnar_read, streams=streams)
+    tables = {p.name: pq.read_table(pa.BufferReader(store.get(partition_key(claim.run_id, p.name))))
+              for p in manifest.partitions}
+    return tables, manifest
+
+
+@pytest.mark.parametrize("columnar_read", [True, False])
+@pytest.mark.parametrize("lookback", [Lookback(), Lookback(6, ("hum",), 24)])
+def test_export_streams_split_the_devices_and_lose_or_repeat_no_row(engine, tmp_path, columnar_read, lookback):
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), _windows(6))
+    one, one_manifest = _export_streams(engine, tmp_path, "one", streams=1, columnar_read=columnar_read,
+                                        lookback=lookback)
+    for streams in (2, 3):
+        parts, manifest = _export_streams(engine, tmp_path, f"s{streams}", streams=streams,
+                                          columnar_read=columnar_read, lookback=lookback)
+        devices = [set(t["device"].to_pylist()) for t in parts.values()]
+        assert all(not (a & b) for i, a in enumerate(devices) for b in devices[i + 1:])  # whole devices
+        assert [p.name for p in manifest.partitions] == sorted(parts)
+        numbers = sorted(int(name[5:10]) for name in parts)
+        assert {n % streams for n in numbers} == set(range(streams))  # every stream wrote, numbered k, k + streams...
+        in_device_order = sorted(parts.values(), key=lambda t: t["device"][0].as_py())
+        assert pa.concat_tables(in_device_order).equals(pa.concat_tables(one.values()))
+        assert (manifest.pairs, manifest.windows) == (one_manifest.pairs, one_manifest.windows)
+        again, _ = _export_streams(engine, tmp_path, f"again{streams}", streams=streams,
+                                   columnar_read=columnar_read, lookback=lookback)
+        assert again.keys() == parts.keys() and all(again[k].equals(parts[k]) for k in parts)  # a retry's names
+
+
+def test_device_ranges_cover_every_device_once_and_window_ends_are_the_distinct_ends(engine):
+    rows = _windows(7)
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), rows)
+    latest = [r for r in rows if r["window_end"] == UNTIL]
+    with engine.connect() as conn:
+        assert export.device_ranges(conn, UNTIL, 1, 7) == [(None, None)]
+        assert export.device_ranges(conn, UNTIL, 4, len(latest)) == [(None, None)]  # too few pairs per stream
+        ranges = export.device_ranges(conn, UNTIL, 3, 2)
+        assert export.window_ends(conn, UNTIL - 10 * W, UNTIL) == sorted(
+            {r["window_end"] for r in rows if UNTIL - 10 * W < r["window_end"] <= UNTIL})
+        assert export.window_ends(conn, UNTIL, UNTIL + W) == []
+    assert len(ranges) == 3 and ranges[0][0] is None and ranges[-1][1] is None
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    cuts = [hi for _, hi in ranges[:-1]]
+    assert cuts == sorted(cuts) and len(set(cuts)) == len(cuts)
+    pairs_per_range = [sum(1 for r in latest if (lo is None or r["device"] >= lo) and (hi is None or r["device"] < hi))
+                       for lo, hi in ranges]
+    assert sum(pairs_per_range) == len(latest) and min(pairs_per_range) > 0
