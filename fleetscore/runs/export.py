@@ -8,7 +8,11 @@ window in the range exports nothing.
 The rows stream from one ordered query as columns (Arrow batches: `db.arrow_batches`, through ADBC on SQLite files
 and PostgreSQL, so no Python object per value; through the DB-API driver elsewhere): partitioning, the context flags
 and the manifest counts are vectorised, so the export costs little more than the database's own sort of the rows
-(at 1,000,000 pairs × 12 windows the per-row Python work was most of the run)."""
+(at 1,000,000 pairs × 12 windows the per-row Python work was most of the run). With `streams` > 1 the devices are
+cut into that many ranges (`device_ranges`), each read, sorted and written by a thread of its own (the reads run in
+the database or in ADBC's child process, outside the GIL); each range's query seeks its devices in every window end
+of the run (`window_ends`) rather than scanning all of them. Stream k numbers its partitions k, k + streams, ...:
+the same rows give the same names, so a retry rewrites the same files."""
 
 from __future__ import annotations
 
