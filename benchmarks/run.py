@@ -233,7 +233,8 @@ def one_size(folder: Path, models: int, windows: int, partition_models: int, alg
     feed = backend.open_feed(request)  # as start_run does: score partitions while exporting
     with TreeMemory() as memory:  # started after the pool chose its start method (fork: one thread only)
         manifest = export_run(services.engine, services.store, claim, model_version="vbench", window_ms=W,
-                              partition_models=partition_models, on_partition=feed.add, lookback=context)
+                              partition_models=partition_models, on_partition=feed.add, lookback=context,
+                              streams=settings.export_streams)
         t_export = time.perf_counter() - t0
         backend.submit(request)
         t_run = time.perf_counter() - t0
@@ -247,7 +248,7 @@ def one_size(folder: Path, models: int, windows: int, partition_models: int, alg
     services.close()
 
     print(f"whole run     {t_run:8.2f} s   (export, overlapped with scoring: {t_export:.2f} s; "
-          f"{len(manifest.partitions)} partitions, "
+          f"{len(manifest.partitions)} partitions, {settings.export_streams} export streams, "
           f"{settings.workers} workers)   {scored / t_run:>12,.0f} windows/s")
     calls = f"calls of {engine_pairs:,} pairs" if engine_pairs else "one call per partition"
     print(f"engine alone  {t_engine:8.2f} s   (one process, {calls})                "

@@ -574,7 +574,7 @@ class ModelPack:
                  svm_shards: list[dict[str, np.ndarray]], others: list[Any]):
         """From a checked manifest, its table (:func:`_check_manifest`), the SVM shards' arrays (in shard order)
         and the skops detectors; use :func:`load_pack`."""
-        self.manifest = manifest
+        self.manifest = _without_model_columns(manifest)
         self.version: str = manifest["version"]
         self.features: tuple[str, ...] = tuple(manifest["features"])
         self.window_minutes: int = manifest["window_minutes"]
@@ -794,6 +794,15 @@ def _check_manifest(m: dict[str, Any]) -> dict[str, np.ndarray]:
             "change_params": _check_change_section(m.get("change"), table)}
 
 
+def _without_model_columns(m: dict[str, Any]) -> dict[str, Any]:
+    """The manifest less what a loaded pack holds as its table: the per-model columns and the change-z parameters
+    (at a million models ~90 MB per process that loads the pack)."""
+    out = {**m, "models": {"count": m["models"]["count"]}}
+    if isinstance(m.get("change"), dict):
+        out["change"] = {k: v for k, v in m["change"].items() if k != "params"}
+    return out
+
+
 def _check_sections(m: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The manifest's 'svm' and 'skops' sections, checked against its file list."""
     svm, sk = m.get("svm"), m.get("skops")
@@ -835,7 +844,7 @@ def _table_columns(t: dict[str, Any]) -> dict[str, np.ndarray]:
         raise _fail(f"models must hold exactly {sorted({*TABLE_FIELDS, 'count'})}")
     table = {
         "device": _str_column(t, "device", n, per_model=True),
-        "sensor": _str_column(t, "sensor", n, per_model=True),
+        "sensor": _shared_strings(_str_column(t, "sensor", n, per_model=True)),
         "algorithm": _str_column(t, "algorithm", n),
         "store": _str_column(t, "store", n),
         "n_features": _int_column(t, "n_features", n, nullable=True),
@@ -950,6 +959,13 @@ def _str_column(t: dict[str, Any], f: str, n: int, *, nullable: bool = False, pe
     if nulls < n and not _strings(col if not nulls else [v for v in col if v is not None]):
         raise _fail(f"models.{f} must be non-empty strings" + (" or nulls" if nullable else ""))
     return np.array(col, dtype=object)
+
+
+def _shared_strings(column: np.ndarray) -> np.ndarray:
+    """An object column with one str object per distinct value (JSON gives every occurrence its own: a sensor
+    name a million times is ~50 MB, once it is a few bytes)."""
+    first: dict[str, str] = {}
+    return np.array([first.setdefault(v, v) for v in column], dtype=object)
 
 
 def _int_column(t: dict[str, Any], f: str, n: int, *, nullable: bool = False) -> np.ndarray:
