@@ -39,6 +39,9 @@ from scoring_job.score import text_columns
 
 BATCH_ROWS = 100_000
 """Window rows read into columns at a time."""
+MAX_SEEK_ENDS = 1000
+"""The most window ends a stream's query lists (an IN of literals; SQL Server binds at most 2,100 parameters): a run
+over more (the first after a long stop) scans its range once per stream instead."""
 ROW_SCHEMA = PARTITION_SCHEMA.remove(PARTITION_SCHEMA.get_field_index("context")).set(
     PARTITION_SCHEMA.get_field_index("window_end"), pa.field("window_end", pa.int64()))
 """The export query's columns as read (window_end epoch ms); PARTITION_SCHEMA less the context flag."""
@@ -73,9 +76,10 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
     condition = sa.and_(_since(claim.window_from, lookback, window_ms), db.windows.c.window_end <= claim.window_until)
     with engine.connect() as conn:
         ranges = device_ranges(conn, claim.window_until, streams, partition_models)
-        if len(ranges) > 1:  # each stream seeks its devices in every window end instead of scanning them all
-            condition = sa.and_(condition, db.windows.c.window_end.in_(
-                window_ends(conn, claim.window_from - _lookback_windows(lookback) * window_ms, claim.window_until)))
+        ends = window_ends(conn, claim.window_from - _lookback_windows(lookback) * window_ms, claim.window_until,
+                           limit=MAX_SEEK_ENDS) if len(ranges) > 1 else None
+    if ends is not None and len(ends) <= MAX_SEEK_ENDS:  # each stream seeks its devices in every window end
+        condition = sa.and_(condition, db.windows.c.window_end.in_(ends))
     written: list[Partition] = []
     lock = threading.Lock()
     failed = threading.Event()
@@ -148,13 +152,17 @@ def device_ranges(conn: Connection, window_end: int, streams: int, partition_mod
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def window_ends(conn: Connection, after: int, until: int) -> list[int]:
-    """The distinct window ends in (after, until], one index seek each (windows' key starts with window_end)."""
+def window_ends(conn: Connection, after: int, until: int, *, limit: int | None = None) -> list[int]:
+    """The distinct window ends in (after, until], one index seek each (windows' key starts with window_end); with a
+    `limit`, at most limit + 1 of them (the caller then knows there are more)."""
     w = db.windows
     ends: list[int] = []
-    while (end := conn.execute(sa.select(sa.func.min(w.c.window_end))
-                               .where(w.c.window_end > (ends[-1] if ends else after), w.c.window_end <= until)
-                               ).scalar()) is not None:
+    while limit is None or len(ends) <= limit:
+        after = ends[-1] if ends else after
+        end = conn.execute(sa.select(sa.func.min(w.c.window_end)).where(w.c.window_end > after,
+                                                                       w.c.window_end <= until)).scalar()
+        if end is None:
+            break
         ends.append(int(end))
     return ends
 

@@ -205,3 +205,39 @@ def test_device_ranges_cover_every_device_once_and_window_ends_are_the_distinct_
     pairs_per_range = [sum(1 for r in latest if (lo is None or r["device"] >= lo) and (hi is None or r["device"] < hi))
                        for lo, hi in ranges]
     assert sum(pairs_per_range) == len(latest) and min(pairs_per_range) > 0
+
+
+def test_window_ends_stop_one_past_a_limit_and_a_run_over_more_ends_scans_instead(engine, tmp_path, monkeypatch):
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), _windows(8))
+    with engine.connect() as conn:
+        every = export.window_ends(conn, UNTIL - 40 * W, UNTIL)
+        assert export.window_ends(conn, UNTIL - 40 * W, UNTIL, limit=3) == every[:4]
+    one, _ = _export_streams(engine, tmp_path, "one", streams=1, columnar_read=True, lookback=Lookback())
+    monkeypatch.setattr(export, "MAX_SEEK_ENDS", 2)  # more ends than that: the streams scan their device ranges
+    parts, _ = _export_streams(engine, tmp_path, "two", streams=2, columnar_read=True, lookback=Lookback())
+    assert len(parts) > 1
+    assert pa.concat_tables(sorted(parts.values(), key=lambda t: t["device"][0].as_py())).equals(
+        pa.concat_tables(one.values()))
+
+
+def test_a_failing_stream_fails_the_export_before_its_manifest(engine, tmp_path, monkeypatch):
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), _windows(9))
+    with engine.connect() as conn:
+        assert len(export.device_ranges(conn, UNTIL, 2, 3)) == 2
+    store = FolderStore(tmp_path / "blobs")
+    put = store.put
+    written: list[str] = []
+
+    def put_or_fail(key, data, **kwargs):
+        if key.endswith("part-00001.parquet"):  # stream 1's first partition
+            raise OSError("disk full")
+        written.append(key)
+        return put(key, data, **kwargs)
+
+    monkeypatch.setattr(store, "put", put_or_fail)
+    claim = claim_run(engine, SLOT, window_ms=W, late_ms=0, max_lookback_ms=12 * W, trigger="test", backend="local")
+    with pytest.raises(OSError, match="disk full"):
+        export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=3, streams=2)
+    assert not any(k.endswith("manifest.json") for k in written)
