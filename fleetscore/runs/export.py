@@ -39,6 +39,9 @@ from scoring_job.score import text_columns
 
 BATCH_ROWS = 100_000
 """Window rows read into columns at a time."""
+PARTITION_COMPRESSION = "lz4"
+"""Partition files' Parquet codec: they are read once, by the scoring job, right after; lz4 writes and reads them
+faster than zstd (at 1,000,000 pairs ~2 s less CPU per run) for ~10 % more bytes."""
 MAX_SEEK_ENDS = 1000
 """The most window ends a stream's query lists (an IN of literals; SQL Server binds at most 2,100 parameters): a run
 over more (the first after a long stop) scans its range once per stream instead."""
@@ -184,10 +187,10 @@ def _since(window_from: int, lookback: Lookback, window_ms: int) -> sa.ColumnEle
 
 
 def table_bytes(table: pa.Table) -> bytes:
-    """A partition table (PARTITION_SCHEMA) as Parquet, written as prediction files are (dictionary encoding for the
-    text columns only: `score.text_columns`); equal rows give equal bytes."""
+    """A partition table (PARTITION_SCHEMA) as Parquet (PARTITION_COMPRESSION; dictionary encoding for the text
+    columns only, as prediction files: `score.text_columns`); equal rows give equal bytes."""
     buf = io.BytesIO()
-    pq.write_table(table.combine_chunks(), buf, compression="zstd", use_dictionary=text_columns(table))
+    pq.write_table(table.combine_chunks(), buf, compression=PARTITION_COMPRESSION, use_dictionary=text_columns(table))
     return buf.getvalue()
 
 

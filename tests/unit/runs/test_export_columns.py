@@ -58,7 +58,7 @@ def partition_bytes(rows: list[tuple], window_from: int | None = None) -> bytes:
          pa.array(np.array(n, dtype=np.int64)), *(pa.array(col) for col in numeric), pa.array(context)],
         schema=PARTITION_SCHEMA)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", use_dictionary=["device", "sensor"])  # as the export writes
+    pq.write_table(table, buf, compression=export.PARTITION_COMPRESSION, use_dictionary=["device", "sensor"])
     return buf.getvalue()
 
 
