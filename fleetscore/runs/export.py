@@ -147,12 +147,18 @@ def device_ranges(conn: Connection, window_end: int, streams: int, partition_mod
     streams = min(streams, pairs // partition_models)
     cuts: list[str] = []
     for k in range(1, streams):
-        cut = conn.execute(sa.select(w.c.device).where(w.c.window_end == latest).order_by(w.c.device, w.c.sensor)
-                           .offset(k * pairs // streams).limit(1)).scalar_one()
+        cut = conn.execute(_device_at(latest, k * pairs // streams)).scalar_one()
         if not cuts or cut > cuts[-1]:
             cuts.append(cut)
     bounds: list[str | None] = [None, *cuts, None]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _device_at(window_end: int, offset: int) -> sa.Select:
+    """The device of the `offset`-th pair (by device, sensor) with a window ending at `window_end`."""
+    w = db.windows
+    return (sa.select(w.c.device).where(w.c.window_end == window_end).order_by(w.c.device, w.c.sensor)
+            .offset(offset).limit(1))
 
 
 def window_ends(conn: Connection, after: int, until: int, *, limit: int | None = None) -> list[int]:

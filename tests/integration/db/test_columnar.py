@@ -241,3 +241,20 @@ def test_a_failing_stream_fails_the_export_before_its_manifest(engine, tmp_path,
     with pytest.raises(OSError, match="disk full"):
         export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=3, streams=2)
     assert not any(k.endswith("manifest.json") for k in written)
+
+
+def test_the_stream_queries_compile_for_sql_server_with_bound_parameters():
+    """SQL Server takes the generic path: the stream's IN list and device bounds are bound parameters (at most
+    MAX_SEEK_ENDS + 3 of them, under its 2,100), and the cut query pages in the dialect's way."""
+    w = db.windows
+    ends = [UNTIL - k * W for k in range(export.MAX_SEEK_ENDS)]
+    query = export._export_query(sa.and_(w.c.window_end > 0, w.c.window_end.in_(ends)), "d010", "d020")
+    sql = str(query.compile(dialect=mssql.pyodbc.dialect()))
+    assert "windows.device >= :device_1" in sql and "windows.device < :device_2" in sql
+    assert sql.endswith("ORDER BY windows.device, windows.sensor, windows.window_end")
+    assert columnar.literal_sql(mssql.pyodbc.dialect(), query) is None  # not rendered: bound
+    params = query.compile(dialect=mssql.pyodbc.dialect(), compile_kwargs={"render_postcompile": True}).params
+    assert len(params) == export.MAX_SEEK_ENDS + 3 <= 2100
+    cut = str(export._device_at(UNTIL, 5).compile(dialect=mssql.pyodbc.dialect()))
+    assert "ROW_NUMBER() OVER (ORDER BY windows.device, windows.sensor)" in cut  # the dialect's paging
+    assert cut.endswith("WHERE mssql_rn > :param_1 AND mssql_rn <= :param_2 + :param_1")
