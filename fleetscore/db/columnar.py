@@ -142,19 +142,21 @@ def _sqlite_reader_batches(url: URL, sql: str, schema: pa.Schema, batch_rows: in
 
 def _child_stream(child: subprocess.Popen, reader: pa.RecordBatchStreamReader, schema: pa.Schema
                   ) -> Iterator[pa.Table]:
-    """The reader's batches as tables of `schema`; the child waited for (killed if the caller stops early) and its
-    failure raised."""
-    complete = False
+    """The reader's batches as tables of `schema`, then the child waited for; a child that failed (or a stream
+    that broke off) raises with the child's message, and a caller that stops early kills the child."""
     try:
         for batch in reader:
             yield _as_schema(batch, schema)
-        complete = True
-    finally:
-        if not complete:
-            child.kill()
-        error = _finish(child)
-    if child.returncode:
-        raise RuntimeError(f"the ADBC SQLite reader failed (exit {child.returncode}): {error}")
+        broken = ""
+    except (pa.ArrowInvalid, OSError) as exc:  # the stream broke off: the child's exit says why
+        broken = f"{type(exc).__name__}: {exc}"
+    except BaseException:  # the caller stopped (GeneratorExit) or failed: the rest is not wanted
+        child.kill()
+        _finish(child)
+        raise
+    error = _finish(child)
+    if child.returncode or broken:
+        raise RuntimeError(f"the ADBC SQLite reader failed (exit {child.returncode}): {error or broken}")
 
 
 def _finish(child: subprocess.Popen) -> str:

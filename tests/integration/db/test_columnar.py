@@ -258,3 +258,24 @@ def test_the_stream_queries_compile_for_sql_server_with_bound_parameters():
     cut = str(export._device_at(UNTIL, 5).compile(dialect=mssql.pyodbc.dialect()))
     assert "ROW_NUMBER() OVER (ORDER BY windows.device, windows.sensor)" in cut  # the dialect's paging
     assert cut.endswith("WHERE mssql_rn > :param_1 AND mssql_rn <= :param_2 + :param_1")
+
+
+def test_a_sqlite_reader_that_fails_mid_stream_raises_after_its_first_batches(tmp_path):
+    path = tmp_path / "fleet.db"
+    engine = db.create_db_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        db.metadata.create_all(conn)
+        conn.execute(db.windows.insert(), _windows(10))
+    schema = pa.schema([pa.field("x", pa.int64())])
+    # the driver types the column from its first batch (integers), then meets a string: an error mid-stream
+    sql = "SELECT CASE WHEN rowid_ < 10 THEN rowid_ ELSE 'text' END FROM (SELECT row_number() OVER () AS rowid_ " \
+          "FROM windows)"
+    batches = columnar._sqlite_reader_batches(engine.url, sql, schema, 5)
+    first = next(batches)
+    assert first.schema == schema and len(first) == 5
+    with pytest.raises(RuntimeError, match=r"ADBC SQLite reader failed \(exit 1\): .*(?i:type mismatch)"):
+        list(batches)
+    stopped = columnar._sqlite_reader_batches(engine.url, "SELECT window_end FROM windows", schema, 5)
+    assert len(next(stopped)) == 5
+    stopped.close()  # the caller stops early: the child is killed and reaped, nothing raised
+    engine.dispose()
