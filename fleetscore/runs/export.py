@@ -42,6 +42,10 @@ BATCH_ROWS = 100_000
 PARTITION_COMPRESSION = "lz4"
 """Partition files' Parquet codec: they are read once, by the scoring job, right after; lz4 writes and reads them
 faster than zstd (at 1,000,000 pairs ~2 s less CPU per run) for ~10 % more bytes."""
+COLUMNAR_MIN_ROWS = 200_000
+"""Fewer rows expected (the last window's pairs × the windows a run reads) read through the DB-API driver: the ADBC
+SQLite reader's process start (~0.2 s) costs more than such a read (the 100-device demo's 25 runs: score+index
+9.1 s with the reader for every run)."""
 MAX_SEEK_ENDS = 1000
 """The most window ends a stream's query lists (an IN of literals; SQL Server binds at most 2,100 parameters): a run
 over more (the first after a long stop) scans its range once per stream instead."""
@@ -78,11 +82,14 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
                            window_minutes=window_ms // 60_000, created_at=clock.now_ms())
     condition = sa.and_(_since(claim.window_from, lookback, window_ms), db.windows.c.window_end <= claim.window_until)
     with engine.connect() as conn:
-        ranges = device_ranges(conn, claim.window_until, streams, partition_models)
+        latest, pairs = last_window(conn, claim.window_until)
+        ranges = device_ranges(conn, latest, pairs, streams, partition_models)
         ends = window_ends(conn, claim.window_from - _lookback_windows(lookback) * window_ms, claim.window_until,
                            limit=MAX_SEEK_ENDS) if len(ranges) > 1 else None
     if ends is not None and len(ends) <= MAX_SEEK_ENDS:  # each stream seeks its devices in every window end
         condition = sa.and_(condition, db.windows.c.window_end.in_(ends))
+    windows = (claim.window_until - claim.window_from) // window_ms + _lookback_windows(lookback)
+    columnar = columnar and pairs * windows >= COLUMNAR_MIN_ROWS
     written: list[Partition] = []
     lock = threading.Lock()
     failed = threading.Event()
@@ -134,17 +141,24 @@ def _export_query(condition: sa.ColumnElement[bool], lo: str | None, hi: str | N
     return query.order_by(w.c.device, w.c.sensor, w.c.window_end)
 
 
-def device_ranges(conn: Connection, window_end: int, streams: int, partition_models: int
-                  ) -> list[tuple[str | None, str | None]]:
-    """Up to `streams` device ranges [lo, hi) that cover every device (the first from None, the last to None), cut
-    at the devices that split the pairs of the last window end at or before `window_end` evenly; one range (None,
-    None) when that window holds fewer than `partition_models` pairs per stream. Deterministic for the same rows."""
+def last_window(conn: Connection, window_end: int) -> tuple[int | None, int]:
+    """The last window end at or before `window_end` (None: no window) and how many pairs have a window there."""
     w = db.windows
     latest = conn.execute(sa.select(sa.func.max(w.c.window_end)).where(w.c.window_end <= window_end)).scalar()
+    if latest is None:
+        return None, 0
+    return int(latest), conn.execute(sa.select(sa.func.count()).where(w.c.window_end == latest)).scalar_one()
+
+
+def device_ranges(conn: Connection, latest: int | None, pairs: int, streams: int, partition_models: int
+                  ) -> list[tuple[str | None, str | None]]:
+    """Up to `streams` device ranges [lo, hi) that cover every device (the first from None, the last to None), cut
+    at the devices that split the `pairs` pairs of the window ending at `latest` (`last_window`) evenly; one range
+    (None, None) when that window holds fewer than `partition_models` pairs per stream. Deterministic for the same
+    rows."""
+    streams = min(streams, pairs // partition_models)
     if streams <= 1 or latest is None:
         return [(None, None)]
-    pairs = conn.execute(sa.select(sa.func.count()).where(w.c.window_end == latest)).scalar_one()
-    streams = min(streams, pairs // partition_models)
     cuts: list[str] = []
     for k in range(1, streams):
         cut = conn.execute(_device_at(latest, k * pairs // streams)).scalar_one()

@@ -26,6 +26,14 @@ from scoring_job.pack import Lookback
 W = 300_000
 SLOT = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000 + 300_000
 UNTIL = SLOT - SLOT % W
+COLUMNAR_MIN_ROWS = export.COLUMNAR_MIN_ROWS
+"""The library's threshold (the tests below set it to 0)."""
+
+
+@pytest.fixture(autouse=True)
+def _columnar_for_small_exports(monkeypatch):
+    """These fleets are small: the export reads them through ADBC as it reads large ones."""
+    monkeypatch.setattr(export, "COLUMNAR_MIN_ROWS", 0)
 
 
 def _windows(seed: int) -> list[dict]:
@@ -192,9 +200,11 @@ def test_device_ranges_cover_every_device_once_and_window_ends_are_the_distinct_
         conn.execute(db.windows.insert(), rows)
     latest = [r for r in rows if r["window_end"] == UNTIL]
     with engine.connect() as conn:
-        assert export.device_ranges(conn, UNTIL, 1, 7) == [(None, None)]
-        assert export.device_ranges(conn, UNTIL, 4, len(latest)) == [(None, None)]  # too few pairs per stream
-        ranges = export.device_ranges(conn, UNTIL, 3, 2)
+        assert export.last_window(conn, UNTIL) == (UNTIL, len(latest))
+        assert export.last_window(conn, UNTIL - 10**12) == (None, 0)
+        assert export.device_ranges(conn, UNTIL, len(latest), 1, 7) == [(None, None)]
+        assert export.device_ranges(conn, UNTIL, len(latest), 4, len(latest)) == [(None, None)]  # too few per stream
+        ranges = export.device_ranges(conn, UNTIL, len(latest), 3, 2)
         assert export.window_ends(conn, UNTIL - 10 * W, UNTIL) == sorted(
             {r["window_end"] for r in rows if UNTIL - 10 * W < r["window_end"] <= UNTIL})
         assert export.window_ends(conn, UNTIL, UNTIL + W) == []
@@ -225,7 +235,7 @@ def test_a_failing_stream_fails_the_export_before_its_manifest(engine, tmp_path,
     with engine.begin() as conn:
         conn.execute(db.windows.insert(), _windows(9))
     with engine.connect() as conn:
-        assert len(export.device_ranges(conn, UNTIL, 2, 3)) == 2
+        assert len(export.device_ranges(conn, *export.last_window(conn, UNTIL), 2, 3)) == 2
     store = FolderStore(tmp_path / "blobs")
     put = store.put
     written: list[str] = []
@@ -279,3 +289,16 @@ def test_a_sqlite_reader_that_fails_mid_stream_raises_after_its_first_batches(tm
     assert len(next(stopped)) == 5
     stopped.close()  # the caller stops early: the child is killed and reaped, nothing raised
     engine.dispose()
+
+
+def test_a_small_export_reads_through_the_dbapi_driver_without_starting_a_reader(engine, tmp_path, monkeypatch):
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), _windows(11))
+    generic = _export(engine, tmp_path, "generic", columnar_read=False, lookback=Lookback())
+    monkeypatch.setattr(export, "COLUMNAR_MIN_ROWS", COLUMNAR_MIN_ROWS)  # the default: these ~40 devices are below it
+
+    def no_columnar(*args, **kwargs):
+        raise AssertionError("a small export started a columnar read")
+
+    monkeypatch.setattr(columnar, "_adbc_batches", no_columnar)
+    assert _export(engine, tmp_path, "small", columnar_read=True, lookback=Lookback()) == generic
