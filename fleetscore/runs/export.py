@@ -181,12 +181,11 @@ def window_ends(conn: Connection, after: int, until: int, *, limit: int | None =
     w = db.windows
     ends: list[int] = []
     while limit is None or len(ends) <= limit:
-        after = ends[-1] if ends else after
         end = conn.execute(sa.select(sa.func.min(w.c.window_end)).where(w.c.window_end > after,
                                                                        w.c.window_end <= until)).scalar()
         if end is None:
             break
-        ends.append(int(end))
+        ends.append(after := int(end))
     return ends
 
 
