@@ -101,7 +101,8 @@ class Settings(BaseSettings):
     scoring_workers: int = Field(0, alias="SCORING_WORKERS", ge=0, description="0 = one per core")
     export_streams: int = Field(
         2, alias="EXPORT_STREAMS", ge=1,
-        description="device ranges a run's export reads side by side (fewer when the fleet is small)",
+        description="threads that read a run's export side by side, each a block of adjacent device ranges of about "
+                    "PARTITION_MODELS pairs (fewer when the fleet is small)",
     )
     scoring_dtype: Literal["float64", "float32"] = Field("float64", alias="SCORING_DTYPE")
     run_lease_seconds: int = Field(

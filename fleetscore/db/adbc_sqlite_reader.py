@@ -1,5 +1,8 @@
-"""The ADBC SQLite read, run as a process of its own: `python adbc_sqlite_reader.py DATABASE BATCH_ROWS` reads one
-query from stdin and writes its rows to stdout as an Arrow IPC stream.
+"""The ADBC SQLite read, run as a process of its own: `python adbc_sqlite_reader.py DATABASE BATCH_ROWS [SORT_BY]`
+reads queries from stdin (separated by NUL characters) and writes each one's rows to stdout as an Arrow IPC stream, one
+stream after the other, all read in one transaction (one snapshot of the database). With SORT_BY (column names, comma
+separated) each query's rows are read whole and sorted by those columns here, in Arrow: strings by their bytes, as
+SQLite's BINARY collation orders them, in a third of the time SQLite's sorter takes.
 
 Why a process: `adbc-driver-sqlite` links a copy of SQLite of its own, and a process that holds two copies on one
 database file loses its locks (SQLite's "How To Corrupt An SQLite Database File", 2.2.1): POSIX advisory locks belong
@@ -24,13 +27,16 @@ PRAGMAS = (
     # pairs in two streams 12.6-13.5 s with 2 helpers, 12.2 s without)
     f"PRAGMA threads = {min(max((os.cpu_count() or 1) // 2 - 1, 0), 8)}",
 )
+SEPARATOR = "\0"
+"""Between two queries on stdin (SQL with literal ids and integers holds no NUL)."""
 """Set on the connection before the query."""
 EXIT_UNAVAILABLE = 2
 """The exit code when the database cannot be opened through the driver."""
 
 
-def main(database: str, batch_rows: int, sql: str) -> int:
-    """Stream the rows of `sql` on `database` to stdout; the exit code."""
+def main(database: str, batch_rows: int, queries: list[str], sort_by: list[str]) -> int:
+    """Stream the rows of each of `queries` on `database` to stdout (an IPC stream each, in one read transaction),
+    sorted by the columns `sort_by` if any; the exit code."""
     import adbc_driver_manager
     import adbc_driver_sqlite  # the low-level API: its DB-API module imports pandas (0.5 s a start)
     import pyarrow as pa
@@ -46,12 +52,19 @@ def main(database: str, batch_rows: int, sql: str) -> int:
             statement.set_sql_query(pragma)
             statement.execute_update()
         statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-        statement.set_sql_query(sql)
-        stream, _ = statement.execute_query()
-        reader = pa.RecordBatchReader.from_stream(stream)
-        with pa.output_stream(sys.stdout.buffer) as sink, pa.ipc.new_stream(sink, reader.schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
+        conn.set_options(**{"adbc.connection.autocommit": "false"})  # BEGIN: every query reads the same snapshot
+        sink = sys.stdout.buffer
+        for sql in queries:
+            statement.set_sql_query(sql)
+            stream, _ = statement.execute_query()
+            reader = pa.RecordBatchReader.from_stream(stream)
+            if sort_by:
+                reader = reader.read_all().sort_by([(name, "ascending") for name in sort_by]).to_reader(batch_rows)
+            with pa.ipc.new_stream(sink, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+        sink.flush()
+        conn.rollback()  # a read: nothing to commit
     return 0
 
 
@@ -59,7 +72,8 @@ if __name__ == "__main__":
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # this package's modules are not top-level
     try:
-        sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.stdin.read()))
+        sort_by = sys.argv[3].split(",") if len(sys.argv) > 3 and sys.argv[3] else []
+        sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.stdin.read().split(SEPARATOR), sort_by))
     except Exception as exc:  # noqa: BLE001 - one line for the caller's error (a broken pipe: the caller stopped)
         print(f"{type(exc).__name__}: {' / '.join(str(exc).splitlines())}", file=sys.stderr)
         sys.exit(1)

@@ -25,7 +25,7 @@ import importlib.util
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from itertools import islice
 from pathlib import Path
@@ -48,16 +48,24 @@ PG_BATCH_BYTES = 16 << 20
 """The ADBC PostgreSQL driver's batch size hint (bytes)."""
 
 
-def arrow_batches(conn: Connection, query: sa.Select, schema: pa.Schema, *, batch_rows: int = BATCH_ROWS,
-                  columnar: bool = True) -> Iterator[pa.Table]:
-    """The rows of `query` (its columns in `schema`'s order, no NULLs) as tables of `schema`, streamed; through ADBC
-    where it serves `conn`'s database (module docstring) unless `columnar` is False."""
-    batches = _adbc_batches(conn, query, schema, batch_rows) if columnar else None
+def arrow_batches(conn: Connection, queries: Sequence[sa.Select], schema: pa.Schema, *, order_by: Sequence[str] = (),
+                  small: bool = False, batch_rows: int = BATCH_ROWS, columnar: bool = True) -> Iterator[pa.Table]:
+    """The rows of `queries`, one query's after the other's (their columns in `schema`'s order, no NULLs), each query's
+    ordered by its columns `order_by`, as tables of `schema`, streamed; through ADBC where it serves `conn`'s database
+    (module docstring) unless `columnar` is False. The ADBC SQLite reader reads them all in one transaction and, when
+    each query's rows are `small` (they fit in memory), sorts them itself rather than in SQLite (the same order)."""
+    batches = _adbc_batches(conn, queries, schema, order_by, small, batch_rows) if columnar else None
     if batches is None:
-        batches = _tuple_batches(conn, query, schema, batch_rows)
+        batches = (table for query in queries
+                   for table in _tuple_batches(conn, _ordered(query, order_by), schema, batch_rows))
     for table in batches:
         if len(table):
             yield table
+
+
+def _ordered(query: sa.Select, order_by: Sequence[str]) -> sa.Select:
+    """`query` ordered by its selected columns named `order_by`."""
+    return query.order_by(*(query.selected_columns[name] for name in order_by)) if order_by else query
 
 
 def _tuple_batches(conn: Connection, query: sa.Select, schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
@@ -89,46 +97,51 @@ def _column(values: tuple, type_: pa.DataType) -> pa.Array:
     return pa.array(values, type_)
 
 
-def _adbc_batches(conn: Connection, query: sa.Select, schema: pa.Schema, batch_rows: int
-                  ) -> Iterator[pa.Table] | None:
-    """The ADBC stream of `query`'s rows, or None where no ADBC driver serves `conn` (the caller falls back)."""
-    sql = literal_sql(conn.dialect, query)
-    if sql is None:
+def _adbc_batches(conn: Connection, queries: Sequence[sa.Select], schema: pa.Schema, order_by: Sequence[str],
+                  small: bool, batch_rows: int) -> Iterator[pa.Table] | None:
+    """The ADBC stream of `queries`' rows (`arrow_batches`), or None where no ADBC driver serves `conn` (the caller
+    falls back)."""
+    sort_by = list(order_by) if small and conn.dialect.name == "sqlite" else []
+    sqls = [literal_sql(conn.dialect, query if sort_by else _ordered(query, order_by)) for query in queries]
+    if not sqls or None in sqls:
         return None
     if conn.dialect.name == "sqlite":
-        return _sqlite_reader_batches(conn.engine.url, sql, schema, batch_rows)
+        return _sqlite_reader_batches(conn.engine.url, sqls, schema, batch_rows, sort_by)
     adbc = _adbc_pg_connect(conn.engine.url)
     if adbc is None:
         return None
-    return _stream(adbc, sql, schema)
+    return _stream(adbc, sqls, schema)
 
 
-def _stream(adbc: Any, sql: str, schema: pa.Schema) -> Iterator[pa.Table]:
-    """The result of `sql` on the ADBC PostgreSQL connection `adbc` (closed at the end) as tables of `schema`."""
+def _stream(adbc: Any, sqls: list[str], schema: pa.Schema) -> Iterator[pa.Table]:
+    """The results of `sqls` on the ADBC PostgreSQL connection `adbc` (closed at the end) as tables of `schema`."""
     with closing(adbc), closing(adbc.cursor()) as cursor:
         cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(PG_BATCH_BYTES)})
-        cursor.execute(sql)
-        for batch in cursor.fetch_record_batch():
-            yield _as_schema(batch, schema)
+        for sql in sqls:
+            cursor.execute(sql)
+            for batch in cursor.fetch_record_batch():
+                yield _as_schema(batch, schema)
 
 
 def _as_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
 
 
-def _sqlite_reader_batches(url: URL, sql: str, schema: pa.Schema, batch_rows: int) -> Iterator[pa.Table] | None:
-    """The rows of `sql` on the SQLite file of `url`, read through ADBC in a child process (`adbc_sqlite_reader`:
-    the driver's own copy of SQLite must not share this process's locks), or None where it cannot serve the file
-    (an in-memory or URI database, the driver not installed, the file not opened: logged)."""
+def _sqlite_reader_batches(url: URL, sqls: list[str], schema: pa.Schema, batch_rows: int, sort_by: Sequence[str] = ()
+                           ) -> Iterator[pa.Table] | None:
+    """The rows of `sqls`, one after the other (each sorted by the columns `sort_by` if any), on the SQLite file of
+    `url`, read through ADBC in a child process (`adbc_sqlite_reader`: the driver's own copy of SQLite must not share
+    this process's locks), or None where it cannot serve the file (an in-memory or URI database, the driver not
+    installed, the file not opened: logged)."""
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:") or url.query:
         return None
     if importlib.util.find_spec("adbc_driver_sqlite") is None:
         return None
-    child = subprocess.Popen([sys.executable, str(Path(adbc_sqlite_reader.__file__)), database, str(batch_rows)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, str(Path(adbc_sqlite_reader.__file__)), database, str(batch_rows),
+                              ",".join(sort_by)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        child.stdin.write(sql.encode())
+        child.stdin.write(adbc_sqlite_reader.SEPARATOR.join(sqls).encode())
         child.stdin.close()
         reader = pa.ipc.open_stream(child.stdout)
     except (pa.ArrowInvalid, OSError):  # no stream: the child stopped before its first message
@@ -137,16 +150,18 @@ def _sqlite_reader_batches(url: URL, sql: str, schema: pa.Schema, batch_rows: in
             log.warning("columnar read unavailable (%s); reading rows through the DB-API driver", error)
             return None
         raise RuntimeError(f"the ADBC SQLite reader failed (exit {child.returncode}): {error}") from None
-    return _child_stream(child, reader, schema)
+    return _child_stream(child, reader, len(sqls), schema)
 
 
-def _child_stream(child: subprocess.Popen, reader: pa.RecordBatchStreamReader, schema: pa.Schema
+def _child_stream(child: subprocess.Popen, reader: pa.RecordBatchStreamReader, streams: int, schema: pa.Schema
                   ) -> Iterator[pa.Table]:
-    """The reader's batches as tables of `schema`, then the child waited for; a child that failed (or a stream
-    that broke off) raises with the child's message, and a caller that stops early kills the child."""
+    """The batches of the child's `streams` IPC streams (`reader` the first) as tables of `schema`, then the child
+    waited for; a child that failed (or a stream that broke off) raises with the child's message, and a caller that
+    stops early kills the child."""
     try:
-        for batch in reader:
-            yield _as_schema(batch, schema)
+        for k in range(streams):
+            for batch in reader if k == 0 else pa.ipc.open_stream(child.stdout):
+                yield _as_schema(batch, schema)
         broken = ""
     except (pa.ArrowInvalid, OSError) as exc:  # the stream broke off: the child's exit says why
         broken = f"{type(exc).__name__}: {exc}"

@@ -5,14 +5,16 @@ with it as context rows (`context` true): every pair's last few (its baseline) a
 further back (a change they announced just before the range), read by the scoring job, never scored. A pair with no
 window in the range exports nothing.
 
-The rows stream from one ordered query as columns (Arrow batches: `db.arrow_batches`, through ADBC on SQLite files
-and PostgreSQL, so no Python object per value; through the DB-API driver elsewhere): partitioning, the context flags
-and the manifest counts are vectorised, so the export costs little more than the database's own sort of the rows
-(at 1,000,000 pairs × 12 windows the per-row Python work was most of the run). With `streams` > 1 the devices are
-cut into that many ranges (`device_ranges`), each read, sorted and written by a thread of its own (the reads run in
-the database or in ADBC's child process, outside the GIL); each range's query seeks its devices in every window end
-of the run (`window_ends`) rather than scanning all of them. Stream k numbers its partitions k, k + streams, ...:
-the same rows give the same names, so a retry rewrites the same files."""
+The rows stream as columns (Arrow batches: `db.arrow_batches`, through ADBC on SQLite files and PostgreSQL, so no
+Python object per value; through the DB-API driver elsewhere): partitioning, the context flags and the manifest counts
+are vectorised. The devices are cut into ranges of about `partition_models` pairs at the pairs of the last window
+(`range_cuts`); each range's query seeks its devices in every window end of the run (`window_ends`) rather than
+scanning all of them, and its rows are few enough to sort in memory: the ADBC SQLite reader sorts them in Arrow, in
+less than half the time SQLite's sorter takes (1,000,000 pairs × 18 rows in two streams: the readers used 23 s of CPU
+with one ordered query per stream, 16 s with a query per range sorted in the reader). With `streams` > 1 the ranges are read in that many blocks of adjacent ranges, each by
+a thread of its own (the reads run in the database or in ADBC's child process, outside the GIL). A run over more
+window ends than a query lists (`MAX_SEEK_ENDS`) reads one ordered query per stream instead. Stream k numbers its
+partitions k, k + streams, ...: the same rows give the same names, so a retry rewrites the same files."""
 
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ SQLite reader's process start (~0.2 s) costs more than such a read (the 100-devi
 MAX_SEEK_ENDS = 1000
 """The most window ends a stream's query lists (an IN of literals; SQL Server binds at most 2,100 parameters): a run
 over more (the first after a long stop) scans its range once per stream instead."""
+ORDER = ("device", "sensor", "window_end")
+"""The order of the export query's rows, as partitions hold them."""
 ROW_SCHEMA = PARTITION_SCHEMA.remove(PARTITION_SCHEMA.get_field_index("context")).set(
     PARTITION_SCHEMA.get_field_index("window_end"), pa.field("window_end", pa.int64()))
 """The export query's columns as read (window_end epoch ms); PARTITION_SCHEMA less the context flag."""
@@ -83,23 +87,29 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
     condition = sa.and_(_since(claim.window_from, lookback, window_ms), db.windows.c.window_end <= claim.window_until)
     with engine.connect() as conn:
         latest, pairs = last_window(conn, claim.window_until)
-        ranges = device_ranges(conn, latest, pairs, streams, partition_models)
+        cuts = range_cuts(conn, latest, partition_models) if pairs >= 2 * partition_models else []
         ends = window_ends(conn, claim.window_from - _lookback_windows(lookback) * window_ms, claim.window_until,
-                           limit=MAX_SEEK_ENDS) if len(ranges) > 1 else None
-    if ends is not None and len(ends) <= MAX_SEEK_ENDS:  # each stream seeks its devices in every window end
+                           limit=MAX_SEEK_ENDS) if cuts else None
+    ranges = stream_ranges(cuts, streams)
+    seeks = ends is not None and len(ends) <= MAX_SEEK_ENDS
+    if seeks:  # each query seeks its devices in every window end
         condition = sa.and_(condition, db.windows.c.window_end.in_(ends))
+    else:  # a query would scan every window end: one per stream
+        ranges = [[(block[0][0], block[-1][1])] for block in ranges]
     windows = (claim.window_until - claim.window_from) // window_ms + _lookback_windows(lookback)
     columnar = columnar and pairs * windows >= COLUMNAR_MIN_ROWS
     written: list[Partition] = []
     lock = threading.Lock()
     failed = threading.Event()
 
-    def export_stream(k: int, lo: str | None, hi: str | None) -> None:
-        """The partitions of devices in [lo, hi), numbered k, k + len(ranges), ... (names as retries give them)."""
+    def export_stream(k: int, block: list[tuple[str | None, str | None]]) -> None:
+        """The partitions of the devices in the ranges of `block` (adjacent, in order), numbered k, k + len(ranges),
+        ... (names as retries give them)."""
         try:
             with engine.connect() as conn:
-                batches = db.arrow_batches(conn, _export_query(condition, lo, hi), ROW_SCHEMA, batch_rows=BATCH_ROWS,
-                                           columnar=columnar)
+                queries = [_export_query(condition, lo, hi) for lo, hi in block]
+                batches = db.arrow_batches(conn, queries, ROW_SCHEMA, order_by=ORDER, small=bool(cuts) and seeks,
+                                           batch_rows=BATCH_ROWS, columnar=columnar)
                 tables = partition_tables(batches, claim.window_from, partition_models, scored_only=bool(
                     lookback.windows or lookback.announce_windows))
                 for j, table in enumerate(tables):
@@ -119,10 +129,10 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
             raise
 
     if len(ranges) == 1:
-        export_stream(0, *ranges[0])
+        export_stream(0, ranges[0])
     else:
         with ThreadPoolExecutor(len(ranges), thread_name_prefix="export") as pool:
-            for future in [pool.submit(export_stream, k, lo, hi) for k, (lo, hi) in enumerate(ranges)]:
+            for future in [pool.submit(export_stream, k, block) for k, block in enumerate(ranges)]:
                 future.result()
     manifest.partitions = sorted(written, key=lambda p: p.name)
     store.put(run_manifest_key(claim.run_id), manifest.to_json())
@@ -130,7 +140,7 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
 
 
 def _export_query(condition: sa.ColumnElement[bool], lo: str | None, hi: str | None) -> sa.Select:
-    """The windows matching `condition` of the devices in [lo, hi) (None: unbounded), ordered as partitions are."""
+    """The windows matching `condition` of the devices in [lo, hi) (None: unbounded), unordered (`ORDER`)."""
     w = db.windows
     query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
     query = query.where(condition)
@@ -138,7 +148,7 @@ def _export_query(condition: sa.ColumnElement[bool], lo: str | None, hi: str | N
         query = query.where(w.c.device >= lo)
     if hi is not None:
         query = query.where(w.c.device < hi)
-    return query.order_by(w.c.device, w.c.sensor, w.c.window_end)
+    return query
 
 
 def last_window(conn: Connection, window_end: int) -> tuple[int | None, int]:
@@ -150,29 +160,41 @@ def last_window(conn: Connection, window_end: int) -> tuple[int | None, int]:
     return int(latest), conn.execute(sa.select(sa.func.count()).where(w.c.window_end == latest)).scalar_one()
 
 
-def device_ranges(conn: Connection, latest: int | None, pairs: int, streams: int, partition_models: int
-                  ) -> list[tuple[str | None, str | None]]:
-    """Up to `streams` device ranges [lo, hi) that cover every device (the first from None, the last to None), cut
-    at the devices that split the `pairs` pairs of the window ending at `latest` (`last_window`) evenly; one range
-    (None, None) when that window holds fewer than `partition_models` pairs per stream. Deterministic for the same
-    rows."""
-    streams = min(streams, pairs // partition_models)
-    if streams <= 1 or latest is None:
-        return [(None, None)]
+def range_cuts(conn: Connection, latest: int | None, partition_models: int) -> list[str]:
+    """The devices that cut the pairs (by device, sensor) of the window ending at `latest` (`last_window`) into runs
+    of about `partition_models` pairs, each cut at the start of a device: one index seek and skip per cut.
+    Deterministic for the same rows."""
     cuts: list[str] = []
-    for k in range(1, streams):
-        cut = conn.execute(_device_at(latest, k * pairs // streams)).scalar_one()
-        if not cuts or cut > cuts[-1]:
-            cuts.append(cut)
-    bounds: list[str | None] = [None, *cuts, None]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    if latest is None:
+        return cuts
+    while (cut := conn.execute(_device_at(latest, cuts[-1] if cuts else None, partition_models)).scalar()) is not None:
+        if cuts and cut == cuts[-1]:  # one device holds more pairs than that: the cut moves to the next device
+            cut = conn.execute(_device_at(latest, cut, 0, after=True)).scalar()
+            if cut is None:
+                break
+        cuts.append(cut)
+    return cuts
 
 
-def _device_at(window_end: int, offset: int) -> sa.Select:
-    """The device of the `offset`-th pair (by device, sensor) with a window ending at `window_end`."""
+def _device_at(window_end: int, start: str | None, offset: int, *, after: bool = False) -> sa.Select:
+    """The device of the `offset`-th pair (by device, sensor) with a window ending at `window_end`, counted from
+    device `start` (None: the first; `after`: the device after it)."""
     w = db.windows
-    return (sa.select(w.c.device).where(w.c.window_end == window_end).order_by(w.c.device, w.c.sensor)
-            .offset(offset).limit(1))
+    query = sa.select(w.c.device).where(w.c.window_end == window_end)
+    if start is not None:
+        query = query.where(w.c.device > start if after else w.c.device >= start)
+    return query.order_by(w.c.device, w.c.sensor).offset(offset).limit(1)
+
+
+def stream_ranges(cuts: list[str], streams: int) -> list[list[tuple[str | None, str | None]]]:
+    """The device ranges [lo, hi) between `cuts` (the first from None, the last to None: every device) in at most
+    `streams` blocks of adjacent ranges, as many ranges in each as can be (the earlier blocks take the remainder)."""
+    bounds: list[str | None] = [None, *cuts, None]
+    ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+    count = min(max(streams, 1), len(ranges))
+    sizes = [len(ranges) // count + (k < len(ranges) % count) for k in range(count)]
+    starts = np.cumsum([0, *sizes]).tolist()
+    return [ranges[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
 
 def window_ends(conn: Connection, after: int, until: int, *, limit: int | None = None) -> list[int]:

@@ -89,12 +89,49 @@ def test_arrow_batches_cast_to_the_schema_and_skip_empty_results(engine):
     w = db.windows
     query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
     with engine.connect() as conn:
-        tables = list(db.arrow_batches(conn, query.where(w.c.window_end > UNTIL), ROW_SCHEMA))
+        tables = list(db.arrow_batches(conn, [query.where(w.c.window_end > UNTIL)], ROW_SCHEMA))
         assert tables == []
-        tables = list(db.arrow_batches(conn, query.order_by(w.c.device, w.c.sensor, w.c.window_end), ROW_SCHEMA,
+        tables = list(db.arrow_batches(conn, [query.order_by(w.c.device, w.c.sensor, w.c.window_end)], ROW_SCHEMA,
                                        batch_rows=50))
     assert all(t.schema == ROW_SCHEMA for t in tables)
     assert sum(len(t) for t in tables) == len(_windows(3))
+
+
+@pytest.mark.parametrize("columnar_read", [True, False])
+def test_arrow_batches_give_several_queries_rows_one_query_after_the_other(engine, columnar_read):
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), _windows(3))
+    w = db.windows
+    query = sa.select(*(w.c[n] for n in ROW_SCHEMA.names)).order_by(w.c.device, w.c.sensor, w.c.window_end)
+    with engine.connect() as conn:
+        whole = pa.concat_tables(db.arrow_batches(conn, [query], ROW_SCHEMA, columnar=columnar_read))
+        devices = sorted(set(whole["device"].to_pylist()))
+        lo, hi = devices[len(devices) // 3], devices[2 * len(devices) // 3]
+        queries = [query.where(w.c.device < lo), query.where(w.c.window_end > UNTIL),  # an empty one between
+                   query.where(w.c.device >= lo, w.c.device < hi), query.where(w.c.device >= hi)]
+        tables = list(db.arrow_batches(conn, queries, ROW_SCHEMA, batch_rows=7, columnar=columnar_read))
+    assert len(tables) >= 3 and pa.concat_tables(tables).equals(whole)  # PostgreSQL's ADBC batches go by bytes
+
+
+def test_the_sqlite_reader_reads_its_queries_in_one_snapshot(tmp_path):
+    """A row committed while the child is still sending the first query's rows is not in the second's."""
+    path = tmp_path / "fleet.db"
+    engine = db.create_db_engine(f"sqlite:///{path}")
+    rows = _windows(11)
+    with engine.begin() as conn:
+        db.metadata.create_all(conn)
+        conn.execute(db.windows.insert(), rows)
+    schema = pa.schema([pa.field("x", pa.int64())])
+    many = "SELECT a.n FROM windows AS a, windows AS b"  # far more than a pipe holds: the child waits on the pipe
+    batches = columnar._sqlite_reader_batches(engine.url, [many, "SELECT count(*) FROM windows"], schema, 1000)
+    assert len(next(batches)) == 1000
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), [{**rows[0], "window_end": UNTIL + W}])
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.windows)).scalar_one() == len(rows) + 1
+    tables = list(batches)
+    assert sum(len(t) for t in tables[:-1]) + 1000 == len(rows) ** 2
+    assert tables[-1]["x"].to_pylist() == [len(rows)]
+    engine.dispose()
 
 
 def test_only_integer_parameters_are_rendered_and_only_for_adbc_dialects():
@@ -115,8 +152,8 @@ def test_sqlite_memory_and_unreachable_postgresql_fall_back_to_the_dbapi_driver(
     w = db.windows
     query = sa.select(w.c.device, w.c.sensor, w.c.window_end, w.c.n, w.c.sum, w.c.sumsq, w.c.min, w.c.max)
     with memory.connect() as conn:
-        assert columnar._adbc_batches(conn, query, ROW_SCHEMA, 10) is None
-        assert sum(len(t) for t in db.arrow_batches(conn, query, ROW_SCHEMA)) == 30
+        assert columnar._adbc_batches(conn, [query], ROW_SCHEMA, (), False, 10) is None
+        assert sum(len(t) for t in db.arrow_batches(conn, [query], ROW_SCHEMA)) == 30
     nowhere = sa.engine.make_url("postgresql+psycopg://fleetscore:secret@127.0.0.1:1/none")
     assert columnar._adbc_pg_connect(nowhere) is None
     assert "columnar read unavailable" in caplog.text and "secret" not in caplog.text
@@ -135,7 +172,8 @@ def test_a_sqlite_read_keeps_this_process_s_locks_on_the_database(tmp_path):
     w = db.windows
     with engine.connect() as conn:  # an open connection: it holds its lock on the WAL index
         conn.execute(sa.select(sa.func.count()).select_from(w)).scalar_one()
-        rows = sum(len(t) for t in db.arrow_batches(conn, sa.select(*(w.c[n] for n in ROW_SCHEMA.names)), ROW_SCHEMA))
+        rows = sum(len(t) for t in db.arrow_batches(conn, [sa.select(*(w.c[n] for n in ROW_SCHEMA.names))],
+                                                    ROW_SCHEMA))
         assert rows == len(_windows(5))
         wal = os.path.getsize(f"{path}-wal")
         other = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
@@ -153,7 +191,7 @@ def test_a_failed_sqlite_reader_raises_its_message(tmp_path):
     with engine.begin() as conn:
         db.metadata.create_all(conn)
     with pytest.raises(RuntimeError, match=r"ADBC SQLite reader failed \(exit 1\): .*no such table: nowhere"):
-        columnar._sqlite_reader_batches(engine.url, "SELECT device FROM nowhere", ROW_SCHEMA, 10)
+        columnar._sqlite_reader_batches(engine.url, ["SELECT device FROM nowhere"], ROW_SCHEMA, 10)
     engine.dispose()
 
 
@@ -194,27 +232,36 @@ def test_export_streams_split_the_devices_and_lose_or_repeat_no_row(engine, tmp_
         assert again.keys() == parts.keys() and all(again[k].equals(parts[k]) for k in parts)  # a retry's names
 
 
-def test_device_ranges_cover_every_device_once_and_window_ends_are_the_distinct_ends(engine):
+def test_range_cuts_split_the_last_window_s_pairs_at_devices_and_window_ends_are_the_distinct_ends(engine):
     rows = _windows(7)
     with engine.begin() as conn:
         conn.execute(db.windows.insert(), rows)
-    latest = [r for r in rows if r["window_end"] == UNTIL]
+    latest = sorted((r["device"], r["sensor"]) for r in rows if r["window_end"] == UNTIL)
     with engine.connect() as conn:
         assert export.last_window(conn, UNTIL) == (UNTIL, len(latest))
         assert export.last_window(conn, UNTIL - 10**12) == (None, 0)
-        assert export.device_ranges(conn, UNTIL, len(latest), 1, 7) == [(None, None)]
-        assert export.device_ranges(conn, UNTIL, len(latest), 4, len(latest)) == [(None, None)]  # too few per stream
-        ranges = export.device_ranges(conn, UNTIL, len(latest), 3, 2)
+        assert export.range_cuts(conn, None, 2) == []
+        assert export.range_cuts(conn, UNTIL, len(latest)) == []
+        cuts = export.range_cuts(conn, UNTIL, 2)
         assert export.window_ends(conn, UNTIL - 10 * W, UNTIL) == sorted(
             {r["window_end"] for r in rows if UNTIL - 10 * W < r["window_end"] <= UNTIL})
         assert export.window_ends(conn, UNTIL, UNTIL + W) == []
-    assert len(ranges) == 3 and ranges[0][0] is None and ranges[-1][1] is None
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
-    cuts = [hi for _, hi in ranges[:-1]]
-    assert cuts == sorted(cuts) and len(set(cuts)) == len(cuts)
-    pairs_per_range = [sum(1 for r in latest if (lo is None or r["device"] >= lo) and (hi is None or r["device"] < hi))
-                       for lo, hi in ranges]
-    assert sum(pairs_per_range) == len(latest) and min(pairs_per_range) > 0
+    assert cuts == sorted(set(cuts)) and cuts[0] > latest[0][0]
+    devices = [d for d, _ in latest]
+    for start, cut in zip([devices[0], *cuts], cuts, strict=False):  # the device 2 pairs on, or the next one
+        first = devices.index(start)
+        assert cut == (devices[first + 2] if devices[first + 2] != start else devices[devices.index(start) + sum(
+            d == start for d in devices)])
+    ranges = [r for block in export.stream_ranges(cuts, 3) for r in block]
+    assert ranges == list(zip([None, *cuts], [*cuts, None], strict=True))
+
+
+def test_stream_ranges_are_adjacent_blocks_of_ranges_that_cover_every_device():
+    assert export.stream_ranges([], 2) == [[(None, None)]]
+    assert export.stream_ranges(["b"], 4) == [[(None, "b")], [("b", None)]]
+    assert export.stream_ranges(["b", "c", "d", "e"], 2) == [[(None, "b"), ("b", "c"), ("c", "d")],
+                                                            [("d", "e"), ("e", None)]]
+    assert export.stream_ranges(["b", "c"], 1) == [[(None, "b"), ("b", "c"), ("c", None)]]
 
 
 def test_window_ends_stop_one_past_a_limit_and_a_run_over_more_ends_scans_instead(engine, tmp_path, monkeypatch):
@@ -235,7 +282,7 @@ def test_a_failing_stream_fails_the_export_before_its_manifest(engine, tmp_path,
     with engine.begin() as conn:
         conn.execute(db.windows.insert(), _windows(9))
     with engine.connect() as conn:
-        assert len(export.device_ranges(conn, *export.last_window(conn, UNTIL), 2, 3)) == 2
+        assert len(export.stream_ranges(export.range_cuts(conn, UNTIL, 3), 2)) == 2
     store = FolderStore(tmp_path / "blobs")
     put = store.put
     written: list[str] = []
@@ -258,14 +305,15 @@ def test_the_stream_queries_compile_for_sql_server_with_bound_parameters():
     MAX_SEEK_ENDS + 3 of them, under its 2,100), and the cut query pages in the dialect's way."""
     w = db.windows
     ends = [UNTIL - k * W for k in range(export.MAX_SEEK_ENDS)]
-    query = export._export_query(sa.and_(w.c.window_end > 0, w.c.window_end.in_(ends)), "d010", "d020")
+    query = columnar._ordered(export._export_query(sa.and_(w.c.window_end > 0, w.c.window_end.in_(ends)), "d010",
+                                                   "d020"), export.ORDER)
     sql = str(query.compile(dialect=mssql.pyodbc.dialect()))
     assert "windows.device >= :device_1" in sql and "windows.device < :device_2" in sql
     assert sql.endswith("ORDER BY windows.device, windows.sensor, windows.window_end")
     assert columnar.literal_sql(mssql.pyodbc.dialect(), query) is None  # not rendered: bound
     params = query.compile(dialect=mssql.pyodbc.dialect(), compile_kwargs={"render_postcompile": True}).params
     assert len(params) == export.MAX_SEEK_ENDS + 3 <= 2100
-    cut = str(export._device_at(UNTIL, 5).compile(dialect=mssql.pyodbc.dialect()))
+    cut = str(export._device_at(UNTIL, "d010", 5).compile(dialect=mssql.pyodbc.dialect()))
     assert "ROW_NUMBER() OVER (ORDER BY windows.device, windows.sensor)" in cut  # the dialect's paging
     assert cut.endswith("WHERE mssql_rn > :param_1 AND mssql_rn <= :param_2 + :param_1")
 
@@ -280,12 +328,12 @@ def test_a_sqlite_reader_that_fails_mid_stream_raises_after_its_first_batches(tm
     # the driver types the column from its first batch (integers), then meets a string: an error mid-stream
     sql = "SELECT CASE WHEN rowid_ < 10 THEN rowid_ ELSE 'text' END FROM (SELECT row_number() OVER () AS rowid_ " \
           "FROM windows)"
-    batches = columnar._sqlite_reader_batches(engine.url, sql, schema, 5)
+    batches = columnar._sqlite_reader_batches(engine.url, [sql], schema, 5)
     first = next(batches)
     assert first.schema == schema and len(first) == 5
     with pytest.raises(RuntimeError, match=r"ADBC SQLite reader failed \(exit 1\): .*(?i:type mismatch)"):
         list(batches)
-    stopped = columnar._sqlite_reader_batches(engine.url, "SELECT window_end FROM windows", schema, 5)
+    stopped = columnar._sqlite_reader_batches(engine.url, ["SELECT window_end FROM windows"] * 2, schema, 5)
     assert len(next(stopped)) == 5
     stopped.close()  # the caller stops early: the child is killed and reaped, nothing raised
     engine.dispose()
