@@ -6,15 +6,16 @@ further back (a change they announced just before the range), read by the scorin
 window in the range exports nothing.
 
 The rows stream as columns (Arrow batches: `db.arrow_batches`, through ADBC on SQLite files and PostgreSQL, so no
-Python object per value; through the DB-API driver elsewhere): partitioning, the context flags and the manifest counts
-are vectorised. The devices are cut into ranges of about `partition_models` pairs at the pairs of the last window
-(`range_cuts`); each range's query seeks its devices in every window end of the run (`window_ends`) rather than
-scanning all of them, and its rows are few enough to sort in memory: the ADBC SQLite reader sorts them in Arrow, in
-less than half the time SQLite's sorter takes (1,000,000 pairs × 18 rows in two streams: the readers used 23 s of CPU
-with one ordered query per stream, 16 s with a query per range sorted in the reader). With `streams` > 1 the ranges are read in that many blocks of adjacent ranges, each by
-a thread of its own (the reads run in the database or in ADBC's child process, outside the GIL). A run over more
-window ends than a query lists (`MAX_SEEK_ENDS`) reads one ordered query per stream instead. Stream k numbers its
-partitions k, k + streams, ...: the same rows give the same names, so a retry rewrites the same files."""
+Python object per value; through the DB-API driver elsewhere): partitioning, the context flags and the manifest
+counts are vectorised. The devices are cut into ranges of about `partition_models` pairs at the pairs of the last
+window (`range_cuts`); each range's query seeks its devices in every window end of the run (`window_ends`) rather
+than scanning all of them, and its rows are few enough to sort in memory: the ADBC SQLite reader sorts them in
+Arrow, in less than half the time SQLite's sorter takes (1,000,000 pairs × 18 rows in two streams: the readers used
+23 s of CPU with one ordered query per stream, 16 s with a query per range sorted in the reader). With `streams` > 1
+the ranges are read in that many blocks of adjacent ranges, each by a thread of its own (the reads run in the
+database or in ADBC's child process, outside the GIL). A run over more window ends than a query lists
+(`MAX_SEEK_ENDS`) reads one ordered query per stream instead. Stream k numbers its partitions k, k + streams, ...:
+the same rows give the same names, so a retry rewrites the same files."""
 
 from __future__ import annotations
 
