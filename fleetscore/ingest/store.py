@@ -73,6 +73,10 @@ def first_occurrences(decoded: Decoded) -> tuple[dict[Key, int], int, list[int]]
     return firsts, repeats, conflicts
 
 
+ENDS_PER_QUERY = 100
+"""Window ends per `stored_windows` query (with its devices, under `db.IN_CHUNK` parameters: SQL Server's limit)."""
+
+
 def _time_clusters(window_ends: np.ndarray, window_ms: int, max_gap_windows: int = 12) -> list[tuple[int, int]]:
     """Group sorted distinct window ends into (lo, hi) runs so one range query serves each run."""
     ends = np.unique(window_ends)
@@ -126,9 +130,28 @@ def mssql_pair_locks(resources: Sequence[str]) -> sa.TextClause:
                                      for i, r in enumerate(resources)))
 
 
+def stored_windows(conn: Connection, touched: set[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+    """The touched (device, sensor, window_end) that have a window row: the only ones with stored readings, since a
+    batch writes its readings and their windows in one transaction. One index seek per window end and device (the
+    windows' key leads with window_end, then device): no scan of the fleet's windows."""
+    ends = sorted({w for _, _, w in touched})
+    devices = sorted({d for d, _, _ in touched})
+    w = db.windows
+    found: set[tuple[str, str, int]] = set()
+    for end_chunk in db.chunks(ends, ENDS_PER_QUERY):
+        for dev_chunk in db.chunks(devices, db.IN_CHUNK - ENDS_PER_QUERY):
+            query = sa.select(w.c.device, w.c.sensor, w.c.window_end).where(w.c.window_end.in_(end_chunk),
+                                                                            w.c.device.in_(dev_chunk))
+            found.update(row for row in db.iter_tuples(conn, query, server_side=False) if row in touched)
+    return found
+
+
 def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], window_ms: int) -> dict[Key, float]:
-    """Stored readings of every touched (device, sensor, window_end): {(device, sensor, ts): value}."""
+    """Stored readings of every touched (device, sensor, window_end): {(device, sensor, ts): value}. Only windows
+    with a row are read (`stored_windows`): the readings' key leads with ts, so reading a window's readings scans
+    every device's readings of its time, and a batch of new windows (one device's hour, say) reads none."""
     stored: dict[Key, float] = {}
+    touched = stored_windows(conn, touched) if touched else touched
     if not touched:
         return stored
     ends = np.fromiter((w for _, _, w in touched), dtype=np.int64, count=len(touched))

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fleetscore import db
 from fleetscore.host.invocation import invocation_context
+from fleetscore.ingest import store
 from fleetscore.ingest.readings import RawEvent
 from fleetscore.ingest.store import TransientIngestError, ingest_events
 from fleetscore.ingest.windows import aggregate
@@ -140,6 +141,38 @@ def test_repeats_and_conflicts(engine):
     assert readings_df(engine)["value"].tolist() == [1.5, 1.5]
     win = windows_df(engine)
     assert len(win) == 1 and win.iloc[0]["n"] == 2 and win.iloc[0]["sum"] == 3.0
+
+
+def test_only_windows_with_a_row_have_their_stored_readings_read(engine, monkeypatch):
+    """A reading's window row is written with it, so a batch of new windows reads no stored readings (the readings'
+    key leads with ts: reading them scans every device's readings of that time); a window with a row is read whole,
+    and its repeats and conflicts are still found."""
+    read: list[list[tuple[str, str]]] = []  # the pairs of each read of stored readings
+    readings_of_pairs = store._readings_of_pairs
+
+    def recorded(conn, pairs, after, until):
+        read.append(pairs)
+        return readings_of_pairs(conn, pairs, after, until)
+
+    monkeypatch.setattr(store, "_readings_of_pairs", recorded)
+    monkeypatch.setattr(store, "ENDS_PER_QUERY", 1)  # the windows' lookup in several queries of ends and devices
+    monkeypatch.setattr(db, "IN_CHUNK", 8)
+    first = [{"device": f"d-{k:03d}", "sensor": s, "ts": T0 + 1000 * k, "value": float(k)}
+             for k in range(30) for s in ("temp", "rh")]
+    assert ingest_events(engine, [ev(first)], source="t", window_ms=W_MS).stored == 60
+    later = [dict(r, ts=T0 + W_MS + 1000) for r in first]  # every pair's next window: new rows
+    assert ingest_events(engine, [ev(later)], source="t", window_ms=W_MS).stored == 60
+    assert read == []
+    mixed = [dict(first[3], ts=T0 + 100_000), first[5], dict(first[7], value=-1.0),
+             {"device": "d-999", "sensor": "temp", "ts": T0 + 2000, "value": 3.0}]
+    result = ingest_events(engine, [ev(mixed)], source="t", window_ms=W_MS)
+    assert read == [sorted({(r["device"], r["sensor"]) for r in mixed[:3]})]  # not the new pair's
+    assert (result.stored, result.duplicates, result.dead_lettered) == (2, 1, 1)
+    win = windows_df(engine).set_index(["device", "sensor", "window_end"])
+    first_end = T0 + W_MS
+    assert win.loc[(first[3]["device"], first[3]["sensor"], first_end), "n"] == 2  # recomputed with the stored one
+    assert win.loc[("d-999", "temp", first_end), "n"] == 1
+    assert len(win) == 121
 
 
 def test_late_readings_are_stored_and_counted(engine):
