@@ -21,7 +21,7 @@ from fleetscore.db.columnar import arrow_batches
 from fleetscore.db.engine import create_db_engine
 from fleetscore.db.errors import LockNotGranted, is_transient
 from fleetscore.db.migrate import ddl, upgrade
-from fleetscore.db.reads import IN_CHUNK, chunks, iter_tuples, read_frame
+from fleetscore.db.reads import IN_CHUNK, chunks, in_chunk, iter_tuples, read_frame
 from fleetscore.db.schema import (
     ALERT_STATES,
     ALERT_STATUSES,
@@ -50,6 +50,7 @@ __all__ = [
     "ALERT_STATES", "ALERT_STATUSES", "EVENTGRID_MARK", "ID", "SINK_MARKS", "SinkMark", "WEBHOOK_MARK", "IN_CHUNK",
     "REVISION_KINDS", "alert_revisions", "RUN_ACTIVE", "RUN_TERMINAL", "SCORING_WATERMARK", "LockNotGranted",
     "advance_watermark", "alerts", "anomalies", "arrow_batches", "chunks", "create_db_engine", "dead_letters", "ddl",
+    "in_chunk",
     "is_transient", "iter_tuples", "metadata", "prediction_files", "read_frame", "read_watermark", "readings", "runs",
     "upgrade", "watermarks", "windows",
 ]

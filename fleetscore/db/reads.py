@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 
 import pandas as pd
@@ -10,6 +11,16 @@ from sqlalchemy.engine import Connection
 
 IN_CHUNK = 900
 """Values per `IN (...)` list: below SQL Server's 2,100 parameters per statement with room to spare."""
+SQLITE_IN_CHUNK = 30_000
+"""Values per `IN (...)` list on SQLite 3.32 and later, which binds up to 32,766 parameters per statement (999
+before): a query that scans a time range filters a batch's devices in one pass instead of one per `IN_CHUNK`."""
+
+
+def in_chunk(dialect: sa.Dialect) -> int:
+    """Values per `IN (...)` list on a database of `dialect`."""
+    if dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 32, 0):
+        return SQLITE_IN_CHUNK
+    return IN_CHUNK
 
 
 def iter_tuples(conn: Connection, query: sa.Executable, chunk_rows: int = 50_000, *,

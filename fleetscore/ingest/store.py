@@ -74,7 +74,7 @@ def first_occurrences(decoded: Decoded) -> tuple[dict[Key, int], int, list[int]]
 
 
 ENDS_PER_QUERY = 100
-"""Window ends per `stored_windows` query (with its devices, under `db.IN_CHUNK` parameters: SQL Server's limit)."""
+"""Window ends per `stored_windows` query (with its devices, under `db.in_chunk` parameters)."""
 
 
 def _time_clusters(window_ends: np.ndarray, window_ms: int, max_gap_windows: int = 12) -> list[tuple[int, int]]:
@@ -139,7 +139,7 @@ def stored_windows(conn: Connection, touched: set[tuple[str, str, int]]) -> set[
     w = db.windows
     found: set[tuple[str, str, int]] = set()
     for end_chunk in db.chunks(ends, ENDS_PER_QUERY):
-        for dev_chunk in db.chunks(devices, db.IN_CHUNK - ENDS_PER_QUERY):
+        for dev_chunk in db.chunks(devices, db.in_chunk(conn.dialect) - ENDS_PER_QUERY):
             query = sa.select(w.c.device, w.c.sensor, w.c.window_end).where(w.c.window_end.in_(end_chunk),
                                                                             w.c.device.in_(dev_chunk))
             found.update(row for row in db.iter_tuples(conn, query, server_side=False) if row in touched)
@@ -178,7 +178,7 @@ def _readings_of_pairs(conn: Connection, pairs: list[tuple[str, str]], after: in
         return
     devices = sorted({d for d, _ in pairs})
     sensors = sorted({s for _, s in pairs})
-    for dev_chunk in db.chunks(devices):
+    for dev_chunk in db.chunks(devices, db.in_chunk(conn.dialect)):  # with at most IN_CHUNK sensors: under either limit
         query = base.where(t.c.device.in_(dev_chunk))
         yield query.where(t.c.sensor.in_(sensors)) if len(sensors) <= db.IN_CHUNK else query
 

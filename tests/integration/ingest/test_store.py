@@ -13,8 +13,10 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.dialects import mssql, sqlite
 
 from fleetscore import db
+from fleetscore.db import reads
 from fleetscore.host.invocation import invocation_context
 from fleetscore.ingest import store
 from fleetscore.ingest.readings import RawEvent
@@ -156,7 +158,8 @@ def test_only_windows_with_a_row_have_their_stored_readings_read(engine, monkeyp
 
     monkeypatch.setattr(store, "_readings_of_pairs", recorded)
     monkeypatch.setattr(store, "ENDS_PER_QUERY", 1)  # the windows' lookup in several queries of ends and devices
-    monkeypatch.setattr(db, "IN_CHUNK", 8)
+    monkeypatch.setattr(reads, "IN_CHUNK", 8)
+    monkeypatch.setattr(reads, "SQLITE_IN_CHUNK", 8)
     first = [{"device": f"d-{k:03d}", "sensor": s, "ts": T0 + 1000 * k, "value": float(k)}
              for k in range(30) for s in ("temp", "rh")]
     assert ingest_events(engine, [ev(first)], source="t", window_ms=W_MS).stored == 60
@@ -173,6 +176,23 @@ def test_only_windows_with_a_row_have_their_stored_readings_read(engine, monkeyp
     assert win.loc[(first[3]["device"], first[3]["sensor"], first_end), "n"] == 2  # recomputed with the stored one
     assert win.loc[("d-999", "temp", first_end), "n"] == 1
     assert len(win) == 121
+
+
+def test_an_in_list_as_long_as_the_database_binds_reads_the_stored_readings(engine):
+    """SQLite 3.32+ binds 32,766 parameters: a batch's devices go in one list there (one scan of the time range),
+    in lists of 900 on SQL Server (2,100 parameters)."""
+    pairs = [(f"d-{k:05d}", "temp") for k in range(reads.SQLITE_IN_CHUNK + 5)]
+    rows = [{"device": d, "sensor": s, "ts": T0 + 1000, "value": 1.0, "ingested_at": 0, "late": False}
+            for d, s in pairs[::1000]]
+    with engine.begin() as conn:
+        conn.execute(db.readings.insert(), rows)
+        queries = list(store._readings_of_pairs(conn, pairs, T0, T0 + W_MS))
+        found = [row for query in queries for row in db.iter_tuples(conn, query, server_side=False)]
+    assert sorted(found) == sorted((r["device"], r["sensor"], r["ts"], r["value"]) for r in rows)
+    if engine.dialect.name == "sqlite":
+        assert len(queries) == 2  # 30,005 devices
+    assert db.in_chunk(sqlite.dialect()) == reads.SQLITE_IN_CHUNK
+    assert db.in_chunk(mssql.pyodbc.dialect()) == db.IN_CHUNK
 
 
 def test_late_readings_are_stored_and_counted(engine):
