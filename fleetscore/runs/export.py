@@ -9,13 +9,14 @@ The rows stream as columns (Arrow batches: `db.arrow_batches`, through ADBC on S
 Python object per value; through the DB-API driver elsewhere): partitioning, the context flags and the manifest
 counts are vectorised. The devices are cut into ranges of about `partition_models` pairs at the pairs of the last
 window (`range_cuts`); each range's query seeks its devices in every window end of the run (`window_ends`) rather
-than scanning all of them, and its rows are few enough to sort in memory: the ADBC SQLite reader sorts them in
-Arrow, in less than half the time SQLite's sorter takes (1,000,000 pairs × 18 rows in two streams: the readers used
-23 s of CPU with one ordered query per stream, 16 s with a query per range sorted in the reader). With `streams` > 1
-the ranges are read in that many blocks of adjacent ranges, each by a thread of its own (the reads run in the
-database or in ADBC's child process, outside the GIL). A run over more window ends than a query lists
-(`MAX_SEEK_ENDS`) reads one ordered query per stream instead. Stream k numbers its partitions k, k + streams, ...:
-the same rows give the same names, so a retry rewrites the same files."""
+than scanning all of them, and its rows are few enough to sort in memory (unless the last window holds far fewer
+pairs than the first: `MAX_RANGE_GROWTH`): the ADBC SQLite reader sorts them in Arrow, in less than half the time
+SQLite's sorter takes (1,000,000 pairs × 18 rows in two streams: the readers used 23 s of CPU with one ordered query
+per stream, 16 s with a query per range sorted in the reader). With `streams` > 1 the ranges are read in that many
+blocks of adjacent ranges, each by a thread of its own (the reads run in the database or in ADBC's child process,
+outside the GIL). A run over more window ends than a query lists (`MAX_SEEK_ENDS`) reads one ordered query per
+stream instead. Stream k numbers its partitions k, k + streams, ...: the same rows give the same names, so a retry
+rewrites the same files."""
 
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ COLUMNAR_MIN_ROWS = 200_000
 """Fewer rows expected (the last window's pairs × the windows a run reads) read through the DB-API driver: the ADBC
 SQLite reader's process start (~0.2 s) costs more than such a read (the 100-device demo's 25 runs: score+index
 9.1 s with the reader for every run)."""
+MAX_RANGE_GROWTH = 2
+"""Each range's rows are sorted in the reader's memory only when the first window the run reads holds at most this
+many times the pairs of the last (which cut the ranges): a last window that most devices missed (late, say) makes
+every range that much larger; such a run's queries are sorted by the database (streamed, as before)."""
 MAX_SEEK_ENDS = 1000
 """The most window ends a stream's query lists (an IN of literals; SQL Server binds at most 2,100 parameters): a run
 over more (the first after a long stop) scans its range once per stream instead."""
@@ -90,9 +95,10 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
         latest, pairs = last_window(conn, claim.window_until)
         cuts = range_cuts(conn, latest, partition_models) if pairs >= 2 * partition_models else []
         ends = window_ends(conn, claim.window_from - _lookback_windows(lookback) * window_ms, claim.window_until,
-                           limit=MAX_SEEK_ENDS) if cuts else None
+                           limit=MAX_SEEK_ENDS) if cuts else []
+        seeks = bool(ends) and len(ends) <= MAX_SEEK_ENDS
+        small = seeks and _pair_count(conn, ends[0]) <= MAX_RANGE_GROWTH * pairs
     ranges = stream_ranges(cuts, streams)
-    seeks = ends is not None and len(ends) <= MAX_SEEK_ENDS
     if seeks:  # each query seeks its devices in every window end
         condition = sa.and_(condition, db.windows.c.window_end.in_(ends))
     else:  # a query would scan every window end: one per stream
@@ -109,7 +115,7 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
         try:
             with engine.connect() as conn:
                 queries = [_export_query(condition, lo, hi) for lo, hi in block]
-                batches = db.arrow_batches(conn, queries, ROW_SCHEMA, order_by=ORDER, small=bool(cuts) and seeks,
+                batches = db.arrow_batches(conn, queries, ROW_SCHEMA, order_by=ORDER, small=small,
                                            batch_rows=BATCH_ROWS, columnar=columnar)
                 tables = partition_tables(batches, claim.window_from, partition_models, scored_only=bool(
                     lookback.windows or lookback.announce_windows))
@@ -158,7 +164,13 @@ def last_window(conn: Connection, window_end: int) -> tuple[int | None, int]:
     latest = conn.execute(sa.select(sa.func.max(w.c.window_end)).where(w.c.window_end <= window_end)).scalar()
     if latest is None:
         return None, 0
-    return int(latest), conn.execute(sa.select(sa.func.count()).where(w.c.window_end == latest)).scalar_one()
+    return int(latest), _pair_count(conn, int(latest))
+
+
+def _pair_count(conn: Connection, window_end: int) -> int:
+    """How many pairs have a window ending at `window_end`."""
+    return conn.execute(sa.select(sa.func.count()).where(db.windows.c.window_end == window_end)).scalar_one()
+
 
 
 def range_cuts(conn: Connection, latest: int | None, partition_models: int) -> list[str]:

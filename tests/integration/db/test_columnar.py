@@ -196,13 +196,14 @@ def test_a_failed_sqlite_reader_raises_its_message(tmp_path):
 
 
 
-def _export_streams(engine, tmp_path, name: str, *, streams: int, columnar_read: bool, lookback: Lookback):
+def _export_streams(engine, tmp_path, name: str, *, streams: int, columnar_read: bool, lookback: Lookback,
+                    partition_models: int = 7):
     """The export's partitions (names, tables) and manifest with `streams` device ranges."""
     store = FolderStore(tmp_path / name)
     with engine.begin() as conn:
         conn.execute(sa.delete(db.runs))
     claim = claim_run(engine, SLOT, window_ms=W, late_ms=0, max_lookback_ms=12 * W, trigger="test", backend="local")
-    manifest = export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=7,
+    manifest = export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=partition_models,
                           lookback=lookback, columnar=columnar_read, streams=streams)
     tables = {p.name: pq.read_table(pa.BufferReader(store.get(partition_key(claim.run_id, p.name))))
               for p in manifest.partitions}
@@ -276,6 +277,37 @@ def test_window_ends_stop_one_past_a_limit_and_a_run_over_more_ends_scans_instea
     assert len(parts) > 1
     assert pa.concat_tables(sorted(parts.values(), key=lambda t: t["device"][0].as_py())).equals(
         pa.concat_tables(one.values()))
+
+
+def test_a_last_window_most_devices_missed_sorts_in_the_database_not_in_memory(engine, tmp_path, monkeypatch):
+    """The ranges are cut at the last window's pairs: when it holds far fewer than the run's first window, each range
+    is that much larger, so its rows are sorted by the database (streamed), not read whole into the reader's memory."""
+    rows = [{"device": f"d{d:03d}", "sensor": "temp", "window_end": UNTIL - k * W, "n": 1, "sum": float(d),
+             "sumsq": float(d * d), "min": float(d), "max": float(d), "updated_at": 0}
+            for d in range(40) for k in range(10) if k > 0 or d % 10 == 0]  # the last window: 4 of 40 devices
+    with engine.begin() as conn:
+        conn.execute(db.windows.insert(), rows)
+    sorted_in_memory: list[bool] = []
+    arrow_batches = db.arrow_batches
+
+    def recorded(*args, small=False, **kwargs):
+        sorted_in_memory.append(small)
+        return arrow_batches(*args, small=small, **kwargs)
+
+    monkeypatch.setattr(db, "arrow_batches", recorded)
+    parts, _ = _export_streams(engine, tmp_path, "sparse", streams=2, columnar_read=True, lookback=Lookback(),
+                               partition_models=2)
+    generic, _ = _export_streams(engine, tmp_path, "generic", streams=1, columnar_read=False, lookback=Lookback(),
+                                 partition_models=2)
+    assert sorted_in_memory and not any(sorted_in_memory)
+    assert pa.concat_tables(sorted(parts.values(), key=lambda t: t["device"][0].as_py())).equals(
+        pa.concat_tables(sorted(generic.values(), key=lambda t: t["device"][0].as_py())))
+    with engine.begin() as conn:  # the last window as full as the others: the ranges are sorted in the reader
+        conn.execute(db.windows.insert(), [dict(r, window_end=UNTIL) for r in rows
+                                           if r["window_end"] == UNTIL - W and r["device"][-1] != "0"])
+    sorted_in_memory.clear()
+    _export_streams(engine, tmp_path, "full", streams=2, columnar_read=True, lookback=Lookback(), partition_models=2)
+    assert sorted_in_memory and all(sorted_in_memory)
 
 
 def test_a_failing_stream_fails_the_export_before_its_manifest(engine, tmp_path, monkeypatch):
