@@ -29,7 +29,7 @@ from fleetscore import clock, db
 from fleetscore.cli.console import StageTick, console, progress_bar, stage_ticker
 from fleetscore.cli.evaluate import episode_rules
 from fleetscore.context import Services, set_services
-from fleetscore.evaluation.stored import evaluate_stored
+from fleetscore.evaluation.stored import evaluate_deployed
 from fleetscore.host.functions import app_functions
 from fleetscore.host.invocation import invocation_context
 from fleetscore.ingest.windows import window_end
@@ -264,8 +264,7 @@ def summarize(services: Services, sim: Simulation, trained: TrainResult, folder:
         anomalies = conn.execute(sa.select(sa.func.count()).select_from(db.anomalies)).scalar()
         readings = conn.execute(sa.select(sa.func.count()).select_from(db.readings)).scalar()
         dead = conn.execute(sa.select(sa.func.count()).select_from(db.dead_letters)).scalar()
-    found = evaluate_stored(engine, services.store, sim.faults, episode_rules(services.settings),
-                            points=[0.0]).deployed
+    found = evaluate_deployed(engine, services.store, sim.faults, episode_rules(services.settings))
     return DemoSummary(
         folder=folder, devices=devices, sensors=sensors, days=days, readings=int(readings), dead_letters=int(dead),
         models=trained.models, skipped_models=len(trained.skipped), runs=len(runs),

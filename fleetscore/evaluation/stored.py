@@ -27,7 +27,7 @@ from fleetscore.evaluation.sweep import (
     shifted_episodes,
     sweep,
 )
-from fleetscore.report.data import BlobLister, load_scored_windows
+from fleetscore.report.data import BlobLister, load_scored_windows, scored_files
 
 EXTRA_COLUMNS = ("threshold", "threshold_strong", "model_version", "status")
 """Prediction-file columns read besides the report's: the thresholds the rules compare with, and what was scored."""
@@ -86,6 +86,29 @@ def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rul
     table["flagged_share"] = flagged_share(scored, points)
     return Evaluation(from_ms=lo, until_ms=hi, runs=len(run_ids), pairs=pairs, pair_days=exposure,
                       tolerance_windows=tolerance_windows, deployed=found, sweep=table, notes=notes)
+
+
+def evaluate_deployed(engine: Engine, store: BlobLister, events: pd.DataFrame, rules: EpisodeRules, *,
+                      tolerance_windows: int = DEFAULT_TOLERANCE_WINDOWS) -> Detection:
+    """`evaluate_stored(...).deployed` over every scored window, without the sweep: the alerted pairs' scored windows
+    are loaded (each alert's raising window) and the other pairs only counted, a prediction file at a time, so
+    memory follows the alerted pairs, not the fleet (the 10,000-device demo: 14.4 M scored windows, 11 GB loaded
+    whole). Raises `NothingScored`."""
+    lo, hi, run_ids = scored_range(engine, None, None)
+    notes: list[str] = []
+    pairs: set[tuple[str, str]] = set()
+    for frame in scored_files(store, run_ids, EXTRA_COLUMNS, notes):
+        scored = scored_only(frame[(frame["window_end"] > lo) & (frame["window_end"] <= hi)])
+        pairs.update(zip(scored["device"].astype(str), scored["sensor"].astype(str), strict=True))
+    if not pairs:
+        raise NothingScored(f"no scored window in the prediction files of the {len(run_ids)} run(s)")
+    deployed = load_alerts(engine, lo, hi)
+    alerted = sorted(set(zip(deployed["device"], deployed["sensor"], strict=True)))
+    scored, _ = load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes, pairs=alerted)
+    scored = scored_only(scored[(scored["window_end"] > lo) & (scored["window_end"] <= hi)])
+    deployed = deployed.assign(raised_window_end=raise_windows(deployed, shift_scores(scored, 0.0), rules))
+    return detect(deployed, events_in_range(events, lo, hi), window_ms=rules.window_ms,
+                  pair_days=pair_days(len(pairs), lo, hi), tolerance_windows=tolerance_windows)
 
 
 def scored_range(engine: Engine, from_ms: int | None, until_ms: int | None) -> tuple[int, int, list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -316,11 +317,26 @@ def _runs_in(runs: pd.DataFrame, span: Span | None) -> list[str] | None:
 
 
 def load_scored_windows(store: BlobLister, run_ids: list[str] | None, extra: tuple[str, ...] = (),
-                        notes: list[str] | None = None) -> tuple[pd.DataFrame, int]:
-    """Every pair's scored windows from the prediction files of `run_ids` (None: all): SCORE_COLUMNS plus the
-    `extra` prediction-file columns that a file has (window_end as int epoch ms); (frame, files read).
-    Unreadable files are skipped with a note in `notes`."""
-    return _load_scores(store, run_ids, [], [] if notes is None else notes, extra)
+                        notes: list[str] | None = None, *, pairs: list[tuple[str, str]] | None = None
+                        ) -> tuple[pd.DataFrame, int]:
+    """The scored windows of `pairs` (None: every pair) from the prediction files of `run_ids` (None: all):
+    SCORE_COLUMNS plus the `extra` prediction-file columns that a file has (window_end as int epoch ms); (frame, files
+    read). Unreadable files are skipped with a note in `notes`."""
+    if pairs is not None and not pairs:
+        return _empty_scores(), 0
+    return _load_scores(store, run_ids, pairs or [], [] if notes is None else notes, extra)
+
+
+def scored_files(store: BlobLister, run_ids: list[str] | None, extra: tuple[str, ...] = (),
+                 notes: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """The prediction files of `run_ids` (None: all), one frame a file: SCORE_COLUMNS plus the `extra` columns the
+    file has, window_end as int epoch ms. Unreadable files are skipped with a note in `notes`."""
+    notes = [] if notes is None else notes
+    prefixes = [f"{PREDICTIONS}/"] if run_ids is None else [f"{predictions_prefix(rid)}/" for rid in run_ids]
+    for name in (name for prefix in prefixes for name in _prediction_file_names(store, prefix, notes)):
+        frame = _read_scores_file(store, name, notes, extra)
+        if frame is not None:
+            yield frame.assign(window_end=_window_end_ms(frame["window_end"]))
 
 
 def _load_scores(store: BlobLister, run_ids: list[str] | None, pairs: list[tuple[str, str]],
@@ -329,19 +345,14 @@ def _load_scores(store: BlobLister, run_ids: list[str] | None, pairs: list[tuple
     with the `extra` columns a file has; (frame, files read).
 
     A window scored again (a re-run) keeps the score of the file read last."""
-    prefixes = [f"{PREDICTIONS}/"] if run_ids is None else [f"{predictions_prefix(rid)}/" for rid in run_ids]
     wanted = pd.MultiIndex.from_tuples(pairs, names=["device", "sensor"]) if pairs else None
     frames = []
     files = 0
-    for name in (name for prefix in prefixes for name in _prediction_file_names(store, prefix, notes)):
-        frame = _read_scores_file(store, name, notes, extra)
-        if frame is None:
-            continue
-        files += 1
+    for files, frame in enumerate(scored_files(store, run_ids, extra, notes), start=1):
         if wanted is not None:
             frame = frame[pd.MultiIndex.from_frame(frame[["device", "sensor"]]).isin(wanted)]
         if not frame.empty:
-            frames.append(frame.assign(window_end=_window_end_ms(frame["window_end"]), _order=files))
+            frames.append(frame.assign(_order=files))
     if not frames:
         return _empty_scores(), files
     return _newest_scores(pd.concat(frames, ignore_index=True)), files

@@ -11,11 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from fleetscore import clock, db
+from fleetscore.cli.evaluate import episode_rules
 from fleetscore.cli.main import app
 from fleetscore.context import Services, set_services
+from fleetscore.evaluation import stored
+from fleetscore.evaluation.stored import evaluate_stored
 from fleetscore.ingest.files import ingest_file
 from fleetscore.runs.service import start_run
 from fleetscore.settings import load_settings
@@ -160,3 +164,27 @@ def test_the_demo_faults_file_is_a_labels_file(fleet):
     _, faults, _ = fleet
     assert Path(faults).name == "fleet.faults.csv"
     assert pd.read_csv(faults).columns[:4].tolist() == ["device", "sensor", "start", "end"]
+
+
+def test_the_demo_s_deployed_figures_equal_evaluate_stored_s_without_loading_every_pair(fleet, monkeypatch):
+    env, _, sim = fleet
+    services = Services(load_settings(**env))
+    rules = episode_rules(services.settings)
+    try:
+        whole = evaluate_stored(services.engine, services.store, sim.faults, rules, points=[0.0]).deployed
+        loaded: list = []
+        load = stored.load_scored_windows
+
+        def recorded(*args, pairs=None, **kwargs):
+            loaded.append(pairs)
+            return load(*args, pairs=pairs, **kwargs)
+
+        monkeypatch.setattr(stored, "load_scored_windows", recorded)
+        light = stored.evaluate_deployed(services.engine, services.store, sim.faults, rules)
+        with services.engine.connect() as conn:
+            alerted = {tuple(r) for r in conn.execute(sa.select(db.alerts.c.device, db.alerts.c.sensor)).all()}
+    finally:
+        services.engine.dispose()
+    assert whole.events > 0 and whole.caught > 0 and whole.false_alerts >= 0
+    assert light.as_dict() == whole.as_dict()
+    assert len(loaded) == 1 and set(loaded[0]) == alerted and len(alerted) < 12  # the alerted pairs only
