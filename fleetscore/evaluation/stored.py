@@ -68,18 +68,13 @@ def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rul
     (device, sensor, start, end) over the scored range within [from_ms, until_ms]. Raises `NothingScored`."""
     notes: list[str] = []
     lo, hi, run_ids = scored_range(engine, from_ms, until_ms)
-    scored, _ = load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes)
-    scored = scored_only(scored[(scored["window_end"] > lo) & (scored["window_end"] <= hi)])
+    scored = _scored_in(load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes)[0], lo, hi)
     if scored.empty:
-        raise NothingScored(f"no scored window in the prediction files of the {len(run_ids)} run(s) in "
-                            f"({clock.iso_exact(lo)}, {clock.iso_exact(hi)}]")
+        raise _nothing_scored(run_ids, lo, hi)
     pairs = len(scored[["device", "sensor"]].drop_duplicates())
     exposure = pair_days(pairs, lo, hi)
     events = events_in_range(events, lo, hi)
-    deployed = load_alerts(engine, lo, hi)
-    deployed = deployed.assign(raised_window_end=raise_windows(deployed, shift_scores(scored, 0.0), rules))
-    found = detect(deployed, events, window_ms=rules.window_ms, pair_days=exposure,
-                   tolerance_windows=tolerance_windows)
+    found = _deployed_detection(load_alerts(engine, lo, hi), scored, events, rules, exposure, tolerance_windows)
     points = sorted(set(points)) if points is not None else default_points(scored)
     table = sweep(shifted_episodes(scored, rules), points, events, window_ms=rules.window_ms, pair_days=exposure,
                   tolerance_windows=tolerance_windows)
@@ -98,17 +93,33 @@ def evaluate_deployed(engine: Engine, store: BlobLister, events: pd.DataFrame, r
     notes: list[str] = []
     pairs: set[tuple[str, str]] = set()
     for frame in scored_files(store, run_ids, EXTRA_COLUMNS, notes):
-        scored = scored_only(frame[(frame["window_end"] > lo) & (frame["window_end"] <= hi)])
+        scored = _scored_in(frame, lo, hi)
         pairs.update(zip(scored["device"].astype(str), scored["sensor"].astype(str), strict=True))
     if not pairs:
-        raise NothingScored(f"no scored window in the prediction files of the {len(run_ids)} run(s)")
+        raise _nothing_scored(run_ids, lo, hi)
     deployed = load_alerts(engine, lo, hi)
     alerted = sorted(set(zip(deployed["device"], deployed["sensor"], strict=True)))
-    scored, _ = load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes, pairs=alerted)
-    scored = scored_only(scored[(scored["window_end"] > lo) & (scored["window_end"] <= hi)])
+    scored = _scored_in(load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes, pairs=alerted)[0], lo, hi)
+    return _deployed_detection(deployed, scored, events_in_range(events, lo, hi), rules, pair_days(len(pairs), lo, hi),
+                               tolerance_windows)
+
+
+def _scored_in(frame: pd.DataFrame, lo: int, hi: int) -> pd.DataFrame:
+    """The windows of `frame` (prediction-file rows) a model scored (`scored_only`) that end in (lo, hi]."""
+    return scored_only(frame[(frame["window_end"] > lo) & (frame["window_end"] <= hi)])
+
+
+def _nothing_scored(run_ids: list[str], lo: int, hi: int) -> NothingScored:
+    return NothingScored(f"no scored window in the prediction files of the {len(run_ids)} run(s) in "
+                         f"({clock.iso_exact(lo)}, {clock.iso_exact(hi)}]")
+
+
+def _deployed_detection(deployed: pd.DataFrame, scored: pd.DataFrame, events: pd.DataFrame, rules: EpisodeRules,
+                        exposure: float, tolerance_windows: int) -> Detection:
+    """The alerts `deployed` (`load_alerts`), each raised at the window `raise_windows` finds in `scored` (their pairs'
+    windows at least), against `events` over `exposure` pair-days."""
     deployed = deployed.assign(raised_window_end=raise_windows(deployed, shift_scores(scored, 0.0), rules))
-    return detect(deployed, events_in_range(events, lo, hi), window_ms=rules.window_ms,
-                  pair_days=pair_days(len(pairs), lo, hi), tolerance_windows=tolerance_windows)
+    return detect(deployed, events, window_ms=rules.window_ms, pair_days=exposure, tolerance_windows=tolerance_windows)
 
 
 def scored_range(engine: Engine, from_ms: int | None, until_ms: int | None) -> tuple[int, int, list[str]]:

@@ -151,7 +151,7 @@ def fetch_window_readings(conn: Connection, touched: set[tuple[str, str, int]], 
     with a row are read (`stored_windows`): the readings' key leads with ts, so reading a window's readings scans
     every device's readings of its time, and a batch of new windows (one device's hour, say) reads none."""
     stored: dict[Key, float] = {}
-    touched = stored_windows(conn, touched) if touched else touched
+    touched = stored_windows(conn, touched)
     if not touched:
         return stored
     ends = np.fromiter((w for _, _, w in touched), dtype=np.int64, count=len(touched))
