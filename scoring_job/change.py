@@ -8,19 +8,25 @@ Features (:func:`change_features`, over window features sorted or not; times epo
 
 * ``mean_change``: the window's mean minus the median of the pair's means in the :data:`CONTEXT_WINDOWS` windows
   before it (windows ending in [end - C·W, end - W]); NaN when none of them has a reading, and NaN while *settling*;
+* ``unchanged``: how many windows in a row, this one included and back at most :data:`CONTEXT_WINDOWS` windows, held
+  this window's one value (:func:`unchanged_windows`; 0 when its readings differ). A sensor stuck on its last value
+  repeats it window after window, which a coarse or on-change sensor also does now and then: the detector compares
+  the count with the most the pair showed in training;
 * ``settling``: the window lies within :data:`SETTLE_WINDOWS` windows after an *announced change* of its device: a
   window of one of the device's announce sensors (:data:`ANNOUNCE_SENSORS`, e.g. a setpoint) whose mean differs
   from that sensor's previous window or whose readings differ within it. A new setpoint moves the sensors it
   controls to a new level: that is not a fault, and the recent windows are a baseline again once they have settled.
 
-The detector (:class:`ChangeDetector`, ``MODEL_ALGORITHM=change-z``) fits seven numbers per pair on its training
+The detector (:class:`ChangeDetector`, ``MODEL_ALGORITHM=change-z``) fits eight numbers per pair on its training
 windows (settling ones and those without a baseline left out): the daily cycle's share of ``mean_change`` (a
 least-squares fit of it on the sine and cosine of the time of day: a daily cycle makes the recent past lag the
 present by an amount that depends on the hour, which this removes), the median and robust scale of what remains,
 a floor for the spread (:data:`STD_FLOOR_SHARE` of the median std of the windows whose readings differ: a
 sensor that reports only changes, or a coarse one, has mostly windows of no spread, and a floor of 0 would make
 any change look infinitely far from them) and the median and robust scale of log(std + floor) (at least
-:data:`LOG_STD_SCALE_FLOOR`). The score of a window is the larger of |z| of the two; a window without a baseline
+:data:`LOG_STD_SCALE_FLOOR`), and the most ``unchanged`` windows the pair showed. The score of a window is the
+larger of |z| of the two, or :data:`STUCK_SCORE` when its ``unchanged`` count is well beyond the pair's most
+(:data:`UNCHANGED_FACTOR`, :data:`UNCHANGED_EXTRA`); a window without a baseline
 (no reading in the context) contributes no change, a window with fewer than 2 readings no spread. A robust scale
 is the larger of 1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second
 does not collapse on quantised or mostly-constant sensors, whose MAD is 0). A sensor stuck on one value has std 0,
@@ -55,11 +61,11 @@ LOOKBACK_WINDOWS = CONTEXT_WINDOWS + SETTLE_WINDOWS
 """Windows before a run's first window that its scoring reads (baselines and changes announced before it)."""
 ANNOUNCE_SENSORS: tuple[str, ...] = ("setpoint",)
 """Sensors whose change announces a normal level change of their device's other sensors (default)."""
-FEATURES: tuple[str, ...] = ("mean_change", "std", "n", "tod_sin", "tod_cos")
+FEATURES: tuple[str, ...] = ("mean_change", "std", "n", "tod_sin", "tod_cos", "unchanged")
 """What the change-z detector reads, in this order (``n``: readings in the window; the time of day as in
-:func:`features.time_features`)."""
+:func:`features.time_features`; ``unchanged`` as :func:`unchanged_windows`)."""
 PARAMS: tuple[str, ...] = ("daily_sin", "daily_cos", "change_center", "change_scale", "std_floor", "log_std_center",
-                           "log_std_scale")
+                           "log_std_scale", "unchanged_max")
 """A fitted detector's numbers, in this order (what the model pack stores per model)."""
 MIN_DAILY_FIT = 20
 """Windows with a change that the daily share is fitted on at least (else it is taken as none)."""
@@ -69,6 +75,15 @@ LOG_STD_SCALE_FLOOR = 0.25
 """The log spread's scale is at least this: a window std of a few readings varies by ~1/sqrt(2(n - 1)) in log terms
 (0.35 at 5 readings), and a quantised sensor whose windows nearly all show the same std (two readings one step
 apart) would otherwise get a scale of almost nothing and call every other window far out."""
+UNCHANGED_FACTOR, UNCHANGED_EXTRA = 2, 2
+"""A window is stuck when its ``unchanged`` count exceeds UNCHANGED_FACTOR · (the most the pair showed in training)
++ UNCHANGED_EXTRA: 3 windows in a row for a pair never constant in training, 5 for one constant now and then, never
+for a pair that held a value for 3 windows or more (a coarse or on-change sensor; the count reaches
+``CONTEXT_WINDOWS + 1`` at most). Measured on the varied simulator (tuning seeds 101-103): as an extra alert rule
+it caught 31 more faults (most of them stuck) with 1 false alert over 3,240 pair-days; 2·max + 1 gave 6 false."""
+STUCK_SCORE = 1000.0
+"""The score of a stuck window: beyond any calibrated threshold (a sensor repeating one value longer than it ever did in
+training is a fault on its own, not a matter of degree)."""
 _MAD_TO_SD = 1.4826
 _Q90_TO_SD = 1.0 / 1.645
 _TINY = 1e-12
@@ -139,6 +154,25 @@ def baseline_change_numpy(mean: np.ndarray, pair: np.ndarray, end: np.ndarray, w
     return out
 
 
+def unchanged_windows(low: np.ndarray, high: np.ndarray, pair: np.ndarray, end: np.ndarray, window_ms: int,
+                      context: int) -> np.ndarray:
+    """(rows,) float64: how many windows in a row, this one included, held one value, the same as this window's (min ==
+    max == this window's min): 0 for a window whose readings differ (or that has none), else 1 plus each earlier
+    window of the same pair, back to the first that differs, among those ending within ``context`` windows before it
+    (so at most ``context + 1``: what a partition's context rows show, whatever the run). Rows sorted by (pair, end);
+    ``low``/``high`` (rows,) the windows' min and max, ``end`` epoch ms."""
+    rows = np.arange(len(low))
+    held = (low == high) & np.isfinite(low)
+    count = held.astype(np.float64)
+    alive = held.copy()
+    oldest = end - context * window_ms
+    for j in range(1, context + 1):  # row i - j, the j-th row before
+        before = np.maximum(rows - j, 0)
+        alive &= (rows >= j) & (pair[before] == pair) & (end[before] >= oldest) & held[before] & (low[before] == low)
+        count += alive
+    return count
+
+
 def announced_changes(frame: pd.DataFrame, end: np.ndarray, mean: np.ndarray, announce: Sequence[str],
                       device: np.ndarray | None = None) -> pd.DataFrame:
     """The announced changes (columns device: the device's code in ``device``, by default :func:`pair_codes` of the
@@ -186,47 +220,51 @@ def settling_rows(frame: pd.DataFrame, end: np.ndarray, mean: np.ndarray, announ
 
 def change_columns(frame: pd.DataFrame, mean: np.ndarray, window_ms: int, *, announce: Sequence[str] = ANNOUNCE_SENSORS,
                    context: int = CONTEXT_WINDOWS, settle: int = SETTLE_WINDOWS,
-                   needed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(mean_change, settling), each (rows,), of ``frame`` (device, sensor, window_end, min, max; rows in any order)
-    whose windows' means are ``mean`` (rows,) (module docstring); ``needed`` (rows,) bool, when given, the rows whose
-    ``mean_change`` is wanted (NaN in the others: a partition's context rows are read, never scored)."""
+                   needed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean_change, settling, unchanged), each (rows,), of ``frame`` (device, sensor, window_end, min, max; rows in
+    any order) whose windows' means are ``mean`` (rows,) (module docstring); ``needed`` (rows,) bool, when given, the
+    rows whose ``mean_change`` is wanted (NaN in the others: a partition's context rows are read, never scored)."""
     end = epoch_ms(frame["window_end"])
     pair = pair_codes(frame)
+    low, high = frame["min"].to_numpy(dtype=np.float64), frame["max"].to_numpy(dtype=np.float64)
     if len(pair) < 2 or ((np.diff(pair) > 0) | ((np.diff(pair) == 0) & (np.diff(end) > 0))).all():
         change = baseline_change(mean, pair, end, window_ms, context, needed)  # already in (pair, end) order
+        unchanged = unchanged_windows(low, high, pair, end, window_ms, context)
     else:
         order = np.lexsort((end, pair))
-        change = np.empty(len(frame))
+        change, unchanged = np.empty(len(frame)), np.empty(len(frame))
         change[order] = baseline_change(mean[order], pair[order], end[order], window_ms, context,
                                         None if needed is None else needed[order])
+        unchanged[order] = unchanged_windows(low[order], high[order], pair[order], end[order], window_ms, context)
     settling = settling_rows(frame, end, mean, announce, window_ms, settle)
     change[settling] = np.nan
-    return change, settling
+    return change, settling, unchanged
 
 
 def change_features(features: pd.DataFrame, window_ms: int, *, announce: Sequence[str] = ANNOUNCE_SENSORS,
                     context: int = CONTEXT_WINDOWS, settle: int = SETTLE_WINDOWS) -> pd.DataFrame:
     """``features`` (window features: device, sensor, window_end, n, mean, min, max, std) with ``mean_change`` and
-    ``settling`` added (:func:`change_columns`), in the same row order. Pure."""
-    change, settling = change_columns(features, features["mean"].to_numpy(dtype=np.float64), window_ms,
-                                      announce=announce, context=context, settle=settle)
-    return features.assign(mean_change=change, settling=settling)
+    ``settling`` and ``unchanged`` added (:func:`change_columns`), in the same row order. Pure."""
+    change, settling, unchanged = change_columns(features, features["mean"].to_numpy(dtype=np.float64), window_ms,
+                                                 announce=announce, context=context, settle=settle)
+    return features.assign(mean_change=change, settling=settling, unchanged=unchanged)
 
 
 def model_features(windows: pd.DataFrame, names: Sequence[str], window_ms: int, *,
                    announce: Sequence[str] = ANNOUNCE_SENSORS, context: int = CONTEXT_WINDOWS,
                    settle: int = SETTLE_WINDOWS, calendar: Sequence[str] = TIME_FEATURES,
                    rows: np.ndarray | None = None) -> pd.DataFrame:
-    """:func:`features.window_features` of ``windows`` (with the time features in ``calendar``), plus ``mean_change``
-    and ``settling`` (:func:`change_columns`, over all the rows given, context rows included) when ``names`` asks
-    for ``mean_change``; of the rows where ``rows`` (len(windows),) bool is true when given (their index kept), else
-    of every row. Row order kept."""
+    """:func:`features.window_features` of ``windows`` (with the time features in ``calendar``), plus ``mean_change``,
+    ``settling`` and ``unchanged`` (:func:`change_columns`, over all the rows given, context rows included) when
+    ``names`` asks for ``mean_change`` or ``unchanged``; of the rows where ``rows`` (len(windows),) bool is true when
+    given (their index kept), else of every row. Row order kept."""
     feats = window_features(windows if rows is None else windows[rows], calendar)
-    if "mean_change" in names:
-        change, settling = change_columns(windows, window_mean(windows), window_ms, announce=announce, context=context,
-                                          settle=settle, needed=rows)
+    if "mean_change" in names or "unchanged" in names:
+        change, settling, unchanged = change_columns(windows, window_mean(windows), window_ms, announce=announce,
+                                                     context=context, settle=settle, needed=rows)
         feats["mean_change"] = change if rows is None else change[rows]
         feats["settling"] = settling if rows is None else settling[rows]
+        feats["unchanged"] = unchanged if rows is None else unchanged[rows]
     return feats
 
 
@@ -255,7 +293,7 @@ def daily_share(change: np.ndarray, tod_sin: np.ndarray, tod_cos: np.ndarray) ->
 def fit_params(X: np.ndarray) -> np.ndarray:
     """(len(PARAMS),) :data:`PARAMS` fitted on X (windows, :data:`FEATURES`)."""
     X = np.asarray(X, dtype=np.float64)
-    change, std, n, tod_sin, tod_cos = X.T
+    change, std, n, tod_sin, tod_cos, unchanged = X.T
     a, b = daily_share(change, tod_sin, tod_cos)
     spread = std[(n >= 2) & np.isfinite(std)]
     moving = spread[spread > 0]
@@ -263,22 +301,25 @@ def fit_params(X: np.ndarray) -> np.ndarray:
     c_center, c_scale = _robust(change - a * tod_sin - b * tod_cos)
     s_center, s_scale = _robust(np.log(spread + floor))
     s_scale = max(s_scale, LOG_STD_SCALE_FLOOR)
-    return np.array([a, b, c_center, c_scale, floor, s_center, s_scale])
+    held = unchanged[np.isfinite(unchanged)]
+    return np.array([a, b, c_center, c_scale, floor, s_center, s_scale, float(held.max()) if len(held) else 0.0])
 
 
 def change_scores(X: np.ndarray, params: np.ndarray) -> np.ndarray:
     """(rows,) score of each row of X (rows, :data:`FEATURES`) under its own params (rows, :data:`PARAMS`): the
     larger of |z| of the change (its daily share removed) and of the log spread; a NaN change or n < 2 contributes
-    0."""
+    0; :data:`STUCK_SCORE` for a stuck window (``unchanged`` above :data:`UNCHANGED_FACTOR` · ``unchanged_max`` +
+    :data:`UNCHANGED_EXTRA`)."""
     X = np.asarray(X, dtype=np.float64)
-    change, std, n, tod_sin, tod_cos = X.T
-    a, b, c_center, c_scale, floor, s_center, s_scale = params.T
+    change, std, n, tod_sin, tod_cos, unchanged = X.T
+    a, b, c_center, c_scale, floor, s_center, s_scale, unchanged_max = params.T
     z_change = np.abs(change - a * tod_sin - b * tod_cos - c_center) / c_scale
     with np.errstate(invalid="ignore", divide="ignore"):
         z_spread = np.abs(np.log(np.maximum(std, 0.0) + floor) - s_center) / s_scale
     z_change = np.where(np.isnan(change), 0.0, z_change)
     z_spread = np.where((n >= 2) & np.isfinite(std), z_spread, 0.0)
-    return np.maximum(z_change, z_spread)
+    stuck = unchanged > UNCHANGED_FACTOR * unchanged_max + UNCHANGED_EXTRA
+    return np.where(stuck, STUCK_SCORE, np.maximum(z_change, z_spread))
 
 
 class ChangeDetector:

@@ -32,7 +32,7 @@ TIME_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos")
 DEFAULT_MODEL_FEATURES: tuple[str, ...] = STAT_FEATURES + ("tod_sin", "tod_cos")
 #: Every feature ``MODEL_FEATURES`` may name: the window's own (:func:`window_features`), and the change from the
 #: pair's recent windows (:func:`change.model_features`).
-FEATURE_NAMES: tuple[str, ...] = STAT_FEATURES + TIME_FEATURES + ("n", "mean_change")
+FEATURE_NAMES: tuple[str, ...] = STAT_FEATURES + TIME_FEATURES + ("n", "mean_change", "unchanged")
 
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS

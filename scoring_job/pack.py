@@ -38,8 +38,9 @@ refused: retrain (``fleetscore train --activate``).
 
 The ``change`` section is null without change-z models, else {"models": their count, "announce_sensors": [names],
 "context_windows": int, "settle_windows": int, "params": {name: base64 of ``models`` little-endian float64} for
-each of :data:`change.PARAMS`} (the change-z models in table order; scales and the floor positive and finite).
-A manifest without the key reads as null.
+each of :data:`change.PARAMS`} (the change-z models in table order; scales and the floor positive and finite,
+``unchanged_max`` at least 0). A change section without ``unchanged_max`` (written before change-z read the
+``unchanged`` feature) is refused: retrain. A manifest without the key reads as null.
 
 SVM arrays (float64, 1-D; each shard holds the next SVMs of the table, concatenated in table order; the
 manifest's ``svm.shards`` lists the shards in order with their model counts and array sizes):
@@ -904,13 +905,19 @@ def _check_change_section(ch: Any, table: Mapping[str, np.ndarray]) -> np.ndarra
             or not isinstance(ch["announce_sensors"], list) or not _strings(ch["announce_sensors"])
             or not all(ID_PATTERN.fullmatch(a) for a in ch["announce_sensors"])
             or not all(_is_int(ch[k]) and 1 <= ch[k] <= 10_000 for k in ("context_windows", "settle_windows"))
-            or not isinstance(ch["params"], dict) or set(ch["params"]) != set(change.PARAMS)):
+            or not isinstance(ch["params"], dict)):
+        raise _fail("malformed 'change' section")
+    if set(ch["params"]) == set(change.PARAMS) - {"unchanged_max"}:
+        raise _fail("its change-z models were written before the 'unchanged' feature (stuck sensors) and lack "
+                    "change.params.unchanged_max: retrain the fleet (`fleetscore train --activate`)")
+    if set(ch["params"]) != set(change.PARAMS):
         raise _fail("malformed 'change' section")
     params = np.column_stack([_base64_float64(ch["params"][k], ch["models"], f"change.params.{k}")
                               for k in change.PARAMS])
     positive = [change.PARAMS.index(k) for k in ("change_scale", "std_floor", "log_std_scale")]
-    if not np.isfinite(params).all() or (params[:, positive] <= 0).any():
-        raise _fail("change.params must be finite, with positive scales and floor")
+    if (not np.isfinite(params).all() or (params[:, positive] <= 0).any()
+            or (params[:, change.PARAMS.index("unchanged_max")] < 0).any()):
+        raise _fail("change.params must be finite, with positive scales and floor and unchanged_max >= 0")
     rows = table["store"] == "change"
     if (table["algorithm"][rows] != "change-z").any() or (table["n_features"][rows] != len(change.FEATURES)).any():
         raise _fail(f"change-z models must have algorithm 'change-z' and {len(change.FEATURES)} features")

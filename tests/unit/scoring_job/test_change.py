@@ -91,19 +91,19 @@ def test_the_detector_fits_robust_centres_and_scales_that_do_not_collapse_on_qua
     n = 500
     phase = rng.uniform(0, 2 * np.pi, n)
     X = np.column_stack([rng.normal(0.5, 2.0, n), np.abs(rng.normal(1.0, 0.3, n)), np.full(n, 5.0), np.sin(phase),
-                         np.cos(phase)])
+                         np.cos(phase), np.zeros(n)])
     det = change.ChangeDetector().fit(X)
-    a, b, c_center, c_scale, floor, s_center, s_scale = det.params_
+    a, b, c_center, c_scale, floor, s_center, s_scale, unchanged_max = det.params_
     assert abs(a) < 0.4 and abs(b) < 0.4  # no daily share in a change without one
     assert c_center == pytest.approx(0.5, abs=0.3) and c_scale == pytest.approx(2.0, rel=0.15)
-    assert floor == pytest.approx(0.1 * np.median(X[:, 1]))
+    assert floor == pytest.approx(0.1 * np.median(X[:, 1])) and unchanged_max == 0
     # a quantised sensor: most changes exactly 0, its MAD is 0, its robust scale is not
     Q = X.copy()
     Q[:, 0] = np.where(rng.random(n) < 0.7, 0.0, rng.choice([-1.0, 1.0], n))
     assert change.ChangeDetector().fit(Q).params_[3] > 0.3
     at = [np.sin(1.0), np.cos(1.0)]
-    scores = -det.decision_function(np.array([[0.5, 1.0, 5, *at], [20.0, 1.0, 5, *at], [0.5, 0.0, 5, *at],
-                                              [np.nan, 1.0, 5, *at], [0.5, 0.0, 1, *at]]))
+    scores = -det.decision_function(np.array([[0.5, 1.0, 5, *at, 0], [20.0, 1.0, 5, *at, 0], [0.5, 0.0, 5, *at, 1],
+                                              [np.nan, 1.0, 5, *at, 0], [0.5, 0.0, 1, *at, 1]]))
     assert scores[0] < 1 and scores[1] > 8  # a jump of 10 robust sd
     assert scores[2] > 5  # stuck: no spread at all
     assert scores[3] < 1 and scores[4] < 1  # no baseline: no change evidence; one reading: no spread evidence
@@ -116,12 +116,45 @@ def test_the_daily_cycles_share_of_the_change_is_removed_before_judging_it():
     tod = time_features(ends)
     lag = 3.0 * np.sin(2 * np.pi * (ends % 86_400_000) / 86_400_000 - 0.7)  # what a daily cycle adds to a change
     X = np.column_stack([lag + rng.normal(0, 0.5, n), np.full(n, 1.0), np.full(n, 5.0), tod["tod_sin"],
-                         tod["tod_cos"]])
+                         tod["tod_cos"], np.zeros(n)])
     det = change.ChangeDetector().fit(X)
     assert det.params_[0] == pytest.approx(3.0 * np.cos(0.7), abs=0.1)  # a·sin + b·cos = 3 sin(φ - 0.7)
     assert det.params_[1] == pytest.approx(-3.0 * np.sin(0.7), abs=0.1)
     assert det.params_[3] == pytest.approx(0.5, rel=0.15)  # the noise's scale, not the cycle's
     assert np.quantile(-det.decision_function(X), 0.99) < 3.5
+
+
+def test_unchanged_counts_the_windows_in_a_row_that_held_this_windows_value_within_the_context():
+    # one pair: 1,1 | 1..1.5 (differs) | 2,2 | a missing window | 2 | then 9 windows of 3
+    low = np.array([1, 1, 1, 2, 2, 2] + [3] * 9, dtype=np.float64)
+    high = low.copy()
+    high[2] = 1.5
+    end = T0 + W * np.array([1, 2, 3, 4, 5, 7] + list(range(8, 17)))
+    got = change.unchanged_windows(low, high, np.zeros(len(low), dtype=np.int64), end, W, context=6)
+    # the gap does not break a run; the count never reaches past the context (6 windows before: 7 at most)
+    assert got.tolist() == [1, 2, 0, 1, 2, 3, 1, 2, 3, 4, 5, 6, 7, 7, 7]
+    other = change.unchanged_windows(low[:2], high[:2], np.array([0, 1]), end[:2], W, context=6)
+    assert other.tolist() == [1, 1]  # another pair's window is never counted
+    assert change.unchanged_windows(np.array([np.nan]), np.array([np.nan]), np.zeros(1, np.int64), end[:1], W,
+                                    6).tolist() == [0]
+
+
+def test_a_sensor_stuck_longer_than_its_training_ever_held_a_value_is_anomalous_at_once():
+    rng = np.random.default_rng(5)
+    n = 400
+    X = np.column_stack([rng.normal(0, 1, n), np.abs(rng.normal(1, 0.2, n)), np.full(n, 5.0), np.zeros(n),
+                         np.ones(n), rng.choice([0.0, 1.0], n, p=[0.9, 0.1])])
+    det = change.ChangeDetector().fit(X)
+    assert det.params_[change.PARAMS.index("unchanged_max")] == 1  # held a value for one window now and then
+    at = [0.0, 1.0]
+    # the same quiet window, counted 1..7 windows unchanged: beyond 2 * 1 + 2 it is stuck, whatever its other z
+    rows = np.array([[0.0, 1.0, 5, *at, k] for k in range(8)])
+    scores = -det.decision_function(rows)
+    assert (scores[:5] < 3).all() and (scores[5:] == change.STUCK_SCORE).all()
+    # a pair that held values for 3 windows in training (a coarse sensor) is never called stuck by the count
+    X[:10, 5] = 3.0
+    coarse = change.ChangeDetector().fit(X)
+    assert (-coarse.decision_function(rows) < change.STUCK_SCORE).all()
 
 
 def _fleet(rng: np.random.Generator) -> pd.DataFrame:
@@ -299,3 +332,18 @@ def test_a_malformed_change_section_is_refused(edit, message):
         path.write_text(json.dumps(manifest))
         with pytest.raises(PackError, match=message):
             load_pack(tmp)
+
+
+def test_a_change_z_pack_written_before_the_unchanged_feature_is_refused_with_a_retrain_message(tmp_path):
+    fit = fit_fleet(change.change_features(_fleet(np.random.default_rng(17)), W), algorithm="change-z",
+                    feature_names=change.FEATURES, n_jobs=1, window_ms=W)
+    write_pack(fit.models, tmp_path, version="cz", features=change.FEATURES, training=fit.training)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    del m["change"]["params"]["unchanged_max"]  # what the pack held before
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackError, match=r"before the 'unchanged' feature.*fleetscore train --activate"):
+        load_pack(tmp_path)
+    m["change"]["params"]["unchanged_max"] = base64.b64encode(np.full(m["change"]["models"], -1.0).tobytes()).decode()
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackError, match="unchanged_max >= 0"):
+        load_pack(tmp_path)
