@@ -10,7 +10,7 @@ Builds, in a temporary folder: a SQLite database holding `--windows` closed 5-mi
 `--models` device+sensor pairs (4 sensors per device) and a model pack of 64 fitted templates shared
 round-robin across the pairs (building the fleet takes seconds to minutes; scoring cost is that of a real fleet):
 
-- change-z: seven numbers per model in the manifest, thresholds calibrated on each template's training windows;
+- change-z: eight numbers per model in the manifest, thresholds calibrated on each template's training windows;
   each pair also has `change.LOOKBACK_WINDOWS` (24) windows before the run's range in the database, of which the
   export sends the 6 its baseline reads as context rows (`scoring_job.pack.lookback`: announce sensors, which this
   fleet has none of, 24), 18 rows per pair at 12 windows;

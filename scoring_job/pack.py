@@ -10,7 +10,7 @@ Layout::
                                consecutive SVMs of about 8 MiB each, so that a loader verifies them in parallel
     <folder>/detectors.skops   every other detector (one skops list), loaded with an explicit trusted list
 
-change-z detectors (:mod:`change`) are seven numbers each, kept in the manifest's ``change`` section (no file).
+change-z detectors (:mod:`change`) are eight numbers each, kept in the manifest's ``change`` section (no file).
 
 ``load_pack`` checks the manifest's own SHA-256 when given the digest pinned at activation (``models/CURRENT``, so
 an edited manifest is refused: the manifest holds every other file's SHA-256), then its shape (every ``device`` and
