@@ -3,6 +3,11 @@ in a range, against a user's labelled events (`fleetscore evaluate`, the report'
 
 The range is the scored windows' (window_from, window_until] of the runs that overlap the asked range, clipped
 to it. Pair-days = pairs with a scored window in the range × the range's days.
+
+Memory follows the scored windows' numbers, not their strings: the prediction files are read one at a time into
+a compact frame (ids as categoricals, the columns the rules read), and the sweep re-runs the episode rules
+:data:`SWEEP_CHUNK_PAIRS` pairs at a time (pairs are independent under the rules), so a 10,000-device fleet's day
+is not held as strings at once.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from pandas.api.types import union_categoricals
 from sqlalchemy.engine import Engine
 
 from fleetscore import clock, db
 from fleetscore.evaluation.metrics import DEFAULT_TOLERANCE_WINDOWS, Detection, detect, events_in_range, pair_days
 from fleetscore.evaluation.sweep import (
+    AlertsAt,
     EpisodeRules,
-    default_points,
-    flagged_share,
+    points_around,
     raise_windows,
     scored_only,
+    shares_flagged,
     shift_scores,
     shifted_episodes,
     sweep,
@@ -31,6 +38,10 @@ from fleetscore.report.data import BlobLister, load_scored_windows, scored_files
 
 EXTRA_COLUMNS = ("threshold", "threshold_strong", "model_version", "status")
 """Prediction-file columns read besides the report's: the thresholds the rules compare with, and what was scored."""
+RULE_COLUMNS = ("device", "sensor", "window_end", "score", "threshold", "threshold_strong")
+"""What the episode rules read of a scored window (`scored_only` adds the rest)."""
+SWEEP_CHUNK_PAIRS = 2_000
+"""Pairs whose windows the sweep turns into alerts at a time."""
 
 
 class NothingScored(ValueError):
@@ -68,17 +79,20 @@ def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rul
     (device, sensor, start, end) over the scored range within [from_ms, until_ms]. Raises `NothingScored`."""
     notes: list[str] = []
     lo, hi, run_ids = scored_range(engine, from_ms, until_ms)
-    scored = _scored_in(load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes)[0], lo, hi)
+    scored = compact_scored(store, run_ids, lo, hi, notes)
     if scored.empty:
         raise _nothing_scored(run_ids, lo, hi)
-    pairs = len(scored[["device", "sensor"]].drop_duplicates())
+    pairs = int(scored["pair"].iloc[-1]) + 1
     exposure = pair_days(pairs, lo, hi)
     events = events_in_range(events, lo, hi)
-    found = _deployed_detection(load_alerts(engine, lo, hi), scored, events, rules, exposure, tolerance_windows)
-    points = sorted(set(points)) if points is not None else default_points(scored)
-    table = sweep(shifted_episodes(scored, rules), points, events, window_ms=rules.window_ms, pair_days=exposure,
+    deployed = load_alerts(engine, lo, hi)
+    found = _deployed_detection(deployed, _with_strings(_of_pairs(scored, deployed)), events, rules, exposure,
+                                tolerance_windows)
+    margin = (scored["score"] - scored["threshold"]).to_numpy(dtype=np.float64)
+    points = sorted(set(points)) if points is not None else points_around(margin)
+    table = sweep(chunked_episodes(scored, rules), points, events, window_ms=rules.window_ms, pair_days=exposure,
                   tolerance_windows=tolerance_windows)
-    table["flagged_share"] = flagged_share(scored, points)
+    table["flagged_share"] = shares_flagged(margin, points)
     return Evaluation(from_ms=lo, until_ms=hi, runs=len(run_ids), pairs=pairs, pair_days=exposure,
                       tolerance_windows=tolerance_windows, deployed=found, sweep=table, notes=notes)
 
@@ -102,6 +116,58 @@ def evaluate_deployed(engine: Engine, store: BlobLister, events: pd.DataFrame, r
     scored = _scored_in(load_scored_windows(store, run_ids, EXTRA_COLUMNS, notes, pairs=alerted)[0], lo, hi)
     return _deployed_detection(deployed, scored, events_in_range(events, lo, hi), rules, pair_days(len(pairs), lo, hi),
                                tolerance_windows)
+
+
+def compact_scored(store: BlobLister, run_ids: list[str], lo: int, hi: int, notes: list[str]) -> pd.DataFrame:
+    """The windows a model scored in (lo, hi] of the prediction files of `run_ids`, read a file at a time:
+    `RULE_COLUMNS` (device and sensor categorical) plus `pair`, a 0-based int code per pair; sorted by pair and
+    window_end. A window scored again (a re-run) keeps the row of the file read last, as `load_scored_windows`."""
+    frames = []
+    for order, frame in enumerate(scored_files(store, run_ids, EXTRA_COLUMNS, notes)):
+        kept = _scored_in(frame, lo, hi)
+        if not kept.empty:
+            kept = kept[list(RULE_COLUMNS)].astype({"device": "category", "sensor": "category"})
+            frames.append(kept.assign(_order=np.int32(order)))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("device", "sensor") else np.float64)
+                             for c in RULE_COLUMNS}).assign(pair=pd.Series(dtype=np.int64))
+    device, sensor = (union_categoricals([f[c] for f in frames]) for c in ("device", "sensor"))
+    end = np.concatenate([f["window_end"].to_numpy(dtype=np.int64) for f in frames])
+    key = device.codes.astype(np.int64) * len(sensor.categories) + sensor.codes
+    rows = np.lexsort((np.concatenate([f["_order"].to_numpy() for f in frames]), end, key))
+    last = np.ones(len(rows), dtype=bool)  # per (pair, window_end), the row of the file read last
+    last[:-1] = (key[rows[1:]] != key[rows[:-1]]) | (end[rows[1:]] != end[rows[:-1]])
+    rows = rows[last]
+    pair = np.concatenate([[0], np.cumsum(key[rows[1:]] != key[rows[:-1]])]) if len(rows) else rows
+    values = {c: np.concatenate([f[c].to_numpy(dtype=np.float64) for f in frames])[rows] for c in RULE_COLUMNS[3:]}
+    return pd.DataFrame({"device": device[rows], "sensor": sensor[rows], "window_end": end[rows], **values,
+                         "pair": pair.astype(np.int64)})
+
+
+def chunked_episodes(scored: pd.DataFrame, rules: EpisodeRules, chunk_pairs: int | None = None) -> AlertsAt:
+    """`shifted_episodes` over `compact_scored` rows, `chunk_pairs` pairs (default `SWEEP_CHUNK_PAIRS`) at a time:
+    the same alerts, with only one chunk's windows as strings at once."""
+    per = chunk_pairs or SWEEP_CHUNK_PAIRS
+    pair = scored["pair"].to_numpy(dtype=np.int64)
+    cuts = np.searchsorted(pair, np.arange(0, (int(pair[-1]) + 1) if len(pair) else 0, per))
+    bounds = list(zip(cuts, [*cuts[1:], len(pair)], strict=True))
+
+    def alerts_at(shift: float) -> pd.DataFrame:
+        parts = [shifted_episodes(_with_strings(scored.iloc[a:b]), rules)(shift) for a, b in bounds]
+        return pd.concat(parts, ignore_index=True) if parts else shifted_episodes(_with_strings(scored), rules)(shift)
+
+    return alerts_at
+
+
+def _of_pairs(scored: pd.DataFrame, alerts: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `scored` (`compact_scored`) whose pair has an alert in `alerts`."""
+    keys = pd.MultiIndex.from_frame(scored[["device", "sensor"]].astype(str))
+    return scored[keys.isin(pd.MultiIndex.from_frame(alerts[["device", "sensor"]].astype(str)))]
+
+
+def _with_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """`compact_scored` rows with device and sensor as plain strings, as the episode rules key pairs."""
+    return frame.drop(columns="pair").astype({"device": str, "sensor": str})
 
 
 def _scored_in(frame: pd.DataFrame, lo: int, hi: int) -> pd.DataFrame:

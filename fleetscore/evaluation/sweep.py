@@ -80,7 +80,11 @@ def margins(scored: pd.DataFrame) -> np.ndarray:
 
 def flagged_share(scored: pd.DataFrame, points: Iterable[float]) -> list[float]:
     """Per point, the share of scored windows anomalous at that shift (score − point > threshold), 0..1."""
-    m = margins(scored)
+    return shares_flagged(margins(scored), points)
+
+
+def shares_flagged(m: np.ndarray, points: Iterable[float]) -> list[float]:
+    """`flagged_share` of the scored windows' margins `m` (`margins`), (windows,)."""
     return [float((m > p).mean()) if len(m) else 0.0 for p in points]
 
 
@@ -88,7 +92,11 @@ def default_points(scored: pd.DataFrame) -> list[float]:
     """Shifts around the deployed setting (0): those that flag SHARE_FACTORS times the windows flagged at 0
     (FALLBACK_SHARES of them when none is), and GAP_FRACTIONS of the smallest positive one (normal windows'
     margins often end far below the faults', leaving a gap the shares jump over); ascending, 0 included."""
-    m = margins(scored)
+    return points_around(margins(scored))
+
+
+def points_around(m: np.ndarray) -> list[float]:
+    """`default_points` of the scored windows' margins `m` (`margins`), (windows,)."""
     if not len(m):
         return [0.0]
     share = float((m > 0).mean())

@@ -188,3 +188,28 @@ def test_the_demo_s_deployed_figures_equal_evaluate_stored_s_without_loading_eve
     assert whole.events > 0 and whole.caught > 0 and whole.false_alerts >= 0
     assert light.as_dict() == whole.as_dict()
     assert len(loaded) == 1 and set(loaded[0]) == alerted and len(alerted) < 12  # the alerted pairs only
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_the_sweep_a_chunk_of_pairs_at_a_time_equals_the_sweep_over_every_window_at_once(fleet, monkeypatch, chunk):
+    from fleetscore.evaluation.sweep import default_points, flagged_share, shifted_episodes, sweep
+    from fleetscore.report.data import load_scored_windows
+
+    env, _, sim = fleet
+    services = Services(load_settings(**env))
+    rules = episode_rules(services.settings)
+    try:
+        lo, hi, run_ids = stored.scored_range(services.engine, None, None)
+        whole = stored._scored_in(load_scored_windows(services.store, run_ids, stored.EXTRA_COLUMNS)[0], lo, hi)
+        events = stored.events_in_range(sim.faults, lo, hi)
+        exposure = stored.pair_days(len(whole[["device", "sensor"]].drop_duplicates()), lo, hi)
+        points = default_points(whole)
+        expected = sweep(shifted_episodes(whole, rules), points, events, window_ms=W, pair_days=exposure)
+        expected["flagged_share"] = flagged_share(whole, points)
+        monkeypatch.setattr(stored, "SWEEP_CHUNK_PAIRS", chunk)
+        got = evaluate_stored(services.engine, services.store, sim.faults, rules)
+    finally:
+        services.engine.dispose()
+    assert len(points) > 3 and expected["alerts"].max() > 0 and expected["caught"].max() > 0
+    pd.testing.assert_frame_equal(got.sweep, expected)
+    assert got.pairs == 12 and got.pair_days == exposure
