@@ -160,9 +160,12 @@ def chunked_episodes(scored: pd.DataFrame, rules: EpisodeRules, chunk_pairs: int
 
 
 def _of_pairs(scored: pd.DataFrame, alerts: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `scored` (`compact_scored`) whose pair has an alert in `alerts`."""
-    keys = pd.MultiIndex.from_frame(scored[["device", "sensor"]].astype(str))
-    return scored[keys.isin(pd.MultiIndex.from_frame(alerts[["device", "sensor"]].astype(str)))]
+    """The rows of `scored` (`compact_scored`) whose pair has an alert in `alerts` (ids compared as strings once
+    per pair, not per row)."""
+    pairs = scored.drop_duplicates("pair")
+    keys = pd.MultiIndex.from_arrays([pairs["device"].astype(str), pairs["sensor"].astype(str)])
+    alerted = pairs["pair"][keys.isin(pd.MultiIndex.from_frame(alerts[["device", "sensor"]].astype(str)))]
+    return scored[scored["pair"].isin(alerted)]
 
 
 def _with_strings(frame: pd.DataFrame) -> pd.DataFrame:
