@@ -172,7 +172,6 @@ def _pair_count(conn: Connection, window_end: int) -> int:
     return conn.execute(sa.select(sa.func.count()).where(db.windows.c.window_end == window_end)).scalar_one()
 
 
-
 def range_cuts(conn: Connection, latest: int | None, partition_models: int) -> list[str]:
     """The devices that cut the pairs (by device, sensor) of the window ending at `latest` (`last_window`) into runs
     of about `partition_models` pairs, each cut at the start of a device: one index seek and skip per cut.
