@@ -31,7 +31,10 @@ first reading, in minutes. The raising window is found as `fleetscore evaluate` 
 (`fleetscore.evaluation.sweep.raise_windows`).
 Schedule latency (a run every hour) is not in it. Before the tables: the share of faults (a) and (c) caught, by
 fault kind and size class (subtle 2-3 sigma, moderate 3-6, gross 6-15; stuck has no size) and by the pair's
-reporting mode (regular, sparse, on_change), over all seeds: where the library's misses are.
+reporting mode (regular, sparse, on_change), over all seeds: where the library's misses are; then (a)'s operating
+points: the same fleets trained, scored and alerted again with ALERT_FALSE_RATE at each of --rates (the rate the
+thresholds are calibrated at, the operator's knob), and the best recall among them within 5 false alerts per 1,000
+pair-days (the issue's bar), so a missed bar shows whether a setting would reach it.
 
 Last line: RESULT recall=... precision=... false_per_1000_pair_days=... vs_reference_false=...  for (a), the mean
 of the seeds' figures; vs_reference_false = reference (c) false alerts / library (a) false alerts, summed over the
@@ -85,7 +88,13 @@ REFERENCE_PARAMS = {"nu": 0.05, "gamma": "scale"}
 """The reference's OneClassSVM, as benchmarks/scoring.py models it (behind a StandardScaler)."""
 REFERENCE_MAX_TRAIN = 2880
 """Raw readings the reference fits per pair at most (evenly spaced); 2 days at 60 s = 2,880, all of them."""
+RATES = (0.005, 0.02, 0.03)
+"""ALERT_FALSE_RATE values of the library's operating-point table, beside the default (`thresholds.FALSE_RATE`)."""
+FALSE_BUDGET = 5.0
+"""The issue's bar for false alerts per 1,000 pair-days: the operating-point table names the best recall within it."""
 Tick = Callable[[str, int, int], None]
+AtRates = dict[float, Detection]
+"""(a)'s figures of one seed per ALERT_FALSE_RATE."""
 
 
 # ------------------------------------------------------------------------------------------ the fleet
@@ -263,19 +272,26 @@ APPROACHES = ("(a) library defaults", "(b) today: score > 0, one window",
 
 
 def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Tick,
-                 overrides: dict[str, str] | None = None) -> tuple[dict[str, Detection], str, pd.DataFrame]:
-    """The four rows of one seed's fleet, a note on how its models were fitted, and each fault with whether (a)
-    and (c) caught it (:func:`caught_faults`)."""
+                 overrides: dict[str, str] | None = None,
+                 rates: tuple[float, ...] = ()) -> tuple[dict[str, Detection], str, pd.DataFrame, AtRates]:
+    """The four rows of one seed's fleet, a note on how its models were fitted, each fault with whether (a)
+    and (c) caught it (:func:`caught_faults`), and (a)'s figures with ALERT_FALSE_RATE set to each of `rates`
+    (trained, scored and alerted again: the rate is a training setting)."""
     settings = default_settings(overrides)
     W = settings.window_ms
     sim = simulate(seed, pairs, days, train_days)
     faults = events_in_range(sim.faults, sim.clean_until_ms, sim.end_ms)
     features = window_rows(sim, settings)
+    exposure = fleet_pair_days(sim)
+    points: AtRates = {}
     with tempfile.TemporaryDirectory(prefix="fleetscore-detection-") as tmp:
         scored = score_faulty_days(features, sim, settings, Path(tmp) / "pack", tick)
         scored_svm = score_faulty_days(features, sim, before_issue_12(), Path(tmp) / "svm", tick)
+        for rate in rates:
+            at_rate = default_settings({**(overrides or {}), "ALERT_FALSE_RATE": str(rate)})
+            scored_at = score_faulty_days(features, sim, at_rate, Path(tmp) / f"rate-{rate}", tick)
+            points[rate] = detect(library_alerts(scored_at, at_rate), faults, window_ms=W, pair_days=exposure)
     flags, subsampled = reference_flags(sim, tick)
-    exposure = fleet_pair_days(sim)
     alerts = [library_alerts(scored, settings), today_alerts(scored_svm, W), reference_alerts(flags, W, merged=False),
               reference_alerts(flags, W, merged=True)]
     rows = {label: detect(a, faults, window_ms=W, pair_days=exposure)
@@ -283,8 +299,9 @@ def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Ti
     pairs_total = sim.readings[["device", "sensor"]].drop_duplicates().shape[0]
     faults_caught = caught_faults(sim, {short: match_alerts(alerts[i], faults, W).fault_is_detected
                                         for short, i in (("(a)", 0), ("(c)", 2))})
+    points[settings.alert_false_rate] = rows[APPROACHES[0]]
     return rows, (f"{pairs_total} pairs; library: {scored[['device', 'sensor']].drop_duplicates().shape[0]} "
-                  f"pairs with a model; reference: {subsampled} pairs fitted on a subsample"), faults_caught
+                  f"pairs with a model; reference: {subsampled} pairs fitted on a subsample"), faults_caught, points
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -329,6 +346,18 @@ def report_missed(faults: pd.DataFrame) -> None:
             print(f"  {label:28s} {row['faults']:6.0f} {row['a']:6.2f} {row['c']:6.2f}")
 
 
+def report_points(points: list[AtRates], default_rate: float) -> None:
+    """(a) at each ALERT_FALSE_RATE measured (mean of the seeds, as the tables below), and the best recall among
+    them within :data:`FALSE_BUDGET` false alerts per 1,000 pair-days."""
+    print(f"\n(a) operating points: ALERT_FALSE_RATE, everything else as (a) (mean of seeds)\n{HEADER}")
+    means = {rate: seed_mean([seed[rate] for seed in points]) for rate in sorted(points[0])}
+    for rate, d in means.items():
+        print(_row(f"ALERT_FALSE_RATE={rate:g}{' (a)' if rate == default_rate else ''}", d))
+    within = [d.recall for d in means.values() if d.false_per_1000_pair_days <= FALSE_BUDGET]
+    best = f"{max(within):.3f}" if within else "none"
+    print(f"  best recall within {FALSE_BUDGET:g} false alerts per 1,000 pair-days among these rates: {best}")
+
+
 def report(results: dict[int, dict[str, Detection]], notes: dict[int, str], changed: str = "") -> None:
     """Each seed's table, the pooled table and the RESULT line (library defaults, or the `changed` settings, vs the
     strict reference)."""
@@ -357,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                     help="change a library setting for (a), e.g. --set ALERT_FALSE_RATE=0.02 (repeatable); "
                          "the RESULT line then is not the defaults' and says so")
+    ap.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES),
+                    help="ALERT_FALSE_RATE values for (a)'s operating-point table, besides (a)'s own (empty: none)")
     args = ap.parse_args(argv)
     if not 0 < args.train_days < args.days:
         ap.error("--train-days must be positive and less than --days")
@@ -364,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", UserWarning)
     overrides = dict(item.split("=", 1) for item in args.set)
     settings = default_settings(overrides)
+    rates = tuple(r for r in (float(x) for x in args.rates.split(",") if x.strip()) if r != settings.alert_false_rate)
     print(f"detection benchmark: scenario {scenario_name()}, {math.ceil(args.pairs / SENSORS)} devices x {SENSORS} "
           f"sensors (+ any the scenario adds, e.g. setpoints), "
           f"{args.train_days:g} clean + {args.days - args.train_days:g} faulty days at 60 s, seeds {seeds}; "
@@ -372,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
           f"reference: fits at most {REFERENCE_MAX_TRAIN:,} raw readings per pair (an evenly spaced subsample "
           f"beyond that; the count of pairs subsampled is printed per seed)")
     t0 = time.perf_counter()
-    results, notes, faults = {}, {}, []
+    results, notes, faults, points = {}, {}, [], []
     with progress_bar() as bar:
         tasks: dict[str, int] = {}
 
@@ -384,11 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             tasks.clear()
             seed_tick = functools.partial(lambda seed, s, d, t: tick(f"seed {seed} {s}", d, t), seed)
-            results[seed], notes[seed], caught = measure_seed(seed, args.pairs, args.days, args.train_days,
-                                                              seed_tick, overrides)
+            results[seed], notes[seed], caught, at_rates = measure_seed(seed, args.pairs, args.days, args.train_days,
+                                                                        seed_tick, overrides, rates)
             faults.append(caught)
+            points.append(at_rates)
     print(f"measured in {time.perf_counter() - t0:.0f} s")
     report_missed(pd.concat(faults, ignore_index=True))
+    report_points(points, settings.alert_false_rate)
     report(results, notes, " ".join(args.set))
     return 0
 
