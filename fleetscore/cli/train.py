@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from fleetscore.cli.console import console, err, parse_time, progress_bar, services
-from fleetscore.training import TrainResult
+from fleetscore.training import SPARSE_COVERAGE, TrainResult
 from fleetscore.training import train as train_fleet
 
 SKIPPED_SHOWN = 50
@@ -41,11 +41,12 @@ def train(
         except ValueError as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
-    _print_result(result)
+    _print_result(result, s.window_minutes)
 
 
-def _print_result(result: TrainResult) -> None:
-    """The new pack's version and size, then the skipped pairs (the first SKIPPED_SHOWN by name)."""
+def _print_result(result: TrainResult, window_minutes: int) -> None:
+    """The new pack's version and size, the skipped pairs (the first SKIPPED_SHOWN by name), then how many models
+    are sparse (`fleetscore.training.sparse_models`) and what that means for their alerts."""
     console.print(f"model pack {result.version}: {result.models:,} models from {result.windows:,} windows"
                   + (", active" if result.activated else " (not active: use --activate)"))
     if result.skipped:
@@ -54,3 +55,10 @@ def _print_result(result: TrainResult) -> None:
             console.print(f"  {device}/{sensor}: {why}")
         if len(result.skipped) > SKIPPED_SHOWN:
             console.print(f"  … and {len(result.skipped) - SKIPPED_SHOWN:,} more")
+    if result.sparse:
+        (device, sensor), coverage = next(iter(result.sparse.items()))
+        console.print(f"{len(result.sparse):,} model(s) trained on windows in less than {SPARSE_COVERAGE:.0%} of their "
+                      f"range (e.g. {device}/{sensor}: {coverage:.0%}): ALERT_PERSISTENCE counts windows of time and "
+                      f"a window without a reading as normal, so these alert only on a strong window; a "
+                      f"WINDOW_MINUTES (now {window_minutes}) of at least their reporting interval lets persistence "
+                      f"count their readings")

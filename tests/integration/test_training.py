@@ -47,3 +47,22 @@ def test_training_in_device_chunks_writes_the_same_pack(fleet, tmp_path, monkeyp
     assert (chunked.models, chunked.skipped, chunked.windows) == (whole.models, whole.skipped, whole.windows)
     assert whole.skipped  # some pairs are too thin at min_windows=400: they are skipped the same way
     assert calls[-1] == (28, 28) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+@pytest.mark.parametrize("window_minutes, sparse", [(5, True), (15, False)])
+def test_a_sensor_reporting_less_often_than_once_per_window_is_reported_sparse(sqlite_engine, tmp_path,
+                                                                               window_minutes, sparse):
+    """Readings every 15 minutes fill a third of the 5-minute windows: every model is sparse, with that coverage;
+    in 15-minute windows none is."""
+    sim = simulate_fleet(devices=2, sensors=2, days=2, interval_seconds=900, seed=5, clean_days=2, missing_rate=0.0)
+    readings, _ = write_simulation(sim, tmp_path / "fleet.parquet")
+    ingest_file(sqlite_engine, readings, window_ms=window_minutes * 60_000, naive_tz=timezone.utc)
+    result = training.train(sqlite_engine, FolderStore(tmp_path / "store"), from_ms=None, until_ms=None,
+                            min_windows=20, algorithm="ocsvm-rbf", features=("mean", "min", "max", "std"),
+                            window_minutes=window_minutes, activate=False, n_jobs=1)
+    assert result.models == 4
+    if sparse:
+        assert sorted(result.sparse) == sorted(set(zip(sim.readings["device"], sim.readings["sensor"], strict=True)))
+        assert all(c == pytest.approx(1 / 3, abs=0.01) for c in result.sparse.values())
+    else:
+        assert result.sparse == {}
