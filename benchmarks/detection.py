@@ -84,6 +84,9 @@ SEEDS = (1, 2, 3)
 """Measurement seeds (tuning elsewhere uses 101-110)."""
 SENSORS = 5
 TRAIN_DAYS = 2.0
+TICK_SECONDS = 60.0
+"""The simulator's tick (its devices report every 1-3 ticks): --tick-seconds changes it, e.g. to see sensors that
+report less often than once per window."""
 REFERENCE_PARAMS = {"nu": 0.05, "gamma": "scale"}
 """The reference's OneClassSVM, as benchmarks/scoring.py models it (behind a StandardScaler)."""
 REFERENCE_MAX_TRAIN = 2880
@@ -98,12 +101,13 @@ AtRates = dict[float, Detection]
 
 
 # ------------------------------------------------------------------------------------------ the fleet
-def simulate(seed: int, pairs: int, days: float, train_days: float) -> Simulation:
-    """The benchmark fleet: ceil(pairs / SENSORS) devices x SENSORS sensors, 60 s readings, `train_days` clean
-    days first; the varied scenario when the simulator offers it."""
+def simulate(seed: int, pairs: int, days: float, train_days: float, tick_seconds: float = TICK_SECONDS) -> Simulation:
+    """The benchmark fleet: ceil(pairs / SENSORS) devices x SENSORS sensors on ticks `tick_seconds` apart (each
+    device reports every 1-3 ticks), `train_days` clean days first; the varied scenario when the simulator
+    offers it."""
     kwargs = {"scenario": "varied"} if "scenario" in inspect.signature(simulate_fleet).parameters else {}
     return simulate_fleet(devices=math.ceil(pairs / SENSORS), sensors=SENSORS, days=days, seed=seed,
-                          clean_days=train_days, **kwargs)
+                          clean_days=train_days, interval_seconds=tick_seconds, **kwargs)
 
 
 def scenario_name() -> str:
@@ -273,13 +277,14 @@ APPROACHES = ("(a) library defaults", "(b) today: score > 0, one window",
 
 def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Tick,
                  overrides: dict[str, str] | None = None,
-                 rates: tuple[float, ...] = ()) -> tuple[dict[str, Detection], str, pd.DataFrame, AtRates]:
+                 rates: tuple[float, ...] = (),
+                 tick_seconds: float = TICK_SECONDS) -> tuple[dict[str, Detection], str, pd.DataFrame, AtRates]:
     """The four rows of one seed's fleet, a note on how its models were fitted, each fault with whether (a)
     and (c) caught it (:func:`caught_faults`), and (a)'s figures with ALERT_FALSE_RATE set to each of `rates`
     (trained, scored and alerted again: the rate is a training setting)."""
     settings = default_settings(overrides)
     W = settings.window_ms
-    sim = simulate(seed, pairs, days, train_days)
+    sim = simulate(seed, pairs, days, train_days, tick_seconds)
     faults = events_in_range(sim.faults, sim.clean_until_ms, sim.end_ms)
     features = window_rows(sim, settings)
     exposure = fleet_pair_days(sim)
@@ -386,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                     help="change a library setting for (a), e.g. --set ALERT_FALSE_RATE=0.02 (repeatable); "
                          "the RESULT line then is not the defaults' and says so")
+    ap.add_argument("--tick-seconds", type=float, default=TICK_SECONDS,
+                    help="the simulator's tick (devices report every 1-3 ticks; windows are WINDOW_MINUTES)")
     ap.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES),
                     help="ALERT_FALSE_RATE values for (a)'s operating-point table, besides (a)'s own (empty: none)")
     args = ap.parse_args(argv)
@@ -398,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = tuple(r for r in (float(x) for x in args.rates.split(",") if x.strip()) if r != settings.alert_false_rate)
     print(f"detection benchmark: scenario {scenario_name()}, {math.ceil(args.pairs / SENSORS)} devices x {SENSORS} "
           f"sensors (+ any the scenario adds, e.g. setpoints), "
-          f"{args.train_days:g} clean + {args.days - args.train_days:g} faulty days at 60 s, seeds {seeds}; "
+          f"{args.train_days:g} clean + {args.days - args.train_days:g} faulty days, {args.tick_seconds:g} s ticks, "
+          f"seeds {seeds}; "
           f"library defaults: {settings.model_algorithm} on {','.join(settings.features)}, "
           f"ALERT_PERSISTENCE={'/'.join(map(str, settings.alert_k_of_n))}; "
           f"reference: fits at most {REFERENCE_MAX_TRAIN:,} raw readings per pair (an evenly spaced subsample "
@@ -417,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             tasks.clear()
             seed_tick = functools.partial(lambda seed, s, d, t: tick(f"seed {seed} {s}", d, t), seed)
             results[seed], notes[seed], caught, at_rates = measure_seed(seed, args.pairs, args.days, args.train_days,
-                                                                        seed_tick, overrides, rates)
+                                                                        seed_tick, overrides, rates,
+                                                                        args.tick_seconds)
             faults.append(caught)
             points.append(at_rates)
     print(f"measured in {time.perf_counter() - t0:.0f} s")
