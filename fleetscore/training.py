@@ -61,12 +61,19 @@ windows of time and a window without a reading as a normal one, so such a pair a
 def window_coverage(info: Mapping[str, Any], window_ms: int) -> float:
     """The share of the windows from a model's first to its last training window (``info``: its training record,
     ``from``/``until`` window ends, ``size`` windows; :func:`scoring_job.pack.training_info`) it was trained on,
-    0..1; 1.0 when the record lacks them."""
+    0..1 (window ends as Timestamps or epoch ms); 1.0 when the record lacks them."""
     size, first, last = info.get("size"), info.get("from"), info.get("until")
     if not size or first is None or last is None:
         return 1.0
-    span = (pd.Timestamp(last) - pd.Timestamp(first)) // pd.Timedelta(milliseconds=window_ms) + 1
+    span = (_as_time(last) - _as_time(first)) // pd.Timedelta(milliseconds=window_ms) + 1
     return min(1.0, int(size) / max(int(span), 1))
+
+
+def _as_time(value: Any) -> pd.Timestamp:
+    """A window end as a Timestamp: a number is epoch ms, anything else as pandas reads it."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return pd.Timestamp(value, unit="ms")
+    return pd.Timestamp(value)
 
 
 def sparse_models(training: Mapping[tuple[str, str], Mapping[str, Any]],

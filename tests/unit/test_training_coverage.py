@@ -20,6 +20,8 @@ def test_coverage_is_the_trained_share_of_the_windows_from_first_to_last():
     assert window_coverage(_info(10, 4), W) == pytest.approx(0.4)
     assert window_coverage(_info(1, 1), W) == 1.0
     assert window_coverage(_info(30, 10), 3 * W) == 1.0  # in 15-minute windows the same range has 10
+    as_ms = {"from": T0.value // 1_000_000, "until": T0.value // 1_000_000 + 9 * W, "size": 4}
+    assert window_coverage(as_ms, W) == pytest.approx(0.4)  # window ends as epoch ms
 
 
 def test_a_record_without_range_or_size_counts_as_covered():
