@@ -40,7 +40,7 @@ rows, not scored: ``pack.lookback``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,11 +145,8 @@ def baseline_change_numpy(mean: np.ndarray, pair: np.ndarray, end: np.ndarray, w
     """:func:`baseline_change` in numpy: each row's earlier means as a (rows, context) array and
     :func:`nanmedian_rows` of it."""
     rows = np.arange(len(mean)) if needed is None else np.flatnonzero(needed)
-    own_pair, oldest = pair[rows], end[rows] - context * window_ms
     earlier = np.full((len(rows), context), np.nan)
-    for j in range(1, context + 1):  # row i - j, the j-th row before
-        before = np.maximum(rows - j, 0)
-        reach = (rows >= j) & (pair[before] == own_pair) & (end[before] >= oldest)
+    for j, before, reach in _rows_before(rows, pair, end, window_ms, context):
         earlier[:, j - 1] = np.where(reach, mean[before], np.nan)
     out = np.full(len(mean), np.nan)
     out[rows] = mean[rows] - nanmedian_rows(earlier)
@@ -163,16 +160,23 @@ def unchanged_windows(low: np.ndarray, high: np.ndarray, pair: np.ndarray, end: 
     window of the same pair, back to the first that differs, among those ending within ``context`` windows before it
     (so at most ``context + 1``: what a partition's context rows show, whatever the run). Rows sorted by (pair, end);
     ``low``/``high`` (rows,) the windows' min and max, ``end`` epoch ms."""
-    rows = np.arange(len(low))
     held = (low == high) & np.isfinite(low)
     count = held.astype(np.float64)
     alive = held.copy()
-    oldest = end - context * window_ms
-    for j in range(1, context + 1):  # row i - j, the j-th row before
-        before = np.maximum(rows - j, 0)
-        alive &= (rows >= j) & (pair[before] == pair) & (end[before] >= oldest) & held[before] & (low[before] == low)
+    for _, before, reach in _rows_before(np.arange(len(low)), pair, end, window_ms, context):
+        alive &= reach & held[before] & (low[before] == low)
         count += alive
     return count
+
+
+def _rows_before(rows: np.ndarray, pair: np.ndarray, end: np.ndarray, window_ms: int,
+                 context: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For j = 1..``context``: (j, the row j rows before each of ``rows`` (clipped at 0), whether that row is the
+    same pair's and ends within ``context`` windows before it), each (len(rows),); rows sorted by (pair, end)."""
+    own_pair, oldest = pair[rows], end[rows] - context * window_ms
+    for j in range(1, context + 1):
+        before = np.maximum(rows - j, 0)
+        yield j, before, (rows >= j) & (pair[before] == own_pair) & (end[before] >= oldest)
 
 
 def announced_changes(frame: pd.DataFrame, end: np.ndarray, mean: np.ndarray, announce: Sequence[str],
