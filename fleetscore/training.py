@@ -25,7 +25,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fleetscore import db
+from fleetscore import clock, db
 from fleetscore.storage.base import BlobNotFound, BlobStore
 from fleetscore.storage.paths import CURRENT_POINTER, model_manifest_key, model_pack_prefix
 from scoring_job import change
@@ -65,15 +65,8 @@ def window_coverage(info: Mapping[str, Any], window_ms: int) -> float:
     size, first, last = info.get("size"), info.get("from"), info.get("until")
     if not size or first is None or last is None:
         return 1.0
-    span = (_as_time(last) - _as_time(first)) // pd.Timedelta(milliseconds=window_ms) + 1
+    span = (clock.to_ms(last) - clock.to_ms(first)) // window_ms + 1
     return min(1.0, int(size) / max(int(span), 1))
-
-
-def _as_time(value: Any) -> pd.Timestamp:
-    """A window end as a Timestamp: a number is epoch ms, anything else as pandas reads it."""
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return pd.Timestamp(value, unit="ms")
-    return pd.Timestamp(value)
 
 
 def sparse_models(training: Mapping[tuple[str, str], Mapping[str, Any]],
