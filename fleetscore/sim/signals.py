@@ -133,18 +133,22 @@ def draw_mix(rng: np.random.Generator, grid: Grid, profiles: list[SensorProfile]
         low=low, high=high)
 
 
-def clean_signal(rng: np.random.Generator, grid: Grid, mix: PairMix) -> np.ndarray:
+def clean_signal(rng: np.random.Generator, grid: Grid, mix: PairMix, course: bool = True) -> np.ndarray:
     """(steps × pairs) float64 fault-free values before setpoint responses: level, daily and weekly cycles,
-    trend, wander and heavy-tailed noise (setpoint pairs: their starting level only)."""
-    t_ms = grid.nominal - grid.start_ms
-    hour = ((grid.nominal % DAY_MS) / 3_600_000.0)[:, None]
-    week_hour = (((grid.nominal - MONDAY_MS) % (7 * DAY_MS)) / 3_600_000.0)[:, None]
+    trend, wander and heavy-tailed noise (setpoint pairs: their starting level only). ``course=False``: the
+    level and the same noise only (the wander is drawn all the same, so the noise is the seed's)."""
     values = np.empty((grid.steps, grid.pairs))
     values[:] = mix.level
-    values += mix.daily_amp * np.cos((2 * np.pi / 24.0) * (hour - mix.daily_peak))
-    values += mix.weekly_amp * np.cos((2 * np.pi / WEEK_HOURS) * (week_hour - mix.weekly_peak))
-    values += mix.trend * (t_ms / DAY_MS)[:, None]
-    values += mix.wander_sd * _wander(rng, grid, mix.wander_minutes)
+    wander = mix.wander_sd * _wander(rng, grid, mix.wander_minutes)
+    if course:
+        t_ms = grid.nominal - grid.start_ms
+        hour = ((grid.nominal % DAY_MS) / 3_600_000.0)[:, None]
+        week_hour = (((grid.nominal - MONDAY_MS) % (7 * DAY_MS)) / 3_600_000.0)[:, None]
+        values += mix.daily_amp * np.cos((2 * np.pi / 24.0) * (hour - mix.daily_peak))
+        values += mix.weekly_amp * np.cos((2 * np.pi / WEEK_HOURS) * (week_hour - mix.weekly_peak))
+        values += mix.trend * (t_ms / DAY_MS)[:, None]
+        values += wander
+    del wander
     scale = mix.noise_sd / np.sqrt(mix.df / (mix.df - 2.0))
     values += scale * rng.standard_t(mix.df, (grid.steps, grid.pairs))
     return values
@@ -165,16 +169,19 @@ def _wander(rng: np.random.Generator, grid: Grid, minutes: np.ndarray) -> np.nda
 
 
 def apply_setpoints(rng: np.random.Generator, grid: Grid, mix: PairMix, values: np.ndarray,
-                    sensors: list[str]) -> pd.DataFrame:
+                    sensors: list[str], respond: bool = True) -> pd.DataFrame:
     """Step each device's setpoint now and then and move its controlled sensors after it, in place (module
-    doc); returns the changes, one row per affected pair (`CHANGE_COLUMNS`), the setpoint pair's own included."""
+    doc); returns the changes, one row per affected pair (`CHANGE_COLUMNS`), the setpoint pair's own included.
+    ``respond=False``: the setpoints step (the same steps) but no sensor follows them, and only the setpoint
+    pairs' own rows are returned."""
     counts = rng.poisson(SETPOINT_CHANGES_PER_DAY * grid.steps * grid.interval_ms / DAY_MS, grid.devices)
     t_min = np.arange(grid.steps, dtype=np.float64) * grid.interval_ms / 60_000.0
     names = device_names(grid.devices)
     rows: list[tuple] = []
     for device in np.flatnonzero(counts):
         sp_col = (device + 1) * grid.sensors - 1
-        cols = sp_col - grid.sensors + 1 + np.flatnonzero(mix.gain[sp_col - grid.sensors + 1:sp_col])
+        first_col = sp_col - grid.sensors + 1
+        cols = first_col + np.flatnonzero(mix.gain[first_col:sp_col]) if respond else np.empty(0, dtype=np.int64)
         ticks = np.sort(rng.choice(np.arange(1, grid.steps), size=min(counts[device], grid.steps - 1),
                                    replace=False))
         current = start_level = mix.level[sp_col]

@@ -73,7 +73,7 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float | None = No
                    seed: int = 0, fault_rate: float | None = None,
                    start: datetime | pd.Timestamp | str | int | None = None, clean_days: float | None = None,
                    missing_rate: float | None = None, outage_rate: float | None = None,
-                   scenario: str = "classic") -> Simulation:
+                   scenario: str = "classic", normal_course: bool = True) -> Simulation:
     """Simulate `devices` × `sensors` pairs reporting every `interval_seconds` for `days` days.
 
     scenario: `classic` (`fleetscore.sim.classic`: one daily cycle, normal noise, four fault kinds) or `varied`
@@ -85,10 +85,12 @@ def simulate_fleet(devices: int = 100, sensors: int = 5, days: float | None = No
     fault_rate: expected faults per pair per faulty day (the days after `clean_days`); 0 gives no faults.
     missing_rate: chance that any one reading is lost; outage_rate: expected outages per device per day
     (classic: 5–30 minutes, varied: 5 minutes to 6 hours with no readings from any of its sensors).
+    normal_course: varied only; False takes each measured sensor's normal course out (cycles, trend, wander,
+    setpoint responses) and keeps everything else of the seed (`varied.simulate_varied`): an ablation.
     Deterministic for a seed.
     """
     stream = stream_fleet(devices, sensors, days, interval_seconds, seed, fault_rate, start, clean_days,
-                          missing_rate, outage_rate, scenario)
+                          missing_rate, outage_rate, scenario, normal_course=normal_course)
     if stream.whole is not None:
         return stream.whole
     readings = list(stream.chunks())
@@ -100,11 +102,14 @@ def stream_fleet(devices: int = 100, sensors: int = 5, days: float | None = None
                  seed: int = 0, fault_rate: float | None = None,
                  start: datetime | pd.Timestamp | str | int | None = None, clean_days: float | None = None,
                  missing_rate: float | None = None, outage_rate: float | None = None,
-                 scenario: str = "classic", chunk_steps: int | None = None) -> FleetStream:
+                 scenario: str = "classic", chunk_steps: int | None = None,
+                 normal_course: bool = True) -> FleetStream:
     """The fleet of `simulate_fleet` (same arguments, same readings for a seed) as chunks of `chunk_steps`
     ticks (None: one chunk); see `FleetStream`."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
+    if not normal_course and scenario != "varied":
+        raise ValueError("normal_course=False is an option of the varied scenario")
     preset = SCENARIOS[scenario]
     days = preset["days"] if days is None else days
     clean_days = min(preset["clean_days"], days) if clean_days is None else clean_days
@@ -115,7 +120,7 @@ def stream_fleet(devices: int = 100, sensors: int = 5, days: float | None = None
     start = DEFAULT_START if start is None else start
     if scenario == "varied":
         grid = Grid.of(devices, sensors + 1, days, interval_seconds, clean_days, start)
-        whole = varied.simulate_varied(grid, seed, fault_rate, missing_rate, outage_rate)
+        whole = varied.simulate_varied(grid, seed, fault_rate, missing_rate, outage_rate, normal_course)
         return FleetStream(grid, chunk_steps, whole=whole)
     grid = Grid.of(devices, sensors, days, interval_seconds, clean_days, start)
     return FleetStream(grid, chunk_steps, classic=ClassicStream(grid, seed, fault_rate, missing_rate, outage_rate,

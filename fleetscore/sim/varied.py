@@ -32,13 +32,17 @@ OUTAGES_PER_DAY = 0.3
 
 
 def simulate_varied(grid: Grid, seed: int, fault_rate: float, missing_rate: float,
-                    outages_per_day: float) -> Simulation:
-    """The varied fleet on `grid` (its `sensors` count the measured sensors plus the setpoint, the last one)."""
+                    outages_per_day: float, normal_course: bool = True) -> Simulation:
+    """The varied fleet on `grid` (its `sensors` count the measured sensors plus the setpoint, the last one).
+    `normal_course=False`: the same fleet with each measured pair's normal course taken out (daily and weekly
+    cycles, trend, wander and its response to setpoint changes): its level, noise, sampling, faults and
+    outliers stay those of the seed, fault sizes included (σ still counts the wander). An ablation: what a
+    detector loses to the normal course."""
     mix_ss, signal_ss, setpoint_ss, sampling_ss, fault_ss, outlier_ss = np.random.SeedSequence(seed).spawn(6)
     sensors = sensor_names(grid.sensors - 1) + [SETPOINT_SENSOR]
     mix = draw_mix(np.random.default_rng(mix_ss), grid, profiles_for(grid.sensors - 1))
-    values = clean_signal(np.random.default_rng(signal_ss), grid, mix)
-    changes = apply_setpoints(np.random.default_rng(setpoint_ss), grid, mix, values, sensors)
+    values = clean_signal(np.random.default_rng(signal_ss), grid, mix, normal_course)
+    changes = apply_setpoints(np.random.default_rng(setpoint_ss), grid, mix, values, sensors, normal_course)
     jitter, present, gaps, cadence_ms, jitter_ms = arrivals(np.random.default_rng(sampling_ss), grid, mix,
                                                             missing_rate, outages_per_day, sensors)
     days = (grid.steps - grid.clean_steps) * grid.interval_ms / 86_400_000

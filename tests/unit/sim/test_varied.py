@@ -282,3 +282,42 @@ def test_files_and_cli_carry_the_scenario(tmp_path):
     assert header == "device,sensor,ts,value" and "setpoint" in (tmp_path / "cli.csv").read_text()
     bad = CliRunner().invoke(app, ["simulate", "--scenario", "hard", "--out", str(tmp_path / "x.csv")])
     assert bad.exit_code != 0
+
+
+def test_without_the_normal_course_the_same_fleet_keeps_its_level_noise_sampling_and_faults():
+    """`normal_course=False` (the detection benchmark's --without-course ablation) takes out exactly the normal
+    course: what differs from the full fleet is smooth (the same noise draws), what is left is level + noise."""
+    kwargs = dict(devices=6, sensors=4, days=3, clean_days=2, seed=9, fault_rate=1.0, scenario="varied")
+    full, flat = simulate_fleet(**kwargs), simulate_fleet(normal_course=False, **kwargs)
+    pd.testing.assert_frame_equal(flat.pairs, full.pairs)
+    # the setpoints step as before, and no sensor follows them
+    steps = full.changes[full.changes["sensor"] == "setpoint"].reset_index(drop=True)
+    assert len(steps) and len(full.changes) > len(steps)
+    pd.testing.assert_frame_equal(flat.changes, steps)
+    # sampling and faults are the seed's (an on-change sensor's readings follow its values, so not those)
+    p = full.pairs
+    changing = p[p["mode"] == "on_change"]
+    on_change = set(zip(changing["device"], changing["sensor"], strict=True))
+
+    def kept(frame: pd.DataFrame) -> pd.DataFrame:
+        keep = [(d, s) not in on_change for d, s in zip(frame["device"], frame["sensor"], strict=True)]
+        return frame[keep].reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(kept(flat.readings)[KEYS], kept(full.readings)[KEYS])
+    assert len(kept(full.faults)) >= 5
+    pd.testing.assert_frame_equal(kept(flat.faults), kept(full.faults))
+    fine = p[(~p["setpoint"]) & (p["mode"] == "regular") & (p["resolution"] < 0.05 * p["sigma"])]
+    assert len(fine) >= 3
+    both = full.readings.merge(flat.readings, on=KEYS, suffixes=("", "_flat"))
+    course_range = []
+    for row in fine.itertuples():
+        mine = both[(both["device"] == row.device) & (both["sensor"] == row.sensor)]
+        mine = mine[~_inside(mine, pd.concat([full.faults, full.outliers])) & _unclipped(mine, row)]
+        course = (mine["value"] - mine["value_flat"]).to_numpy()
+        assert np.diff(course).std() < 0.3 * row.noise_sd, row  # the noise is the same: only smooth parts differ
+        assert (mine["value_flat"] - row.level).std() == pytest.approx(row.noise_sd, rel=0.25), row
+        assert abs((mine["value_flat"] - row.level).median()) < 0.2 * row.noise_sd, row
+        course_range.append(np.ptp(course) / row.sigma)
+    assert max(course_range) > 5  # cycles and wander were there, and are gone
+    with pytest.raises(ValueError, match="varied"):
+        simulate_fleet(devices=2, sensors=2, days=2, clean_days=1, normal_course=False)
