@@ -40,6 +40,11 @@ Last line: RESULT recall=... precision=... false_per_1000_pair_days=... vs_refer
 of the seeds' figures; vs_reference_false = reference (c) false alerts / library (a) false alerts, summed over the
 seeds.
 Seeds 1, 2, 3 are the measurement seeds: tuning uses 101-110, never these.
+
+--without-course is an ablation: the same fleets (same seeds, noise, sampling, faults) with each sensor's normal
+course taken out (daily and weekly cycles, trend, wander, setpoint responses; `simulate_fleet(normal_course=False)`).
+Beside a run without it, it shows how much of what (a) misses comes from the normal course it has to see through,
+and how much from the evidence a fault leaves in the windows at all.
 """
 
 from __future__ import annotations
@@ -101,11 +106,14 @@ AtRates = dict[float, Detection]
 
 
 # ------------------------------------------------------------------------------------------ the fleet
-def simulate(seed: int, pairs: int, days: float, train_days: float, tick_seconds: float = TICK_SECONDS) -> Simulation:
+def simulate(seed: int, pairs: int, days: float, train_days: float, tick_seconds: float = TICK_SECONDS,
+             normal_course: bool = True) -> Simulation:
     """The benchmark fleet: ceil(pairs / SENSORS) devices x SENSORS sensors on ticks `tick_seconds` apart (each
     device reports every 1-3 ticks), `train_days` clean days first; the varied scenario when the simulator
-    offers it."""
+    offers it (`normal_course=False`: with each sensor's normal course taken out, an ablation)."""
     kwargs = {"scenario": "varied"} if "scenario" in inspect.signature(simulate_fleet).parameters else {}
+    if not normal_course:
+        kwargs["normal_course"] = False
     return simulate_fleet(devices=math.ceil(pairs / SENSORS), sensors=SENSORS, days=days, seed=seed,
                           clean_days=train_days, interval_seconds=tick_seconds, **kwargs)
 
@@ -278,13 +286,14 @@ APPROACHES = ("(a) library defaults", "(b) today: score > 0, one window",
 def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Tick,
                  overrides: dict[str, str] | None = None,
                  rates: tuple[float, ...] = (),
-                 tick_seconds: float = TICK_SECONDS) -> tuple[dict[str, Detection], str, pd.DataFrame, AtRates]:
+                 tick_seconds: float = TICK_SECONDS,
+                 normal_course: bool = True) -> tuple[dict[str, Detection], str, pd.DataFrame, AtRates]:
     """The four rows of one seed's fleet, a note on how its models were fitted, each fault with whether (a)
     and (c) caught it (:func:`caught_faults`), and (a)'s figures with ALERT_FALSE_RATE set to each of `rates`
     (trained, scored and alerted again: the rate is a training setting)."""
     settings = default_settings(overrides)
     W = settings.window_ms
-    sim = simulate(seed, pairs, days, train_days, tick_seconds)
+    sim = simulate(seed, pairs, days, train_days, tick_seconds, normal_course)
     faults = events_in_range(sim.faults, sim.clean_until_ms, sim.end_ms)
     features = window_rows(sim, settings)
     exposure = fleet_pair_days(sim)
@@ -393,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                          "the RESULT line then is not the defaults' and says so")
     ap.add_argument("--tick-seconds", type=float, default=TICK_SECONDS,
                     help="the simulator's tick (devices report every 1-3 ticks; windows are WINDOW_MINUTES)")
+    ap.add_argument("--without-course", action="store_true",
+                    help="an ablation: the same fleets with each sensor's normal course (daily and weekly cycles, "
+                         "trend, wander, setpoint responses) taken out, leaving level, noise, sampling and faults")
     ap.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES),
                     help="ALERT_FALSE_RATE values for (a)'s operating-point table, besides (a)'s own (empty: none)")
     args = ap.parse_args(argv)
@@ -403,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(item.split("=", 1) for item in args.set)
     settings = default_settings(overrides)
     rates = tuple(r for r in (float(x) for x in args.rates.split(",") if x.strip()) if r != settings.alert_false_rate)
-    print(f"detection benchmark: scenario {scenario_name()}, {math.ceil(args.pairs / SENSORS)} devices x {SENSORS} "
-          f"sensors (+ any the scenario adds, e.g. setpoints), "
+    course = " with the normal course taken out (--without-course)" if args.without_course else ""
+    print(f"detection benchmark: scenario {scenario_name()}{course}, {math.ceil(args.pairs / SENSORS)} devices x "
+          f"{SENSORS} sensors (+ any the scenario adds, e.g. setpoints), "
           f"{args.train_days:g} clean + {args.days - args.train_days:g} faulty days, {args.tick_seconds:g} s ticks, "
           f"seeds {seeds}; "
           f"library defaults: {settings.model_algorithm} on {','.join(settings.features)}, "
@@ -426,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             seed_tick = functools.partial(lambda seed, s, d, t: tick(f"seed {seed} {s}", d, t), seed)
             results[seed], notes[seed], caught, at_rates = measure_seed(seed, args.pairs, args.days, args.train_days,
                                                                         seed_tick, overrides, rates,
-                                                                        args.tick_seconds)
+                                                                        args.tick_seconds,
+                                                                        not args.without_course)
             faults.append(caught)
             points.append(at_rates)
     print(f"measured in {time.perf_counter() - t0:.0f} s")
