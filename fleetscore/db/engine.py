@@ -10,8 +10,10 @@ driver as the `SQL_COPT_SS_ACCESS_TOKEN` pre-connect attribute on every new conn
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -140,8 +142,32 @@ class AccessTokenConnect:
         cparams["attrs_before"] = attrs
 
 
+SQLITE_LOCKED_RETRY_S = 30.0
+"""How long a new SQLite connection retries a pragma the file's lock refused (as long as its busy timeout)."""
+
+
 def _set_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    for pragma in SQLITE_PRAGMAS:
-        cursor.execute(pragma)
-    cursor.close()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            _execute_while_locked(cursor, pragma)
+    finally:
+        cursor.close()
+
+
+def _execute_while_locked(cursor: Any, sql: str, seconds: float = SQLITE_LOCKED_RETRY_S) -> None:
+    """Run `sql`, again after a short wait while SQLite says "database is locked", for up to `seconds`.
+
+    Connections that switch a new file to WAL at the same moment each hold its shared lock and ask for the
+    exclusive one: SQLite refuses one of them at once, without its busy timeout (which would deadlock), and
+    that one succeeds once the other has switched."""
+    deadline, delay = time.monotonic() + seconds, 0.005
+    while True:
+        try:
+            cursor.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if "database is locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.25)

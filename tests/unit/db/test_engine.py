@@ -128,3 +128,34 @@ def test_access_token_struct_matches_the_drivers_layout():
     attr = access_token_struct(token)
     expanded = b"".join(bytes([b, 0]) for b in token.encode("ascii"))  # Microsoft's loop, byte by byte
     assert attr == len(expanded).to_bytes(4, "little") + expanded
+
+
+def test_connections_switching_a_new_sqlite_file_to_wal_at_once_all_connect(tmp_path):
+    """Connections that switch a new file to WAL at the same moment: SQLite refuses one of them at once
+    ("database is locked", no busy timeout), which used to fail that process's first query (a migration of two
+    processes at once did). Each trial is a new file and 8 threads let go together; without the retry this test
+    failed in 6 runs of 6 on a 2-core VM."""
+    import threading
+
+    failures: list[BaseException] = []
+    for trial in range(30):
+        url = f"sqlite:///{tmp_path / f'fresh-{trial}.db'}"
+        start = threading.Barrier(8)
+
+        def connect(url: str = url, start: threading.Barrier = start) -> None:
+            engine = db.create_db_engine(url)
+            start.wait()
+            try:
+                with engine.connect() as conn:
+                    assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                failures.append(exc)
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=connect) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
