@@ -29,6 +29,8 @@ SQLITE_PRAGMAS = (
     "PRAGMA wal_autocheckpoint=16384",  # 64 MiB of WAL: checkpoints coalesce hot pages
 )
 """Set on every new SQLite connection: WAL lets readers run beside the one writer."""
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long a SQLite connection waits for a lock (its busy timeout), and retries a pragma the lock refused at once."""
 
 SQL_COPT_SS_ACCESS_TOKEN = 1256
 """msodbcsql.h: the pre-connect attribute carrying an Entra access token (an `ACCESSTOKEN` struct)."""
@@ -89,7 +91,7 @@ def _engine_options(url: URL) -> dict[str, Any]:
     if backend == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        return {"future": True, "connect_args": {"timeout": 30}}
+        return {"future": True, "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if backend == "mssql":
         return {"future": True, "fast_executemany": True, "pool_pre_ping": True,
                 "pool_recycle": MSSQL_POOL_RECYCLE_S}
@@ -142,10 +144,6 @@ class AccessTokenConnect:
         cparams["attrs_before"] = attrs
 
 
-SQLITE_LOCKED_RETRY_S = 30.0
-"""How long a new SQLite connection retries a pragma the file's lock refused (as long as its busy timeout)."""
-
-
 def _set_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     try:
@@ -155,7 +153,7 @@ def _set_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _execute_while_locked(cursor: Any, sql: str, seconds: float = SQLITE_LOCKED_RETRY_S) -> None:
+def _execute_while_locked(cursor: Any, sql: str, seconds: float = SQLITE_BUSY_TIMEOUT_S) -> None:
     """Run `sql`, again after a short wait while SQLite says "database is locked", for up to `seconds`.
 
     Connections that switch a new file to WAL at the same moment each hold its shared lock and ask for the

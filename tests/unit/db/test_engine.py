@@ -6,6 +6,7 @@ get, then stops the connect; the credential is a stand-in with azure-identity's 
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections import namedtuple
 
@@ -135,8 +136,6 @@ def test_connections_switching_a_new_sqlite_file_to_wal_at_once_all_connect(tmp_
     ("database is locked", no busy timeout), which used to fail that process's first query (a migration of two
     processes at once did). Each trial is a new file and 8 threads let go together; without the retry this test
     failed in 6 runs of 6 on a 2-core VM."""
-    import threading
-
     failures: list[BaseException] = []
     for trial in range(30):
         url = f"sqlite:///{tmp_path / f'fresh-{trial}.db'}"
