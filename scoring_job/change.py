@@ -20,18 +20,29 @@ Features (:func:`change_features`, over window features sorted or not; times epo
 The detector (:class:`ChangeDetector`, ``MODEL_ALGORITHM=change-z``) fits eight numbers per pair on its training
 windows (settling ones and those without a baseline left out): the daily cycle's share of ``mean_change`` (a
 least-squares fit of it on the sine and cosine of the time of day: a daily cycle makes the recent past lag the
-present by an amount that depends on the hour, which this removes), the median and robust scale of what remains,
-a floor for the spread (:data:`STD_FLOOR_SHARE` of the median std of the windows whose readings differ: a
-sensor that reports only changes, or a coarse one, has mostly windows of no spread, and a floor of 0 would make
-any change look infinitely far from them) and the median and robust scale of log(std + floor) (at least
-:data:`LOG_STD_SCALE_FLOOR`), and the most ``unchanged`` windows the pair showed. The score of a window is the
-larger of |z| of the two, or :data:`STUCK_SCORE` when its ``unchanged`` count is well beyond the pair's most
-(:data:`UNCHANGED_FACTOR`, :data:`UNCHANGED_EXTRA`); a window without a baseline
-(no reading in the context) contributes no change, a window with fewer than 2 readings no spread. A robust scale
-is the larger of 1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second
-does not collapse on quantised or mostly-constant sensors, whose MAD is 0). A sensor stuck on one value has std 0,
-log(floor) far below its usual spread; a spike, a step or a burst of noise moves the mean or the spread away from the
-recent past.
+present by an amount that depends on the hour, which this removes), the median and scale of what remains, a floor
+for the spread (:data:`STD_FLOOR_SHARE` of the median std of the windows whose readings differ: a sensor that reports
+only changes, or a coarse one, has mostly windows of no spread, and a floor of 0 would make any change look
+infinitely far from them), the median and scale of log(std + floor), and the most ``unchanged`` windows the pair
+showed. The score of a window is the larger of two z-scores, or :data:`STUCK_SCORE` when its ``unchanged`` count is
+well beyond the pair's most (:data:`UNCHANGED_FACTOR`, :data:`UNCHANGED_EXTRA`):
+
+* the change's: |mean_change - daily share - median| / scale; a window without a baseline (no reading in the context)
+  contributes none;
+* the spread's, counted *above* its median only: max(log(std + floor) - median, 0) / scale; a window with fewer than
+  2 readings contributes none. A narrower spread than usual is no fault on its own (a stuck sensor is what
+  ``unchanged`` finds), while a coarse or on-change sensor often has windows of no spread at all.
+
+Each scale is *balanced* (:func:`balanced_scale`): set so that :data:`BALANCE_SHARE` of the pair's training windows
+score above :data:`BALANCE_Z` on it, so the two z-scores reach the calibrated threshold equally often. With robust
+scales alone, whichever z-score had the heavier tail set the pair's threshold and hid the other: a coarse sensor's
+windows of no spread, far below its usual log spread, set thresholds of 9-10 that no 3-6 σ step could reach.
+Measured on the varied simulator (``benchmarks/detection.py``, ``ALERT_FALSE_RATE`` 0.01): tuning seeds 101-103,
+recall 0.627 at 2.2 false alerts per 1,000 pair-days with two-sided robust z-scores, 0.708 at 3.1 with these (at rate
+0.02: 0.682 and 0.780, both at 9.0); measurement seeds 1-3, 0.652 and 0.681, both at 2.8. When a deviation's
+share quantile is 0 (a sensor whose spread or change barely ever moves) the robust scale stays: the larger of
+1.4826·MAD and the 90th percentile of |x - median| / 1.645 (equal for a normal sample; the second does not collapse
+on quantised or mostly-constant sensors, whose MAD is 0), for the spread at least :data:`LOG_STD_SCALE_FLOOR`.
 
 The scoring job needs :data:`CONTEXT_WINDOWS` windows of each pair before a run's first window for the baseline, and
 :data:`LOOKBACK_WINDOWS` of the announce sensors for changes announced before it (the export carries them as context
@@ -72,9 +83,10 @@ MIN_DAILY_FIT = 20
 STD_FLOOR_SHARE = 0.1
 """The spread's floor, as a share of the pair's median window std over windows with 2 readings or more that differ."""
 LOG_STD_SCALE_FLOOR = 0.25
-"""The log spread's scale is at least this: a window std of a few readings varies by ~1/sqrt(2(n - 1)) in log terms
-(0.35 at 5 readings), and a quantised sensor whose windows nearly all show the same std (two readings one step
-apart) would otherwise get a scale of almost nothing and call every other window far out."""
+"""The log spread's robust scale (kept when the balanced one is 0, :func:`balanced_scale`) is at least this: a window
+std of a few readings varies by ~1/sqrt(2(n - 1)) in log terms (0.35 at 5 readings), and a quantised sensor whose
+windows nearly all show the same std (two readings one step apart) would otherwise get a scale of almost nothing and
+call every other window far out."""
 UNCHANGED_FACTOR, UNCHANGED_EXTRA = 2, 2
 """A window is stuck when its ``unchanged`` count exceeds UNCHANGED_FACTOR · (the most the pair showed in training)
 + UNCHANGED_EXTRA: 3 windows in a row for a pair never constant in training, 5 for one constant now and then, never
@@ -83,6 +95,15 @@ for a pair that held a value for 3 windows or more (a coarse or on-change sensor
 alert rule on its own it alerted on 30 faults and raised no false alert, one window less (2·max + 1) raised 6; as part
 of the score it takes the library's recall there from 0.581 to 0.627 at the same 2.2 false alerts per 1,000
 pair-days."""
+BALANCE_SHARE = 0.02
+"""The share of a pair's training windows that score above :data:`BALANCE_Z` on each z-score (:func:`balanced_scale`);
+0.01 and 0.005 measured within the noise of it (tuning seeds 101-103), and 0.02 is 11 windows of 2 days of training."""
+BALANCE_Z = 2.326
+"""What |z| a normal sample exceeds with probability :data:`BALANCE_SHARE`: a balanced scale is about the sd for
+normal deviations."""
+VERSION = 2
+"""The change-z score's version, stored in the pack's ``change`` section: 2 counts the spread above its median only
+and balances the scales; packs of version 1 (no ``version``: spread two-sided, robust scales) are refused, retrain."""
 STUCK_SCORE = 1000.0
 """The score of a stuck window: beyond any calibrated threshold (a sensor repeating one value longer than it ever did in
 training is a fault on its own, not a matter of degree)."""
@@ -296,6 +317,26 @@ def daily_share(change: np.ndarray, tod_sin: np.ndarray, tod_cos: np.ndarray) ->
     return float(coef[1]), float(coef[2])
 
 
+def balanced_scale(deviation: np.ndarray, fallback: float) -> float:
+    """The scale that puts :data:`BALANCE_SHARE` of the finite ``deviation`` (windows,) (>= 0, in the z-score's units
+    times its scale) above :data:`BALANCE_Z`; ``fallback`` when that quantile is 0 or there is no deviation."""
+    deviation = deviation[np.isfinite(deviation)]
+    top = float(np.quantile(deviation, 1.0 - BALANCE_SHARE)) if len(deviation) else 0.0
+    return top / BALANCE_Z if top > 0 else fallback
+
+
+def deviations(X: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(change, spread) deviations of each row of X (rows, :data:`FEATURES`) under params (rows or 1,
+    :data:`PARAMS`) before they are divided by their scales, each (rows,), NaN where the window gives none: the
+    change's |mean_change - daily share - median|, the spread's max(log(std + floor) - median, 0) (n >= 2 only)."""
+    change, std, n, tod_sin, tod_cos, _ = np.asarray(X, dtype=np.float64).T
+    a, b, c_center, _, floor, s_center, _, _ = np.asarray(params, dtype=np.float64).T
+    dev_change = np.abs(change - a * tod_sin - b * tod_cos - c_center)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dev_spread = np.maximum(np.log(np.maximum(std, 0.0) + floor) - s_center, 0.0)
+    return dev_change, np.where((n >= 2) & np.isfinite(std), dev_spread, np.nan)
+
+
 def fit_params(X: np.ndarray) -> np.ndarray:
     """(len(PARAMS),) :data:`PARAMS` fitted on X (windows, :data:`FEATURES`)."""
     X = np.asarray(X, dtype=np.float64)
@@ -306,25 +347,26 @@ def fit_params(X: np.ndarray) -> np.ndarray:
     floor = max(STD_FLOOR_SHARE * float(np.median(moving)), _TINY) if len(moving) else _TINY
     c_center, c_scale = _robust(change - a * tod_sin - b * tod_cos)
     s_center, s_scale = _robust(np.log(spread + floor))
-    s_scale = max(s_scale, LOG_STD_SCALE_FLOOR)
     held = unchanged[np.isfinite(unchanged)]
-    return np.array([a, b, c_center, c_scale, floor, s_center, s_scale, float(held.max()) if len(held) else 0.0])
+    params = np.array([a, b, c_center, c_scale, floor, s_center, max(s_scale, LOG_STD_SCALE_FLOOR),
+                       float(held.max()) if len(held) else 0.0])
+    dev_change, dev_spread = deviations(X, params)
+    params[3] = max(balanced_scale(dev_change, params[3]), _TINY)
+    params[6] = max(balanced_scale(dev_spread, params[6]), _TINY)
+    return params
 
 
 def change_scores(X: np.ndarray, params: np.ndarray) -> np.ndarray:
     """(rows,) score of each row of X (rows, :data:`FEATURES`) under its own params (rows, :data:`PARAMS`): the
-    larger of |z| of the change (its daily share removed) and of the log spread; a NaN change or n < 2 contributes
-    0; :data:`STUCK_SCORE` for a stuck window (``unchanged`` above :data:`UNCHANGED_FACTOR` · ``unchanged_max`` +
-    :data:`UNCHANGED_EXTRA`)."""
+    larger of the change's and the spread's z-score (:func:`deviations` over their scales; a window that gives none
+    contributes 0); :data:`STUCK_SCORE` for a stuck window (``unchanged`` above :data:`UNCHANGED_FACTOR` ·
+    ``unchanged_max`` + :data:`UNCHANGED_EXTRA`)."""
     X = np.asarray(X, dtype=np.float64)
-    change, std, n, tod_sin, tod_cos, unchanged = X.T
-    a, b, c_center, c_scale, floor, s_center, s_scale, unchanged_max = params.T
-    z_change = np.abs(change - a * tod_sin - b * tod_cos - c_center) / c_scale
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z_spread = np.abs(np.log(np.maximum(std, 0.0) + floor) - s_center) / s_scale
-    z_change = np.where(np.isnan(change), 0.0, z_change)
-    z_spread = np.where((n >= 2) & np.isfinite(std), z_spread, 0.0)
-    stuck = unchanged > UNCHANGED_FACTOR * unchanged_max + UNCHANGED_EXTRA
+    dev_change, dev_spread = deviations(X, params)
+    c_scale, s_scale, unchanged_max = params[:, 3], params[:, 6], params[:, 7]
+    z_change = np.where(np.isnan(dev_change), 0.0, dev_change / c_scale)
+    z_spread = np.where(np.isnan(dev_spread), 0.0, dev_spread / s_scale)
+    stuck = X[:, FEATURES.index("unchanged")] > UNCHANGED_FACTOR * unchanged_max + UNCHANGED_EXTRA
     return np.where(stuck, STUCK_SCORE, np.maximum(z_change, z_spread))
 
 

@@ -36,11 +36,12 @@ when the pack was written without one); ``threshold_strong`` is finite or NaN (u
 Base64 keeps the values exact and parses about 50x faster than JSON numbers. A format-2 pack (no thresholds) is
 refused: retrain (``fleetscore train --activate``).
 
-The ``change`` section is null without change-z models, else {"models": their count, "announce_sensors": [names],
-"context_windows": int, "settle_windows": int, "params": {name: base64 of ``models`` little-endian float64} for
-each of :data:`change.PARAMS`} (the change-z models in table order; scales and the floor positive and finite,
-``unchanged_max`` at least 0). A change section without ``unchanged_max`` (written before change-z read the
-``unchanged`` feature) is refused: retrain. A manifest without the key reads as null.
+The ``change`` section is null without change-z models, else {"models": their count, "version":
+:data:`change.VERSION`, "announce_sensors": [names], "context_windows": int, "settle_windows": int, "params": {name:
+base64 of ``models`` little-endian float64} for each of :data:`change.PARAMS`} (the change-z models in table order;
+scales and the floor positive and finite, ``unchanged_max`` at least 0). A change section without ``version``
+(written before the spread was one-sided and the scales balanced, or before the ``unchanged`` feature) is refused:
+retrain. A manifest without the key reads as null.
 
 SVM arrays (float64, 1-D; each shard holds the next SVMs of the table, concatenated in table order; the
 manifest's ``svm.shards`` lists the shards in order with their model counts and array sizes):
@@ -340,7 +341,7 @@ class _PackContents:
         if not self.change_params:
             return None
         params = np.vstack(self.change_params)
-        return {"models": len(params), "announce_sensors": [str(a) for a in announce],
+        return {"models": len(params), "version": change.VERSION, "announce_sensors": [str(a) for a in announce],
                 "context_windows": change.CONTEXT_WINDOWS, "settle_windows": change.SETTLE_WINDOWS,
                 "params": {name: _float64_base64(params[:, i].tolist()) for i, name in enumerate(change.PARAMS)}}
 
@@ -900,17 +901,17 @@ def _check_change_section(ch: Any, table: Mapping[str, np.ndarray]) -> np.ndarra
     change-z rows' algorithm and feature count."""
     if ch is None:
         return None
-    keys = {"models", "announce_sensors", "context_windows", "settle_windows", "params"}
-    if (not isinstance(ch, dict) or set(ch) != keys or not _is_int(ch["models"]) or ch["models"] < 1
+    keys = {"models", "version", "announce_sensors", "context_windows", "settle_windows", "params"}
+    if isinstance(ch, dict) and "version" not in ch:
+        raise _fail(f"its change-z models were written before version {change.VERSION} of the score (the spread "
+                    "counted above its usual level only, balanced scales), and their thresholds were calibrated "
+                    "for the earlier one: retrain the fleet (`fleetscore train --activate`)")
+    if (not isinstance(ch, dict) or set(ch) != keys or ch["version"] != change.VERSION or not _is_int(ch["models"])
+            or ch["models"] < 1
             or not isinstance(ch["announce_sensors"], list) or not _strings(ch["announce_sensors"])
             or not all(ID_PATTERN.fullmatch(a) for a in ch["announce_sensors"])
             or not all(_is_int(ch[k]) and 1 <= ch[k] <= 10_000 for k in ("context_windows", "settle_windows"))
-            or not isinstance(ch["params"], dict)):
-        raise _fail("malformed 'change' section")
-    if set(ch["params"]) == set(change.PARAMS) - {"unchanged_max"}:
-        raise _fail("its change-z models were written before the 'unchanged' feature (stuck sensors) and lack "
-                    "change.params.unchanged_max: retrain the fleet (`fleetscore train --activate`)")
-    if set(ch["params"]) != set(change.PARAMS):
+            or not isinstance(ch["params"], dict) or set(ch["params"]) != set(change.PARAMS)):
         raise _fail("malformed 'change' section")
     params = np.column_stack([_base64_float64(ch["params"][k], ch["models"], f"change.params.{k}")
                               for k in change.PARAMS])

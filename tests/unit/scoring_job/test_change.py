@@ -19,6 +19,7 @@ from scoring_job.contract import CONTEXT_COLUMN
 from scoring_job.features import time_features, window_features
 from scoring_job.pack import Lookback, PackError, load_pack, lookback, write_pack
 from scoring_job.score import partition_features
+from scoring_job.thresholds import calibrate, out_of_fold_margins
 from scoring_job.train import fit_fleet
 
 W = 300_000
@@ -102,11 +103,38 @@ def test_the_detector_fits_robust_centres_and_scales_that_do_not_collapse_on_qua
     Q[:, 0] = np.where(rng.random(n) < 0.7, 0.0, rng.choice([-1.0, 1.0], n))
     assert change.ChangeDetector().fit(Q).params_[3] > 0.3
     at = [np.sin(1.0), np.cos(1.0)]
-    scores = -det.decision_function(np.array([[0.5, 1.0, 5, *at, 0], [20.0, 1.0, 5, *at, 0], [0.5, 0.0, 5, *at, 1],
-                                              [np.nan, 1.0, 5, *at, 0], [0.5, 0.0, 1, *at, 1]]))
+    scores = -det.decision_function(np.array([[0.5, 1.0, 5, *at, 0], [20.0, 1.0, 5, *at, 0], [0.5, 5.0, 5, *at, 0],
+                                              [0.5, 0.0, 5, *at, 1], [np.nan, 1.0, 5, *at, 0],
+                                              [0.5, 0.0, 1, *at, 1]]))
     assert scores[0] < 1 and scores[1] > 8  # a jump of 10 robust sd
-    assert scores[2] > 5  # stuck: no spread at all
-    assert scores[3] < 1 and scores[4] < 1  # no baseline: no change evidence; one reading: no spread evidence
+    assert scores[2] > 5  # five times the usual spread
+    assert scores[3] < 1  # no spread at all is no evidence on its own: a stuck sensor is the unchanged count's
+    assert scores[4] < 1 and scores[5] < 1  # no baseline: no change evidence; one reading: no spread evidence
+
+
+def test_a_coarse_sensors_windows_of_no_spread_do_not_raise_its_threshold_above_a_4_sd_step():
+    rng = np.random.default_rng(21)
+    n = 576  # two days of 5-minute windows
+    phase = rng.uniform(0, 2 * np.pi, n)
+    quiet = rng.random(n) < 0.05  # one window in 20 shows one value: no spread, far below its usual one
+    X = np.column_stack([rng.normal(0.0, 1.0, n), np.where(quiet, 0.0, np.abs(rng.normal(1.0, 0.3, n))),
+                         np.full(n, 3.0), np.sin(phase), np.cos(phase), np.zeros(n)])
+    det = change.ChangeDetector().fit(X)
+    threshold = calibrate(out_of_fold_margins(change.ChangeDetector(), X), det, 0.01)["threshold"]
+    step = np.array([[4.0, 1.0, 3.0, np.sin(1.0), np.cos(1.0), 0.0]])  # the mean 4 sd from its recent past
+    assert -det.decision_function(step)[0] > threshold
+    assert np.mean(-det.decision_function(X) > threshold) < 0.02  # and the pair's own windows stay below it
+
+
+def test_each_z_score_is_scaled_so_that_the_same_share_of_training_windows_passes_one_level():
+    rng = np.random.default_rng(22)
+    n = 2000
+    X = np.column_stack([rng.standard_t(3, n), np.abs(rng.normal(1.0, 0.1, n)), np.full(n, 5.0), np.zeros(n),
+                         np.ones(n), np.zeros(n)])  # a heavy-tailed change beside a tight spread
+    params = change.ChangeDetector().fit(X).params_
+    dev_change, dev_spread = change.deviations(X, params)
+    for dev, scale in ((dev_change, params[3]), (dev_spread, params[6])):
+        assert np.mean(dev / scale > change.BALANCE_Z) == pytest.approx(change.BALANCE_SHARE, abs=0.002)
 
 
 def test_the_daily_cycles_share_of_the_change_is_removed_before_judging_it():
@@ -334,16 +362,27 @@ def test_a_malformed_change_section_is_refused(edit, message):
             load_pack(tmp)
 
 
-def test_a_change_z_pack_written_before_the_unchanged_feature_is_refused_with_a_retrain_message(tmp_path):
+def test_a_change_z_pack_written_before_the_current_score_is_refused_with_a_retrain_message(tmp_path):
     fit = fit_fleet(change.change_features(_fleet(np.random.default_rng(17)), W), algorithm="change-z",
                     feature_names=change.FEATURES, n_jobs=1, window_ms=W)
     write_pack(fit.models, tmp_path, version="cz", features=change.FEATURES, training=fit.training)
-    m = json.loads((tmp_path / "manifest.json").read_text())
-    del m["change"]["params"]["unchanged_max"]  # what the pack held before
-    (tmp_path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(PackError, match=r"before the 'unchanged' feature.*fleetscore train --activate"):
-        load_pack(tmp_path)
-    m["change"]["params"]["unchanged_max"] = base64.b64encode(np.full(m["change"]["models"], -1.0).tobytes()).decode()
-    (tmp_path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(PackError, match="unchanged_max >= 0"):
-        load_pack(tmp_path)
+    path = tmp_path / "manifest.json"
+    written = json.loads(path.read_text())
+    assert written["change"]["version"] == change.VERSION
+    load_pack(tmp_path)
+    version_1 = json.loads(path.read_text())
+    del version_1["change"]["version"]  # what a pack held before: its thresholds fit the two-sided spread
+    before_unchanged = json.loads(json.dumps(version_1))
+    del before_unchanged["change"]["params"]["unchanged_max"]  # and before the unchanged count
+    for old in (version_1, before_unchanged):
+        path.write_text(json.dumps(old))
+        with pytest.raises(PackError, match=r"before version 2 of the score.*fleetscore train --activate"):
+            load_pack(tmp_path)
+    for edit, message in ((lambda ch: ch.update(version=3), "malformed 'change'"),
+                          (lambda ch: ch["params"].update(unchanged_max=_b64([-1.0] * ch["models"])),
+                           "unchanged_max >= 0")):
+        manifest = json.loads(json.dumps(written))
+        edit(manifest["change"])
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(PackError, match=message):
+            load_pack(tmp_path)
