@@ -40,8 +40,8 @@ The ``change`` section is null without change-z models, else {"models": their co
 :data:`change.VERSION`, "announce_sensors": [names], "context_windows": int, "settle_windows": int, "params": {name:
 base64 of ``models`` little-endian float64} for each of :data:`change.PARAMS`} (the change-z models in table order;
 scales and the floor positive and finite, ``unchanged_max`` at least 0). A change section without ``version``
-(written before the spread was one-sided and the scales balanced, or before the ``unchanged`` feature) is refused:
-retrain. A manifest without the key reads as null.
+(written before the spread was one-sided and the scales balanced, or before the ``unchanged`` feature), or with
+another version, is refused: retrain. A manifest without the key reads as null.
 
 SVM arrays (float64, 1-D; each shard holds the next SVMs of the table, concatenated in table order; the
 manifest's ``svm.shards`` lists the shards in order with their model counts and array sizes):
@@ -906,7 +906,10 @@ def _check_change_section(ch: Any, table: Mapping[str, np.ndarray]) -> np.ndarra
         raise _fail(f"its change-z models were written before version {change.VERSION} of the score (the spread "
                     "counted above its usual level only, balanced scales), and their thresholds were calibrated "
                     "for the earlier one: retrain the fleet (`fleetscore train --activate`)")
-    if (not isinstance(ch, dict) or set(ch) != keys or ch["version"] != change.VERSION or not _is_int(ch["models"])
+    if isinstance(ch, dict) and _is_int(ch["version"]) and ch["version"] != change.VERSION:
+        raise _fail(f"its change-z models are version {ch['version']} of the score and this fleetscore reads version "
+                    f"{change.VERSION}: retrain the fleet with this version (`fleetscore train --activate`)")
+    if (not isinstance(ch, dict) or set(ch) != keys or not _is_int(ch["version"]) or not _is_int(ch["models"])
             or ch["models"] < 1
             or not isinstance(ch["announce_sensors"], list) or not _strings(ch["announce_sensors"])
             or not all(ID_PATTERN.fullmatch(a) for a in ch["announce_sensors"])

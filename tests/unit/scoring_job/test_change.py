@@ -378,7 +378,8 @@ def test_a_change_z_pack_written_before_the_current_score_is_refused_with_a_retr
         path.write_text(json.dumps(old))
         with pytest.raises(PackError, match=r"before version 2 of the score.*fleetscore train --activate"):
             load_pack(tmp_path)
-    for edit, message in ((lambda ch: ch.update(version=3), "malformed 'change'"),
+    for edit, message in ((lambda ch: ch.update(version=3), r"version 3 of the score.*reads version 2.*retrain"),
+                          (lambda ch: ch.update(version="2"), "malformed 'change'"),
                           (lambda ch: ch["params"].update(unchanged_max=_b64([-1.0] * ch["models"])),
                            "unchanged_max >= 0")):
         manifest = json.loads(json.dumps(written))
