@@ -326,9 +326,10 @@ def balanced_scale(deviation: np.ndarray, fallback: float) -> float:
 
 
 def deviations(X: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(change, spread) deviations of each row of X (rows, :data:`FEATURES`) under params (rows or 1,
-    :data:`PARAMS`) before they are divided by their scales, each (rows,), NaN where the window gives none: the
-    change's |mean_change - daily share - median|, the spread's max(log(std + floor) - median, 0) (n >= 2 only)."""
+    """(change, spread) deviations of each row of X (rows, :data:`FEATURES`) under params ((rows, :data:`PARAMS`), or
+    one model's (:data:`PARAMS`,)) before they are divided by their scales, each (rows,), NaN where the window gives
+    none: the change's |mean_change - daily share - median|, the spread's max(log(std + floor) - median, 0) (n >= 2
+    only)."""
     change, std, n, tod_sin, tod_cos, _ = np.asarray(X, dtype=np.float64).T
     a, b, c_center, _, floor, s_center, _, _ = np.asarray(params, dtype=np.float64).T
     dev_change = np.abs(change - a * tod_sin - b * tod_cos - c_center)

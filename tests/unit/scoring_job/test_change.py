@@ -348,8 +348,11 @@ def _b64(values: list[float]) -> str:
     (lambda ch: ch.update(models=2), "model counts"),
     (lambda ch: ch.pop("announce_sensors"), "malformed 'change'"),
     (lambda ch: ch.update(context_windows=0), "malformed 'change'"),
+    (lambda ch: ch.update(version="2"), "malformed 'change'"),
+    (lambda ch: ch["params"].update(unchanged_max=_b64([-1.0] * ch["models"])), "unchanged_max >= 0"),
+    (lambda ch: ch.update(version=3), r"version 3 of the score.*reads version 2.*retrain"),
 ])
-def test_a_malformed_change_section_is_refused(edit, message):
+def test_a_malformed_change_section_or_another_version_is_refused(edit, message):
     rng = np.random.default_rng(10)
     fit = fit_fleet(_fleet(rng), algorithm="change-z", feature_names=change.FEATURES, n_jobs=1, window_ms=W)
     with tempfile.TemporaryDirectory() as tmp:
@@ -367,23 +370,13 @@ def test_a_change_z_pack_written_before_the_current_score_is_refused_with_a_retr
                     feature_names=change.FEATURES, n_jobs=1, window_ms=W)
     write_pack(fit.models, tmp_path, version="cz", features=change.FEATURES, training=fit.training)
     path = tmp_path / "manifest.json"
-    written = json.loads(path.read_text())
-    assert written["change"]["version"] == change.VERSION
-    load_pack(tmp_path)
     version_1 = json.loads(path.read_text())
+    assert version_1["change"]["version"] == change.VERSION
+    load_pack(tmp_path)
     del version_1["change"]["version"]  # what a pack held before: its thresholds fit the two-sided spread
     before_unchanged = json.loads(json.dumps(version_1))
     del before_unchanged["change"]["params"]["unchanged_max"]  # and before the unchanged count
     for old in (version_1, before_unchanged):
         path.write_text(json.dumps(old))
         with pytest.raises(PackError, match=r"before version 2 of the score.*fleetscore train --activate"):
-            load_pack(tmp_path)
-    for edit, message in ((lambda ch: ch.update(version=3), r"version 3 of the score.*reads version 2.*retrain"),
-                          (lambda ch: ch.update(version="2"), "malformed 'change'"),
-                          (lambda ch: ch["params"].update(unchanged_max=_b64([-1.0] * ch["models"])),
-                           "unchanged_max >= 0")):
-        manifest = json.loads(json.dumps(written))
-        edit(manifest["change"])
-        path.write_text(json.dumps(manifest))
-        with pytest.raises(PackError, match=message):
             load_pack(tmp_path)
