@@ -53,14 +53,16 @@ def arrow_batches(conn: Connection, queries: Sequence[sa.Select], schema: pa.Sch
     """The rows of `queries`, one query's after the other's (their columns in `schema`'s order, no NULLs), each query's
     ordered by its columns `order_by`, as tables of `schema`, streamed; through ADBC where it serves `conn`'s database
     (module docstring) unless `columnar` is False. The ADBC SQLite reader reads them all in one transaction and, when
-    each query's rows are `small` (they fit in memory), sorts them itself rather than in SQLite (the same order)."""
+    each query's rows are `small` (they fit in memory), sorts them itself rather than in SQLite (the same order).
+    Closing the iterator closes its reader (an ADBC connection, a reader process) at once."""
     batches = _adbc_batches(conn, queries, schema, order_by, small, batch_rows) if columnar else None
     if batches is None:
         batches = (table for query in queries
                    for table in _tuple_batches(conn, _ordered(query, order_by), schema, batch_rows))
-    for table in batches:
-        if len(table):
-            yield table
+    with closing(batches):
+        for table in batches:
+            if len(table):
+                yield table
 
 
 def _ordered(query: sa.Select, order_by: Sequence[str]) -> sa.Select:

@@ -24,6 +24,7 @@ import io
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import numpy as np
 import pyarrow as pa
@@ -113,10 +114,10 @@ def export_run(engine: Engine, store: BlobStore, claim: Claim, *, model_version:
         """The partitions of the devices in the ranges of `block` (adjacent, in order), numbered k, k + len(ranges),
         ... (names as retries give them)."""
         try:
-            with engine.connect() as conn:
-                queries = [_export_query(condition, lo, hi) for lo, hi in block]
-                batches = db.arrow_batches(conn, queries, ROW_SCHEMA, order_by=ORDER, small=small,
-                                           batch_rows=BATCH_ROWS, columnar=columnar)
+            queries = [_export_query(condition, lo, hi) for lo, hi in block]
+            with engine.connect() as conn, closing(db.arrow_batches(
+                    conn, queries, ROW_SCHEMA, order_by=ORDER, small=small, batch_rows=BATCH_ROWS,
+                    columnar=columnar)) as batches:  # its reader closed here, however the stream ends
                 tables = partition_tables(batches, claim.window_from, partition_models, scored_only=bool(
                     lookback.windows or lookback.announce_windows))
                 for j, table in enumerate(tables):

@@ -327,9 +327,17 @@ def test_a_failing_stream_fails_the_export_before_its_manifest(engine, tmp_path,
 
     monkeypatch.setattr(store, "put", put_or_fail)
     claim = claim_run(engine, SLOT, window_ms=W, late_ms=0, max_lookback_ms=12 * W, trigger="test", backend="local")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as failure:
         export_run(engine, store, claim, model_version="v", window_ms=W, partition_models=3, streams=2)
     assert not any(k.endswith("manifest.json") for k in written)
+    # the failed stream's reader is closed with it, not when its traceback is collected: while the error is still
+    # held (here by `failure`), nothing of the export keeps a lock on the windows (PostgreSQL: its ADBC connection
+    # sat idle in a transaction and a TRUNCATE waited for it)
+    assert failure.value.__traceback__ is not None
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+        conn.execute(sa.delete(db.windows) if engine.dialect.name == "sqlite" else sa.text("TRUNCATE windows"))
 
 
 def test_the_stream_queries_compile_for_sql_server_with_bound_parameters():
