@@ -20,7 +20,9 @@ on the clean days and are scored on the faulty days after them. Three ways to tu
      model `benchmarks/scoring.py` stands in for the reference with - fitted on the pair's RAW clean-day readings
      (one feature: the value) and predicting every faulty-day reading; every flagged reading is an alert. The row
      below it merges consecutive flagged readings of a pair into one alert, for scale only (the RESULT line
-     uses the strict rule).
+     uses the strict rule). The last row puts as many flagged readings per pair as (c) flags at random positions
+     among the pair's faulty-day readings (`chance_flags`, drawn from the seed): the recall that (c)'s volume of
+     alerts reaches by chance alone, beside what (c) reaches by its model.
 
 Metrics, per seed and their mean: event-level recall (a fault is caught when an alert overlaps the windows it
 touches, widened by one window each side), precision (an alert is true when it overlaps a fault that way),
@@ -237,6 +239,22 @@ def reference_flags(sim: Simulation, tick: Tick) -> tuple[pd.DataFrame, int]:
     return pd.concat(parts, ignore_index=True), sum(len(train) > REFERENCE_MAX_TRAIN for train, _ in work)
 
 
+def chance_flags(flags: pd.DataFrame, sim: Simulation, seed: int) -> pd.DataFrame:
+    """As many flagged readings per pair as `flags` (the reference's) holds, at random positions among the pair's
+    faulty-day readings (columns device, sensor, ts): what the reference's volume of alerts catches by chance."""
+    r = sim.readings
+    test = r[r["ts"].to_numpy(np.int64) > sim.clean_until_ms]
+    ts = test["ts"].to_numpy(np.int64)
+    counts = flags.groupby(["device", "sensor"], sort=False).size()
+    rng = np.random.default_rng(seed)
+    parts = [pd.DataFrame({"device": device, "sensor": sensor,
+                           "ts": np.sort(ts[rng.choice(idx, size=min(int(counts[(device, sensor)]), len(idx)),
+                                                       replace=False)])})
+             for (device, sensor), idx in test.groupby(["device", "sensor"], sort=True).indices.items()
+             if (device, sensor) in counts.index]
+    return pd.concat(parts, ignore_index=True) if parts else flags[["device", "sensor", "ts"]]
+
+
 def reference_alerts(flags: pd.DataFrame, window_ms: int, merged: bool) -> pd.DataFrame:
     """Alerts from flagged readings: one per reading, or (merged) one per run of consecutive flagged readings of
     a pair; spans as the windows holding them, raised at the window of the (first) reading."""
@@ -280,7 +298,8 @@ def caught_faults(sim: Simulation, caught: dict[str, np.ndarray]) -> pd.DataFram
 
 # ------------------------------------------------------------------------------------------ one seed
 APPROACHES = ("(a) library defaults", "(b) today: score > 0, one window",
-              "(c) reference: raw readings, every flagged reading", "    (c) with consecutive flagged readings merged")
+              "(c) reference: raw readings, every flagged reading", "    (c) with consecutive flagged readings merged",
+              "    (c) at random: as many flagged readings per pair")
 
 
 def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Tick,
@@ -307,7 +326,8 @@ def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Ti
             points[rate] = detect(library_alerts(scored_at, at_rate), faults, window_ms=W, pair_days=exposure)
     flags, subsampled = reference_flags(sim, tick)
     alerts = [library_alerts(scored, settings), today_alerts(scored_svm, W), reference_alerts(flags, W, merged=False),
-              reference_alerts(flags, W, merged=True)]
+              reference_alerts(flags, W, merged=True),
+              reference_alerts(chance_flags(flags, sim, seed), W, merged=False)]
     rows = {label: detect(a, faults, window_ms=W, pair_days=exposure)
             for label, a in zip(APPROACHES, alerts, strict=True)}
     pairs_total = sim.readings[["device", "sensor"]].drop_duplicates().shape[0]
