@@ -54,8 +54,8 @@ SPARSE_COVERAGE = 0.5
 """A model trained on fewer than this share of the windows of its training range is *sparse*: its sensor reports
 less often than once per window (or was silent for long spells). The alert rules count ``ALERT_PERSISTENCE`` k/n in
 windows of time and a window without a reading as a normal one, so such a pair alerts only through a strong window
-(measured on the varied simulator with readings every 10-30 minutes, tuning seeds 101-102: recall 0.03 with
-5-minute windows, 0.29 with 15-minute ones)."""
+or two high windows in a row (measured on the varied simulator with readings every 10-30 minutes, tuning seeds
+101-102, before the two-high rule: recall 0.03 with 5-minute windows, 0.29 with 15-minute ones)."""
 
 
 def window_coverage(info: Mapping[str, Any], window_ms: int) -> float:

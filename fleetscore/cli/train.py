@@ -59,6 +59,6 @@ def _print_result(result: TrainResult, window_minutes: int) -> None:
         (device, sensor), coverage = next(iter(result.sparse.items()))
         console.print(f"{len(result.sparse):,} model(s) trained on windows in less than {SPARSE_COVERAGE:.0%} of their "
                       f"range (e.g. {device}/{sensor}: {coverage:.0%}): ALERT_PERSISTENCE counts windows of time and "
-                      f"a window without a reading as normal, so these alert only on a strong window; a "
-                      f"WINDOW_MINUTES (now {window_minutes}) of at least their reporting interval lets persistence "
-                      f"count their readings")
+                      f"a window without a reading as normal, so these alert only on a strong window (or two high "
+                      f"ones in a row); a WINDOW_MINUTES (now {window_minutes}) of at least their reporting interval "
+                      f"lets persistence count their readings")

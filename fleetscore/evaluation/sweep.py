@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, update_alerts, with_thresholds
+from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, high_bound, update_alerts, with_thresholds
 from fleetscore.evaluation.metrics import DEFAULT_TOLERANCE_WINDOWS, detect
 
 AlertsAt = Callable[[float], pd.DataFrame]
@@ -133,10 +133,11 @@ def shift_scores(base: pd.DataFrame, shift: float) -> pd.DataFrame:
 
 def raise_windows(alerts: pd.DataFrame, windows: pd.DataFrame, rules: EpisodeRules) -> np.ndarray:
     """Per alert, the window end whose scoring raised it under the documented rule: the first window from its
-    first_window_end on that is anomalous and strong, or the k-th anomalous one of the pair's last n windows
-    (clipped to its last window; its first window when the rule never holds in its span). int64 epoch ms.
+    first_window_end on that is anomalous and strong, the second of two high windows in a row, or the k-th anomalous
+    one of the pair's last n windows (clipped to its last window; its first window when the rule never holds in its
+    span). int64 epoch ms.
 
-    `windows`: device, sensor, window_end, score, is_anomaly, threshold_strong (as `shift_scores` gives)."""
+    `windows`: device, sensor, window_end, score, is_anomaly, threshold, threshold_strong (as `shift_scores` gives)."""
     out = alerts["first_window_end"].to_numpy(dtype=np.int64).copy()
     if alerts.empty:
         return out
@@ -154,8 +155,9 @@ def raise_windows(alerts: pd.DataFrame, windows: pd.DataFrame, rules: EpisodeRul
 
 
 def _opening_windows(windows: pd.DataFrame, rules: EpisodeRules) -> dict[tuple[str, str], np.ndarray]:
-    """Per pair, the sorted window ends at which the opening rule holds (strong, or k anomalous of the last n
-    windows; a missing window counts as normal)."""
+    """Per pair, the sorted window ends at which the opening rule holds (strong; the second of two anomalous windows
+    in a row whose scores are both above the second one's high bound, ``episodes.high_bound``; or k anomalous of the
+    last n windows; a missing window counts as normal)."""
     hot = windows[windows["is_anomaly"].astype(bool)]
     k, n, w = rules.persistence.k, rules.persistence.n, rules.window_ms
     found: dict[tuple[str, str], np.ndarray] = {}
@@ -163,8 +165,12 @@ def _opening_windows(windows: pd.DataFrame, rules: EpisodeRules) -> dict[tuple[s
         rows = rows.drop_duplicates("window_end").sort_values("window_end")
         ends = rows["window_end"].to_numpy(dtype=np.int64)
         in_last_n = np.arange(len(ends)) - np.searchsorted(ends, ends - n * w, side="right") + 1
-        strong = rows["score"].to_numpy(dtype=np.float64) > rows["threshold_strong"].to_numpy(dtype=np.float64)
-        found[(str(device), str(sensor))] = ends[strong | (in_last_n >= k)]
+        scores = rows["score"].to_numpy(dtype=np.float64)
+        strong_at = rows["threshold_strong"].to_numpy(dtype=np.float64)
+        high = high_bound(rows["threshold"].to_numpy(dtype=np.float64), strong_at)
+        two_high = np.zeros(len(ends), dtype=bool)
+        two_high[1:] = (ends[1:] - ends[:-1] == w) & (scores[1:] > high[1:]) & (scores[:-1] > high[1:])
+        found[(str(device), str(sensor))] = ends[(scores > strong_at) | two_high | (in_last_n >= k)]
     return found
 
 

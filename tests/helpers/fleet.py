@@ -47,16 +47,17 @@ def series(device: str, sensor: str, first: int, count: int, hot: set[int] = fro
 
 
 STRONG = 5.0
-"""A `graded` window's score far above its strong threshold (2.0); marginal ones score 0.5 (threshold 0.1)."""
+"""A `graded` window's score above its strong threshold (4.0); marginal ones score 0.5 (threshold 0.1), below their
+high bound (0.1 + HIGH_SHARE x 3.9: two in a row are not enough on their own)."""
 
 
 def graded(first: int, count: int, marginal: set[int] = frozenset(), strong: set[int] = frozenset(),
            device: str = "d-1") -> list[dict]:
-    """`count` windows of (device, temp) from `first` with a calibrated threshold 0.1 and strong threshold 2.0:
+    """`count` windows of (device, temp) from `first` with a calibrated threshold 0.1 and strong threshold 4.0:
     indexes in `marginal` score 0.5 (above the threshold only), in `strong` :data:`STRONG`, the others -0.5."""
     rows = series(device, "temp", first, count, set(marginal) | set(strong))
     for i, row in enumerate(rows):
-        row.update(threshold=0.1, threshold_strong=2.0, score=STRONG if i in strong else row["score"])
+        row.update(threshold=0.1, threshold_strong=4.0, score=STRONG if i in strong else row["score"])
     return rows
 
 

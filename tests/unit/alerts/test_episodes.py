@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fleetscore.alerts.episodes import alert_id_for, close_stale
+from fleetscore.alerts.episodes import HIGH_SHARE, alert_id_for, close_stale
 from tests.helpers.fleet import (
     STRONG,
     T0,
@@ -82,6 +82,46 @@ def test_one_strong_window_alerts_at_once():
     (alert,) = run_pure(graded(T0, 4, strong={2}), persistence=(2, 3)).new
     assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + 2 * W, T0 + 2 * W, 1)
     assert alert["max_score"] == STRONG
+
+
+HIGH = 0.1 + HIGH_SHARE * (4.0 - 0.1)
+"""A `graded` window's high bound."""
+
+
+def with_scores(rows: list[dict], scores: dict[int, float]) -> list[dict]:
+    """`graded` rows with the windows at these indexes scoring these scores."""
+    for i, score in scores.items():
+        rows[i]["score"] = score
+    return rows
+
+
+def test_two_high_windows_in_a_row_alert_at_once():
+    above, below = HIGH + 0.05, HIGH - 0.05  # both anomalous, neither strong
+    (alert,) = run_pure(with_scores(graded(T0, 6), {1: above, 2: above}), persistence=(3, 4)).new
+    assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + W, T0 + 2 * W, 2)
+    for scores in ({1: above, 3: above},  # not in a row
+                   {1: above, 2: below}, {1: below, 2: above}):  # one of the two below the bound
+        assert not run_pure(with_scores(graded(T0, 6), scores), persistence=(3, 4)).visible, scores
+    # a missing window between two high ones: not in a row
+    rows = [r for i, r in enumerate(with_scores(graded(T0, 6), {1: above, 3: above})) if i != 2]
+    assert not run_pure(rows, persistence=(3, 4)).visible
+
+
+def test_two_high_windows_in_a_row_straddle_files_by_the_later_windows_bound():
+    # the previous file ended with a high window (T0 + 5W); the anomalies table keeps its score only
+    (alert,) = run_pure(with_scores(graded(T0 + 6 * W, 3), {0: HIGH + 0.05}), history=history_of(T0 + 5 * W,
+                        score=HIGH + 0.01), persistence=(3, 4)).new
+    assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + 5 * W, T0 + 6 * W, 2)
+    assert not run_pure(with_scores(graded(T0 + 6 * W, 3), {0: HIGH + 0.05}),
+                        history=history_of(T0 + 5 * W, score=HIGH - 0.01), persistence=(3, 4)).visible
+
+
+def test_without_a_strong_threshold_no_window_is_high():
+    rows = with_scores(graded(T0, 4), {1: 1e9, 2: 1e9})
+    for row in rows:
+        row["threshold_strong"] = float("nan")
+    assert not run_pure(rows, persistence=(3, 4)).visible
+    assert not run_pure(series("d-1", "temp", T0, 4, {1, 2}, score=1e9), persistence=(3, 4)).visible
 
 
 def test_one_marginal_window_does_not_alert_and_k_of_n_do():

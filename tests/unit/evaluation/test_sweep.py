@@ -51,6 +51,23 @@ def test_sweep_calls_the_callers_rule_once_per_point_in_order():
     assert table["false_per_1000_pair_days"].tolist() == [0.0, 250.0, 0.0]
 
 
+def test_each_alert_is_raised_at_the_window_its_rule_held_on():
+    # RULES: 2 of 3. Thresholds 0 and 5: the high bound is 0.75 (episodes.high_bound)
+    scored = pd.concat([
+        _windows("d1", "temp", {3: 0.5, 4: 10.0}, threshold=0.0, threshold_strong=5.0),  # strong at 4
+        _windows("d2", "temp", {6: 1.0, 7: 1.0, 8: 1.0}, threshold=0.0, threshold_strong=5.0),  # two high: 7
+        _windows("d3", "temp", {6: 0.5, 8: 0.5, 9: 1.0}, threshold=0.0, threshold_strong=5.0),  # 2 of 3: 8
+    ])
+    alerts = shifted_episodes(scored, EpisodeRules(window_ms=W, persistence=Persistence(3, 3), close_after=3))(0.0)
+    raised = dict(zip(alerts["device"], alerts["raised_window_end"] - T0, strict=True))
+    assert raised == {"d1": 4 * W, "d2": 7 * W}  # 3 of 3: d3 never holds it
+    alerts = shifted_episodes(scored, RULES)(0.0)
+    raised = dict(zip(alerts["device"], alerts["raised_window_end"] - T0, strict=True))
+    assert raised == {"d1": 4 * W, "d2": 7 * W, "d3": 8 * W}
+    first = dict(zip(alerts["device"], alerts["first_window_end"] - T0, strict=True))
+    assert first == {"d1": 3 * W, "d2": 6 * W, "d3": 6 * W}
+
+
 def test_shifted_episodes_rerun_the_rules_with_the_thresholds_raised():
     # window 3 far out (strong: alerts at once); windows 10 and 12 marginal (2 of the last 3: raised at 12)
     scored = pd.concat([
