@@ -67,9 +67,8 @@ at the default 1e-2. Measured on the varied simulator (`benchmarks/detection.py`
 pair-days, change-z, 3/4; the shares replayed over the same scores): 0.15 catches 9 more faults (recall +0.019)
 and raises no more false alerts (the benchmark run with it: 0.717 -> 0.736 at 3.5 false alerts per 1,000
 pair-days); 0.1 +10 and +4 false, 0.06 +16 and +17, 0.02 +22 and +75. On the measurement seeds 1-3 (3,240
-pair-days) +1 and +1. It catches
-what lasts a few windows but not three of four: a gross level shift on a sparse sensor, whose next windows' baseline
-already holds the new level."""
+pair-days) +1 and +1. It catches what lasts a few windows but not three of four: a gross level shift on a sparse
+sensor, whose next windows' baseline already holds the new level."""
 
 
 @dataclass(frozen=True)
