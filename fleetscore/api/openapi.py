@@ -42,7 +42,8 @@ def _schemas() -> dict[str, Any]:
                                                 "revisions_total": INT})]}
     window = _object({"window_end": TIME, "n": _nullable(INT), "mean": _nullable(NUM), "min": _nullable(NUM),
                       "max": _nullable(NUM), "std": _nullable(NUM), "score": _nullable(NUM),
-                      "threshold": _nullable(NUM), "threshold_strong": _nullable(NUM), "is_anomaly": _nullable(BOOL),
+                      "threshold": _nullable(NUM), "threshold_strong": _nullable(NUM),
+                      "threshold_high": _nullable(NUM), "is_anomaly": _nullable(BOOL),
                       "status": _nullable(STR), "run_id": _nullable(STR)})
     span = _object({"alert_id": STR, "state": {"type": "string", "enum": list(db.ALERT_STATES)}, "severity": STR,
                     "first_window_end": TIME, "last_window_end": TIME, "max_score": _nullable(NUM)})

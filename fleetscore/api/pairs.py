@@ -5,7 +5,8 @@ Sources, newest wins where they overlap:
 - the `windows` table: every window's readings (n, mean, min, max, std), whatever was scored;
 - the prediction files of the runs whose range overlaps [from, to] (their `prediction_files` rows, read with a
   row filter on the pair): score, threshold, threshold_strong, is_anomaly, status, run_id — at most
-  :data:`MAX_FILES` files, newest runs first;
+  :data:`MAX_FILES` files, newest runs first; each window also gets its ``threshold_high``, the high bound the alert
+  rules hold two windows in a row against (``episodes.high_bound``);
 - the `anomalies` table: the score of every anomalous window, also where a file was not read;
 - the `alerts` table: the pair's alert spans overlapping the range.
 
@@ -19,12 +20,14 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from fleetscore import db
 from fleetscore.alerts.documents import alert_state
+from fleetscore.alerts.episodes import high_bound
 from fleetscore.api import params
 from fleetscore.api.core import ApiContext, ApiRequest, bad_request
 from fleetscore.clock import iso_exact, now_ms
@@ -147,10 +150,18 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _high(threshold: float | None, strong: float | None) -> float | None:
+    """The window's high bound (``episodes.high_bound``); None without both thresholds (never high)."""
+    if threshold is None or strong is None:
+        return None
+    return _number(high_bound(np.array([threshold]), np.array([strong]))[0])
+
+
 def _window_doc(end: int, row: dict[str, Any]) -> dict[str, Any]:
     doc = {"window_end": iso_exact(end)}
     for name in ("mean", "min", "max", "std", "score", "threshold", "threshold_strong"):
         doc[name] = _number(row[name])
+    doc["threshold_high"] = _high(doc["threshold"], doc["threshold_strong"])
     doc.update(n=row["n"], is_anomaly=None if row["is_anomaly"] is None else bool(row["is_anomaly"]),
                status=row["status"], run_id=row["run_id"])
     return doc

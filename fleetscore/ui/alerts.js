@@ -221,9 +221,10 @@
     const pts = (key) => rows.filter((r) => r[key] !== null).map((r) => [r.t, r[key]]);
     const yScore = panel(8, 160, [
       { points: pts("threshold_strong"), draw: line("threshold-strong", "#b3131b", "4 3") },
+      { points: pts("threshold_high"), draw: line("threshold-high", "#c2410c", "6 2") },
       { points: pts("threshold"), draw: line("threshold", "#d4580b", "2 2") },
       { points: pts("score"), draw: line("score", "#1f5fae") },
-    ], "score · threshold · strong threshold");
+    ], "score · threshold · high bound (two in a row) · strong threshold");
     for (const r of rows) if (r.is_anomaly && r.score !== null) {
       const dot = svg("circle", { class: "anomaly", cx: x(r.t).toFixed(1), cy: yScore(r.score).toFixed(1), r: 3, fill: "#b3131b" });
       dot.append(svg("title", {}, `${utc(r.window_end)} score ${num(r.score)}`));

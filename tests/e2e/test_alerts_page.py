@@ -164,6 +164,7 @@ def test_the_alerts_page_lists_filters_opens_and_acknowledges_in_chromium(tmp_pa
             expect(chart.locator(f"rect.span[data-alert='{critical}']")).to_have_count(2)  # both panels
             expect(chart.locator("polyline.score")).to_have_count(1)
             expect(chart.locator("polyline.threshold")).to_have_count(1)
+            expect(chart.locator("polyline.threshold-high")).to_have_count(1)
             expect(chart.locator("polyline.mean")).to_have_count(1)
             expect(page.locator("#revisions li")).to_have_count(1)
             expect(page.locator("#revisions li")).to_contain_text("opened")

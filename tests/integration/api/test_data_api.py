@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from fleetscore import db
+from fleetscore.alerts.episodes import HIGH_SHARE
 from fleetscore.clock import iso_exact, now_ms
 from tests.helpers.fleet import RUN_A, T0, W, fire, put_run, series
 
@@ -33,6 +35,7 @@ def test_a_pairs_windows_scores_thresholds_and_alert_spans(engine, folder, api):
     assert [w["is_anomaly"] for w in got] == [False, False, True, False]
     assert got[2]["score"] == 0.5 and got[0]["score"] == -0.5 and got[2]["threshold"] == 0.1
     assert got[2]["threshold_strong"] == 2.0 and got[2]["run_id"] == RUN_A and got[2]["status"] == "ok"
+    assert got[2]["threshold_high"] == pytest.approx(0.1 + HIGH_SHARE * (2.0 - 0.1))
     (alert,) = doc["alerts"]
     assert alert["first_window_end"] == iso_exact(T0 + 2 * W) and alert["state"] == "open"
 
