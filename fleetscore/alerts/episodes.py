@@ -243,7 +243,8 @@ def _candidate_windows(windows: pd.DataFrame, state: Mapping[Pair, Alert]) -> pd
 
 def high_bound(threshold: np.ndarray, threshold_strong: np.ndarray) -> np.ndarray:
     """(windows,) the high bound of each window: threshold + :data:`HIGH_SHARE` × (threshold_strong − threshold);
-    +inf where the strong threshold is (never strong), NaN where a threshold is (never high)."""
+    +inf where the strong threshold is +inf (never strong, so never high), NaN where a threshold is NaN (never
+    high)."""
     with np.errstate(invalid="ignore"):
         return np.where(np.isposinf(threshold_strong), np.inf, threshold + HIGH_SHARE * (threshold_strong - threshold))
 
