@@ -389,9 +389,7 @@ class _PairWalk:
         last_seen = int(alert["last_window_end"]) + rules.close_after * rules.window_ms
         if last_seen >= window.end:
             return
-        _close(alert, last_seen=last_seen, normal_after=rules.close_after, now=rules.now)
-        self.visible = self.visible or alert is self.existing
-        self.current = None
+        self._close_current(last_seen, rules.close_after, rules)
 
     def _follow_open_alert(self, alert: Alert, window: _Window, rules: _Rules) -> bool:
         """Extend the open `alert`, count a normal window on it, or close it. True when the window is used up
@@ -410,11 +408,18 @@ class _PairWalk:
             alert.update(last_seen_window_end=window.end, normal_after=normals)
             self.touched = self.touched or alert is self.existing
             return True
-        last_seen = window.end - rules.window_ms if window.is_anomaly else window.end
+        self._close_current(window.end - rules.window_ms if window.is_anomaly else window.end, normals, rules)
+        return False
+
+    def _close_current(self, last_seen: int, normals: int, rules: _Rules) -> None:
+        """Close the open alert, seen up to `last_seen`: its windows are no evidence for the next alert, as an
+        earlier file's closed alert's are not (`seen`); else a window just after it would reopen it under the
+        same alert_id."""
+        alert = self.current
         _close(alert, last_seen=last_seen, normal_after=normals, now=rules.now)
         self.visible = self.visible or alert is self.existing
+        self.seen = last_seen if self.seen is None else max(self.seen, last_seen)
         self.current = None
-        return False
 
     def _open_if_due(self, window: _Window, rules: _Rules) -> None:
         """Open an alert when `window` is strong, the second of two high windows in a row (both scores above its

@@ -180,6 +180,17 @@ def test_windows_of_a_closed_alert_are_not_evidence_again():
                         persistence=(2, 3)).visible
 
 
+def test_windows_of_an_alert_closed_in_the_same_file_are_not_evidence_again():
+    # closes after 1 normal window; 2 of 3. The strong window 0's alert closes on window 1; window 2 is marginal
+    # and alone among its 3 once window 0 is the closed alert's: no second alert (it would reuse window 0's id)
+    update = run_pure(graded(T0, 4, strong={0}, marginal={2}), persistence=(2, 3), close_after=1)
+    assert [(a["first_window_end"], a["status"]) for a in update.new] == [(T0, "closed")]
+    # two marginal windows after it do open one, from its own first window
+    update = run_pure(graded(T0, 5, strong={0}, marginal={2, 3}), persistence=(2, 3), close_after=1)
+    assert [a["first_window_end"] for a in update.new] == [T0, T0 + 2 * W]
+    assert len({a["alert_id"] for a in update.new}) == 2
+
+
 def test_an_older_file_indexed_late_opens_the_alert_time_order_opens():
     older, newer = graded(T0, 6, marginal={5}), graded(T0 + 6 * W, 6, marginal={0})
     in_order = run_pure(older, persistence=(2, 3)).new + run_pure(newer, history=history_of(T0 + 5 * W),
