@@ -134,44 +134,45 @@ def shift_scores(base: pd.DataFrame, shift: float) -> pd.DataFrame:
 def raise_windows(alerts: pd.DataFrame, windows: pd.DataFrame, rules: EpisodeRules) -> np.ndarray:
     """Per alert, the window end whose scoring raised it under the documented rule: the first window from its
     first_window_end on that is anomalous and strong, the second of two high windows in a row, or the k-th anomalous
-    one of the pair's last n windows (clipped to its last window; its first window when the rule never holds in its
-    span). int64 epoch ms.
+    one of the last n windows, counting only the alert's own windows (from its first_window_end: an earlier
+    alert's are no evidence for it); clipped to its last window; its first window when the rule never holds in its
+    span. int64 epoch ms.
 
     `windows`: device, sensor, window_end, score, is_anomaly, threshold, threshold_strong (as `shift_scores` gives)."""
     out = alerts["first_window_end"].to_numpy(dtype=np.int64).copy()
     if alerts.empty:
         return out
-    opens = _opening_windows(windows, rules)
+    hot = windows[windows["is_anomaly"].astype(bool)]
+    pairs = {(str(d), str(s)): rows.drop_duplicates("window_end").sort_values("window_end")
+             for (d, s), rows in hot.groupby(["device", "sensor"], sort=False)}
     for i, (device, sensor, first, last) in enumerate(zip(alerts["device"], alerts["sensor"],
                                                           alerts["first_window_end"], alerts["last_window_end"],
                                                           strict=True)):
-        ends = opens.get((str(device), str(sensor)))
-        if ends is None:
+        rows = pairs.get((str(device), str(sensor)))
+        if rows is None:
             continue
-        at = int(np.searchsorted(ends, int(first)))
-        if at < len(ends) and ends[at] <= int(last):
-            out[i] = ends[at]
+        ends = rows["window_end"].to_numpy(dtype=np.int64)
+        span = rows.iloc[int(np.searchsorted(ends, int(first))):int(np.searchsorted(ends, int(last), side="right"))]
+        opens = _opening_windows(span, rules)
+        if len(opens):
+            out[i] = opens[0]
     return out
 
 
-def _opening_windows(windows: pd.DataFrame, rules: EpisodeRules) -> dict[tuple[str, str], np.ndarray]:
-    """Per pair, the sorted window ends at which the opening rule holds (strong; the second of two anomalous windows
-    in a row whose scores are both above the second one's high bound, ``episodes.high_bound``; or k anomalous of the
-    last n windows; a missing window counts as normal)."""
-    hot = windows[windows["is_anomaly"].astype(bool)]
+def _opening_windows(rows: pd.DataFrame, rules: EpisodeRules) -> np.ndarray:
+    """The window ends among `rows` (one pair's anomalous windows, sorted by window_end, none repeated) at which the
+    opening rule holds with `rows` as the only evidence: strong; the second of two windows in a row whose scores are
+    both above the second one's high bound (``episodes.high_bound``); or k of the last n windows (a missing window
+    counts as normal)."""
     k, n, w = rules.persistence.k, rules.persistence.n, rules.window_ms
-    found: dict[tuple[str, str], np.ndarray] = {}
-    for (device, sensor), rows in hot.groupby(["device", "sensor"], sort=False):
-        rows = rows.drop_duplicates("window_end").sort_values("window_end")
-        ends = rows["window_end"].to_numpy(dtype=np.int64)
-        in_last_n = np.arange(len(ends)) - np.searchsorted(ends, ends - n * w, side="right") + 1
-        scores = rows["score"].to_numpy(dtype=np.float64)
-        strong_at = rows["threshold_strong"].to_numpy(dtype=np.float64)
-        high = high_bound(rows["threshold"].to_numpy(dtype=np.float64), strong_at)
-        two_high = np.zeros(len(ends), dtype=bool)
-        two_high[1:] = (ends[1:] - ends[:-1] == w) & (scores[1:] > high[1:]) & (scores[:-1] > high[1:])
-        found[(str(device), str(sensor))] = ends[(scores > strong_at) | two_high | (in_last_n >= k)]
-    return found
+    ends = rows["window_end"].to_numpy(dtype=np.int64)
+    in_last_n = np.arange(len(ends)) - np.searchsorted(ends, ends - n * w, side="right") + 1
+    scores = rows["score"].to_numpy(dtype=np.float64)
+    strong_at = rows["threshold_strong"].to_numpy(dtype=np.float64)
+    high = high_bound(rows["threshold"].to_numpy(dtype=np.float64), strong_at)
+    two_high = np.zeros(len(ends), dtype=bool)
+    two_high[1:] = (ends[1:] - ends[:-1] == w) & (scores[1:] > high[1:]) & (scores[:-1] > high[1:])
+    return ends[(scores > strong_at) | two_high | (in_last_n >= k)]
 
 
 def _unrated(model_version: str | None, device: str, sensor: str, score: float) -> str:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fleetscore.alerts.episodes import Persistence
+from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, alert_id_for, update_alerts
 from fleetscore.evaluation.metrics import events_in_range, pair_days
 from fleetscore.evaluation.sweep import (
     SWEEP_COLUMNS,
     EpisodeRules,
     default_points,
     flagged_share,
+    scored_only,
+    shift_scores,
     shifted_episodes,
     sweep,
 )
@@ -66,6 +70,39 @@ def test_each_alert_is_raised_at_the_window_its_rule_held_on():
     assert raised == {"d1": 4 * W, "d2": 7 * W, "d3": 8 * W}
     first = dict(zip(alerts["device"], alerts["first_window_end"] - T0, strict=True))
     assert first == {"d1": 3 * W, "d2": 6 * W, "d3": 6 * W}
+
+
+def _opened_at(frame: pd.DataFrame, rules: EpisodeRules) -> dict[str, int]:
+    """{alert_id: the window end whose walk opened it}, from `update_alerts` itself: the alerts of each prefix of
+    `frame` (windows up to an end), the first prefix an alert appears in naming its window."""
+    history = pd.DataFrame({c: pd.Series(dtype="int64" if c == "window_end" else object) for c in HISTORY_COLUMNS})
+    opened: dict[str, int] = {}
+    for end in np.unique(frame["window_end"].to_numpy()):
+        update = update_alerts(frame[frame["window_end"] <= end], pd.DataFrame(), history,
+                               window_ms=rules.window_ms, persistence=rules.persistence,
+                               close_after=rules.close_after, severity_of=lambda *_: "low", now=0)
+        for alert in update.new:
+            opened.setdefault(alert["alert_id"], int(end))
+    return opened
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores=st.lists(st.sampled_from([None, -1.0, 0.5, 1.0, 6.0]), min_size=4, max_size=24),
+       persistence=st.sampled_from([Persistence(2, 3), Persistence(3, 4), Persistence(3, 3)]),
+       close_after=st.integers(1, 4))
+def test_raise_windows_name_the_window_the_index_opened_each_alert_at(scores, persistence, close_after):
+    # Thresholds 0 and 5: 0.5 is anomalous, 1.0 also above the high bound (0.75), 6.0 strong; None: no window.
+    # The sweep's vectorised rule (`raise_windows`) and the index's walk (`update_alerts`) are two codings of the
+    # same opening rule: on any sequence they must name the same window for every alert.
+    rules = EpisodeRules(window_ms=W, persistence=persistence, close_after=close_after)
+    present = {i: s for i, s in enumerate(scores) if s is not None}
+    frame = _windows("d", "temp", present, count=len(scores), threshold=0.0, threshold_strong=5.0)
+    frame = shift_scores(scored_only(frame[frame.index.isin(list(present))]), 0.0)
+    alerts = shifted_episodes(frame, rules)(0.0)
+    opened = _opened_at(frame, rules)
+    assert len(alerts) == len(opened)
+    for first, raised in zip(alerts["first_window_end"], alerts["raised_window_end"], strict=True):
+        assert opened[alert_id_for("d", "temp", int(first))] == raised
 
 
 def test_shifted_episodes_rerun_the_rules_with_the_thresholds_raised():
