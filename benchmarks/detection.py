@@ -343,7 +343,7 @@ HEADER = (f"  {'':52s} {'recall':>7s} {'precision':>9s} {'false/1000pd':>12s} {'
           f"{'alerts':>9s} {'false':>9s} {'caught':>9s}")
 
 
-def _row(label: str, d: Detection) -> str:
+def format_row(label: str, d: Detection) -> str:
     ttd = "-" if math.isnan(d.median_ttd_minutes) else f"{d.median_ttd_minutes:.0f}"
     return (f"  {label:52s} {d.recall:7.3f} {d.precision:9.3f} {d.false_per_1000_pair_days:12,.1f} {ttd:>8s} "
             f"{d.alerts:9,d} {d.false_alerts:9,d} {d.caught:4d}/{d.events:<4d}")
@@ -386,7 +386,7 @@ def report_points(points: list[AtRates], default_rate: float) -> None:
     print(f"\n(a) operating points: ALERT_FALSE_RATE, everything else as (a) (mean of seeds)\n{HEADER}")
     means = {rate: seed_mean([seed[rate] for seed in points]) for rate in sorted(points[0])}
     for rate, d in means.items():
-        print(_row(f"ALERT_FALSE_RATE={rate:g}{' (a)' if rate == default_rate else ''}", d))
+        print(format_row(f"ALERT_FALSE_RATE={rate:g}{' (a)' if rate == default_rate else ''}", d))
     within = [d.recall for d in means.values() if d.false_per_1000_pair_days <= FALSE_BUDGET]
     best = f"{max(within):.3f}" if within else "none"
     print(f"  best recall within {FALSE_BUDGET:g} false alerts per 1,000 pair-days among these rates: {best}")
@@ -400,11 +400,11 @@ def report(results: dict[int, dict[str, Detection]], notes: dict[int, str], chan
         print(f"\nseed {seed}: {exposure:,.0f} pair-days scored, {rows[APPROACHES[0]].events} faults; "
               f"{notes.get(seed, '')}\n{HEADER}")
         for label, d in rows.items():
-            print(_row(label, d))
+            print(format_row(label, d))
     means = {label: seed_mean([rows[label] for rows in results.values()]) for label in APPROACHES}
     print(f"\nmean of seeds {', '.join(map(str, results))} (counts: the sum)\n{HEADER}")
     for label, d in means.items():
-        print(_row(label, d))
+        print(format_row(label, d))
     lib, ref = means[APPROACHES[0]], means[APPROACHES[2]]
     ratio = ref.false_alerts / lib.false_alerts if lib.false_alerts else math.inf
     print(f"RESULT{' (' + changed + ')' if changed else ''} recall={lib.recall:.3f} precision={lib.precision:.3f} "
