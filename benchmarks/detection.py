@@ -68,7 +68,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, update_alerts  # noqa: E402
-from fleetscore.cli.console import progress_bar  # noqa: E402
+from fleetscore.cli.console import progress_bar, stage_ticker  # noqa: E402
 from fleetscore.cli.evaluate import episode_rules  # noqa: E402
 from fleetscore.evaluation.metrics import (  # noqa: E402
     Detection,
@@ -447,15 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results, notes, faults, points = {}, {}, [], []
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def tick(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+        tick = stage_ticker(bar)
         for seed in seeds:
-            tasks.clear()
             seed_tick = functools.partial(lambda seed, s, d, t: tick(f"seed {seed} {s}", d, t), seed)
             results[seed], notes[seed], caught, at_rates = measure_seed(seed, args.pairs, args.days, args.train_days,
                                                                         seed_tick, overrides, rates,

@@ -51,7 +51,7 @@ from detection import (  # noqa: E402  (benchmarks/, the script's folder)
     window_rows,
 )
 
-from fleetscore.cli.console import progress_bar  # noqa: E402
+from fleetscore.cli.console import progress_bar, stage_ticker  # noqa: E402
 from fleetscore.evaluation.metrics import Detection, detect, events_in_range  # noqa: E402
 from scoring_job.change import (  # noqa: E402
     ANNOUNCE_SENSORS,
@@ -165,13 +165,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.train_days:g} clean + {args.days - args.train_days:g} faulty days, seeds {seeds}")
     per_seed = []
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def tick(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+        tick = stage_ticker(bar)
         for seed in seeds:
             per_seed.append(measure_seed(seed, args.pairs, args.days, args.train_days, ks, hs,
                                          lambda s, d, t, seed=seed: tick(f"seed {seed} {s}", d, t)))
