@@ -143,36 +143,36 @@ def raise_windows(alerts: pd.DataFrame, windows: pd.DataFrame, rules: EpisodeRul
     if alerts.empty:
         return out
     hot = windows[windows["is_anomaly"].astype(bool)]
-    pairs = {(str(d), str(s)): rows.drop_duplicates("window_end").sort_values("window_end")
-             for (d, s), rows in hot.groupby(["device", "sensor"], sort=False)}
+    pairs = {(str(d), str(s)): tuple(rows[c].to_numpy(dtype=t) for c, t in (
+        ("window_end", np.int64), ("score", np.float64), ("threshold", np.float64), ("threshold_strong", np.float64)))
+        for (d, s), rows in hot.drop_duplicates(["device", "sensor", "window_end"])
+        .sort_values("window_end").groupby(["device", "sensor"], sort=False)}
     for i, (device, sensor, first, last) in enumerate(zip(alerts["device"], alerts["sensor"],
                                                           alerts["first_window_end"], alerts["last_window_end"],
                                                           strict=True)):
-        rows = pairs.get((str(device), str(sensor)))
-        if rows is None:
+        columns = pairs.get((str(device), str(sensor)))
+        if columns is None:
             continue
-        ends = rows["window_end"].to_numpy(dtype=np.int64)
-        span = rows.iloc[int(np.searchsorted(ends, int(first))):int(np.searchsorted(ends, int(last), side="right"))]
-        opens = _opening_windows(span, rules)
+        span = slice(int(np.searchsorted(columns[0], int(first))),
+                     int(np.searchsorted(columns[0], int(last), side="right")))
+        opens = _opening_windows(*(c[span] for c in columns), rules)
         if len(opens):
             out[i] = opens[0]
     return out
 
 
-def _opening_windows(rows: pd.DataFrame, rules: EpisodeRules) -> np.ndarray:
-    """The window ends among `rows` (one pair's anomalous windows, sorted by window_end, none repeated) at which the
-    opening rule holds with `rows` as the only evidence: strong; the second of two windows in a row whose scores are
-    both above the second one's high bound (``episodes.high_bound``); or k of the last n windows (a missing window
-    counts as normal)."""
+def _opening_windows(ends: np.ndarray, scores: np.ndarray, threshold: np.ndarray, strong: np.ndarray,
+                     rules: EpisodeRules) -> np.ndarray:
+    """The window ends among one pair's anomalous windows (ends sorted, none repeated; scores and thresholds row
+    for row) at which the opening rule holds with these windows as the only evidence: strong; the second of two
+    windows in a row whose scores are both above the second one's high bound (``episodes.high_bound``); or k of the
+    last n windows (a missing window counts as normal)."""
     k, n, w = rules.persistence.k, rules.persistence.n, rules.window_ms
-    ends = rows["window_end"].to_numpy(dtype=np.int64)
     in_last_n = np.arange(len(ends)) - np.searchsorted(ends, ends - n * w, side="right") + 1
-    scores = rows["score"].to_numpy(dtype=np.float64)
-    strong_at = rows["threshold_strong"].to_numpy(dtype=np.float64)
-    high = high_bound(rows["threshold"].to_numpy(dtype=np.float64), strong_at)
+    high = high_bound(threshold, strong)
     two_high = np.zeros(len(ends), dtype=bool)
     two_high[1:] = (ends[1:] - ends[:-1] == w) & (scores[1:] > high[1:]) & (scores[:-1] > high[1:])
-    return ends[(scores > strong_at) | two_high | (in_last_n >= k)]
+    return ends[(scores > strong) | two_high | (in_last_n >= k)]
 
 
 def _unrated(model_version: str | None, device: str, sensor: str, score: float) -> str:
