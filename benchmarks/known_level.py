@@ -58,11 +58,10 @@ from scoring_job.change import (  # noqa: E402
     FEATURES,
     PARAMS,
     STD_FLOOR_SHARE,
-    UNCHANGED_EXTRA,
-    UNCHANGED_FACTOR,
     _robust,
     fit_params,
     pair_codes,
+    stuck_windows,
 )
 
 CLIP = 6.0
@@ -77,7 +76,8 @@ def known_level_z(features: pd.DataFrame, clean_until_ms: int) -> pd.DataFrame:
     and clean (bool: a training window), sorted by pair and window_end. `features`: `detection.window_rows` of a
     fleet. z_mean = (mean - level) · √n over its robust scale on the clean days (level: the median of the clean
     days' window means); z_spread = log(std + floor) less its clean-day median over its robust scale (floor: a tenth
-    of the clean days' median std, as change-z's); stuck: change-z's `unchanged` rule on change-z's own fit."""
+    of the clean days' median std over windows of 2 readings or more); stuck: change-z's `stuck_windows` on its own
+    fit."""
     frame = features[~features["sensor"].isin(ANNOUNCE_SENSORS)].copy()
     frame["window_end"] = frame["window_end"].astype("datetime64[ms, UTC]").astype("int64")
     frame = frame.sort_values(["device", "sensor", "window_end"], ignore_index=True)
@@ -89,14 +89,19 @@ def known_level_z(features: pd.DataFrame, clean_until_ms: int) -> pd.DataFrame:
         deviation = (mean - np.median(mean[clean])) * np.sqrt(n)
         with np.errstate(divide="ignore"):  # a window of no spread on a pair with no floor: -inf, clipped below
             spread = np.log(std + STD_FLOOR_SHARE * np.nanmedian(np.where(n >= 2, std, np.nan)[clean]))
-        z = [np.clip(np.nan_to_num((x - centre) / scale, nan=0.0), -CLIP, CLIP)
-             for x, (centre, scale) in ((deviation, (0.0, _robust(deviation[clean])[1])),
-                                        (np.where(n >= 2, spread, np.nan), _robust(spread[clean & (n >= 2)])))]
+        z_mean = _clipped(deviation / _robust(deviation[clean])[1])
+        spread_center, spread_scale = _robust(spread[clean & (n >= 2)])
+        z_spread = _clipped(np.where(n >= 2, (spread - spread_center) / spread_scale, np.nan))
         params = fit_params(pair[list(FEATURES)].to_numpy(dtype=np.float64)[clean])
-        stuck = pair["unchanged"].to_numpy() > (UNCHANGED_FACTOR * params[PARAMS.index("unchanged_max")]
-                                                + UNCHANGED_EXTRA)
-        out.append(pair[["device", "sensor", "window_end", "clean"]].assign(z_mean=z[0], z_spread=z[1], stuck=stuck))
+        stuck = stuck_windows(pair["unchanged"].to_numpy(), params[PARAMS.index("unchanged_max")])
+        out.append(pair[["device", "sensor", "window_end", "clean"]].assign(z_mean=z_mean, z_spread=z_spread,
+                                                                           stuck=stuck))
     return pd.concat(out, ignore_index=True)
+
+
+def _clipped(z: np.ndarray) -> np.ndarray:
+    """z clipped to ±`CLIP`, 0 where NaN (a window that gives none)."""
+    return np.clip(np.nan_to_num(z, nan=0.0), -CLIP, CLIP)
 
 
 def cusum(z: np.ndarray, pair: np.ndarray, k: float) -> np.ndarray:

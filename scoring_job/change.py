@@ -357,6 +357,12 @@ def fit_params(X: np.ndarray) -> np.ndarray:
     return params
 
 
+def stuck_windows(unchanged: np.ndarray, unchanged_max: np.ndarray | float) -> np.ndarray:
+    """(rows,) bool: the windows whose ``unchanged`` count (rows,) is beyond :data:`UNCHANGED_FACTOR` · the most the
+    pair showed in training (``unchanged_max``, per row or one) + :data:`UNCHANGED_EXTRA`."""
+    return unchanged > UNCHANGED_FACTOR * unchanged_max + UNCHANGED_EXTRA
+
+
 def change_scores(X: np.ndarray, params: np.ndarray) -> np.ndarray:
     """(rows,) score of each row of X (rows, :data:`FEATURES`) under its own params (rows, :data:`PARAMS`): the
     larger of the change's and the spread's z-score (:func:`deviations` over their scales; a window that gives none
@@ -367,7 +373,7 @@ def change_scores(X: np.ndarray, params: np.ndarray) -> np.ndarray:
     _, _, _, c_scale, _, _, s_scale, unchanged_max = params.T
     z_change = np.where(np.isnan(dev_change), 0.0, dev_change / c_scale)
     z_spread = np.where(np.isnan(dev_spread), 0.0, dev_spread / s_scale)
-    stuck = X[:, FEATURES.index("unchanged")] > UNCHANGED_FACTOR * unchanged_max + UNCHANGED_EXTRA
+    stuck = stuck_windows(X[:, FEATURES.index("unchanged")], unchanged_max)
     return np.where(stuck, STUCK_SCORE, np.maximum(z_change, z_spread))
 
 
