@@ -330,7 +330,8 @@ class _PairWalk:
     device: str
     sensor: str
     seen: int | None
-    """Windows up to this end were handled by earlier files (None: no alert yet)."""
+    """Windows up to this end were handled: by earlier files, or by an alert this walk closed; none of them is
+    evidence again (None: no alert yet)."""
     anomalous: dict[int, float]
     """window_end → score of the pair's anomalous windows after `seen` (earlier files', then this file's)."""
     later: list[_Window]

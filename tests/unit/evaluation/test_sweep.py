@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, alert_id_for, update_alerts
+from fleetscore.alerts.episodes import Persistence, alert_id_for, update_alerts
 from fleetscore.evaluation.metrics import events_in_range, pair_days
 from fleetscore.evaluation.sweep import (
     SWEEP_COLUMNS,
@@ -23,6 +23,7 @@ from fleetscore.evaluation.sweep import (
 )
 from fleetscore.ingest.windows import aggregate
 from fleetscore.sim.simulate import simulate_fleet
+from tests.helpers.fleet import NO_HISTORY
 
 W = 300_000
 T0 = 1_767_571_200_000  # 2026-01-05T00:00Z
@@ -75,10 +76,9 @@ def test_each_alert_is_raised_at_the_window_its_rule_held_on():
 def _opened_at(frame: pd.DataFrame, rules: EpisodeRules) -> dict[str, int]:
     """{alert_id: the window end whose walk opened it}, from `update_alerts` itself: the alerts of each prefix of
     `frame` (windows up to an end), the first prefix an alert appears in naming its window."""
-    history = pd.DataFrame({c: pd.Series(dtype="int64" if c == "window_end" else object) for c in HISTORY_COLUMNS})
     opened: dict[str, int] = {}
     for end in np.unique(frame["window_end"].to_numpy()):
-        update = update_alerts(frame[frame["window_end"] <= end], pd.DataFrame(), history,
+        update = update_alerts(frame[frame["window_end"] <= end], pd.DataFrame(), NO_HISTORY,
                                window_ms=rules.window_ms, persistence=rules.persistence,
                                close_after=rules.close_after, severity_of=lambda *_: "low", now=0)
         for alert in update.new:
