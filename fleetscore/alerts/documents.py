@@ -2,7 +2,9 @@
 both are written from the outbox, :mod:`fleetscore.alerts.outbox`).
 
 The document has ``alert_id, device, sensor, status ("open" | "closed"), first_window_end, last_window_end
-(ISO-8601 UTC, "Z"), windows, max_score, severity, model_version, run_id, raised_at, updated_at, revision``, and
+(ISO-8601 UTC, "Z"), windows, max_score, severity, opened_by (the episode rule that opened it,
+:data:`fleetscore.alerts.episodes.OPENING_RULES`; null for alerts opened before it was recorded), model_version,
+run_id, raised_at, updated_at, revision``, and
 the lifecycle: ``state`` (:data:`fleetscore.db.schema.ALERT_STATES`), ``acknowledged_at, acknowledged_by,
 resolved_at, resolved_by, note`` (null until someone acts); the blob is dated by the UTC day of
 ``first_window_end`` (:func:`fleetscore.storage.paths.alert_document_key`).
@@ -18,14 +20,16 @@ from typing import Any
 from fleetscore.clock import iso_exact
 
 DOCUMENT_FIELDS = ("alert_id", "device", "sensor", "status", "first_window_end", "last_window_end", "windows",
-                   "max_score", "severity", "model_version", "run_id", "raised_at", "updated_at", "revision",
-                   "acknowledged_at", "acknowledged_by", "resolved_at", "resolved_by", "note")
+                   "max_score", "severity", "opened_by", "model_version", "run_id", "raised_at", "updated_at",
+                   "revision", "acknowledged_at", "acknowledged_by", "resolved_at", "resolved_by", "note")
 TIME_FIELDS = ("first_window_end", "last_window_end", "raised_at", "updated_at", "acknowledged_at", "resolved_at")
 """Epoch ms in the alerts table, ISO-8601 in the document."""
 
 
 LIFECYCLE_FIELDS = ("acknowledged_at", "acknowledged_by", "resolved_at", "resolved_by", "note")
 """Set by people through the API, null until then (NaN where a row went through a DataFrame)."""
+OPTIONAL_FIELDS = (*LIFECYCLE_FIELDS, "opened_by")
+"""Fields that may be unset in a row (None or NaN): null in the document."""
 
 
 def _set(value: Any) -> bool:
@@ -45,7 +49,7 @@ def alert_document(record: Mapping[str, Any]) -> dict[str, Any]:
     """The alert (a row of the alerts table) as JSON: DESIGN.md's alert fields plus `revision` and the lifecycle."""
     doc = {name: record.get(name) for name in DOCUMENT_FIELDS}
     doc["state"] = alert_state(record)
-    for name in LIFECYCLE_FIELDS:
+    for name in OPTIONAL_FIELDS:
         doc[name] = doc[name] if _set(doc[name]) else None
     for name in TIME_FIELDS:
         doc[name] = iso_exact(doc[name])

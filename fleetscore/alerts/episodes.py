@@ -14,7 +14,8 @@ windows (status ``ok``) pair by pair, only those newer than the pair's latest al
   is the k-th anomalous window of the pair's last n (``ALERT_PERSISTENCE`` = "k/n"; earlier files' windows come
   from the ``anomalies`` table, so this works across files and runs; an earlier file's window is held against
   this window's high bound, as the table keeps scores, not thresholds). The new alert's
-  ``first_window_end`` is the first anomalous window of those n (the evidence), ``windows`` their count.
+  ``first_window_end`` is the first anomalous window of those n (the evidence), ``windows`` their count,
+  ``opened_by`` the rule (:data:`OPENING_RULES`: strong, two_high, persistence; the first that holds).
   "k/k" is the old ``ALERT_MIN_WINDOWS`` = k (k anomalous windows in a row); "1/1" alerts on every anomaly;
 - a missing window (no score: no reading, no model, a failed model) counts as a normal one, for persistence
   as for closing: an alert needs evidence that was scored, and a silent sensor does not keep one open;
@@ -59,6 +60,9 @@ SCORED_WINDOW_COLUMNS = ("device", "sensor", "window_end", "score", "is_anomaly"
 is 0.0 and a missing or NaN `threshold_strong` +inf, as prediction files were before calibrated thresholds)."""
 HISTORY_COLUMNS = ("device", "sensor", "window_end", "score", "model_version", "run_id")
 """The pairs' anomalous windows of other files (from the anomalies table), before and after this one."""
+OPENING_RULES = ("strong", "two_high", "persistence")
+"""What opened an alert (its ``opened_by``): a strong window, two high windows in a row, or the k-th anomalous
+window of the pair's last n; the first that holds, in this order (:func:`opening_rule`)."""
 HIGH_SHARE = 0.15
 """Where a window's high bound lies between its thresholds, as a share of threshold_strong − threshold: two windows
 in a row above it open an alert at once. On the calibration's exponential tail (``scoring_job.thresholds``: the
@@ -84,6 +88,15 @@ class Persistence:
 
     def __str__(self) -> str:
         return f"{self.k}/{self.n}"
+
+
+def opening_rule(strong: bool, two_high: bool, persistent: bool) -> str | None:
+    """The rule that opens an alert at a window (one of :data:`OPENING_RULES`, the first that holds in its order), or
+    None when none does."""
+    for rule, holds in zip(OPENING_RULES, (strong, two_high, persistent), strict=True):
+        if holds:
+            return rule
+    return None
 
 
 def alert_id_for(device: str, sensor: str, first_window_end: int) -> str:
@@ -427,7 +440,8 @@ class _PairWalk:
         high bound), or the k-th anomalous window of the pair's last n."""
         evidence = self._evidence(window.end, rules)
         two_high = window.score > window.high and evidence.get(window.end - rules.window_ms, -math.inf) > window.high
-        if not (window.strong or two_high or len(evidence) >= rules.persistence.k):
+        opened_by = opening_rule(window.strong, two_high, len(evidence) >= rules.persistence.k)
+        if opened_by is None:
             return
         start = min(evidence)
         top = max(evidence.values())
@@ -436,9 +450,9 @@ class _PairWalk:
             "status": "open", "first_window_end": start, "last_window_end": window.end,
             "last_seen_window_end": window.end, "normal_after": 0, "windows": len(evidence), "max_score": top,
             "severity": rules.severity_of(window.model_version, self.device, self.sensor, top),
-            "model_version": window.model_version, "run_id": window.run_id, "raised_at": rules.now,
-            "updated_at": rules.now, "revision": 1, "delivered_revision": 0, "delivery_attempts": 0,
-            "delivery_error": None,
+            "opened_by": opened_by, "model_version": window.model_version, "run_id": window.run_id,
+            "raised_at": rules.now, "updated_at": rules.now, "revision": 1, "delivered_revision": 0,
+            "delivery_attempts": 0, "delivery_error": None,
         }
         self.created.append(self.current)
 

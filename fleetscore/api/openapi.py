@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleetscore import db
+from fleetscore.alerts.episodes import OPENING_RULES
 from fleetscore.alerts.severity import SEVERITIES
 from fleetscore.api import alerts, pairs, params, runs
 
@@ -33,7 +34,8 @@ def _schemas() -> dict[str, Any]:
         "alert_id": STR, "device": STR, "sensor": STR, "status": {"type": "string", "enum": list(db.ALERT_STATUSES)},
         "state": {"type": "string", "enum": list(db.ALERT_STATES)},
         "first_window_end": TIME, "last_window_end": TIME, "windows": INT, "max_score": NUM,
-        "severity": STR, "model_version": _nullable(STR), "run_id": _nullable(STR), "raised_at": TIME,
+        "severity": STR, "opened_by": _nullable({"type": "string", "enum": [*OPENING_RULES, None]}),
+        "model_version": _nullable(STR), "run_id": _nullable(STR), "raised_at": TIME,
         "updated_at": TIME, "revision": INT, "acknowledged_at": _nullable(TIME), "acknowledged_by": _nullable(STR),
         "resolved_at": _nullable(TIME), "resolved_by": _nullable(STR), "note": _nullable(STR)})
     revision = _object({"revision": INT, "kind": {"type": "string", "enum": list(db.REVISION_KINDS)}, "at": TIME,

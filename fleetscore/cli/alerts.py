@@ -41,13 +41,13 @@ def alerts(
 def alerts_table(rows: list[dict[str, Any]], open_only: bool, webhook: bool) -> Table:
     """`list_alerts`' rows as a table; the delivered column says '-' when no webhook is configured."""
     table = Table(title=f"{'open ' if open_only else ''}alerts ({len(rows)})")
-    for col in ("alert", "device", "sensor", "status", "severity", "first window", "last window", "windows",
-                "max score", "rev", "delivered"):
+    for col in ("alert", "device", "sensor", "status", "severity", "opened by", "first window", "last window",
+                "windows", "max score", "rev", "delivered"):
         table.add_column(col, justify="right" if col in ("windows", "max score", "rev") else "left")
     for r in rows:
         delivered = "-" if not webhook else (
             "yes" if r["delivered_revision"] >= r["revision"] else f"no ({r['delivery_attempts']} tries)")
-        table.add_row(r["alert_id"], r["device"], r["sensor"], r["status"], r["severity"],
+        table.add_row(r["alert_id"], r["device"], r["sensor"], r["status"], r["severity"], r.get("opened_by") or "",
                       iso_exact(r["first_window_end"]), iso_exact(r["last_window_end"]), str(r["windows"]),
                       f"{r['max_score']:.3f}", str(r["revision"]), delivered)
     return table

@@ -67,6 +67,8 @@ DOCUMENT_REVISION_COMMENT = "the revision whose JSON document is in blob storage
 """Alert documents are an outbox per revision (`fleetscore.alerts.outbox`), as `delivered_revision` is."""
 EVENTGRID_REVISION_COMMENT = "the revision published to the Event Grid topic (outbox: < revision is pending)"
 """The Event Grid topic's delivery mark, beside the webhook's `delivered_revision` (`fleetscore.alerts.webhook`)."""
+OPENED_BY_COMMENT = "strong | two_high | persistence: the episode rule that opened it (NULL: opened before 0008)"
+"""`fleetscore.alerts.episodes.OPENING_RULES` owns the values."""
 TRACEPARENT_COMMENT = "W3C traceparent of the run's trace (OpenTelemetry); the index continues it"
 
 dead_letters = sa.Table(
@@ -159,6 +161,7 @@ alerts = sa.Table(
     sa.Column("windows", sa.Integer(), nullable=False),
     sa.Column("max_score", sa.Float(53), nullable=False),
     sa.Column("severity", sa.String(10), nullable=False),
+    sa.Column("opened_by", sa.String(12), comment=OPENED_BY_COMMENT),
     sa.Column("model_version", sa.String(80)),
     sa.Column("run_id", sa.String(40)),
     sa.Column("raised_at", _ms(), nullable=False),

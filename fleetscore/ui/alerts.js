@@ -160,10 +160,17 @@
     } catch (err) { fail($("#meta"))(err); }
   }
 
+  const OPENED_BY = { strong: "one window past its strong threshold", two_high: "two high windows in a row",
+    persistence: "k of its last n windows anomalous" };
+  function openedBy(doc) {
+    return doc.opened_by ? `opened on ${OPENED_BY[doc.opened_by] || doc.opened_by} · ` : "";
+  }
+
   function showAlert(doc) {
     shown.set(doc.alert_id, doc);
     addRow(doc);
-    say($("#meta"), `${doc.state} · ${doc.severity} · ${doc.windows} windows, max score ${num(doc.max_score)} · ` +
+    say($("#meta"), `${doc.state} · ${doc.severity} · ${openedBy(doc)}${doc.windows} windows, ` +
+      `max score ${num(doc.max_score)} · ` +
       `${episode(doc)} UTC · model ${doc.model_version} · ${doc.alert_id}`);
     const form = $("#act");
     form.elements.acknowledge.disabled = doc.state !== "open";

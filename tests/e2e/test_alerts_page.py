@@ -159,6 +159,7 @@ def test_the_alerts_page_lists_filters_opens_and_acknowledges_in_chromium(tmp_pa
             expect(page.locator("#detail")).to_be_visible()
             expect(page.locator("#title")).to_have_text("pump-07 / vibration")
             expect(page.locator("#meta")).to_contain_text("critical")
+            expect(page.locator("#meta")).to_contain_text("opened on k of its last n windows anomalous")  # 1/1
             chart = page.locator("#chart svg")
             expect(chart.locator("circle.anomaly")).to_have_count(5)
             expect(chart.locator(f"rect.span[data-alert='{critical}']")).to_have_count(2)  # both panels

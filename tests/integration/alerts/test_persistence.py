@@ -34,6 +34,7 @@ def test_a_strong_window_alerts_at_once_a_marginal_one_does_not(engine, folder, 
     (alert,) = rows_of(engine, db.alerts)
     assert (alert["device"], alert["first_window_end"], alert["windows"], alert["max_score"]) == ("d-1", T0 + 3 * W,
                                                                                                    1, STRONG)
+    assert alert["opened_by"] == "strong"
     assert len(rows_of(engine, db.anomalies)) == 2  # the marginal window is stored, as evidence for later
 
 
@@ -43,7 +44,7 @@ def test_two_marginal_windows_of_three_across_two_runs_alert_once(engine, folder
     fire(engine, folder, defaults, RUN_B, graded(T0 + 12 * W, 12, marginal={1}))  # 2 of T0+11W..T0+13W
     (alert,) = rows_of(engine, db.alerts)
     assert episode(alert) == (alert_id_for("d-1", "temp", T0 + 11 * W), T0 + 11 * W, T0 + 13 * W, 2, 0.5, "closed")
-    assert alert["run_id"] == RUN_B
+    assert (alert["run_id"], alert["opened_by"]) == (RUN_B, "persistence")
     # indexing both files again (new ETags, same rows) changes nothing
     before = rows_of(engine, db.alerts)
     fire(engine, folder, defaults, RUN_A, graded(T0, 12, marginal={11}))
@@ -64,6 +65,7 @@ def test_files_out_of_order_give_the_alert_time_order_gives(engine, folder, defa
     fire(engine, folder, defaults, RUN_A, graded(T0, 12, marginal={11}))
     (alert,) = alerts_by_first(engine)
     assert episode(alert)[:-1] == (alert_id_for("d-1", "temp", T0 + 11 * W), T0 + 11 * W, T0 + 13 * W, 2, 0.5)
+    assert alert["opened_by"] == "persistence"
     # open until the next file or run completion (the newer run's normal windows are not stored); then the same
     assert alert["status"] == "open"
     fire(engine, folder, defaults, "run-20261123T1600Z", graded(T0 + 24 * W, 2))

@@ -21,7 +21,7 @@ from fleetscore.db import migrate
 from tests.helpers import REPO
 from tests.integration.db import legacy_v1
 
-HEAD = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+HEAD = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 TIP = HEAD[-1]
 """Every revision, oldest first: what a fresh database applies."""
 

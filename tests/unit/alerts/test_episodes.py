@@ -82,6 +82,7 @@ def test_one_strong_window_alerts_at_once():
     (alert,) = run_pure(graded(T0, 4, strong={2}), persistence=(2, 3)).new
     assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + 2 * W, T0 + 2 * W, 1)
     assert alert["max_score"] == STRONG
+    assert alert["opened_by"] == "strong"
 
 
 HIGH = 0.1 + HIGH_SHARE * (4.0 - 0.1)
@@ -99,6 +100,7 @@ def test_two_high_windows_in_a_row_alert_at_once():
     above, below = HIGH + 0.05, HIGH - 0.05  # both anomalous, neither strong
     (alert,) = run_pure(with_scores(graded(T0, 6), {1: above, 2: above}), persistence=(3, 4)).new
     assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + W, T0 + 2 * W, 2)
+    assert alert["opened_by"] == "two_high"
     for scores in ({1: above, 3: above},  # not in a row
                    {1: above, 2: below}, {1: below, 2: above}):  # one of the two below the bound
         assert not run_pure(with_scores(graded(T0, 6), scores), persistence=(3, 4)).visible, scores
@@ -129,6 +131,19 @@ def test_one_marginal_window_does_not_alert_and_k_of_n_do():
     assert not run_pure(graded(T0, 8, marginal={1, 4}), persistence=(2, 3)).visible  # 3 windows apart: not 2 of 3
     (alert,) = run_pure(graded(T0, 6, marginal={1, 3}), persistence=(2, 3)).new  # not in a row, but 2 of 3
     assert (alert["first_window_end"], alert["last_window_end"], alert["windows"]) == (T0 + W, T0 + 3 * W, 2)
+    assert alert["opened_by"] == "persistence"
+
+
+def test_an_alert_names_the_first_rule_that_opened_it_strong_before_two_high_before_persistence():
+    # a strong window after a high one: two high in a row and 2 of 3 hold too; strong is named
+    (alert,) = run_pure(with_scores(graded(T0, 6), {1: HIGH + 0.05, 2: STRONG}), persistence=(2, 3)).new
+    assert (alert["opened_by"], alert["first_window_end"], alert["windows"]) == ("strong", T0 + W, 2)
+    # two high windows in a row that are also 2 of 3: two_high
+    (alert,) = run_pure(with_scores(graded(T0, 6), {1: HIGH + 0.05, 2: HIGH + 0.05}), persistence=(2, 3)).new
+    assert alert["opened_by"] == "two_high"
+    # the rule is the opening's: windows that extend the alert later change nothing
+    (alert,) = run_pure(with_scores(graded(T0, 8, marginal={1, 2}), {4: STRONG}), persistence=(2, 3)).new
+    assert (alert["opened_by"], alert["windows"], alert["max_score"]) == ("persistence", 3, STRONG)
 
 
 def test_a_score_above_zero_but_below_the_threshold_is_normal():
