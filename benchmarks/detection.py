@@ -72,6 +72,7 @@ from fleetscore.cli.console import progress_bar, stage_ticker  # noqa: E402
 from fleetscore.cli.evaluate import episode_rules  # noqa: E402
 from fleetscore.evaluation.metrics import (  # noqa: E402
     Detection,
+    by_opening_rule,
     detect,
     episodes_from_flags,
     events_in_range,
@@ -185,9 +186,9 @@ def _run_rules(scored: pd.DataFrame, settings: Settings) -> list[dict]:
 
 def library_alerts(scored: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """(a): the real alert rules with the default settings; one row per alert (device, sensor, first_window_end,
-    last_window_end, raised_window_end)."""
+    last_window_end, opened_by, raised_window_end)."""
     alerts = _run_rules(scored, settings)
-    frame = pd.DataFrame(alerts, columns=["device", "sensor", "first_window_end", "last_window_end"])
+    frame = pd.DataFrame(alerts, columns=["device", "sensor", "first_window_end", "last_window_end", "opened_by"])
     return frame.assign(raised_window_end=raise_windows(frame, scored, episode_rules(settings)))
 
 
@@ -306,10 +307,11 @@ def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Ti
                  overrides: dict[str, str] | None = None,
                  rates: tuple[float, ...] = (),
                  tick_seconds: float = TICK_SECONDS,
-                 normal_course: bool = True) -> tuple[dict[str, Detection], str, pd.DataFrame, AtRates]:
-    """The four rows of one seed's fleet, a note on how its models were fitted, each fault with whether (a)
-    and (c) caught it (:func:`caught_faults`), and (a)'s figures with ALERT_FALSE_RATE set to each of `rates`
-    (trained, scored and alerted again: the rate is a training setting)."""
+                 normal_course: bool = True) -> tuple[dict[str, Detection], str, pd.DataFrame, AtRates, pd.DataFrame]:
+    """The rows of one seed's fleet, a note on how its models were fitted, each fault with whether (a)
+    and (c) caught it (:func:`caught_faults`), (a)'s figures with ALERT_FALSE_RATE set to each of `rates`
+    (trained, scored and alerted again: the rate is a training setting), and (a)'s alerts by the rule that opened
+    them (`metrics.by_opening_rule`)."""
     settings = default_settings(overrides)
     W = settings.window_ms
     sim = simulate(seed, pairs, days, train_days, tick_seconds, normal_course)
@@ -334,8 +336,10 @@ def measure_seed(seed: int, pairs: int, days: float, train_days: float, tick: Ti
     faults_caught = caught_faults(sim, {short: match_alerts(alerts[i], faults, W).fault_is_detected
                                         for short, i in (("(a)", 0), ("(c)", 2))})
     points[settings.alert_false_rate] = rows[APPROACHES[0]]
+    by_rule = by_opening_rule(alerts[0], faults, window_ms=W, pair_days=exposure)
     return rows, (f"{pairs_total} pairs; library: {scored[['device', 'sensor']].drop_duplicates().shape[0]} "
-                  f"pairs with a model; reference: {subsampled} pairs fitted on a subsample"), faults_caught, points
+                  f"pairs with a model; reference: {subsampled} pairs fitted on a subsample"), faults_caught, points, \
+        by_rule
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -392,6 +396,17 @@ def report_points(points: list[AtRates], default_rate: float) -> None:
     print(f"  best recall within {FALSE_BUDGET:g} false alerts per 1,000 pair-days among these rates: {best}")
 
 
+def report_rules(tables: list[pd.DataFrame], pair_days: float) -> None:
+    """(a)'s alerts of all seeds by the rule that opened them: alerts, true, false, false per 1,000 pair-days."""
+    pooled = pd.concat(tables, ignore_index=True).groupby("opened_by", sort=False)[
+        ["alerts", "true_alerts", "false_alerts"]].sum()
+    print(f"\n(a)'s alerts by the rule that opened them (all seeds, {pair_days:,.0f} pair-days)")
+    print(f"  {'':28s} {'alerts':>6s} {'true':>6s} {'false':>6s} {'false/1000pd':>12s}")
+    for rule, row in pooled.iterrows():
+        print(f"  {rule:28s} {row['alerts']:6d} {row['true_alerts']:6d} {row['false_alerts']:6d} "
+              f"{row['false_alerts'] * 1000.0 / pair_days:12.1f}")
+
+
 def report(results: dict[int, dict[str, Detection]], notes: dict[int, str], changed: str = "") -> None:
     """Each seed's table, the pooled table and the RESULT line (library defaults, or the `changed` settings, vs the
     strict reference)."""
@@ -445,20 +460,21 @@ def main(argv: list[str] | None = None) -> int:
           f"reference: fits at most {REFERENCE_MAX_TRAIN:,} raw readings per pair (an evenly spaced subsample "
           f"beyond that; the count of pairs subsampled is printed per seed)")
     t0 = time.perf_counter()
-    results, notes, faults, points = {}, {}, [], []
+    results, notes, faults, points, rule_tables = {}, {}, [], [], []
     with progress_bar() as bar:
         tick = stage_ticker(bar)
         for seed in seeds:
             seed_tick = functools.partial(lambda seed, s, d, t: tick(f"seed {seed} {s}", d, t), seed)
-            results[seed], notes[seed], caught, at_rates = measure_seed(seed, args.pairs, args.days, args.train_days,
-                                                                        seed_tick, overrides, rates,
-                                                                        args.tick_seconds,
-                                                                        not args.without_course)
+            results[seed], notes[seed], caught, at_rates, by_rule = measure_seed(
+                seed, args.pairs, args.days, args.train_days, seed_tick, overrides, rates, args.tick_seconds,
+                not args.without_course)
             faults.append(caught)
             points.append(at_rates)
+            rule_tables.append(by_rule)
     print(f"measured in {time.perf_counter() - t0:.0f} s")
     report_missed(pd.concat(faults, ignore_index=True))
     report_points(points, settings.alert_false_rate)
+    report_rules(rule_tables, sum(rows[APPROACHES[0]].pair_days for rows in results.values()))
     report(results, notes, " ".join(args.set))
     return 0
 

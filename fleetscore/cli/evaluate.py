@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.table import Table
 
@@ -98,6 +99,8 @@ def print_evaluation(result: Evaluation, labelled: int) -> None:
         deployed.add_column(column, justify="right")
     deployed.add_row(*_figures(result.deployed))
     console.print(deployed)
+    if len(result.by_rule):
+        console.print(rule_table(result.by_rule))
     table = Table(title="threshold sweep (shift in score units; 0 = deployed)", title_justify="left")
     for column in ("shift", "windows flagged", "alerts", "true", "false", "caught / events", "precision", "recall",
                    "false / 1000 pair-days", "median TTD (min)"):
@@ -106,6 +109,18 @@ def print_evaluation(result: Evaluation, labelled: int) -> None:
         style = "bold" if row.point == 0 else None
         table.add_row(f"{row.point:+.4g}", f"{row.flagged_share:.3%}", *_figures(row), style=style)
     console.print(table)
+
+
+def rule_table(by_rule: pd.DataFrame) -> Table:
+    """`metrics.by_opening_rule`'s rows as a table."""
+    table = Table(title="deployed alerts by the rule that opened them", title_justify="left")
+    for column in ("opened by", "alerts", "true", "false", "precision", "false / 1000 pair-days"):
+        table.add_column(column, justify="left" if column == "opened by" else "right")
+    for r in by_rule.itertuples():
+        rate = r.false_per_1000_pair_days
+        table.add_row(r.opened_by, f"{r.alerts:,}", f"{r.true_alerts:,}", f"{r.false_alerts:,}", f"{r.precision:.3f}",
+                      "-" if math.isnan(rate) else f"{rate:.1f}")
+    return table
 
 
 def _figures(d: Detection | tuple) -> list[str]:

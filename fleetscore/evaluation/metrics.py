@@ -10,6 +10,7 @@ reading's times).
 - `episodes_from_flags`: runs of consecutive anomalous windows of a pair (what an alert covers).
 - `match_alerts`: precision and recall of alerts against events, with a tolerance of a few windows.
 - `detect`: `match_alerts` plus false alerts per 1,000 pair-days and the median time to detect.
+- `by_opening_rule`: the alerts' true and false counts per rule that opened them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fleetscore.alerts.episodes import OPENING_RULES
 from fleetscore.ingest.windows import window_end
 
 
@@ -249,3 +251,27 @@ def time_to_detect(alerts: pd.DataFrame, events: pd.DataFrame, window_ms: int,
 def _median_ttd_minutes(alerts: pd.DataFrame, events: pd.DataFrame, window_ms: int, tolerance_windows: int) -> float:
     ttd = time_to_detect(alerts, events, window_ms, tolerance_windows)
     return float(ttd.median()) if len(ttd) else float("nan")
+
+
+RULE_COLUMNS = ("opened_by", "alerts", "true_alerts", "false_alerts", "precision", "false_per_1000_pair_days")
+UNKNOWN_RULE = "unknown"
+"""The `opened_by` of alerts that do not say (opened before the rule was recorded)."""
+
+
+def by_opening_rule(alerts: pd.DataFrame, events: pd.DataFrame, *, window_ms: int, pair_days: float,
+                    tolerance_windows: int = DEFAULT_TOLERANCE_WINDOWS) -> pd.DataFrame:
+    """`RULE_COLUMNS`, one row per opening rule that opened at least one of `alerts` (`match_alerts`' columns plus
+    `opened_by`; missing as `UNKNOWN_RULE`), in `OPENING_RULES` order: how many alerts it opened, how many of them
+    match an event, and its false alerts per 1,000 pair-days (NaN when pair_days is 0). Which rule the false alerts
+    come from says which setting to change (`ALERT_PERSISTENCE` for `persistence`)."""
+    true = match_alerts(alerts, events, window_ms, tolerance_windows).alert_is_true
+    rule = alerts["opened_by"] if "opened_by" in alerts.columns else pd.Series(None, index=alerts.index, dtype=object)
+    frame = pd.DataFrame({"opened_by": rule.fillna(UNKNOWN_RULE).astype(str).to_numpy(), "true": true})
+    table = frame.groupby("opened_by", sort=False)["true"].agg(alerts="size", true_alerts="sum").reset_index()
+    table["true_alerts"] = table["true_alerts"].astype(np.int64)
+    table["false_alerts"] = table["alerts"] - table["true_alerts"]
+    table["precision"] = table["true_alerts"] / table["alerts"]
+    table["false_per_1000_pair_days"] = table["false_alerts"] * 1000.0 / pair_days if pair_days > 0 else np.nan
+    order = {name: i for i, name in enumerate((*OPENING_RULES, UNKNOWN_RULE))}
+    table = table.sort_values("opened_by", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
+    return table[list(RULE_COLUMNS)].reset_index(drop=True)

@@ -22,7 +22,14 @@ from pandas.api.types import union_categoricals
 from sqlalchemy.engine import Engine
 
 from fleetscore import clock, db
-from fleetscore.evaluation.metrics import DEFAULT_TOLERANCE_WINDOWS, Detection, detect, events_in_range, pair_days
+from fleetscore.evaluation.metrics import (
+    DEFAULT_TOLERANCE_WINDOWS,
+    Detection,
+    by_opening_rule,
+    detect,
+    events_in_range,
+    pair_days,
+)
 from fleetscore.evaluation.sweep import (
     AlertsAt,
     EpisodeRules,
@@ -60,16 +67,23 @@ class Evaluation:
     tolerance_windows: int
     deployed: Detection
     """The alerts in SQL that overlap the range."""
+    by_rule: pd.DataFrame
+    """The same alerts per rule that opened them (`metrics.RULE_COLUMNS`, `metrics.by_opening_rule`)."""
     sweep: pd.DataFrame
     """`sweep.SWEEP_COLUMNS` + `flagged_share`, one row per threshold shift (score units), ascending."""
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for JSON (times as ISO-8601, NaN as None)."""
-        table = self.sweep.astype(object).where(self.sweep.notna(), None)
         return {"from": clock.iso_exact(self.from_ms), "until": clock.iso_exact(self.until_ms), "runs": self.runs,
                 "pairs": self.pairs, "pair_days": self.pair_days, "tolerance_windows": self.tolerance_windows,
-                "deployed": self.deployed.as_dict(), "sweep": table.to_dict("records"), "notes": self.notes}
+                "deployed": self.deployed.as_dict(), "by_rule": _records(self.by_rule), "sweep": _records(self.sweep),
+                "notes": self.notes}
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of `table` as plain dicts, NaN as None."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
 
 
 def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rules: EpisodeRules, *,
@@ -93,8 +107,10 @@ def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rul
     table = sweep(chunked_episodes(scored, rules), points, events, window_ms=rules.window_ms, pair_days=exposure,
                   tolerance_windows=tolerance_windows)
     table["flagged_share"] = shares_flagged(margin, points)
+    by_rule = by_opening_rule(deployed, events, window_ms=rules.window_ms, pair_days=exposure,
+                              tolerance_windows=tolerance_windows)
     return Evaluation(from_ms=lo, until_ms=hi, runs=len(run_ids), pairs=pairs, pair_days=exposure,
-                      tolerance_windows=tolerance_windows, deployed=found, sweep=table, notes=notes)
+                      tolerance_windows=tolerance_windows, deployed=found, by_rule=by_rule, sweep=table, notes=notes)
 
 
 def evaluate_deployed(engine: Engine, store: BlobLister, events: pd.DataFrame, rules: EpisodeRules, *,
@@ -214,12 +230,14 @@ def scored_range(engine: Engine, from_ms: int | None, until_ms: int | None) -> t
 
 
 def load_alerts(engine: Engine, lo: int, hi: int) -> pd.DataFrame:
-    """The alerts whose window span overlaps (lo, hi]: device, sensor, first_window_end, last_window_end, status."""
+    """The alerts whose window span overlaps (lo, hi]: device, sensor, first_window_end, last_window_end, status,
+    opened_by."""
     a = db.alerts.c
-    query = (sa.select(a.device, a.sensor, a.first_window_end, a.last_window_end, a.status)
+    query = (sa.select(a.device, a.sensor, a.first_window_end, a.last_window_end, a.status, a.opened_by)
              .where(a.last_window_end > lo, a.first_window_end <= hi)
              .order_by(a.device, a.sensor, a.first_window_end))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    frame = pd.DataFrame(rows, columns=["device", "sensor", "first_window_end", "last_window_end", "status"])
+    frame = pd.DataFrame(rows, columns=["device", "sensor", "first_window_end", "last_window_end", "status",
+                                        "opened_by"])
     return frame.astype({"first_window_end": np.int64, "last_window_end": np.int64})

@@ -203,7 +203,7 @@ def _load_selected_run(conn: sa.Connection, run_id: str | None) -> dict[str, Any
 def _load_alerts(conn: sa.Connection, selected: dict[str, Any] | None) -> pd.DataFrame:
     """Alerts, most severe first: all of them, or the selected run's and those overlapping its windows."""
     al = db.alerts.c
-    query = sa.select(al.alert_id, al.device, al.sensor, al.status, al.severity, al.first_window_end,
+    query = sa.select(al.alert_id, al.device, al.sensor, al.status, al.severity, al.opened_by, al.first_window_end,
                       al.last_window_end, al.windows, al.max_score, al.model_version, al.run_id,
                       al.raised_at, al.updated_at)
     if selected is not None:

@@ -119,11 +119,21 @@ def _evaluation_section(ev: Evaluation) -> list[str]:
              f"its pair (widened by {ev.tolerance_windows} window(s)); time to detect runs from the event's start "
              "to the window that raised the alert.</p>",
              '<div class="cards" id="evaluation-cards">', *(_card(v, label) for v, label in cards), "</div>",
+             _rule_table(ev.by_rule),
              _img(plot_precision_recall(ev.sweep), "precision and false alerts against recall per threshold shift"),
              _sweep_table(ev.sweep)]
     parts += [f'<p class="note">{_e(note)}</p>' for note in ev.notes]
     parts.append("</section>")
     return parts
+
+
+def _rule_table(by_rule: pd.DataFrame) -> str:
+    """The deployed alerts per rule that opened them (`metrics.by_opening_rule`)."""
+    head = ("opened by", "alerts", "true", "false", "precision", "false / 1,000 pair-days")
+    rows = [f"<tr><td>{_e(r.opened_by)}</td>" + "".join(f'<td class="num">{_e(c)}</td>' for c in (
+        r.alerts, r.true_alerts, r.false_alerts, f"{r.precision:.3f}", _number(r.false_per_1000_pair_days, ".1f")))
+        + "</tr>" for r in by_rule.itertuples()]
+    return _table(head, rows) if rows else ""
 
 
 def _sweep_table(sweep: pd.DataFrame) -> str:
@@ -174,7 +184,7 @@ def _alerts_section(data: ReportData) -> list[str]:
 
 
 def _alerts_table(alerts: pd.DataFrame) -> str:
-    head = ("alert", "device", "sensor", "status", "severity", "first window", "last window", "windows",
+    head = ("alert", "device", "sensor", "status", "severity", "opened by", "first window", "last window", "windows",
             "max score", "run")
     rows = []
     for _, a in alerts.iterrows():
@@ -184,6 +194,7 @@ def _alerts_table(alerts: pd.DataFrame) -> str:
             f"<td>{_e(a['alert_id'])}</td><td>{_e(a['device'])}</td><td>{_e(a['sensor'])}</td>"
             f'<td class="{_e(a["status"]) if a["status"] in ("open", "closed") else ""}">{_e(a["status"])}</td>'
             f'<td class="sev-{_e(sev) if sev in SEVERITY_RANK else "other"}">{_e(a["severity"])}</td>'
+            f"<td>{_e(a.get('opened_by'))}</td>"
             f"<td>{_e(_iso(a['first_window_end']))}</td><td>{_e(_iso(a['last_window_end']))}</td>"
             f'<td class="num">{_e(a["windows"])}</td><td class="num">{float(a["max_score"]):.3f}</td>'
             f"<td>{_e(a['run_id'])}</td></tr>")

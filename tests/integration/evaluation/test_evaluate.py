@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from fleetscore import clock, db
+from fleetscore.alerts.episodes import OPENING_RULES
 from fleetscore.cli.evaluate import episode_rules
 from fleetscore.cli.main import app
 from fleetscore.context import Services, set_services
@@ -97,10 +98,16 @@ def test_evaluate_json_matches_the_deployed_alerts_and_sweeps_around_them(fleet)
     at_zero = sweep[sweep["point"] == 0].iloc[0]
     for key in ("alerts", "true_alerts", "caught", "events", "median_ttd_minutes"):
         assert at_zero[key] == pytest.approx(deployed[key]), key
+    # the deployed alerts split by the rule that opened each (the index recorded it)
+    by_rule = pd.DataFrame(doc["by_rule"])
+    assert set(by_rule["opened_by"]) <= set(OPENING_RULES) and len(by_rule)
+    assert (by_rule["alerts"].sum(), by_rule["true_alerts"].sum()) == (deployed["alerts"], deployed["true_alerts"])
+    assert by_rule["false_per_1000_pair_days"].sum() == pytest.approx(deployed["false_per_1000_pair_days"])
     # the table a person reads
     text = _invoke(env, "evaluate", "--labels", str(faults))
     assert text.exit_code == 0, text.output
     assert "deployed alerts" in text.stdout and "threshold sweep" in text.stdout and "pair-days" in text.stdout
+    assert "by the rule that opened them" in text.stdout
 
 
 def test_evaluate_in_a_range_and_with_chosen_shifts(fleet):
@@ -146,6 +153,7 @@ def test_report_with_labels_adds_the_detection_section_and_its_plot(fleet, tmp_p
     for label in ("precision", "recall", "false alerts / 1,000 pair-days", "median minutes to detect"):
         assert f"<span>{label}</span>" in page
     assert "windows flagged" in page and "<script" not in page
+    assert page.count("<th>opened by</th>") == before.count("<th>opened by</th>") + 1  # the per-rule table
     # in Chromium: the section comes first, its figure two axes side by side (four spines), where the page
     # without labels starts with a pair's plot (two axes stacked: two spines)
     shot, plain_shot = screenshot(labelled, tmp_path), screenshot(plain, tmp_path)

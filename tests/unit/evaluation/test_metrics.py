@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from fleetscore.evaluation.metrics import (
+    RULE_COLUMNS,
+    by_opening_rule,
     detect,
     episodes_from_flags,
     events_in_range,
@@ -182,6 +184,26 @@ def test_detect_counts_caught_and_missed_events_true_and_false_alerts():
     assert d.false_per_1000_pair_days == pytest.approx(2 * 1000 / 2.0)
     assert d.median_ttd_minutes == pytest.approx((12 * W - 10 * W - 60_000) / 60_000)  # 9 minutes
     assert d.as_dict()["median_ttd_minutes"] == pytest.approx(9.0)
+
+
+def test_by_opening_rule_counts_each_rules_true_and_false_alerts_in_the_rules_order():
+    events = _events(("d1", "temp", T0 + 10 * W + 1, T0 + 14 * W))  # windows 11..14
+    alerts = _alerts(
+        ("d1", "temp", T0 + 12 * W, T0 + 13 * W),  # true
+        ("d1", "temp", T0 + 80 * W, T0 + 81 * W),  # false
+        ("d1", "temp", T0 + 11 * W, T0 + 11 * W),  # true
+        ("d2", "temp", T0 + 12 * W, T0 + 12 * W),  # false: another pair
+        ("d1", "temp", T0 + 90 * W, T0 + 90 * W),  # false, opened before the rule was recorded
+    ).assign(opened_by=["persistence", "persistence", "strong", "strong", None])
+    table = by_opening_rule(alerts, events, window_ms=W, pair_days=4.0)
+    assert list(table.columns) == list(RULE_COLUMNS)
+    assert table[["opened_by", "alerts", "true_alerts", "false_alerts"]].values.tolist() == [
+        ["strong", 2, 1, 1], ["persistence", 2, 1, 1], ["unknown", 1, 0, 1]]
+    assert table["precision"].tolist() == [0.5, 0.5, 0.0]
+    assert table["false_per_1000_pair_days"].tolist() == [250.0, 250.0, 250.0]
+    assert by_opening_rule(alerts.drop(columns="opened_by"), events, window_ms=W, pair_days=0.0)[
+        ["opened_by", "alerts", "true_alerts"]].values.tolist() == [["unknown", 5, 2]]
+    assert by_opening_rule(alerts.iloc[:0], events, window_ms=W, pair_days=4.0).empty
 
 
 def test_detect_uses_the_raise_window_and_the_median_over_caught_events():
