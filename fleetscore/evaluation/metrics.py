@@ -253,14 +253,15 @@ def _median_ttd_minutes(alerts: pd.DataFrame, events: pd.DataFrame, window_ms: i
     return float(ttd.median()) if len(ttd) else float("nan")
 
 
-RULE_COLUMNS = ("opened_by", "alerts", "true_alerts", "false_alerts", "precision", "false_per_1000_pair_days")
+BY_RULE_COLUMNS = ("opened_by", "alerts", "true_alerts", "false_alerts", "precision", "false_per_1000_pair_days")
+"""What :func:`by_opening_rule` gives per rule."""
 UNKNOWN_RULE = "unknown"
 """The `opened_by` of alerts that do not say (opened before the rule was recorded)."""
 
 
 def by_opening_rule(alerts: pd.DataFrame, events: pd.DataFrame, *, window_ms: int, pair_days: float,
                     tolerance_windows: int = DEFAULT_TOLERANCE_WINDOWS) -> pd.DataFrame:
-    """`RULE_COLUMNS`, one row per opening rule that opened at least one of `alerts` (`match_alerts`' columns plus
+    """`BY_RULE_COLUMNS`, one row per opening rule that opened at least one of `alerts` (`match_alerts`' columns plus
     `opened_by`; missing as `UNKNOWN_RULE`), in `OPENING_RULES` order: how many alerts it opened, how many of them
     match an event, and its false alerts per 1,000 pair-days (NaN when pair_days is 0). Which rule the false alerts
     come from says which setting to change (`ALERT_PERSISTENCE` for `persistence`)."""
@@ -274,4 +275,4 @@ def by_opening_rule(alerts: pd.DataFrame, events: pd.DataFrame, *, window_ms: in
     table["false_per_1000_pair_days"] = table["false_alerts"] * 1000.0 / pair_days if pair_days > 0 else np.nan
     order = {name: i for i, name in enumerate((*OPENING_RULES, UNKNOWN_RULE))}
     table = table.sort_values("opened_by", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
-    return table[list(RULE_COLUMNS)].reset_index(drop=True)
+    return table[list(BY_RULE_COLUMNS)].reset_index(drop=True)

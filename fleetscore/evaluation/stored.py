@@ -68,7 +68,7 @@ class Evaluation:
     deployed: Detection
     """The alerts in SQL that overlap the range."""
     by_rule: pd.DataFrame
-    """The same alerts per rule that opened them (`metrics.RULE_COLUMNS`, `metrics.by_opening_rule`)."""
+    """The same alerts per rule that opened them (`metrics.BY_RULE_COLUMNS`, `metrics.by_opening_rule`)."""
     sweep: pd.DataFrame
     """`sweep.SWEEP_COLUMNS` + `flagged_share`, one row per threshold shift (score units), ascending."""
     notes: list[str] = field(default_factory=list)

@@ -194,7 +194,7 @@ def _alerts_table(alerts: pd.DataFrame) -> str:
             f"<td>{_e(a['alert_id'])}</td><td>{_e(a['device'])}</td><td>{_e(a['sensor'])}</td>"
             f'<td class="{_e(a["status"]) if a["status"] in ("open", "closed") else ""}">{_e(a["status"])}</td>'
             f'<td class="sev-{_e(sev) if sev in SEVERITY_RANK else "other"}">{_e(a["severity"])}</td>'
-            f"<td>{_e(a.get('opened_by'))}</td>"
+            f"<td>{_e(a['opened_by'])}</td>"
             f"<td>{_e(_iso(a['first_window_end']))}</td><td>{_e(_iso(a['last_window_end']))}</td>"
             f'<td class="num">{_e(a["windows"])}</td><td class="num">{float(a["max_score"]):.3f}</td>'
             f"<td>{_e(a['run_id'])}</td></tr>")

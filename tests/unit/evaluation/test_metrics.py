@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fleetscore.evaluation.metrics import (
-    RULE_COLUMNS,
+    BY_RULE_COLUMNS,
     by_opening_rule,
     detect,
     episodes_from_flags,
@@ -196,7 +196,7 @@ def test_by_opening_rule_counts_each_rules_true_and_false_alerts_in_the_rules_or
         ("d1", "temp", T0 + 90 * W, T0 + 90 * W),  # false, opened before the rule was recorded
     ).assign(opened_by=["persistence", "persistence", "strong", "strong", None])
     table = by_opening_rule(alerts, events, window_ms=W, pair_days=4.0)
-    assert list(table.columns) == list(RULE_COLUMNS)
+    assert list(table.columns) == list(BY_RULE_COLUMNS)
     assert table[["opened_by", "alerts", "true_alerts", "false_alerts"]].values.tolist() == [
         ["strong", 2, 1, 1], ["persistence", 2, 1, 1], ["unknown", 1, 0, 1]]
     assert table["precision"].tolist() == [0.5, 0.5, 0.0]

@@ -1,7 +1,7 @@
 """Which episode rule opened each alert (issue 12): `alerts.opened_by`.
 
 `strong` (one window above its strong threshold), `two_high` (two windows in a row above the high bound) or
-`persistence` (k anomalous windows of the pair's last n), as `fleetscore.db.schema.OPENING_RULES` says. Alerts
+`persistence` (k anomalous windows of the pair's last n), as `fleetscore.alerts.episodes.OPENING_RULES` says. Alerts
 opened before this migration keep NULL: the rule that opened them is not reconstructed.
 
 Revision ID: 0008
