@@ -39,7 +39,7 @@ def ncrontab_to_croniter(expr: str) -> str:
     return " ".join(fields[1:] + fields[:1])
 
 
-def _k_of_n(text: str) -> tuple[int, int]:
+def parse_k_of_n(text: str) -> tuple[int, int]:
     """ "k/n" → (k, n) with 1 <= k <= n; ValueError otherwise."""
     k, sep, n = str(text).strip().partition("/")
     if not (sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
@@ -266,16 +266,16 @@ class Settings(BaseSettings):
             return None
         if info.data.get("alert_min_windows") is not None:
             raise ValueError("set ALERT_PERSISTENCE or the older ALERT_MIN_WINDOWS (= k/k), not both")
-        return "{}/{}".format(*_k_of_n(value))
+        return "{}/{}".format(*parse_k_of_n(value))
 
     @property
     def alert_k_of_n(self) -> tuple[int, int]:
         """(k, n) of the alert persistence rule: ALERT_PERSISTENCE, else ALERT_MIN_WINDOWS as k/k, else the default."""
         if self.alert_persistence is not None:
-            return _k_of_n(self.alert_persistence)
+            return parse_k_of_n(self.alert_persistence)
         if self.alert_min_windows is not None:
             return self.alert_min_windows, self.alert_min_windows
-        return _k_of_n(DEFAULT_ALERT_PERSISTENCE)
+        return parse_k_of_n(DEFAULT_ALERT_PERSISTENCE)
 
     @property
     def features(self) -> tuple[str, ...]:

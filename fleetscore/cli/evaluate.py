@@ -18,7 +18,7 @@ from fleetscore.evaluation.labels import LabelError, read_labels
 from fleetscore.evaluation.metrics import DEFAULT_TOLERANCE_WINDOWS, Detection
 from fleetscore.evaluation.stored import Evaluation, NothingScored, evaluate_stored
 from fleetscore.evaluation.sweep import EpisodeRules
-from fleetscore.settings import Settings
+from fleetscore.settings import Settings, parse_k_of_n
 
 
 def evaluate(
@@ -28,6 +28,9 @@ def evaluate(
     to: Annotated[str | None, typer.Option("--to", help="last window end to count (ISO-8601; naive = UTC)")] = None,
     shifts: Annotated[str | None, typer.Option(help="threshold shifts to sweep, comma list in score units "
                                                      "(default: around the deployed 0)")] = None,
+    persistence: Annotated[str | None, typer.Option(help="ALERT_PERSISTENCE values to compare, comma list of k/n "
+                                                         "(default: 2/3,3/3,3/4,3/5,4/4; the deployed one always)")]
+    = None,
     tolerance_windows: Annotated[int, typer.Option(min=0, help="windows an event is widened by when matching")]
     = DEFAULT_TOLERANCE_WINDOWS,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
@@ -35,13 +38,14 @@ def evaluate(
     """Precision, recall, false alerts per 1,000 pair-days and time to detect of the alerts against labelled
     events, and the same figures over a sweep of the alert threshold."""
     lo, hi, points = _time_option(from_, "--from"), _time_option(to, "--to"), parse_shifts(shifts)
+    choices = parse_persistence(persistence)
     if lo is not None and hi is not None and hi <= lo:
         raise typer.BadParameter("must be after --from", param_hint="--to")
     events = labels_or_exit(labels)
     svc = services()
     try:
         result = evaluate_stored(svc.engine, svc.store, events, episode_rules(svc.settings), from_ms=lo, until_ms=hi,
-                                 points=points, tolerance_windows=tolerance_windows)
+                                 points=points, persistence=choices, tolerance_windows=tolerance_windows)
     except NothingScored as exc:
         err.print(f"[red]nothing to evaluate: {exc}[/red]")
         raise typer.Exit(1) from None
@@ -86,6 +90,19 @@ def parse_shifts(text: str | None) -> list[float] | None:
     return values
 
 
+def parse_persistence(text: str | None) -> list[Persistence] | None:
+    """`--persistence 2/3,3/4` → Persistence values (None when not given)."""
+    if text is None:
+        return None
+    try:
+        values = [Persistence(*parse_k_of_n(part)) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--persistence") from None
+    if not values:
+        raise typer.BadParameter(f"want a comma list of k/n, got {text!r}", param_hint="--persistence")
+    return values
+
+
 def print_evaluation(result: Evaluation, labelled: int) -> None:
     """The range, the deployed alerts' figures and the sweep, as rich tables."""
     console.print(f"scored windows ({fmt_ms(result.from_ms)}, {fmt_ms(result.until_ms)}] of {result.runs} run(s): "
@@ -109,6 +126,19 @@ def print_evaluation(result: Evaluation, labelled: int) -> None:
         style = "bold" if row.point == 0 else None
         table.add_row(f"{row.point:+.4g}", f"{row.flagged_share:.3%}", *_figures(row), style=style)
     console.print(table)
+    console.print(persistence_choices_table(result))
+
+
+def persistence_choices_table(result: Evaluation) -> Table:
+    """The rules re-run with each ALERT_PERSISTENCE compared (the deployed one in bold)."""
+    table = Table(title="ALERT_PERSISTENCE (thresholds as deployed)", title_justify="left")
+    for column in ("k/n", "alerts", "true", "false", "caught / events", "precision", "recall",
+                   "false / 1000 pair-days", "median TTD (min)"):
+        table.add_column(column, justify="right")
+    for row in result.by_persistence.itertuples():
+        table.add_row(row.persistence, *_figures(row),
+                      style="bold" if row.persistence == result.deployed_persistence else None)
+    return table
 
 
 def rule_table(by_rule: pd.DataFrame) -> Table:

@@ -22,6 +22,7 @@ from pandas.api.types import union_categoricals
 from sqlalchemy.engine import Engine
 
 from fleetscore import clock, db
+from fleetscore.alerts.episodes import Persistence
 from fleetscore.evaluation.metrics import (
     DEFAULT_TOLERANCE_WINDOWS,
     Detection,
@@ -31,8 +32,10 @@ from fleetscore.evaluation.metrics import (
     pair_days,
 )
 from fleetscore.evaluation.sweep import (
+    PERSISTENCE_CHOICES,
     AlertsAt,
     EpisodeRules,
+    persistence_table,
     points_around,
     raise_windows,
     scored_only,
@@ -71,6 +74,10 @@ class Evaluation:
     """The same alerts per rule that opened them (`metrics.BY_RULE_COLUMNS`, `metrics.by_opening_rule`)."""
     sweep: pd.DataFrame
     """`sweep.SWEEP_COLUMNS` + `flagged_share`, one row per threshold shift (score units), ascending."""
+    by_persistence: pd.DataFrame
+    """`sweep.PERSISTENCE_COLUMNS`, one row per ALERT_PERSISTENCE compared (thresholds as deployed)."""
+    deployed_persistence: str
+    """The ALERT_PERSISTENCE in force (`rules.persistence`), one of `by_persistence`'s rows."""
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +85,7 @@ class Evaluation:
         return {"from": clock.iso_exact(self.from_ms), "until": clock.iso_exact(self.until_ms), "runs": self.runs,
                 "pairs": self.pairs, "pair_days": self.pair_days, "tolerance_windows": self.tolerance_windows,
                 "deployed": self.deployed.as_dict(), "by_rule": _records(self.by_rule), "sweep": _records(self.sweep),
+                "persistence": {"deployed": self.deployed_persistence, "table": _records(self.by_persistence)},
                 "notes": self.notes}
 
 
@@ -88,9 +96,12 @@ def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rules: EpisodeRules, *,
                     from_ms: int | None = None, until_ms: int | None = None, points: list[float] | None = None,
+                    persistence: list[Persistence] | None = None,
                     tolerance_windows: int = DEFAULT_TOLERANCE_WINDOWS) -> Evaluation:
-    """The deployed alerts and a threshold sweep (`points`, default `sweep.default_points`) against `events`
-    (device, sensor, start, end) over the scored range within [from_ms, until_ms]. Raises `NothingScored`."""
+    """The deployed alerts, a threshold sweep (`points`, default `sweep.default_points`) and the rules re-run with
+    each persistence k/n of `persistence` (default `sweep.PERSISTENCE_CHOICES`; the deployed one always) against
+    `events` (device, sensor, start, end) over the scored range within [from_ms, until_ms]. Raises
+    `NothingScored`."""
     notes: list[str] = []
     lo, hi, run_ids = scored_range(engine, from_ms, until_ms)
     scored = compact_scored(store, run_ids, lo, hi, notes)
@@ -109,8 +120,17 @@ def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rul
     table["flagged_share"] = shares_flagged(margin, points)
     by_rule = by_opening_rule(deployed, events, window_ms=rules.window_ms, pair_days=exposure,
                               tolerance_windows=tolerance_windows)
+    by_persistence = persistence_table(lambda r: chunked_episodes(scored, r)(0.0), rules,
+                                       persistence_choices(persistence, rules.persistence), events,
+                                       pair_days=exposure, tolerance_windows=tolerance_windows)
     return Evaluation(from_ms=lo, until_ms=hi, runs=len(run_ids), pairs=pairs, pair_days=exposure,
-                      tolerance_windows=tolerance_windows, deployed=found, by_rule=by_rule, sweep=table, notes=notes)
+                      tolerance_windows=tolerance_windows, deployed=found, by_rule=by_rule, sweep=table,
+                      by_persistence=by_persistence, deployed_persistence=str(rules.persistence), notes=notes)
+
+
+def persistence_choices(asked: list[Persistence] | None, deployed: Persistence) -> list[Persistence]:
+    """`asked` (default `PERSISTENCE_CHOICES`) without repeats, in order, with `deployed` added when missing."""
+    return list(dict.fromkeys([*(PERSISTENCE_CHOICES if asked is None else asked), deployed]))
 
 
 def evaluate_deployed(engine: Engine, store: BlobLister, events: pd.DataFrame, rules: EpisodeRules, *,

@@ -10,18 +10,22 @@ score − point > threshold and strong when score − point > threshold_strong. 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from fleetscore.alerts.episodes import HISTORY_COLUMNS, Persistence, high_bound, update_alerts, with_thresholds
-from fleetscore.evaluation.metrics import DEFAULT_TOLERANCE_WINDOWS, detect
+from fleetscore.evaluation.metrics import DEFAULT_TOLERANCE_WINDOWS, Detection, detect
 
 AlertsAt = Callable[[float], pd.DataFrame]
 """alerts_at(operating point) → alerts: device, sensor, first_window_end, last_window_end[, raised_window_end]."""
 SWEEP_COLUMNS = ("point", "alerts", "true_alerts", "false_alerts", "events", "caught", "precision", "recall",
                  "false_per_1000_pair_days", "median_ttd_minutes")
+PERSISTENCE_COLUMNS = ("persistence", *SWEEP_COLUMNS[1:])
+PERSISTENCE_CHOICES = (Persistence(2, 3), Persistence(3, 3), Persistence(3, 4), Persistence(3, 5), Persistence(4, 4))
+"""The ALERT_PERSISTENCE settings `fleetscore evaluate` compares by default, beside the deployed one (the README
+measures these on the simulator)."""
 SHARE_FACTORS = (16.0, 8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
 """Default points: the shifts that flag these multiples of the share of windows flagged at point 0."""
 FALLBACK_SHARES = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
@@ -48,12 +52,27 @@ def sweep(alerts_at: AlertsAt, points: Iterable[float], events: pd.DataFrame, *,
     for point in points:
         found = detect(alerts_at(point), events, window_ms=window_ms, pair_days=pair_days,
                        tolerance_windows=tolerance_windows)
-        rows.append({"point": float(point), "alerts": found.alerts, "true_alerts": found.true_alerts,
-                     "false_alerts": found.false_alerts, "events": found.events, "caught": found.caught,
-                     "precision": found.precision, "recall": found.recall,
-                     "false_per_1000_pair_days": found.false_per_1000_pair_days,
-                     "median_ttd_minutes": found.median_ttd_minutes})
+        rows.append({"point": float(point), **_figures(found)})
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+
+
+def persistence_table(alerts_with: Callable[[EpisodeRules], pd.DataFrame], rules: EpisodeRules,
+                      choices: Iterable[Persistence], events: pd.DataFrame, *, pair_days: float,
+                      tolerance_windows: int = DEFAULT_TOLERANCE_WINDOWS) -> pd.DataFrame:
+    """One row per persistence k/n in `choices` (in that order): PERSISTENCE_COLUMNS, from the alerts
+    `alerts_with(rules with that persistence)` raises (e.g. `shifted_episodes(scored, r)(0.0)`: the thresholds as
+    deployed)."""
+    rows = []
+    for persistence in choices:
+        found = detect(alerts_with(replace(rules, persistence=persistence)), events, window_ms=rules.window_ms,
+                       pair_days=pair_days, tolerance_windows=tolerance_windows)
+        rows.append({"persistence": str(persistence), **_figures(found)})
+    return pd.DataFrame(rows, columns=list(PERSISTENCE_COLUMNS))
+
+
+def _figures(found: Detection) -> dict[str, float | int]:
+    """A table row's figures (SWEEP_COLUMNS after the point) of `found`."""
+    return {name: getattr(found, name) for name in SWEEP_COLUMNS[1:]}
 
 
 # ------------------------------------------------------------------------------------------ the default rule

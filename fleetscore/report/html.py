@@ -121,7 +121,7 @@ def _evaluation_section(ev: Evaluation) -> list[str]:
              '<div class="cards" id="evaluation-cards">', *(_card(v, label) for v, label in cards), "</div>",
              _rule_table(ev.by_rule),
              _img(plot_precision_recall(ev.sweep), "precision and false alerts against recall per threshold shift"),
-             _sweep_table(ev.sweep)]
+             _sweep_table(ev.sweep), _persistence_table(ev)]
     parts += [f'<p class="note">{_e(note)}</p>' for note in ev.notes]
     parts.append("</section>")
     return parts
@@ -145,6 +145,20 @@ def _sweep_table(sweep: pd.DataFrame) -> str:
                  f"{r.caught} / {r.events}", f"{r.precision:.3f}", f"{r.recall:.3f}",
                  _number(r.false_per_1000_pair_days, ".1f"), _number(r.median_ttd_minutes, ".0f"))
         style = ' style="font-weight:600"' if r.point == 0 else ""
+        rows.append(f"<tr{style}>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
+    return _table(head, rows)
+
+
+def _persistence_table(ev: Evaluation) -> str:
+    """The rules re-run with each ALERT_PERSISTENCE compared, thresholds as deployed (the deployed one in bold)."""
+    head = ("ALERT_PERSISTENCE", "alerts", "true", "false", "caught / events", "precision", "recall",
+            "false / 1,000 pair-days", "median TTD (min)")
+    rows = []
+    for r in ev.by_persistence.itertuples():
+        cells = (r.persistence, r.alerts, r.true_alerts, r.false_alerts, f"{r.caught} / {r.events}",
+                 f"{r.precision:.3f}", f"{r.recall:.3f}", _number(r.false_per_1000_pair_days, ".1f"),
+                 _number(r.median_ttd_minutes, ".0f"))
+        style = ' style="font-weight:600"' if r.persistence == ev.deployed_persistence else ""
         rows.append(f"<tr{style}>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
     return _table(head, rows)
 

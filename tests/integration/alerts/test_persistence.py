@@ -9,7 +9,7 @@ import pytest
 
 from fleetscore import db
 from fleetscore.alerts.episodes import alert_id_for
-from fleetscore.settings import DEFAULT_ALERT_PERSISTENCE, _k_of_n, load_settings
+from fleetscore.settings import DEFAULT_ALERT_PERSISTENCE, load_settings, parse_k_of_n
 from tests.helpers.fleet import RUN_A, RUN_B, STRONG, T0, W, alerts_by_first, fire, graded, rows_of
 
 EPISODE = ("alert_id", "first_window_end", "last_window_end", "windows", "max_score", "status")
@@ -20,7 +20,7 @@ def defaults(monkeypatch):
     """The alert settings with ALERT_PERSISTENCE=2/3 (this folder's conftest sets 1/1), the rest the library's."""
     monkeypatch.setenv("ALERT_PERSISTENCE", "2/3")
     settings = load_settings()
-    assert settings.alert_k_of_n == (2, 3) != _k_of_n(DEFAULT_ALERT_PERSISTENCE)  # what these cases are built on
+    assert settings.alert_k_of_n == (2, 3) != parse_k_of_n(DEFAULT_ALERT_PERSISTENCE)  # what these cases are built on
     return settings
 
 

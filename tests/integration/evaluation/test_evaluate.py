@@ -103,11 +103,18 @@ def test_evaluate_json_matches_the_deployed_alerts_and_sweeps_around_them(fleet)
     assert set(by_rule["opened_by"]) <= set(OPENING_RULES) and len(by_rule)
     assert (by_rule["alerts"].sum(), by_rule["true_alerts"].sum()) == (deployed["alerts"], deployed["true_alerts"])
     assert by_rule["false_per_1000_pair_days"].sum() == pytest.approx(deployed["false_per_1000_pair_days"])
+    # the rules re-run per ALERT_PERSISTENCE: the defaults' and the deployed one, whose row is the deployed alerts
+    persistence = doc["persistence"]
+    table = pd.DataFrame(persistence["table"]).set_index("persistence")
+    assert list(table.index) == list(dict.fromkeys(["2/3", "3/3", "3/4", "3/5", "4/4", persistence["deployed"]]))
+    for key in ("alerts", "true_alerts", "caught", "events", "median_ttd_minutes"):
+        assert table.loc[persistence["deployed"], key] == pytest.approx(deployed[key]), key
+    assert table.loc["2/3", "alerts"] >= table.loc["3/3", "alerts"]  # 3 in a row are 2 of 3 too
     # the table a person reads
     text = _invoke(env, "evaluate", "--labels", str(faults))
     assert text.exit_code == 0, text.output
     assert "deployed alerts" in text.stdout and "threshold sweep" in text.stdout and "pair-days" in text.stdout
-    assert "by the rule that opened them" in text.stdout
+    assert "by the rule that opened them" in text.stdout and "ALERT_PERSISTENCE" in text.stdout
 
 
 def test_evaluate_in_a_range_and_with_chosen_shifts(fleet):
@@ -130,6 +137,7 @@ def test_evaluate_in_a_range_and_with_chosen_shifts(fleet):
     ("device,sensor,start,end\nd-0001,s,soon,2026-01-07T11:00Z\n", (), "not ISO-8601 or epoch ms"),
     ("device,sensor,start,end\n", ("--from", "not-a-time"), "--from"),
     ("device,sensor,start,end\n", ("--shifts", "a,b"), "--shifts"),
+    ("device,sensor,start,end\n", ("--persistence", "3/2"), "1 <= k <= n"),
 ])
 def test_bad_input_exits_2_with_the_reason(fleet, tmp_path, content, args, message):
     env, _, _ = fleet
@@ -154,6 +162,7 @@ def test_report_with_labels_adds_the_detection_section_and_its_plot(fleet, tmp_p
         assert f"<span>{label}</span>" in page
     assert "windows flagged" in page and "<script" not in page
     assert page.count("<th>opened by</th>") == before.count("<th>opened by</th>") + 1  # the per-rule table
+    assert "<th>ALERT_PERSISTENCE</th>" in page and "<th>ALERT_PERSISTENCE</th>" not in before
     # in Chromium: the section comes first, its figure two axes side by side (four spines), where the page
     # without labels starts with a pair's plot (two axes stacked: two spines)
     shot, plain_shot = screenshot(labelled, tmp_path), screenshot(plain, tmp_path)

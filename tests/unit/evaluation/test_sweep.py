@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from fleetscore.alerts.episodes import Persistence, alert_id_for, update_alerts
 from fleetscore.evaluation.metrics import events_in_range, pair_days
 from fleetscore.evaluation.sweep import (
+    PERSISTENCE_COLUMNS,
     SWEEP_COLUMNS,
     EpisodeRules,
     default_points,
     flagged_share,
+    persistence_table,
     scored_only,
     shift_scores,
     shifted_episodes,
@@ -129,6 +131,27 @@ def test_shifted_episodes_rerun_the_rules_with_the_thresholds_raised():
     low = at(-1.5)
     assert low[low["device"] == "d1"][["first_window_end", "last_window_end"]].values.tolist() == [
         [T0, T0 + 29 * W]]
+
+
+def test_the_persistence_table_reruns_the_rules_with_each_k_of_n_in_order():
+    # marginal windows: d1 at 10 and 12 (2 of 3, not 3 of 4), d2 at 20, 21, 23 (3 of 4, and 2 of 3 at 21)
+    scored = pd.concat([_windows("d1", "temp", {10: 0.5, 12: 0.5}, threshold=0.0, threshold_strong=5.0),
+                        _windows("d2", "temp", {20: 0.5, 21: 0.5, 23: 0.5}, threshold=0.0, threshold_strong=5.0)])
+    events = pd.DataFrame({"device": ["d1", "d2"], "sensor": ["temp", "temp"],
+                           "start": [T0 + 9 * W + 1, T0 + 19 * W + 1], "end": [T0 + 12 * W, T0 + 23 * W]})
+    asked = []
+
+    def alerts_with(rules: EpisodeRules) -> pd.DataFrame:
+        asked.append(rules)
+        return shifted_episodes(scored, rules)(0.0)
+
+    choices = [Persistence(3, 4), Persistence(2, 3), Persistence(3, 3)]
+    table = persistence_table(alerts_with, RULES, choices, events, pair_days=2.0)
+    assert [r.persistence for r in asked] == choices and {(r.window_ms, r.close_after) for r in asked} == {(W, 3)}
+    assert list(table.columns) == list(PERSISTENCE_COLUMNS)
+    assert table[["persistence", "alerts", "caught", "events"]].values.tolist() == [
+        ["3/4", 1, 1, 2], ["2/3", 2, 2, 2], ["3/3", 0, 0, 2]]
+    assert table["recall"].tolist() == [0.5, 1.0, 0.0] and table["false_alerts"].tolist() == [0, 0, 0]
 
 
 def test_default_points_bracket_the_deployed_setting():
