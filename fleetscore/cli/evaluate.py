@@ -36,7 +36,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
     """Precision, recall, false alerts per 1,000 pair-days and time to detect of the alerts against labelled
-    events, and the same figures over a sweep of the alert threshold."""
+    events, and the same figures over a sweep of the alert threshold and per ALERT_PERSISTENCE."""
     lo, hi, points = _time_option(from_, "--from"), _time_option(to, "--to"), parse_shifts(shifts)
     choices = parse_persistence(persistence)
     if lo is not None and hi is not None and hi <= lo:
@@ -104,7 +104,8 @@ def parse_persistence(text: str | None) -> list[Persistence] | None:
 
 
 def print_evaluation(result: Evaluation, labelled: int) -> None:
-    """The range, the deployed alerts' figures and the sweep, as rich tables."""
+    """The range, the deployed alerts' figures (and per opening rule), the sweep and the persistence table, as rich
+    tables."""
     console.print(f"scored windows ({fmt_ms(result.from_ms)}, {fmt_ms(result.until_ms)}] of {result.runs} run(s): "
                   f"{result.pairs:,} pairs, {result.pair_days:,.1f} pair-days; labelled events {labelled:,} "
                   f"({result.deployed.events:,} in range); match tolerance {result.tolerance_windows} window(s)")
