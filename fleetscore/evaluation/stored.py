@@ -12,6 +12,7 @@ is not held as strings at once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,14 +116,15 @@ def evaluate_stored(engine: Engine, store: BlobLister, events: pd.DataFrame, rul
                                 tolerance_windows)
     margin = (scored["score"] - scored["threshold"]).to_numpy(dtype=np.float64)
     points = sorted(set(points)) if points is not None else points_around(margin)
-    table = sweep(chunked_episodes(scored, rules), points, events, window_ms=rules.window_ms, pair_days=exposure,
+    deployed_at = functools.cache(chunked_episodes(scored, rules))  # the sweep's point 0 is the deployed k/n's row
+    table = sweep(deployed_at, points, events, window_ms=rules.window_ms, pair_days=exposure,
                   tolerance_windows=tolerance_windows)
     table["flagged_share"] = shares_flagged(margin, points)
     by_rule = by_opening_rule(deployed, events, window_ms=rules.window_ms, pair_days=exposure,
                               tolerance_windows=tolerance_windows)
-    by_persistence = persistence_table(lambda r: chunked_episodes(scored, r)(0.0), rules,
-                                       persistence_choices(persistence, rules.persistence), events,
-                                       pair_days=exposure, tolerance_windows=tolerance_windows)
+    choices = persistence_choices(persistence, rules.persistence)
+    by_persistence = persistence_table(lambda r: (deployed_at if r == rules else chunked_episodes(scored, r))(0.0),
+                                       rules, choices, events, pair_days=exposure, tolerance_windows=tolerance_windows)
     return Evaluation(from_ms=lo, until_ms=hi, runs=len(run_ids), pairs=pairs, pair_days=exposure,
                       tolerance_windows=tolerance_windows, deployed=found, by_rule=by_rule, sweep=table,
                       by_persistence=by_persistence, deployed_persistence=str(rules.persistence), notes=notes)
