@@ -25,7 +25,8 @@ KEY = "local-test-key"
 
 
 def seed(settings) -> None:
-    """A few alerts (one acknowledged, one resolved) and runs, so the operations have data to return."""
+    """A few alerts (one acknowledged, one resolved, one opened before the rule that opened it was recorded) and
+    runs, so the operations have data to return."""
     engine = db.create_db_engine(settings.sql_url)
     db.upgrade(engine)
     folder = open_store(settings.storage)
@@ -37,6 +38,7 @@ def seed(settings) -> None:
     with engine.begin() as conn:
         alert_store.acknowledge(conn, ids[0], by="ana", note="looking", now=T0 + 20 * W)
         alert_store.resolve(conn, ids[1], by="bo", note=None, now=T0 + 21 * W)
+        conn.execute(db.alerts.update().where(db.alerts.c.alert_id == ids[2]).values(opened_by=None))  # before 0008
     engine.dispose()
 
 
@@ -71,6 +73,8 @@ def test_the_api_on_fleetscore_up_holds_to_its_openapi_document(tmp_path):
         assert get(url, "/api/alerts", {"x-functions-key": "wrong"})[0] == 401
         status, doc = get(url, f"/api/alerts?code={KEY}")
         assert status == 200 and len(doc["alerts"]) == 4
+        assert sorted(map(str, (a["opened_by"] for a in doc["alerts"]))) == ["None", "persistence", "persistence",
+                                                                           "persistence"]
         assert get(url, "/api/openapi.json")[1]["openapi"].startswith("3.")  # anonymous, as on Azure
         st = shutil.which("st", path=str(Path(sys.executable).parent))
         done = subprocess.run(
