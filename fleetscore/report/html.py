@@ -136,31 +136,33 @@ def _rule_table(by_rule: pd.DataFrame) -> str:
     return _table(head, rows) if rows else ""
 
 
+FIGURE_HEADS = ("alerts", "true", "false", "caught / events", "precision", "recall", "false / 1,000 pair-days",
+                "median TTD (min)")
+"""The detection figures' columns of the sweep and persistence tables (`_figure_cells`)."""
+
+
 def _sweep_table(sweep: pd.DataFrame) -> str:
-    head = ("shift", "windows flagged", "alerts", "true", "false", "caught / events", "precision", "recall",
-            "false / 1,000 pair-days", "median TTD (min)")
-    rows = []
-    for r in sweep.itertuples():
-        cells = (f"{r.point:+.4g}", f"{r.flagged_share:.3%}", r.alerts, r.true_alerts, r.false_alerts,
-                 f"{r.caught} / {r.events}", f"{r.precision:.3f}", f"{r.recall:.3f}",
-                 _number(r.false_per_1000_pair_days, ".1f"), _number(r.median_ttd_minutes, ".0f"))
-        style = ' style="font-weight:600"' if r.point == 0 else ""
-        rows.append(f"<tr{style}>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
-    return _table(head, rows)
+    rows = [_bold_row((f"{r.point:+.4g}", f"{r.flagged_share:.3%}", *_figure_cells(r)), r.point == 0)
+            for r in sweep.itertuples()]
+    return _table(("shift", "windows flagged", *FIGURE_HEADS), rows)
 
 
 def _persistence_table(ev: Evaluation) -> str:
     """The rules re-run with each ALERT_PERSISTENCE compared, thresholds as deployed (the deployed one in bold)."""
-    head = ("ALERT_PERSISTENCE", "alerts", "true", "false", "caught / events", "precision", "recall",
-            "false / 1,000 pair-days", "median TTD (min)")
-    rows = []
-    for r in ev.by_persistence.itertuples():
-        cells = (r.persistence, r.alerts, r.true_alerts, r.false_alerts, f"{r.caught} / {r.events}",
-                 f"{r.precision:.3f}", f"{r.recall:.3f}", _number(r.false_per_1000_pair_days, ".1f"),
-                 _number(r.median_ttd_minutes, ".0f"))
-        style = ' style="font-weight:600"' if r.persistence == ev.deployed_persistence else ""
-        rows.append(f"<tr{style}>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
-    return _table(head, rows)
+    rows = [_bold_row((r.persistence, *_figure_cells(r)), r.persistence == ev.deployed_persistence)
+            for r in ev.by_persistence.itertuples()]
+    return _table(("ALERT_PERSISTENCE", *FIGURE_HEADS), rows)
+
+
+def _figure_cells(r: Any) -> tuple[Any, ...]:
+    """A sweep or persistence row's figures as cell texts (`FIGURE_HEADS`)."""
+    return (r.alerts, r.true_alerts, r.false_alerts, f"{r.caught} / {r.events}", f"{r.precision:.3f}",
+            f"{r.recall:.3f}", _number(r.false_per_1000_pair_days, ".1f"), _number(r.median_ttd_minutes, ".0f"))
+
+
+def _bold_row(cells: tuple[Any, ...], bold: bool) -> str:
+    style = ' style="font-weight:600"' if bold else ""
+    return f"<tr{style}>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>"
 
 
 def _number(value: float, spec: str) -> str:
