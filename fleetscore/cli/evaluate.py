@@ -20,6 +20,10 @@ from fleetscore.evaluation.stored import Evaluation, NothingScored, evaluate_sto
 from fleetscore.evaluation.sweep import EpisodeRules
 from fleetscore.settings import Settings, parse_k_of_n
 
+FIGURE_COLUMNS = ("alerts", "true", "false", "caught / events", "precision", "recall", "false / 1000 pair-days",
+                  "median TTD (min)")
+"""The columns of `_figures`: every table's detection figures."""
+
 
 def evaluate(
     labels: Annotated[Path, typer.Option("--labels", help="CSV device,sensor,start,end (ISO-8601 or epoch ms)")],
@@ -112,16 +116,14 @@ def print_evaluation(result: Evaluation, labelled: int) -> None:
     for note in result.notes:
         err.print(f"[yellow]{note}[/yellow]")
     deployed = Table(title="deployed alerts", title_justify="left")
-    for column in ("alerts", "true", "false", "caught / events", "precision", "recall", "false / 1000 pair-days",
-                   "median TTD (min)"):
+    for column in FIGURE_COLUMNS:
         deployed.add_column(column, justify="right")
     deployed.add_row(*_figures(result.deployed))
     console.print(deployed)
     if len(result.by_rule):
         console.print(rule_table(result.by_rule))
     table = Table(title="threshold sweep (shift in score units; 0 = deployed)", title_justify="left")
-    for column in ("shift", "windows flagged", "alerts", "true", "false", "caught / events", "precision", "recall",
-                   "false / 1000 pair-days", "median TTD (min)"):
+    for column in ("shift", "windows flagged", *FIGURE_COLUMNS):
         table.add_column(column, justify="right")
     for row in result.sweep.itertuples():
         style = "bold" if row.point == 0 else None
@@ -133,8 +135,7 @@ def print_evaluation(result: Evaluation, labelled: int) -> None:
 def persistence_choices_table(result: Evaluation) -> Table:
     """The rules re-run with each ALERT_PERSISTENCE compared (the deployed one in bold)."""
     table = Table(title="ALERT_PERSISTENCE (thresholds as deployed)", title_justify="left")
-    for column in ("k/n", "alerts", "true", "false", "caught / events", "precision", "recall",
-                   "false / 1000 pair-days", "median TTD (min)"):
+    for column in ("k/n", *FIGURE_COLUMNS):
         table.add_column(column, justify="right")
     for row in result.by_persistence.itertuples():
         table.add_row(row.persistence, *_figures(row),
