@@ -423,13 +423,36 @@ if HAVE_NUMBA:
                 out[i] = mean[i] - (buf[k // 2 - 1] + buf[k // 2]) / 2.0
 
 
+if HAVE_NUMBA:
+
+    @_njit
+    def unchanged_windows(low, high, pair, end, context, reach_ms, out):
+        """change.unchanged_windows' counts into ``out`` (rows sorted by (pair, end)): per row, 0 unless its
+        readings held one value (low == high, finite), else 1 plus each of the up to ``context`` rows before it of
+        the same pair, ending at most ``reach_ms`` earlier, that held that same value, back to the first that did
+        not."""
+        for i in range(low.shape[0]):
+            v = low[i]
+            if not (v == high[i] and np.isfinite(v)):
+                out[i] = 0.0
+                continue
+            count = 1.0
+            for j in range(1, context + 1):
+                b = i - j
+                if b < 0 or pair[b] != pair[i] or end[b] < end[i] - reach_ms or low[b] != v or high[b] != v:
+                    break  # out of reach, or a window that did not hold this value
+                count += 1.0
+            out[i] = count
+
+
 def warm() -> None:
     """Compile (or load from numba's cache) the kernels change-z scoring calls, with the argument types it passes
-    (``change.baseline_change``): about 0.3 s on a first call. A process that forks scoring workers calls this once
-    first so that each worker does not pay it for itself. Nothing without numba."""
+    (``change.baseline_change``, ``change.unchanged_windows``): about 0.3 s on a first call. A process that forks
+    scoring workers calls this once first so that each worker does not pay it for itself. Nothing without numba."""
     if HAVE_NUMBA:
         rows = np.arange(2, dtype=np.int64)
         baseline_change(np.zeros(2), np.zeros(2, dtype=np.int64), rows, rows, 6, 6, np.empty(2))
+        unchanged_windows(np.zeros(2), np.zeros(2), np.zeros(2, dtype=np.int64), rows, 6, 6, np.empty(2))
 
 
 def numpy_exp_rate(n: int = 1 << 20, repeats: int = 20, seed: int = 0) -> float:

@@ -180,7 +180,21 @@ def unchanged_windows(low: np.ndarray, high: np.ndarray, pair: np.ndarray, end: 
     max == this window's min): 0 for a window whose readings differ (or that has none), else 1 plus each earlier
     window of the same pair, back to the first that differs, among those ending within ``context`` windows before it
     (so at most ``context + 1``: what a partition's context rows show, whatever the run). Rows sorted by (pair, end);
-    ``low``/``high`` (rows,) the windows' min and max, ``end`` epoch ms."""
+    ``low``/``high`` (rows,) the windows' min and max, ``end`` epoch ms. A numba kernel when numba is there
+    (``_kernels.unchanged_windows``), else :func:`unchanged_windows_numpy`: the same numbers."""
+    if not _kernels.HAVE_NUMBA:
+        return unchanged_windows_numpy(low, high, pair, end, window_ms, context)
+    out = np.empty(len(low))
+    _kernels.unchanged_windows(np.ascontiguousarray(low, dtype=np.float64),
+                               np.ascontiguousarray(high, dtype=np.float64),
+                               np.ascontiguousarray(pair, dtype=np.int64), np.ascontiguousarray(end, dtype=np.int64),
+                               int(context), int(context * window_ms), out)
+    return out
+
+
+def unchanged_windows_numpy(low: np.ndarray, high: np.ndarray, pair: np.ndarray, end: np.ndarray, window_ms: int,
+                            context: int) -> np.ndarray:
+    """:func:`unchanged_windows` in numpy: one pass over the rows per window back."""
     held = (low == high) & np.isfinite(low)
     count = held.astype(np.float64)
     alive = held.copy()

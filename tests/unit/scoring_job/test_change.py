@@ -276,6 +276,24 @@ def test_the_numba_baseline_and_the_numpy_one_give_the_same_numbers():
         np.testing.assert_array_equal(got, expected)
 
 
+def test_the_numba_unchanged_count_and_the_numpy_one_give_the_same_numbers():
+    if not _kernels.HAVE_NUMBA:
+        pytest.fail("numba is a dependency of the dev install; the unchanged kernel must be tested")
+    rng = np.random.default_rng(15)
+    for _ in range(60):
+        rows = int(rng.integers(0, 400))
+        pair = np.sort(rng.integers(0, 6, rows))
+        end = np.zeros(rows, dtype=np.int64)
+        for p in np.unique(pair):  # per pair: ascending window ends with gaps, a few repeated
+            at = pair == p
+            end[at] = T0 + W * np.cumsum(rng.choice([0, 1, 1, 1, 2, 5, 9], int(at.sum())))
+        low = rng.choice([1.0, 2.0, np.nan, -0.0, 0.0], rows)  # few values: long runs, signed zeros, no reading
+        high = np.where(rng.random(rows) < 0.8, low, low + 0.5)
+        context = int(rng.integers(1, 9))
+        expected = change.unchanged_windows_numpy(low, high, pair, end, W, context)
+        np.testing.assert_array_equal(change.unchanged_windows(low, high, pair, end, W, context), expected)
+
+
 def test_the_baseline_of_six_windows_is_their_median_in_every_order():
     """The kernel sorts a full baseline (six windows) with a sorting network: every order of six values, with and
     without ties, gives numpy's median."""
