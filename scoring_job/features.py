@@ -45,12 +45,18 @@ def time_features(window_end_ms: np.ndarray, names: Sequence[str] = TIME_FEATURE
     ms = np.asarray(window_end_ms, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     if "tod_sin" in names or "tod_cos" in names:
-        day = (2.0 * np.pi / _DAY_MS) * (ms % _DAY_MS).astype(np.float64)
-        out.update(tod_sin=np.sin(day), tod_cos=np.cos(day))
+        out.update(zip(("tod_sin", "tod_cos"), _sin_cos(ms % _DAY_MS, _DAY_MS), strict=True))
     if "dow_sin" in names or "dow_cos" in names:
-        week = (2.0 * np.pi / _WEEK_MS) * ((ms - _MONDAY_MS) % _WEEK_MS).astype(np.float64)
-        out.update(dow_sin=np.sin(week), dow_cos=np.cos(week))
+        out.update(zip(("dow_sin", "dow_cos"), _sin_cos((ms - _MONDAY_MS) % _WEEK_MS, _WEEK_MS), strict=True))
     return {name: out[name] for name in TIME_FEATURES if name in names}
+
+
+def _sin_cos(offset: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sin, cos) of the phase 2π·offset/period of each offset (n,) int64 ms, computed once per distinct offset: a
+    partition's windows share a few window ends (the same numbers as computing each row's)."""
+    codes, distinct = pd.factorize(offset)
+    phase = (2.0 * np.pi / period) * distinct.astype(np.float64)
+    return np.sin(phase)[codes], np.cos(phase)[codes]
 
 
 def epoch_ms(window_end: pd.Series) -> np.ndarray:
