@@ -254,17 +254,24 @@ def test_the_row_median_is_numpys_nanmedian_exactly():
         np.testing.assert_array_equal(change.nanmedian_rows(values), expected)
 
 
+def _random_pairs(rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray]:
+    """(rows, pair codes sorted, window ends): up to 400 rows of up to 6 pairs, each pair's window ends ascending
+    with gaps and a few repeated."""
+    rows = int(rng.integers(0, 400))
+    pair = np.sort(rng.integers(0, 6, rows))
+    end = np.zeros(rows, dtype=np.int64)
+    for p in np.unique(pair):
+        at = pair == p
+        end[at] = T0 + W * np.cumsum(rng.choice([0, 1, 1, 1, 2, 5, 9], int(at.sum())))
+    return rows, pair, end
+
+
 def test_the_numba_baseline_and_the_numpy_one_give_the_same_numbers():
     if not _kernels.HAVE_NUMBA:
         pytest.fail("numba is a dependency of the dev install; the baseline kernel must be tested")
     rng = np.random.default_rng(14)
     for trial in range(60):
-        rows = int(rng.integers(0, 400))
-        pair = np.sort(rng.integers(0, 6, rows))
-        end = np.zeros(rows, dtype=np.int64)
-        for p in np.unique(pair):  # per pair: ascending window ends with gaps, a few repeated
-            at = pair == p
-            end[at] = T0 + W * np.cumsum(rng.choice([0, 1, 1, 1, 2, 5, 9], int(at.sum())))
+        rows, pair, end = _random_pairs(rng)
         mean = rng.normal(0, 1, rows) * 10.0 ** float(rng.integers(-3, 200))
         mean[rng.random(rows) < 0.1] = np.nan
         mean[rng.random(rows) < 0.2] = 1.5  # ties
@@ -281,12 +288,7 @@ def test_the_numba_unchanged_count_and_the_numpy_one_give_the_same_numbers():
         pytest.fail("numba is a dependency of the dev install; the unchanged kernel must be tested")
     rng = np.random.default_rng(15)
     for _ in range(60):
-        rows = int(rng.integers(0, 400))
-        pair = np.sort(rng.integers(0, 6, rows))
-        end = np.zeros(rows, dtype=np.int64)
-        for p in np.unique(pair):  # per pair: ascending window ends with gaps, a few repeated
-            at = pair == p
-            end[at] = T0 + W * np.cumsum(rng.choice([0, 1, 1, 1, 2, 5, 9], int(at.sum())))
+        rows, pair, end = _random_pairs(rng)
         low = rng.choice([1.0, 2.0, np.nan, -0.0, 0.0], rows)  # few values: long runs, signed zeros, no reading
         high = np.where(rng.random(rows) < 0.8, low, low + 0.5)
         context = int(rng.integers(1, 9))
