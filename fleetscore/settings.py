@@ -23,7 +23,7 @@ from scoring_job.thresholds import FALSE_RATE
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 DEFAULT_ALERT_PERSISTENCE = "3/4"
-"""k/n of the alert rules when neither ALERT_PERSISTENCE nor ALERT_MIN_WINDOWS is set (measured: see README)."""
+"""k/n of the alert rules when neither ALERT_PERSISTENCE nor ALERT_MIN_WINDOWS is set (measured: docs/DETECTION.md)."""
 BACKENDS = ("local", "aml-pipeline", "aml-batch-endpoint")
 
 

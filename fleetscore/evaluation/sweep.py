@@ -24,7 +24,7 @@ SWEEP_COLUMNS = ("point", "alerts", "true_alerts", "false_alerts", "events", "ca
                  "false_per_1000_pair_days", "median_ttd_minutes")
 PERSISTENCE_COLUMNS = ("persistence", *SWEEP_COLUMNS[1:])
 PERSISTENCE_CHOICES = (Persistence(2, 3), Persistence(3, 3), Persistence(3, 4), Persistence(3, 5), Persistence(4, 4))
-"""The ALERT_PERSISTENCE settings `fleetscore evaluate` compares by default, beside the deployed one (the README
+"""The ALERT_PERSISTENCE settings `fleetscore evaluate` compares by default, beside the deployed one (docs/DETECTION.md
 measures these on the simulator)."""
 SHARE_FACTORS = (16.0, 8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
 """Default points: the shifts that flag these multiples of the share of windows flagged at point 0."""
