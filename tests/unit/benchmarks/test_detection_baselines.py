@@ -1,4 +1,4 @@
-"""The detection benchmark's reference rows, whose figures the README's argument about the bar rests on: the
+"""The detection benchmark's reference rows, whose figures docs/DETECTION.md's argument about the bar rests on: the
 reference's flags turned into alerts (one per reading, or merged runs), and the same count of flags per pair at
 random positions (`(c) at random`)."""
 
